@@ -1,2 +1,155 @@
 //! Everything the payload knows about CPython's in-memory structures.
-//! Owned by the layouts work: see layout.rs (per-version tables) and frames.rs (walker).
+//!
+//! - `layout`: per-version struct offsets, as data (the only version-specific knowledge);
+//! - `frames`: the allocation-free walker of the calling thread's frame chain;
+//! - `code`: readers for a code object's names, first line and line table.
+//!
+//! Nothing here links against libpython: `Interpreter::resolve` finds what it needs with
+//! `dlsym(RTLD_DEFAULT, …)` once, at tracker start.
+
+pub mod code;
+pub mod frames;
+pub mod layout;
+
+use std::ffi::{c_char, c_ulong, c_void, CStr};
+
+pub use layout::{layout_for, Layout};
+
+/// Reads a `T` at `base + offset` (unaligned reads allowed).
+///
+/// # Safety
+/// The `size_of::<T>()` bytes at `base + offset` are readable and hold a valid `T`.
+#[inline(always)]
+pub(crate) unsafe fn read_at<T: Copy>(base: usize, offset: usize) -> T {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::ptr::read_unaligned(base.wrapping_add(offset) as *const T) }
+}
+
+/// The running CPython, as the hooks need it.
+pub struct Interpreter {
+    pub layout: &'static Layout,
+    /// `PyGILState_GetThisThreadState`: reads a TLS key, so it works with or without
+    /// the GIL and never allocates.
+    get_tstate: unsafe extern "C" fn() -> *const u8,
+    /// `&PyCode_Type`.
+    pub code_type: usize,
+    /// The runtime `PY_VERSION_HEX`.
+    pub version_hex: u32,
+}
+
+/// Looks a symbol up in everything already loaded (libpython or a static python binary).
+fn symbol(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other precondition.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+}
+
+/// `"3.10.13 (main, …)"` -> `0x030A0DF0` (a final release is assumed).
+fn parse_version(text: &[u8]) -> Option<u32> {
+    let head = text.split(|&b| b == b' ').next()?;
+    let mut parts = head.split(|&b| b == b'.').map(|p| {
+        let digits: Vec<u8> = p.iter().copied().take_while(u8::is_ascii_digit).collect();
+        std::str::from_utf8(&digits).ok()?.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let micro = parts.next().flatten().unwrap_or(0);
+    Some((major << 24) | (minor << 16) | (micro.min(255) << 8) | 0xF0)
+}
+
+impl Interpreter {
+    /// Finds the interpreter this library was loaded into. Call once, outside the hooks
+    /// (it calls `Py_GetVersion` on 3.8-3.10).
+    pub fn resolve() -> Result<Interpreter, String> {
+        let get_tstate = symbol(c"PyGILState_GetThisThreadState");
+        let code_type = symbol(c"PyCode_Type") as usize;
+        if get_tstate.is_null() || code_type == 0 {
+            return Err("no CPython found in this process".into());
+        }
+        if !symbol(c"_Py_DecRefShared").is_null() {
+            return Err("free-threaded CPython builds are not supported".into());
+        }
+        let py_version = symbol(c"Py_Version");
+        let version_hex = if !py_version.is_null() {
+            // SAFETY: 3.11+ exports `const unsigned long Py_Version`.
+            unsafe { *(py_version as *const c_ulong) as u32 }
+        } else {
+            let get_version = symbol(c"Py_GetVersion");
+            if get_version.is_null() {
+                return Err("cannot find the CPython version".into());
+            }
+            // SAFETY: Py_GetVersion is `const char *Py_GetVersion(void)`, usable at any
+            // time, returning a static NUL-terminated string.
+            let text = unsafe {
+                let f: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(get_version);
+                CStr::from_ptr(f())
+            };
+            parse_version(text.to_bytes()).ok_or("cannot parse the CPython version")?
+        };
+        let (major, minor) = ((version_hex >> 24) as u8, (version_hex >> 16) as u8);
+        let layout = layout_for(major, minor).ok_or_else(|| format!("CPython {major}.{minor} is not supported (3.8 to 3.13 are)"))?;
+        // SAFETY: the symbol is `PyThreadState *PyGILState_GetThisThreadState(void)`.
+        let get_tstate = unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> *const u8>(get_tstate) };
+        Ok(Interpreter { layout, get_tstate, code_type, version_hex })
+    }
+
+    /// The calling thread's `PyThreadState*`, or null if it has none. Lock- and
+    /// allocation-free; does not need the GIL.
+    #[inline]
+    pub fn current_tstate(&self) -> *const u8 {
+        // SAFETY: PyGILState_GetThisThreadState only reads a thread-local key.
+        unsafe { (self.get_tstate)() }
+    }
+}
+
+/// Test aid (kept exported for integration tests): walks the calling thread's Python
+/// stack and writes one line per frame into `buf`, innermost first:
+/// `function \t filename \t firstlineno \t instr_offset \t is_entry(0/1) \n`.
+/// Returns the number of bytes written (output is cut at `len`), or -1 when the
+/// interpreter is not supported. Allocates; never call it from a hook.
+///
+/// # Safety
+/// `buf` is null or writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memray_debug_walk_current_stack(buf: *mut u8, len: usize) -> isize {
+    let Ok(interp) = Interpreter::resolve() else { return -1 };
+    let mut frames = vec![frames::RawFrame::default(); 4096];
+    // SAFETY: the thread state is this thread's own, so its chain cannot change under
+    // us; layout and code type come from the running interpreter.
+    let (n, _) = unsafe { frames::walk(interp.layout, interp.current_tstate(), interp.code_type, &mut frames) };
+    let mut text = Vec::new();
+    for f in frames.iter().take(n) {
+        // SAFETY: each code object is held by a frame of this thread that is still live.
+        unsafe {
+            code::write_name(&interp, f.code, &mut text);
+            text.push(b'\t');
+            code::write_filename(&interp, f.code, &mut text);
+            let line = format!("\t{}\t{}\t{}\n", code::firstlineno(&interp, f.code), f.instr_offset, f.is_entry as u8);
+            text.extend_from_slice(line.as_bytes());
+        }
+    }
+    let count = text.len().min(len);
+    if !buf.is_null() {
+        // SAFETY: the caller passes a writable buffer of `len` bytes; count <= len.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf, count) };
+    }
+    count as isize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn parses_py_getversion() {
+        assert_eq!(parse_version(b"3.10.13 (main, Jan 1 2024, 00:00:00) [GCC 12]"), Some(0x030A0DF0));
+        assert_eq!(parse_version(b"3.8.18"), Some(0x030812F0));
+        assert_eq!(parse_version(b"3.9.0rc1 (default)"), Some(0x030900F0));
+        assert_eq!(parse_version(b"garbage"), None);
+    }
+
+    /// The test binary has no CPython loaded: resolving must fail cleanly.
+    #[test]
+    fn resolve_fails_without_python() {
+        assert!(super::Interpreter::resolve().is_err());
+    }
+}

@@ -1,0 +1,710 @@
+//! Streaming decoder for both file formats, plain or LZ4-framed.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Chain, Cursor, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::encoder::AddressCache;
+use crate::header::Header;
+use crate::types::{
+    AggregatedAllocation, Allocator, CodeObject, FileFormat, MemorySnapshot, NativeFrame,
+    PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
+};
+use crate::varint::{unzigzag, MAX_VARINT_LEN};
+use crate::{agg_tag, tag, CaptureError, LZ4_MAGIC, MAGIC, MAX_STRING_LEN, VERSION};
+
+/// One decoded record, with deltas and the address cache already undone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Later thread-specific records belong to `tid` (Memray's own thread counter).
+    ContextSwitch { tid: u64 },
+    FramePush { tid: u64, code_object_id: u64, instruction_offset: i32, is_entry: bool },
+    /// 1 to 16 frames; longer pops arrive as several records.
+    FramePop { tid: u64, count: u32 },
+    /// `size` is 0 and `native_frame_id` 0 for `free`/`PyMem_Free`; `native_frame_id`
+    /// is 0 unless the header has `native_traces`.
+    Allocation { tid: u64, address: u64, size: u64, allocator: Allocator, native_frame_id: u64 },
+    /// Object lifetime tracking: a PyObject created or destroyed.
+    Object { tid: u64, address: u64, is_created: bool, native_frame_id: u64 },
+    /// RSS sample; the wire holds ms since `header.start_time_ms`, this is absolute.
+    Memory { rss: u64, ms_since_epoch: u64 },
+    /// Names `tid` (the current thread).
+    Thread { tid: u64, name: String },
+    CodeObject(CodeObject),
+    /// NATIVE_TRACE_INDEX: node ids are 1, 2, ... in the order these records appear.
+    NativeFrame(NativeFrame),
+    /// A new memory-map generation starts; the segment list is replaced.
+    MemoryMapStart,
+    /// Followed by exactly `num_segments` [`Record::Segment`] records.
+    SegmentHeader { filename: String, num_segments: u64, load_addr: u64 },
+    Segment(Segment),
+    // Aggregated files only:
+    MemorySnapshot(MemorySnapshot),
+    AggregatedAllocation(AggregatedAllocation),
+    /// PYTHON_FRAME_INDEX; frame ids are dense from 0 (checked).
+    PythonFrame { frame_id: u64, frame: PythonFrame },
+    /// PYTHON_TRACE_INDEX; node indices are 1, 2, ... in order (0 is the root).
+    PythonTraceNode(TraceNode),
+    SurvivingObject(SurvivingObject),
+}
+
+type Prefixed<R> = Chain<Cursor<Vec<u8>>, R>;
+
+/// The decompressed byte stream.
+enum Source<R: Read> {
+    Plain(BufReader<Prefixed<R>>),
+    Lz4(BufReader<lz4_flex::frame::FrameDecoder<Prefixed<R>>>),
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Plain(r) => r.read(buf),
+            Source::Lz4(r) => r.read(buf),
+        }
+    }
+}
+
+impl<R: Read> BufRead for Source<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Source::Plain(r) => r.fill_buf(),
+            Source::Lz4(r) => r.fill_buf(),
+        }
+    }
+    fn consume(&mut self, n: usize) {
+        match self {
+            Source::Plain(r) => r.consume(n),
+            Source::Lz4(r) => r.consume(n),
+        }
+    }
+}
+
+/// A byte cursor that knows its offset, an optional end (trailing zeros excluded), and
+/// which record it is inside, so running out of data becomes a precise `Truncated`.
+pub(crate) struct Input<B> {
+    src: B,
+    offset: u64,
+    limit: u64,
+    record_start: u64,
+    record: &'static str,
+}
+
+impl<'a> Input<&'a [u8]> {
+    pub(crate) fn from_slice(bytes: &'a [u8]) -> Self {
+        Input::new(bytes)
+    }
+}
+
+impl<B: BufRead> Input<B> {
+    fn new(src: B) -> Self {
+        Input { src, offset: 0, limit: u64::MAX, record_start: 0, record: "header" }
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn begin(&mut self, record: &'static str) {
+        self.record_start = self.offset;
+        self.record = record;
+    }
+
+    fn truncated(&self) -> CaptureError {
+        CaptureError::Truncated { offset: self.record_start, record: self.record }
+    }
+
+    fn corrupt(&self, what: impl Into<String>) -> CaptureError {
+        CaptureError::Corrupt { offset: self.record_start, what: what.into() }
+    }
+
+    fn io_error(&self, e: io::Error) -> CaptureError {
+        map_io_error(e, self.record_start, self.record, self.offset)
+    }
+
+    /// Buffered bytes up to the limit; empty at the end of the data.
+    fn fill(&mut self) -> Result<&[u8], CaptureError> {
+        if self.offset >= self.limit {
+            return Ok(&[]);
+        }
+        let remaining = self.limit - self.offset;
+        // Fill first, then borrow the buffer: a second `fill_buf` on a non-empty buffer
+        // does no I/O, and this shape keeps the borrow checker content.
+        loop {
+            match self.src.fill_buf() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+        let (start, record, offset) = (self.record_start, self.record, self.offset);
+        let buf = self.src.fill_buf().map_err(|e| map_io_error(e, start, record, offset))?;
+        let n = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        Ok(&buf[..n])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.src.consume(n);
+        self.offset += n as u64;
+    }
+
+    fn try_u8(&mut self) -> Result<Option<u8>, CaptureError> {
+        let b = self.fill()?.first().copied();
+        if b.is_some() {
+            self.consume(1);
+        }
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8, CaptureError> {
+        self.try_u8()?.ok_or_else(|| self.truncated())
+    }
+
+    /// Reads into `buf` as far as the data goes; returns how much was read.
+    fn read_up_to(&mut self, buf: &mut [u8]) -> Result<usize, CaptureError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let avail = self.fill()?;
+            if avail.is_empty() {
+                break;
+            }
+            let n = avail.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&avail[..n]);
+            self.consume(n);
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CaptureError> {
+        let mut a = [0u8; N];
+        if self.read_up_to(&mut a)? < N {
+            return Err(self.truncated());
+        }
+        Ok(a)
+    }
+
+    fn u64(&mut self) -> Result<u64, CaptureError> {
+        Ok(u64::from_ne_bytes(self.array()?))
+    }
+
+    fn varint(&mut self) -> Result<u64, CaptureError> {
+        let mut v = 0u64;
+        for i in 0..MAX_VARINT_LEN {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.corrupt("varint longer than 10 bytes"))
+    }
+
+    fn svarint(&mut self) -> Result<i64, CaptureError> {
+        Ok(unzigzag(self.varint()?))
+    }
+
+    /// A NUL-terminated string of at most `MAX_STRING_LEN` bytes (lossily made UTF-8).
+    fn cstr(&mut self) -> Result<String, CaptureError> {
+        let mut out = Vec::new();
+        loop {
+            let avail = self.fill()?;
+            if avail.is_empty() {
+                return Err(self.truncated());
+            }
+            let (n, found) = match avail.iter().position(|&b| b == 0) {
+                Some(i) => (i, true),
+                None => (avail.len(), false),
+            };
+            if out.len() + n > MAX_STRING_LEN {
+                return Err(self.corrupt(format!("string longer than {MAX_STRING_LEN} bytes")));
+            }
+            out.extend_from_slice(&avail[..n]);
+            self.consume(n + found as usize);
+            if found {
+                return Ok(match String::from_utf8(out) {
+                    Ok(s) => s,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                });
+            }
+        }
+    }
+
+    /// `len` raw bytes; the buffer grows with the data actually present.
+    fn bytes(&mut self, len: u64) -> Result<Vec<u8>, CaptureError> {
+        let mut out = Vec::with_capacity(len.min(4096) as usize);
+        let mut left = len;
+        while left > 0 {
+            let avail = self.fill()?;
+            if avail.is_empty() {
+                return Err(self.truncated());
+            }
+            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            out.extend_from_slice(&avail[..n]);
+            self.consume(n);
+            left -= n as u64;
+        }
+        Ok(out)
+    }
+
+    /// Whether only zero bytes remain (consumes them).
+    fn rest_is_zero(&mut self) -> Result<bool, CaptureError> {
+        loop {
+            let avail = self.fill()?;
+            if avail.is_empty() {
+                return Ok(true);
+            }
+            if avail.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            let n = avail.len();
+            self.consume(n);
+        }
+    }
+}
+
+/// An I/O error from the source: a short LZ4 frame is a truncation, a bad one is a
+/// decompression error, anything else is passed on.
+fn map_io_error(e: io::Error, record_start: u64, record: &'static str, offset: u64) -> CaptureError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return CaptureError::Truncated { offset: record_start, record };
+    }
+    if e.get_ref().is_some_and(|inner| inner.is::<lz4_flex::frame::Error>()) {
+        return CaptureError::Decompression { offset, message: e.to_string() };
+    }
+    CaptureError::Io(e)
+}
+
+pub(crate) fn read_header<B: BufRead>(input: &mut Input<B>) -> Result<Header, CaptureError> {
+    input.begin("header");
+    let mut magic = [0u8; 7];
+    let got = input.read_up_to(&mut magic)?;
+    if got == 0 {
+        return Err(CaptureError::Empty);
+    }
+    if magic[..got] != MAGIC[..got] {
+        return Err(CaptureError::NotACapture);
+    }
+    if got < magic.len() {
+        return Err(input.truncated());
+    }
+    let version = i32::from_ne_bytes(input.array()?);
+    if version != VERSION {
+        return Err(CaptureError::UnsupportedVersion(version));
+    }
+    let python_version = u32::from_ne_bytes(input.array()?);
+    let native_traces = input.u8()? != 0;
+    let format_byte = input.u8()?;
+    let file_format = FileFormat::from_u8(format_byte)
+        .ok_or_else(|| input.corrupt(format!("unknown file format {format_byte} in header")))?;
+    let n_allocations = input.u64()?;
+    let n_frames = input.u64()?;
+    let start_time_ms = input.u64()? as i64;
+    let end_time_ms = input.u64()? as i64;
+    let command_line = input.cstr()?;
+    let pid = i32::from_ne_bytes(input.array()?);
+    let main_tid = input.u64()?;
+    let skipped_frames_on_main_tid = input.u64()?;
+    // Memray accepts any byte here and prints unknown ones as nothing in particular.
+    let python_allocator = PythonAllocator::from_u8(input.u8()?).unwrap_or(PythonAllocator::Other);
+    let trace_python_allocators = input.u8()? != 0;
+    let track_object_lifetimes = input.u8()? != 0;
+    let libdest = input.cstr()?;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        loop {
+            let entry = input.cstr()?;
+            if entry.is_empty() {
+                break;
+            }
+            list.push(entry);
+        }
+    }
+    let [site_packages, sys_path] = lists;
+    Ok(Header {
+        version,
+        python_version,
+        native_traces,
+        file_format,
+        n_allocations,
+        n_frames,
+        start_time_ms,
+        end_time_ms,
+        command_line,
+        pid,
+        main_tid,
+        skipped_frames_on_main_tid,
+        python_allocator,
+        trace_python_allocators,
+        track_object_lifetimes,
+        libdest,
+        site_packages,
+        sys_path,
+    })
+}
+
+/// The reader side of the delta encoding and address cache.
+#[derive(Default)]
+struct DecodeState {
+    recent: AddressCache,
+    last_data_pointer: u64,
+    last_ip: u64,
+    last_native_frame_id: u64,
+    last_firstlineno: i32,
+    tid: Option<u64>,
+    pending_segments: u64,
+    segments_expected: u64,
+    next_python_frame_id: u64,
+}
+
+/// Reads a capture record by record. Obtain one with [`Reader::open`] (which also skips
+/// the zero padding Memray leaves at the end of plain files) or [`Reader::new`].
+pub struct Reader<R: Read> {
+    input: Input<Source<R>>,
+    header: Header,
+    compressed: bool,
+    state: DecodeState,
+    done: bool,
+    complete: bool,
+}
+
+/// Offset one past the last non-zero byte, or `None` if the file is all zeros.
+fn readable_size(file: &mut File) -> io::Result<Option<u64>> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut end = file.seek(SeekFrom::End(0))?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(Some(start + i as u64 + 1));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
+impl Reader<File> {
+    /// Opens a capture file. For an uncompressed file, the zero bytes Memray preallocates
+    /// past the end of the data are excluded (as `FileSource::findReadableSize` does).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, CaptureError> {
+        let path = path.as_ref();
+        let open_err = |source| CaptureError::Open { path: path.to_path_buf(), source };
+        let mut file = File::open(path).map_err(open_err)?;
+        let mut magic = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match file.read(&mut magic[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CaptureError::Io(e)),
+            }
+        }
+        let limit = if got == 4 && magic == LZ4_MAGIC { None } else { readable_size(&mut file)? };
+        file.seek(SeekFrom::Start(0))?;
+        Reader::with_limit(file, limit)
+    }
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads a capture from any byte stream (a pipe, a socket, an in-memory buffer).
+    /// Without a known end, zero padding is recognised when a record tag is 0 and only
+    /// zeros follow.
+    pub fn new(inner: R) -> Result<Self, CaptureError> {
+        Reader::with_limit(inner, None)
+    }
+
+    fn with_limit(mut inner: R, limit: Option<u64>) -> Result<Self, CaptureError> {
+        let mut magic = Vec::with_capacity(4);
+        (&mut inner).take(4).read_to_end(&mut magic)?;
+        let compressed = magic == LZ4_MAGIC;
+        let prefixed = Cursor::new(magic).chain(inner);
+        let source = if compressed {
+            Source::Lz4(BufReader::with_capacity(64 * 1024, lz4_flex::frame::FrameDecoder::new(prefixed)))
+        } else {
+            Source::Plain(BufReader::with_capacity(64 * 1024, prefixed))
+        };
+        let mut input = Input::new(source);
+        let header = read_header(&mut input)?;
+        // The limit only applies to records: the header's own trailing NULs may have
+        // been counted as padding when the file holds nothing else.
+        input.limit = limit.unwrap_or(u64::MAX);
+        Ok(Reader { input, header, compressed, state: DecodeState::default(), done: false, complete: false })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Whether the file was an LZ4 frame.
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
+    }
+
+    /// Bytes of the (decompressed) capture consumed so far, header included.
+    pub fn offset(&self) -> u64 {
+        self.input.offset
+    }
+
+    /// Whether the end-of-data trailer was seen. `false` after the last record means the
+    /// tracked process did not finish writing (killed, or still running).
+    pub fn reached_trailer(&self) -> bool {
+        self.complete
+    }
+
+    /// The next record, `Ok(None)` at the end of the data (trailer, end of input, or
+    /// zero padding). After an error it returns `Ok(None)`.
+    pub fn next_record(&mut self) -> Result<Option<Record>, CaptureError> {
+        if self.done {
+            return Ok(None);
+        }
+        let result = match self.header.file_format {
+            FileFormat::AllAllocations => self.next_stream_record(),
+            FileFormat::AggregatedAllocations => self.next_aggregated_record(),
+        };
+        match result {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => {
+                self.done = true;
+                Ok(None)
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the tag byte; handles end of data, padding and pending segments.
+    fn next_tag(&mut self, trailer: u8) -> Result<Option<u8>, CaptureError> {
+        self.input.begin("record");
+        let Some(t) = self.input.try_u8()? else {
+            if self.state.pending_segments > 0 {
+                self.input.record = "memory map";
+                return Err(self.input.truncated());
+            }
+            return Ok(None);
+        };
+        if t == tag::FILLER {
+            // Preallocated padding: legitimate only if nothing but zeros follows.
+            if self.input.rest_is_zero()? {
+                return Ok(None);
+            }
+            return Err(self.input.corrupt("zero record type (FILLER) followed by more data"));
+        }
+        if t == trailer {
+            self.complete = true;
+            return Ok(None);
+        }
+        if self.state.pending_segments > 0 && t != tag::SEGMENT {
+            let (left, total) = (self.state.pending_segments, self.state.segments_expected);
+            return Err(self.input.corrupt(format!(
+                "record type {t:#04x} where SEGMENT {} of {total} was expected",
+                total - left + 1
+            )));
+        }
+        Ok(Some(t))
+    }
+
+    fn current_tid(&self, what: &str) -> Result<u64, CaptureError> {
+        self.state.tid.ok_or_else(|| self.input.corrupt(format!("{what} before any CONTEXT_SWITCH")))
+    }
+
+    /// Undoes the address cache: index 15 is a miss carrying a delta of `address >> 3`.
+    fn cached_address(&mut self, index: u8) -> Result<u64, CaptureError> {
+        if index != 15 {
+            return Ok(self.state.recent.get(index as usize));
+        }
+        let delta = self.input.svarint()?;
+        self.state.last_data_pointer = self.state.last_data_pointer.wrapping_add(delta as u64);
+        let address = self.state.last_data_pointer << 3;
+        self.state.recent.insert(address);
+        Ok(address)
+    }
+
+    fn native_delta(&mut self) -> Result<u64, CaptureError> {
+        let d = self.input.svarint()?;
+        self.state.last_native_frame_id = self.state.last_native_frame_id.wrapping_add(d as u64);
+        Ok(self.state.last_native_frame_id)
+    }
+
+    fn next_stream_record(&mut self) -> Result<Option<Record>, CaptureError> {
+        let Some(t) = self.next_tag(tag::TRAILER)? else { return Ok(None) };
+        let record = if t & tag::ALLOCATION != 0 {
+            self.input.record = "ALLOCATION record";
+            let tid = self.current_tid("ALLOCATION")?;
+            let address = self.cached_address((t >> 3) & 0x0f)?;
+            let id = match t & 0x07 {
+                0 => self.input.u8()?,
+                id => id,
+            };
+            let allocator =
+                Allocator::from_u8(id).ok_or_else(|| self.input.corrupt(format!("unknown allocator {id}")))?;
+            let (mut size, mut native_frame_id) = (0, 0);
+            if !allocator.is_simple_deallocator() {
+                if self.header.native_traces {
+                    native_frame_id = self.native_delta()?;
+                }
+                size = self.input.varint()?;
+            }
+            Record::Allocation { tid, address, size, allocator, native_frame_id }
+        } else if t & tag::FRAME_PUSH != 0 {
+            self.input.record = "FRAME_PUSH record";
+            let tid = self.current_tid("FRAME_PUSH")?;
+            let code_object_id = self.input.varint()?;
+            let instruction_offset = self.input.svarint()? as i32;
+            Record::FramePush { tid, code_object_id, instruction_offset, is_entry: t & 1 != 0 }
+        } else if t & tag::OBJECT_RECORD != 0 {
+            self.input.record = "OBJECT_RECORD record";
+            let tid = self.state.tid.unwrap_or(0);
+            let address = self.cached_address((t >> 1) & 0x0f)?;
+            let is_created = t & 1 != 0;
+            let native_frame_id =
+                if self.header.native_traces && is_created { self.native_delta()? } else { 0 };
+            Record::Object { tid, address, is_created, native_frame_id }
+        } else if t & tag::FRAME_POP != 0 {
+            let tid = self.current_tid("FRAME_POP")?;
+            Record::FramePop { tid, count: (t & 0x0f) as u32 + 1 }
+        } else {
+            match t {
+                tag::MEMORY_RECORD => {
+                    self.input.record = "MEMORY_RECORD record";
+                    let rss = self.input.varint()?;
+                    let since = self.input.varint()?;
+                    Record::Memory { rss, ms_since_epoch: since.wrapping_add(self.header.start_time_ms as u64) }
+                }
+                tag::CONTEXT_SWITCH => self.context_switch()?,
+                tag::THREAD_RECORD => self.thread_record()?,
+                tag::CODE_OBJECT => self.code_object()?,
+                tag::NATIVE_TRACE_INDEX => self.native_frame()?,
+                tag::MEMORY_MAP_START => Record::MemoryMapStart,
+                tag::SEGMENT_HEADER => self.segment_header()?,
+                tag::SEGMENT => self.segment()?,
+                _ => return Err(self.input.corrupt(format!("unknown record type {t:#04x}"))),
+            }
+        };
+        Ok(Some(record))
+    }
+
+    fn next_aggregated_record(&mut self) -> Result<Option<Record>, CaptureError> {
+        let Some(t) = self.next_tag(agg_tag::AGGREGATED_TRAILER)? else { return Ok(None) };
+        let record = match t {
+            agg_tag::MEMORY_SNAPSHOT => {
+                self.input.record = "MEMORY_SNAPSHOT record";
+                let ms_since_epoch = self.input.u64()?;
+                let rss = self.input.u64()?;
+                let heap = self.input.u64()?;
+                Record::MemorySnapshot(MemorySnapshot { ms_since_epoch, rss, heap })
+            }
+            agg_tag::AGGREGATED_ALLOCATION => {
+                self.input.record = "AGGREGATED_ALLOCATION record";
+                let raw = self.input.array::<{ AggregatedAllocation::ENCODED_LEN }>()?;
+                let row = AggregatedAllocation::from_bytes(&raw)
+                    .ok_or_else(|| self.input.corrupt(format!("unknown allocator {}", raw[8])))?;
+                Record::AggregatedAllocation(row)
+            }
+            agg_tag::PYTHON_TRACE_INDEX => {
+                self.input.record = "PYTHON_TRACE_INDEX record";
+                let frame_id = self.input.varint()?;
+                let parent_index = self.input.varint()?;
+                Record::PythonTraceNode(TraceNode { frame_id, parent_index })
+            }
+            agg_tag::PYTHON_FRAME_INDEX => {
+                self.input.record = "PYTHON_FRAME_INDEX record";
+                let frame_id = self.input.varint()?;
+                let code_object_id = self.input.varint()?;
+                let instruction_offset = self.input.svarint()? as i32;
+                let is_entry = self.input.u8()? != 0;
+                let expected = self.state.next_python_frame_id;
+                if frame_id != expected {
+                    return Err(self.input.corrupt(format!("Python frame id {frame_id} out of order (expected {expected})")));
+                }
+                self.state.next_python_frame_id += 1;
+                Record::PythonFrame { frame_id, frame: PythonFrame { code_object_id, instruction_offset, is_entry } }
+            }
+            agg_tag::SURVIVING_OBJECT => {
+                self.input.record = "SURVIVING_OBJECT record";
+                let address = self.input.varint()? << 3;
+                let native_frame_id = if self.header.native_traces { self.input.varint()? } else { 0 };
+                Record::SurvivingObject(SurvivingObject { address, native_frame_id })
+            }
+            agg_tag::CONTEXT_SWITCH => self.context_switch()?,
+            agg_tag::THREAD_RECORD => self.thread_record()?,
+            agg_tag::CODE_OBJECT => self.code_object()?,
+            agg_tag::NATIVE_TRACE_INDEX => self.native_frame()?,
+            agg_tag::MEMORY_MAP_START => Record::MemoryMapStart,
+            agg_tag::SEGMENT_HEADER => self.segment_header()?,
+            agg_tag::SEGMENT => self.segment()?,
+            _ => return Err(self.input.corrupt(format!("unknown aggregated record type {t:#04x}"))),
+        };
+        Ok(Some(record))
+    }
+
+    fn context_switch(&mut self) -> Result<Record, CaptureError> {
+        self.input.record = "CONTEXT_SWITCH record";
+        let tid = self.input.u64()?;
+        self.state.tid = Some(tid);
+        Ok(Record::ContextSwitch { tid })
+    }
+
+    fn thread_record(&mut self) -> Result<Record, CaptureError> {
+        self.input.record = "THREAD_RECORD record";
+        let name = self.input.cstr()?;
+        Ok(Record::Thread { tid: self.state.tid.unwrap_or(0), name })
+    }
+
+    fn code_object(&mut self) -> Result<Record, CaptureError> {
+        self.input.record = "CODE_OBJECT record";
+        let id = self.input.varint()?;
+        let function = self.input.cstr()?;
+        let filename = self.input.cstr()?;
+        let d = self.input.svarint()?;
+        self.state.last_firstlineno = (self.state.last_firstlineno as i64).wrapping_add(d) as i32;
+        let len = self.input.varint()?;
+        if len > MAX_STRING_LEN as u64 {
+            return Err(self.input.corrupt(format!("line table of {len} bytes exceeds {MAX_STRING_LEN}")));
+        }
+        let linetable = self.input.bytes(len)?;
+        Ok(Record::CodeObject(CodeObject { id, function, filename, firstlineno: self.state.last_firstlineno, linetable }))
+    }
+
+    fn native_frame(&mut self) -> Result<Record, CaptureError> {
+        self.input.record = "NATIVE_TRACE_INDEX record";
+        let d = self.input.svarint()?;
+        self.state.last_ip = self.state.last_ip.wrapping_add(d as u64);
+        let parent = self.native_delta()?;
+        Ok(Record::NativeFrame(NativeFrame { ip: self.state.last_ip, parent }))
+    }
+
+    fn segment_header(&mut self) -> Result<Record, CaptureError> {
+        self.input.record = "SEGMENT_HEADER record";
+        let filename = self.input.cstr()?;
+        let num_segments = self.input.varint()?;
+        let load_addr = self.input.u64()?;
+        self.state.pending_segments = num_segments;
+        self.state.segments_expected = num_segments;
+        Ok(Record::SegmentHeader { filename, num_segments, load_addr })
+    }
+
+    fn segment(&mut self) -> Result<Record, CaptureError> {
+        self.input.record = "SEGMENT record";
+        if self.state.pending_segments == 0 {
+            return Err(self.input.corrupt("SEGMENT record outside a SEGMENT_HEADER"));
+        }
+        let vaddr = self.input.u64()?;
+        let memsz = self.input.varint()?;
+        self.state.pending_segments -= 1;
+        Ok(Record::Segment(Segment { vaddr, memsz }))
+    }
+}
+
+impl<R: Read> Iterator for Reader<R> {
+    type Item = Result<Record, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
+    }
+}

@@ -1,0 +1,257 @@
+//! `memray run`: start a Python program with tracking active from its first line.
+//!
+//! The program runs in a child interpreter started as `python -c BOOTSTRAP`; the bootstrap
+//! (python/memray/_tracking.py, embedded here so no Python package is needed) loads the
+//! payload with ctypes, opens the capture and starts the tracker before the program's
+//! first line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+const TRACKING_SOURCE: &str = include_str!("../../../python/memray/_tracking.py");
+const BOOTSTRAP: &str = "import os,sys,types\n\
+m=types.ModuleType('_memray_run');sys.modules['_memray_run']=m\n\
+exec(compile(os.environ.pop('MEMRAY_BOOTSTRAP_SRC'),'<memray>','exec'),m.__dict__)\n\
+m.run_from_cli()\n";
+
+#[derive(Args, Debug)]
+#[command(
+    override_usage = "memray run [OPTIONS] (SCRIPT | -m MODULE | -c CODE) [ARGS]...",
+    after_help = "Everything after the script, module or code is passed to the program."
+)]
+pub struct RunArgs {
+    /// Output file name (default: memray-<script>.<pid>.bin next to the script)
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Overwrite the output file if it exists
+    #[arg(short, long)]
+    force: bool,
+    /// Don't print memray's own messages
+    #[arg(short, long)]
+    quiet: bool,
+    /// Record native (C/C++) stacks as well
+    #[arg(long)]
+    native: bool,
+    /// Record pymalloc's allocations too (PYMALLOC_* records)
+    #[arg(long)]
+    trace_python_allocators: bool,
+    /// Keep tracking in forked children (each writes <output>.<childpid>)
+    #[arg(long)]
+    follow_fork: bool,
+    /// Write an aggregated capture (smaller; no temporal or temporary reports)
+    #[arg(long)]
+    aggregate: bool,
+    /// Don't LZ4-compress the capture when the program ends
+    #[arg(long, conflicts_with = "compress_on_exit")]
+    no_compress: bool,
+    /// Compress the capture when the program ends (the default)
+    #[arg(long)]
+    compress_on_exit: bool,
+    /// How often to sample the resident set size, in milliseconds
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    memory_interval_ms: u64,
+    /// Interpreter to run the program with (default: $MEMRAY_PYTHON, else python3 on PATH)
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Run a library module as a script
+    #[arg(long = "module", hide = true)]
+    module: Option<String>,
+    /// Run the given code
+    #[arg(long = "code", hide = true)]
+    code: Option<String>,
+    /// The script and the program's arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+/// `-m MOD args...` and `-c CODE args...` end memray's own options like Python's do, which
+/// clap cannot express: rewrite them to `--module MOD -- args...` before parsing.
+pub fn normalize_argv(argv: Vec<String>) -> Vec<String> {
+    if argv.get(1).map(String::as_str) != Some("run") {
+        return argv;
+    }
+    let run_at = 1;
+    let takes_value = ["-o", "--output", "--memory-interval-ms", "--python"];
+    let mut out: Vec<String> = argv[..=run_at].to_vec();
+    let mut i = run_at + 1;
+    while i < argv.len() {
+        let a = &argv[i];
+        match a.as_str() {
+            "-m" | "-c" if i + 1 < argv.len() => {
+                out.push(if a == "-m" { "--module".into() } else { "--code".into() });
+                out.push(argv[i + 1].clone());
+                out.push("--".into());
+                out.extend(argv[i + 2..].iter().cloned());
+                return out;
+            }
+            "--" => {
+                out.extend(argv[i..].iter().cloned());
+                return out;
+            }
+            _ if takes_value.contains(&a.as_str()) => {
+                out.push(a.clone());
+                if let Some(v) = argv.get(i + 1) {
+                    out.push(v.clone());
+                }
+                i += 2;
+                continue;
+            }
+            _ if a.starts_with('-') && a.len() > 1 => out.push(a.clone()),
+            _ => {
+                out.push("--".into());
+                out.extend(argv[i..].iter().cloned());
+                return out;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+enum Target {
+    Script(PathBuf),
+    Module(String),
+    Code(String),
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let mut rest = args.rest.clone();
+    let target = match (&args.module, &args.code) {
+        (Some(m), None) => Target::Module(m.clone()),
+        (None, Some(c)) => Target::Code(c.clone()),
+        (None, None) if !rest.is_empty() => Target::Script(PathBuf::from(rest.remove(0))),
+        _ => bail!("nothing to run: give a script, -m MODULE or -c CODE"),
+    };
+    if let Target::Script(p) = &target {
+        if !p.is_file() {
+            bail!("no such script: {}", p.display());
+        }
+    }
+    if args.native {
+        bail!("--native is not supported yet (native stacks are tracked in a later release)");
+    }
+
+    let payload = crate::payload_file::locate()?;
+    let python = interpreter(args.python.as_deref())?;
+
+    // The output name may hold {pid}: only the child knows its pid before tracking starts.
+    let output_template = match &args.output {
+        Some(o) => {
+            if o.exists() && !args.force {
+                bail!("output file {} already exists (use -f/--force to overwrite it)", o.display());
+            }
+            check_writable_dir(o)?;
+            o.to_string_lossy().into_owned()
+        }
+        None => default_output(&target)?,
+    };
+
+    let mut cmd = Command::new(&python);
+    cmd.arg("-c").arg(BOOTSTRAP).args(&rest);
+    let (mode, target_text) = match &target {
+        Target::Script(p) => ("script", p.to_string_lossy().into_owned()),
+        Target::Module(m) => ("module", m.clone()),
+        Target::Code(c) => ("code", c.clone()),
+    };
+    let flag = |b: bool| if b { "1" } else { "0" };
+    cmd.env("MEMRAY_BOOTSTRAP_SRC", TRACKING_SOURCE)
+        .env("MEMRAY_PAYLOAD", &payload)
+        .env("MEMRAY_RUN_MODE", mode)
+        .env("MEMRAY_RUN_TARGET", target_text)
+        .env("MEMRAY_RUN_OUTPUT", &output_template)
+        .env("MEMRAY_RUN_FORCE", flag(args.force))
+        .env("MEMRAY_RUN_COMPRESS", flag(!args.no_compress))
+        .env("MEMRAY_RUN_PYALLOC", flag(args.trace_python_allocators))
+        .env("MEMRAY_RUN_FOLLOW_FORK", flag(args.follow_fork))
+        .env("MEMRAY_RUN_AGGREGATE", flag(args.aggregate))
+        .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string());
+
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?;
+    let output = output_template.replace("{pid}", &child.id().to_string());
+    if !args.quiet {
+        eprintln!("Writing profile results into {output}");
+    }
+    let status = child.wait().context("waiting for the program")?;
+    let code = exit_code(status);
+    if Path::new(&output).is_file() && !args.quiet {
+        eprintln!("[memray] Successfully generated profile results.\n");
+        eprintln!("You can now generate reports from the stored allocation records.");
+        eprintln!("Some example commands to generate reports:\n");
+        eprintln!("memray flamegraph {output}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    }
+}
+
+fn interpreter(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("MEMRAY_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    Ok(PathBuf::from("python3"))
+}
+
+fn default_output(target: &Target) -> Result<String> {
+    let (dir, stem) = match target {
+        Target::Script(p) => {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "script".into());
+            (dir, name)
+        }
+        Target::Module(m) => (PathBuf::from("."), m.clone()),
+        Target::Code(_) => (PathBuf::from("."), "string".into()),
+    };
+    let path = dir.join(format!("memray-{stem}.{{pid}}.bin"));
+    check_writable_dir(&path)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+fn check_writable_dir(file: &Path) -> Result<()> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {}: directory {} does not exist", file.display(), dir.display());
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).context("directory name has a NUL byte")?;
+    // SAFETY: access() with a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        bail!("cannot write {}: directory {} is not writable", file.display(), dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_argv;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn module_ends_memray_options() {
+        assert_eq!(normalize_argv(v("memray run -q -m pytest -x -k t")), v("memray run -q --module pytest -- -x -k t"));
+    }
+
+    #[test]
+    fn script_ends_memray_options() {
+        assert_eq!(normalize_argv(v("memray run -o out.bin s.py -o x")), v("memray run -o out.bin -- s.py -o x"));
+    }
+
+    #[test]
+    fn code_keeps_its_arguments() {
+        assert_eq!(normalize_argv(v("memray run -c pass a b")), v("memray run --code pass -- a b"));
+    }
+}

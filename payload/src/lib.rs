@@ -1,0 +1,93 @@
+//! The payload: the library that lives inside the tracked CPython process.
+//!
+//! It has no link-time dependency on libpython: everything CPython is found at run time
+//! (`python::Interpreter::resolve`), so one build serves every CPython 3.8 to 3.13 and
+//! every way in (`memray run`, `memray.Tracker`, attach).
+//!
+//! The C ABI below is the whole interface; the Python side calls it through ctypes.PyDLL
+//! (so the GIL is held during the calls).
+
+mod compress;
+mod got;
+mod hooks;
+mod lock;
+mod pymem;
+pub mod python;
+mod rss;
+mod stack;
+mod thread_state;
+mod tracker;
+mod writer;
+
+use std::ffi::{c_char, CStr};
+
+/// Copies `msg` into the caller's buffer, NUL-terminated and truncated to fit.
+fn write_error(msg: &str, buf: *mut c_char, len: usize) {
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    let n = msg.len().min(len - 1);
+    // SAFETY: the caller passes a writable buffer of `len` bytes; we write n+1 <= len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), buf as *mut u8, n);
+        *buf.add(n) = 0;
+    }
+}
+
+/// Starts a tracker. `config` is a NUL-terminated `key\x1fvalue\x1e...` text (see
+/// tracker::Config). Returns 0 on success; otherwise 1 (already active) or 2 (any other
+/// error) with a message in `err`.
+#[no_mangle]
+pub extern "C" fn memray_tracker_start(config: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
+    if config.is_null() {
+        write_error("no configuration given", err, err_len);
+        return 2;
+    }
+    // SAFETY: the caller passes a NUL-terminated string that outlives this call.
+    let text = unsafe { CStr::from_ptr(config) }.to_string_lossy().into_owned();
+    let result = tracker::Config::parse(&text).and_then(tracker::start);
+    match result {
+        Ok(()) => 0,
+        Err(e @ tracker::StartError::AlreadyActive) => {
+            write_error(&e.to_string(), err, err_len);
+            1
+        }
+        Err(e) => {
+            write_error(&e.to_string(), err, err_len);
+            2
+        }
+    }
+}
+
+/// Stops the active tracker and finishes its capture. Returns 0, or 1 if none was active.
+#[no_mangle]
+pub extern "C" fn memray_tracker_stop() -> i32 {
+    if tracker::stop() {
+        0
+    } else {
+        1
+    }
+}
+
+/// 1 while a tracker is recording in this process.
+#[no_mangle]
+pub extern "C" fn memray_tracker_is_active() -> i32 {
+    tracker::is_active() as i32
+}
+
+/// Names a thread in the capture. `ident` is its pthread_t (Python's threading.get_ident()).
+#[no_mangle]
+pub extern "C" fn memray_set_thread_name(ident: u64, name: *const c_char) {
+    if name.is_null() || !tracker::is_active() {
+        return;
+    }
+    let _g = thread_state::GuardScope::enter();
+    // SAFETY: the caller passes a NUL-terminated string valid for this call.
+    let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as u64;
+    let caller_tid = (me == ident).then(thread_state::current_tid);
+    if let Some(w) = hooks::WRITER.lock().as_mut() {
+        w.set_thread_name(ident as usize, name, caller_tid);
+    }
+}

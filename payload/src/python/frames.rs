@@ -1,0 +1,257 @@
+//! The in-process frame walker: reads the calling thread's Python frame chain straight
+//! from the interpreter's memory, with no Python API call, no lock, no allocation and no
+//! panic, so it can run inside a malloc hook with or without the GIL.
+
+use super::layout::{EntryRule, FrameRoot, InstrPos, Layout};
+use super::read_at;
+
+/// One Python frame, as Memray's FRAME_PUSH record carries it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawFrame {
+    /// The frame's `PyCodeObject*`.
+    pub code: usize,
+    /// What Memray 1.20 records for this version: `f_lasti` as is on 3.8-3.10 (bytes on
+    /// 3.8/3.9, code units on 3.10), `PyFrame_GetLasti()` (bytes, or -1) on 3.11+.
+    pub instr_offset: i32,
+    /// Memray's `is_entry_frame`: true before 3.11; on 3.11+ `_PyFrame_IsEntryFrame`.
+    pub is_entry: bool,
+}
+
+/// Frames the walker may pass over without writing (3.12+ shim frames, incomplete frames)
+/// on top of `out.len()`, before it gives up on a chain that looks endless.
+const MAX_SKIPPED: usize = 64;
+
+/// Walks the frames of the thread that owns `tstate`, innermost first, writing up to
+/// `out.len()` of them. Returns how many were written and whether frames were left out
+/// (the buffer was full, or the chain was longer than any sane one).
+///
+/// Frames are kept or skipped exactly as `PyEval_GetFrame`/`PyFrame_GetBack` would expose
+/// them: 3.11+ incomplete frames and frames owned by the C stack are skipped, and so is
+/// any frame whose code slot does not hold a code object (3.13 `f_executable`).
+///
+/// # Safety
+/// - `tstate` is null or the calling thread's own `PyThreadState*` (then only this thread
+///   mutates the chain, and it is busy calling us, so every linked frame stays valid and
+///   keeps its code object alive for the duration of the call);
+/// - `layout` describes the running interpreter and `code_type` is `&PyCode_Type`.
+pub unsafe fn walk(layout: &Layout, tstate: *const u8, code_type: usize, out: &mut [RawFrame]) -> (usize, bool) {
+    if tstate.is_null() || code_type == 0 {
+        return (0, false);
+    }
+    // SAFETY: tstate is a live PyThreadState (caller contract) described by `layout`.
+    let mut frame = unsafe { first_frame(layout, tstate as usize) };
+    let mut written = 0usize;
+    let mut budget = out.len().saturating_mul(2).saturating_add(MAX_SKIPPED);
+    while frame != 0 {
+        if budget == 0 {
+            return (written, true);
+        }
+        budget -= 1;
+        // SAFETY: `frame` is a non-null frame linked into this thread's chain (see above).
+        let previous: usize = unsafe { read_at(frame, layout.frame_back) };
+        // SAFETY: as above; `previous` is null or the next frame of the same chain.
+        if let Some(f) = unsafe { describe(layout, frame, previous, code_type) } {
+            match out.get_mut(written) {
+                Some(slot) => *slot = f,
+                None => return (written, true),
+            }
+            written += 1;
+        }
+        frame = previous;
+    }
+    (written, false)
+}
+
+/// The innermost frame pointer (PyFrameObject* before 3.11, _PyInterpreterFrame* after).
+///
+/// # Safety
+/// `tstate` is a non-null, live PyThreadState described by `layout`.
+unsafe fn first_frame(layout: &Layout, tstate: usize) -> usize {
+    match layout.tstate_frame {
+        // SAFETY: reading a pointer field of the live thread state.
+        FrameRoot::Direct(offset) => unsafe { read_at(tstate, offset) },
+        FrameRoot::ViaCFrame { cframe, current } => {
+            // SAFETY: reading a pointer field of the live thread state.
+            let cf: usize = unsafe { read_at(tstate, cframe) };
+            if cf == 0 {
+                return 0;
+            }
+            // SAFETY: a non-null `cframe` points at the thread's live _PyCFrame (it lives
+            // in the thread state or on this thread's C stack, below us).
+            unsafe { read_at(cf, current) }
+        }
+    }
+}
+
+/// The RawFrame for `frame`, or None when CPython itself would not show it.
+///
+/// # Safety
+/// `frame` is a non-null live frame of the calling thread's chain and `previous` its
+/// successor (or null); `layout` and `code_type` describe the running interpreter.
+unsafe fn describe(layout: &Layout, frame: usize, previous: usize, code_type: usize) -> Option<RawFrame> {
+    // 3.12+: shim/entry frames that live on the C stack are not Python frames.
+    // SAFETY: `owner` is a one-byte field of the live frame.
+    let owner: Option<u8> = layout.frame_owner.map(|offset| unsafe { read_at(frame, offset) });
+    if owner.is_some() && owner == layout.owned_by_cstack {
+        return None;
+    }
+
+    // SAFETY: the code slot of a live frame holds a strong reference (or null).
+    let code: usize = unsafe { read_at(frame, layout.frame_code) };
+    if code == 0 {
+        return None;
+    }
+    // SAFETY: `code` is a live object (the frame owns a reference); ob_type is its header.
+    let ob_type: usize = unsafe { read_at(code, layout.ob_type) };
+    if ob_type != code_type {
+        return None;
+    }
+
+    let instr_offset = match layout.frame_instr {
+        // SAFETY: `f_lasti` is an int field of the live PyFrameObject.
+        InstrPos::Lasti(offset) => unsafe { read_at::<i32>(frame, offset) },
+        InstrPos::Pointer(offset) => {
+            // SAFETY: the instruction pointer is a plain field of the live frame.
+            let ip: usize = unsafe { read_at(frame, offset) };
+            let first = code.wrapping_add(layout.code_adaptive?);
+            if let (Some(owner), Some(traceable)) = (owner, layout.code_firsttraceable) {
+                // _PyFrame_IsIncomplete: a frame that has not yet run its prologue.
+                // SAFETY: `_co_firsttraceable` is an int field of the live code object.
+                let firsttraceable: i32 = unsafe { read_at(code, traceable) };
+                let start = first.wrapping_add((firsttraceable.max(0) as usize).wrapping_mul(2));
+                if owner != layout.owned_by_generator && ip < start {
+                    return None;
+                }
+            }
+            lasti_bytes(ip, first)
+        }
+    };
+
+    let is_entry = match layout.entry {
+        EntryRule::Always => true,
+        // SAFETY: `is_entry` is a one-byte bool field of the live frame.
+        EntryRule::Flag(offset) => (unsafe { read_at::<u8>(frame, offset) }) != 0,
+        EntryRule::PreviousOwnedByCStack => match (layout.frame_owner, layout.owned_by_cstack) {
+            (Some(offset), Some(cstack)) if previous != 0 => {
+                // SAFETY: `previous` is the next live frame of the same chain.
+                let previous_owner: u8 = unsafe { read_at(previous, offset) };
+                previous_owner == cstack
+            }
+            _ => false,
+        },
+    };
+
+    Some(RawFrame { code, instr_offset, is_entry })
+}
+
+/// `PyFrame_GetLasti` on 3.11+: the distance from the first code unit, in bytes, or -1
+/// when the pointer is before it (a frame that has not started).
+fn lasti_bytes(ip: usize, first: usize) -> i32 {
+    let units = (ip.wrapping_sub(first) as isize) >> 1;
+    let units = units as i32;
+    if units < 0 {
+        -1
+    } else {
+        units.wrapping_mul(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::layout::{PY310, PY311, PY312, PY313};
+
+    #[test]
+    fn lasti_matches_pyframe_getlasti() {
+        assert_eq!(lasti_bytes(1000, 1000), 0);
+        assert_eq!(lasti_bytes(1008, 1000), 8);
+        assert_eq!(lasti_bytes(998, 1000), -1); // prev_instr before the first instruction
+    }
+
+    /// Builds a fake interpreter in plain memory and walks it: catches offset mix-ups in
+    /// the walker itself (the offsets are checked against real interpreters separately).
+    fn fake_walk(layout: &Layout) -> Vec<RawFrame> {
+        const CODE_TYPE: usize = 0xC0DE;
+        let mut code = vec![0u64; 64];
+        let mut other = vec![0u64; 64];
+        let code_addr = code.as_mut_ptr() as usize;
+        let set = |base: usize, off: usize, val: &[u8]| unsafe {
+            std::ptr::copy_nonoverlapping(val.as_ptr(), (base + off) as *mut u8, val.len())
+        };
+        set(code_addr, layout.ob_type, &CODE_TYPE.to_ne_bytes());
+        set(other.as_mut_ptr() as usize, layout.ob_type, &0xBADusize.to_ne_bytes());
+        let first = code_addr + layout.code_adaptive.unwrap_or(0);
+        if let Some(t) = layout.code_firsttraceable {
+            set(code_addr, t, &2i32.to_ne_bytes());
+        }
+        let mut frames = vec![vec![0u64; 64]; 4];
+        let addrs: Vec<usize> = frames.iter_mut().map(|f| f.as_mut_ptr() as usize).collect();
+        // 0: innermost, running; 1: a C-stack shim or non-code frame; 2: incomplete
+        // (3.11+); 3: outermost.
+        for (i, &a) in addrs.iter().enumerate() {
+            let back = addrs.get(i + 1).copied().unwrap_or(0);
+            set(a, layout.frame_back, &back.to_ne_bytes());
+            set(a, layout.frame_code, &code_addr.to_ne_bytes());
+            match layout.frame_instr {
+                InstrPos::Lasti(o) => set(a, o, &(10 * i as i32).to_ne_bytes()),
+                InstrPos::Pointer(o) => {
+                    let ip = if i == 2 { first + 2 } else { first + 20 * i + 4 };
+                    set(a, o, &ip.to_ne_bytes())
+                }
+            }
+            if let EntryRule::Flag(o) = layout.entry {
+                set(a, o, &[(i == 3) as u8]);
+            }
+        }
+        match (layout.frame_owner, layout.owned_by_cstack) {
+            (Some(o), Some(cstack)) => set(addrs[1], o, &[cstack]),
+            _ => set(addrs[1], layout.frame_code, &(other.as_ptr() as usize).to_ne_bytes()),
+        }
+        let mut tstate = vec![0u64; 64];
+        let mut cframe = vec![0u64; 4];
+        let t = tstate.as_mut_ptr() as usize;
+        match layout.tstate_frame {
+            FrameRoot::Direct(o) => set(t, o, &addrs[0].to_ne_bytes()),
+            FrameRoot::ViaCFrame { cframe: c, current } => {
+                set(t, c, &(cframe.as_mut_ptr() as usize).to_ne_bytes());
+                set(cframe.as_mut_ptr() as usize, current, &addrs[0].to_ne_bytes());
+            }
+        }
+        let mut out = [RawFrame::default(); 8];
+        let (n, truncated) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut out) };
+        assert!(!truncated);
+        let mut small = [RawFrame::default(); 1];
+        let (n1, truncated1) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut small) };
+        assert_eq!((n1, truncated1), (1, true));
+        out[..n].to_vec()
+    }
+
+    #[test]
+    fn walks_frame_objects() {
+        let got = fake_walk(&PY310);
+        // Frame 1 holds a non-code object and is skipped; 3.10 has no incomplete frames.
+        let offs: Vec<i32> = got.iter().map(|f| f.instr_offset).collect();
+        assert_eq!(offs, vec![0, 20, 30]);
+        assert!(got.iter().all(|f| f.is_entry));
+    }
+
+    #[test]
+    fn walks_interpreter_frames() {
+        for layout in [&PY311, &PY312, &PY313] {
+            let got = fake_walk(layout);
+            let offs: Vec<i32> = got.iter().map(|f| f.instr_offset).collect();
+            // Frame 1 is skipped (3.11: non-code object; 3.12+: C-stack owner), frame 2 is
+            // incomplete (before _co_firsttraceable).
+            assert_eq!(offs, vec![4, 64], "3.{}", layout.minor);
+            let entries: Vec<bool> = got.iter().map(|f| f.is_entry).collect();
+            let expected = if layout.minor == 11 { vec![false, true] } else { vec![true, false] };
+            assert_eq!(entries, expected, "3.{}", layout.minor);
+        }
+    }
+
+    #[test]
+    fn null_thread_state_gives_nothing() {
+        let mut out = [RawFrame::default(); 4];
+        assert_eq!(unsafe { walk(&PY312, std::ptr::null(), 1, &mut out) }, (0, false));
+    }
+}

@@ -1,0 +1,105 @@
+//! The sampler thread: every memory_interval_ms it writes the process's resident set size
+//! as a MEMORY_RECORD and flushes the output, which bounds what a SIGKILL can lose.
+//!
+//! Started with raw pthread_create rather than std::thread, so that the reentrancy guard is
+//! the very first thing the thread sets: std's thread start-up calls into glibc, whose own
+//! allocations would otherwise be recorded as the program's.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::hooks::WRITER;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static INTERVAL_MS: AtomicU64 = AtomicU64::new(10);
+
+pub struct Sampler {
+    thread: Option<libc::pthread_t>,
+}
+
+extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    crate::thread_state::set_guard_permanently();
+    while !STOP.load(Ordering::Acquire) {
+        sample();
+        sleep_interruptibly(INTERVAL_MS.load(Ordering::Relaxed));
+    }
+    std::ptr::null_mut()
+}
+
+/// Sleeps in slices of at most 5 ms so stop() never waits long.
+fn sleep_interruptibly(ms: u64) {
+    let mut left = ms;
+    while left > 0 && !STOP.load(Ordering::Acquire) {
+        let step = left.min(5);
+        std::thread::sleep(std::time::Duration::from_millis(step));
+        left -= step;
+    }
+}
+
+impl Sampler {
+    pub fn start(interval_ms: u64) -> std::io::Result<Sampler> {
+        STOP.store(false, Ordering::Release);
+        INTERVAL_MS.store(interval_ms.max(1), Ordering::Relaxed);
+        let mut thread: libc::pthread_t = 0;
+        // SAFETY: sampler_main has the signature pthread expects and takes no argument.
+        let rc = unsafe { libc::pthread_create(&mut thread, std::ptr::null(), sampler_main, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(Sampler { thread: Some(thread) })
+    }
+
+    pub fn stop(&mut self) {
+        STOP.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            // SAFETY: joins the thread we created, exactly once.
+            unsafe { libc::pthread_join(t, std::ptr::null_mut()) };
+        }
+    }
+
+    /// After fork the thread does not exist in the child: forget it without joining.
+    pub fn forget(&mut self) {
+        self.thread = None;
+    }
+}
+
+fn sample() {
+    let rss = resident_bytes();
+    let now = now_ms();
+    if let Some(w) = WRITER.lock().as_mut() {
+        w.write_memory_record(rss, now);
+    }
+}
+
+/// Resident set size from /proc/self/statm (second field, in pages).
+pub fn resident_bytes() -> u64 {
+    let mut buf = [0u8; 128];
+    // SAFETY: open/read/close on a NUL-terminated literal path into a stack buffer.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 0;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return 0;
+    }
+    let pages = buf[..n as usize]
+        .split(|b| *b == b' ')
+        .nth(1)
+        .and_then(|f| std::str::from_utf8(f).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    pages * page
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,235 @@
+//! The record writer: one per capture, behind one lock. Owns the output file descriptor,
+//! a buffer flushed with write(2), the stream encoder's state and the code-object ids.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use memray_capture::{Allocator, ByteSink, Header, StreamEncoder};
+
+use crate::python::frames::RawFrame;
+
+const BUFFER_SIZE: usize = 1 << 20;
+
+/// Buffered output to a file or a connected socket. Never allocates once created (a put
+/// larger than the buffer is written straight through).
+pub struct FdSink {
+    fd: i32,
+    buf: Vec<u8>,
+    pub failed: bool,
+    pub bytes_written: u64,
+}
+
+impl FdSink {
+    pub fn new(fd: i32) -> Self {
+        FdSink { fd, buf: Vec::with_capacity(BUFFER_SIZE), failed: false, bytes_written: 0 }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    pub fn flush(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.write_all(&buf);
+        self.buf = buf;
+        self.buf.clear();
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) {
+        if self.failed {
+            return;
+        }
+        while !data.is_empty() {
+            // SAFETY: writes from a valid slice to an fd we own.
+            let n = unsafe { libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len()) };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                self.failed = true;
+                return;
+            }
+            self.bytes_written += n as u64;
+            data = &data[n as usize..];
+        }
+    }
+}
+
+impl ByteSink for FdSink {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if self.buf.len() + bytes.len() > BUFFER_SIZE {
+            self.flush();
+            if bytes.len() > BUFFER_SIZE {
+                self.write_all(bytes);
+                return;
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+/// Fx-style hash for pointer keys: the std SipHash costs more than the rest of a lookup.
+#[derive(Default)]
+pub struct PtrHasher(u64);
+impl Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
+
+struct CodeEntry {
+    id: u64,
+    identity: crate::python::code::CodeIdentity,
+}
+
+pub struct Writer {
+    pub sink: FdSink,
+    enc: StreamEncoder,
+    header: Header,
+    last_tid: u64,
+    codes: PtrMap<CodeEntry>,
+    next_code_id: u64,
+    name_buf: Vec<u8>,
+    file_buf: Vec<u8>,
+    /// Names given to threads (keyed by pthread_t) before they wrote anything.
+    pending_names: PtrMap<Vec<u8>>,
+    pub n_allocations: u64,
+    pub native_traces: bool,
+    pub start_ms: i64,
+    pub interp: &'static crate::python::Interpreter,
+}
+
+impl Writer {
+    pub fn new(fd: i32, header: Header, interp: &'static crate::python::Interpreter) -> Self {
+        let start_ms = header.start_time_ms;
+        let mut w = Writer {
+            sink: FdSink::new(fd),
+            enc: StreamEncoder::new(),
+            header,
+            last_tid: 0,
+            codes: PtrMap::default(),
+            next_code_id: 1,
+            name_buf: Vec::with_capacity(256),
+            file_buf: Vec::with_capacity(1024),
+            pending_names: PtrMap::default(),
+            n_allocations: 0,
+            native_traces: false,
+            start_ms,
+            interp,
+        };
+        let mut bytes = Vec::new();
+        w.header.encode(&mut bytes);
+        w.sink.put(&bytes);
+        w.sink.flush();
+        w
+    }
+
+    #[inline]
+    fn switch_to(&mut self, tid: u64) {
+        if self.last_tid != tid {
+            self.enc.context_switch(&mut self.sink, tid);
+            self.last_tid = tid;
+        }
+    }
+
+    /// Writes the stack change (pops, then pushes outermost first) for `tid`.
+    pub fn write_stack_change(&mut self, tid: u64, pops: usize, pushes: &[RawFrame]) {
+        self.switch_to(tid);
+        if pops > 0 {
+            self.enc.frame_pop(&mut self.sink, pops as u32);
+        }
+        for f in pushes {
+            let id = self.code_id(f.code);
+            self.enc.frame_push(&mut self.sink, id, f.instr_offset, f.is_entry);
+        }
+    }
+
+    pub fn write_allocation(&mut self, tid: u64, address: usize, size: usize, allocator: Allocator) {
+        self.switch_to(tid);
+        self.enc.allocation(&mut self.sink, address as u64, size as u64, allocator, 0, false);
+        if !allocator.is_deallocator() {
+            self.n_allocations += 1;
+        }
+    }
+
+    pub fn write_thread_name(&mut self, tid: u64, name: &[u8]) {
+        self.switch_to(tid);
+        self.enc.thread_record(&mut self.sink, name);
+    }
+
+    /// Names the thread `ident` (a pthread_t). For the calling thread it is written at
+    /// once; other threads get it with their first record.
+    pub fn set_thread_name(&mut self, ident: usize, name: &[u8], caller_tid: Option<u64>) {
+        match caller_tid {
+            Some(tid) => self.write_thread_name(tid, name),
+            None => {
+                self.pending_names.insert(ident, name.to_vec());
+            }
+        }
+    }
+
+    pub fn write_pending_thread_name(&mut self, tid: u64) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        if let Some(name) = self.pending_names.remove(&me) {
+            self.write_thread_name(tid, &name);
+        }
+    }
+
+    pub fn write_memory_record(&mut self, rss: u64, now_ms: i64) {
+        let since = (now_ms - self.start_ms).max(0) as u64;
+        self.enc.memory_record(&mut self.sink, rss, since);
+        self.sink.flush();
+    }
+
+    /// The id of a code object, writing its CODE_OBJECT record the first time it is seen
+    /// (or when its address was reused by another code object).
+    fn code_id(&mut self, code: usize) -> u64 {
+        // SAFETY (this block and the one below): `code` came from the walker, which only
+        // returns objects whose type is PyCode_Type, referenced by a live frame of the
+        // calling thread, so the code object and its fields stay alive during this call.
+        let identity = unsafe { crate::python::code::identity(self.interp, code) };
+        if let Some(e) = self.codes.get(&code) {
+            if e.identity == identity {
+                return e.id;
+            }
+        }
+        let id = self.next_code_id;
+        self.next_code_id += 1;
+        self.name_buf.clear();
+        self.file_buf.clear();
+        let (firstlineno, linetable) = unsafe {
+            crate::python::code::write_name(self.interp, code, &mut self.name_buf);
+            crate::python::code::write_filename(self.interp, code, &mut self.file_buf);
+            (crate::python::code::firstlineno(self.interp, code), crate::python::code::linetable(self.interp, code))
+        };
+        self.enc.code_object(&mut self.sink, id, &self.name_buf, &self.file_buf, firstlineno, linetable);
+        self.codes.insert(code, CodeEntry { id, identity });
+        id
+    }
+
+    /// Ends the capture: trailer, flush, and the header rewritten with the final counts
+    /// (files only: a socket cannot seek).
+    pub fn finish(&mut self, end_ms: i64, seekable: bool) {
+        self.enc.trailer(&mut self.sink);
+        self.sink.flush();
+        if seekable && !self.sink.failed {
+            self.header.n_allocations = self.n_allocations;
+            self.header.end_time_ms = end_ms;
+            let mut bytes = Vec::new();
+            self.header.encode(&mut bytes);
+            // SAFETY: pwrite from a valid buffer to our own fd; the header keeps its length.
+            unsafe { libc::pwrite(self.sink.fd(), bytes.as_ptr() as *const libc::c_void, bytes.len(), 0) };
+        }
+    }
+}

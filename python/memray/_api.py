@@ -1,0 +1,110 @@
+"""The public tracking API, as Memray documents it."""
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from . import _tracking
+
+
+class FileFormat(enum.IntEnum):
+    ALL_ALLOCATIONS = 1
+    AGGREGATED_ALLOCATIONS = 2
+
+
+class Destination:
+    """Base class of where a Tracker writes."""
+
+
+@dataclass(frozen=True)
+class FileDestination(Destination):
+    path: Union[str, "os.PathLike[str]"]
+    overwrite: bool = False
+    compress_on_exit: bool = True
+
+
+@dataclass(frozen=True)
+class SocketDestination(Destination):
+    server_port: int
+    address: str = "127.0.0.1"
+
+
+_active_tracker: Optional["Tracker"] = None
+
+
+class Tracker:
+    """Context manager that records every allocation made while it is active.
+
+    >>> with Tracker("output.bin"):
+    ...     do_something()
+    """
+
+    def __init__(self, file_name=None, *, destination=None, native_traces=False, memory_interval_ms=10,
+                 follow_fork=False, trace_python_allocators=False, file_format=FileFormat.ALL_ALLOCATIONS):
+        if (file_name is None) == (destination is None):
+            raise TypeError("Exactly one of 'file_name' or 'destination' argument must be specified")
+        if file_name is not None:
+            destination = FileDestination(path=file_name)
+        if not isinstance(destination, (FileDestination, SocketDestination)):
+            raise TypeError("destination must be a FileDestination or a SocketDestination, not %r"
+                            % type(destination).__name__)
+        file_format = FileFormat(file_format)
+        if isinstance(destination, SocketDestination):
+            if follow_fork:
+                raise RuntimeError("follow_fork requires an output file")
+            if file_format == FileFormat.AGGREGATED_ALLOCATIONS:
+                raise RuntimeError("AGGREGATED_ALLOCATIONS requires an output file")
+        if memory_interval_ms < 1:
+            raise ValueError("memory_interval_ms must be at least 1")
+        self.destination = destination
+        self.native_traces = bool(native_traces)
+        self.memory_interval_ms = int(memory_interval_ms)
+        self.follow_fork = bool(follow_fork)
+        self.trace_python_allocators = bool(trace_python_allocators)
+        self.file_format = file_format
+        self._session = None
+        self._used = False
+
+    def __enter__(self):
+        global _active_tracker
+        if self._used:
+            raise RuntimeError("This Tracker has already been used: a Tracker cannot be entered twice; "
+                               "create a new one")
+        if _active_tracker is not None or _tracking.is_active():
+            raise RuntimeError("No more than one Tracker instance can be active at the same time")
+        dest = self.destination
+        if isinstance(dest, FileDestination):
+            path = os.fspath(dest.path)
+            fd = _tracking.open_file_destination(path, dest.overwrite)
+            session = _tracking.Session(fd, path, True, dest.compress_on_exit, **self._options())
+        else:
+            fd = _tracking.open_socket_destination(dest.server_port, dest.address)
+            session = _tracking.Session(fd, None, False, False, **self._options())
+        self._used = True
+        try:
+            session.start()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._session = session
+        _active_tracker = self
+        return self
+
+    def __exit__(self, *exc):
+        global _active_tracker
+        session, self._session = self._session, None
+        if _active_tracker is self:
+            _active_tracker = None
+        if session is not None:
+            session.stop()
+        return False
+
+    def _options(self):
+        return dict(
+            native_traces=self.native_traces,
+            trace_python_allocators=self.trace_python_allocators,
+            follow_fork=self.follow_fork,
+            memory_interval_ms=self.memory_interval_ms,
+            aggregated=self.file_format == FileFormat.AGGREGATED_ALLOCATIONS,
+        )

@@ -1,0 +1,317 @@
+"""Talks to the payload library: builds a tracker's configuration and starts/stops it.
+
+This file uses only the standard library and is self-contained on purpose: the `memray`
+binary embeds its text to bootstrap `memray run` in an interpreter that does not have
+this package installed, and `memray.Tracker` imports it as a module.
+"""
+
+import ctypes
+import os
+import site
+import sys
+import sysconfig
+import threading
+
+_PAYLOAD_NAME = "libmemray_payload.so"
+_lib = None
+
+# The capture header's codes for the interpreter's allocator (Memray's numbering).
+_ALLOCATOR_CODES = {
+    "pymalloc": 1,
+    "pymalloc_debug": 2,
+    "malloc": 3,
+    "mimalloc": 5,
+    "mimalloc_debug": 6,
+}
+
+
+def payload_path():
+    env = os.environ.get("MEMRAY_PAYLOAD")
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, "_payload", _PAYLOAD_NAME)
+
+
+def _load():
+    global _lib
+    if _lib is None:
+        path = payload_path()
+        if not os.path.exists(path):
+            raise ImportError(
+                "memray's payload library is missing at %s (build it with `cargo build --release` "
+                "or set MEMRAY_PAYLOAD)" % path
+            )
+        # PyDLL keeps the GIL held during calls: start/stop touch the PyMem allocators.
+        lib = ctypes.PyDLL(path)
+        lib.memray_tracker_start.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.memray_tracker_start.restype = ctypes.c_int
+        lib.memray_tracker_stop.argtypes = []
+        lib.memray_tracker_stop.restype = ctypes.c_int
+        lib.memray_tracker_is_active.argtypes = []
+        lib.memray_tracker_is_active.restype = ctypes.c_int
+        lib.memray_set_thread_name.argtypes = [ctypes.c_uint64, ctypes.c_char_p]
+        lib.memray_set_thread_name.restype = None
+        _lib = lib
+    return _lib
+
+
+def _python_allocator():
+    try:
+        fn = ctypes.pythonapi._PyMem_GetCurrentAllocatorName
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = []
+        name = fn()
+        if name:
+            return _ALLOCATOR_CODES.get(name.decode(), 4)
+    except (AttributeError, OSError):
+        pass
+    env = os.environ.get("PYTHONMALLOC", "")
+    return _ALLOCATOR_CODES.get(env, 1 if not env else 4)
+
+
+def _site_packages():
+    paths = []
+    try:
+        paths.extend(site.getsitepackages())
+    except AttributeError:  # virtualenv's old site module
+        pass
+    try:
+        paths.append(site.getusersitepackages())
+    except AttributeError:
+        pass
+    return paths
+
+
+def _encode(pairs):
+    out = []
+    for key, value in pairs:
+        text = str(value)
+        if "\x1e" in text or "\x1f" in text:
+            text = text.replace("\x1e", " ").replace("\x1f", " ")
+        out.append("%s\x1f%s" % (key, text))
+    return ("\x1e".join(out)).encode("utf-8", "surrogateescape")
+
+
+def open_file_destination(path, overwrite):
+    """Opens the capture file; an existing one is an error unless overwrite is true."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_TRUNC if overwrite else os.O_EXCL
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        raise FileExistsError(
+            17, "Output file %s already exists (use overwrite=True or --force to replace it)" % path, path
+        ) from None
+
+
+def open_socket_destination(port, address):
+    """The tracked process is the server: wait for one reader to connect."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    server = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((address, port))
+        server.listen(1)
+        conn, _ = server.accept()
+    finally:
+        server.close()
+    return conn.detach()
+
+
+class Session:
+    """One tracker run inside this process."""
+
+    def __init__(self, fd, path, seekable, compress, native_traces=False, trace_python_allocators=False,
+                 follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0):
+        self.fd = fd
+        self.path = path
+        self.seekable = seekable
+        self.compress = compress
+        self.native_traces = native_traces
+        self.trace_python_allocators = trace_python_allocators
+        self.follow_fork = follow_fork
+        self.memory_interval_ms = memory_interval_ms
+        self.aggregated = aggregated
+        # Frames of the starting thread that belong to memray itself (the `run` bootstrap);
+        # readers hide them.
+        self.skipped_frames = skipped_frames
+        self._saved_bootstrap = None
+
+    def _config(self):
+        pairs = [
+            ("fd", self.fd),
+            ("seekable", int(self.seekable)),
+            ("compress", int(self.compress)),
+            ("native_traces", int(self.native_traces)),
+            ("trace_python_allocators", int(self.trace_python_allocators)),
+            ("follow_fork", int(self.follow_fork)),
+            ("memory_interval_ms", int(self.memory_interval_ms)),
+            ("file_format", 1 if self.aggregated else 0),
+            ("python_version", sys.hexversion),
+            ("command_line", " ".join(sys.argv)),
+            ("pid", os.getpid()),
+            ("python_allocator", _python_allocator()),
+            ("libdest", sysconfig.get_path("stdlib") or ""),
+            ("skipped_frames_on_main_tid", self.skipped_frames),
+        ]
+        if self.path:
+            pairs.append(("path", os.path.abspath(self.path)))
+        pairs.extend(("site_packages", p) for p in _site_packages())
+        pairs.extend(("sys_path", p) for p in sys.path)
+        return _encode(pairs)
+
+    def start(self):
+        lib = _load()
+        err = ctypes.create_string_buffer(512)
+        rc = lib.memray_tracker_start(self._config(), err, len(err))
+        if rc != 0:
+            message = err.value.decode("utf-8", "replace")
+            if rc == 1:
+                raise RuntimeError("No more than one Tracker instance can be active at the same time")
+            raise RuntimeError("Cannot start tracking: %s" % message)
+        self._name_threads(lib)
+
+    def stop(self):
+        self._unpatch_threading()
+        return _load().memray_tracker_stop() == 0
+
+    # Thread names come from Python's threading module: existing threads are named now,
+    # new ones when they start running.
+    def _name_threads(self, lib):
+        for thread in threading.enumerate():
+            if thread.ident is not None:
+                lib.memray_set_thread_name(thread.ident, thread.name.encode("utf-8", "replace"))
+        original = threading.Thread._bootstrap_inner
+        self._saved_bootstrap = original
+
+        def _bootstrap_inner(thread):
+            try:
+                lib.memray_set_thread_name(threading.get_ident(), thread.name.encode("utf-8", "replace"))
+            except Exception:
+                pass
+            return original(thread)
+
+        threading.Thread._bootstrap_inner = _bootstrap_inner
+
+    def _unpatch_threading(self):
+        if self._saved_bootstrap is not None:
+            threading.Thread._bootstrap_inner = self._saved_bootstrap
+            self._saved_bootstrap = None
+
+
+def is_active():
+    try:
+        return bool(_load().memray_tracker_is_active())
+    except ImportError:
+        return False
+
+
+# ---- `memray run` bootstrap ----------------------------------------------------------
+# The CLI starts `python -c BOOTSTRAP` with this file's text and the run's spec in the
+# environment; BOOTSTRAP loads the text as module `_memray_run` (not `__main__`, which
+# belongs to the program) and calls run_from_cli().
+
+
+def _fail(message):
+    sys.stderr.write("memray: error: %s\n" % message)
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def run_from_cli():
+    import runpy
+
+    env = os.environ
+    mode = env.pop("MEMRAY_RUN_MODE", "script")
+    target = env.pop("MEMRAY_RUN_TARGET", "")
+    output = env.pop("MEMRAY_RUN_OUTPUT", "").replace("{pid}", str(os.getpid()))
+    force = env.pop("MEMRAY_RUN_FORCE", "0") == "1"
+    options = dict(
+        compress=env.pop("MEMRAY_RUN_COMPRESS", "1") == "1",
+        native_traces=env.pop("MEMRAY_RUN_NATIVE", "0") == "1",
+        trace_python_allocators=env.pop("MEMRAY_RUN_PYALLOC", "0") == "1",
+        follow_fork=env.pop("MEMRAY_RUN_FOLLOW_FORK", "0") == "1",
+        memory_interval_ms=int(env.pop("MEMRAY_RUN_INTERVAL_MS", "10")),
+        aggregated=env.pop("MEMRAY_RUN_AGGREGATE", "0") == "1",
+    )
+    live_port = env.pop("MEMRAY_RUN_LIVE_PORT", "")
+    args = sys.argv[1:]
+
+    code = None
+    if mode == "script":
+        try:
+            with open(target, "rb") as f:
+                source = f.read()
+            code = compile(source, target, "exec")
+        except SyntaxError as e:
+            _fail("%s is not valid Python: %s (line %s)" % (target, e.msg, e.lineno))
+        except OSError as e:
+            _fail("cannot read %s: %s" % (target, e.strerror))
+        sys.argv = [target] + args
+        sys.path[0] = os.path.dirname(os.path.abspath(target))
+    elif mode == "module":
+        sys.argv = [target] + args
+        sys.path[0] = os.getcwd()
+    else:
+        try:
+            code = compile(target, "<string>", "exec")
+        except SyntaxError as e:
+            _fail("the code given with -c is not valid Python: %s (line %s)" % (e.msg, e.lineno))
+        sys.argv = ["-c"] + args
+        sys.path[0] = ""
+
+    try:
+        if live_port:
+            fd, seekable = open_socket_destination(int(live_port), "127.0.0.1"), False
+        else:
+            fd, seekable = open_file_destination(output, force), True
+    except OSError as e:
+        _fail("cannot write %s: %s" % (output or "the live socket", e.strerror or e))
+
+    # The bootstrap's own frames under the program: `python -c`'s <module> and run_from_cli.
+    session = Session(fd, output or None, seekable, options.pop("compress") and seekable,
+                      skipped_frames=2, **options)
+    try:
+        session.start()
+    except (RuntimeError, ImportError) as e:
+        os.close(fd)
+        _fail(str(e))
+
+    exit_code = 0
+    try:
+        if mode == "module":
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            main = sys.modules["__main__"]
+            globs = main.__dict__
+            globs.clear()
+            globs.update({"__name__": "__main__", "__file__": target if mode == "script" else "<string>",
+                          "__builtins__": __builtins__, "__doc__": None, "__package__": None,
+                          "__spec__": None, "__loader__": None, "__cached__": None})
+            if mode != "script":
+                del globs["__file__"]
+            exec(code, globs)
+    except SystemExit as e:
+        if e.code is None:
+            exit_code = 0
+        elif isinstance(e.code, int):
+            exit_code = e.code
+        else:
+            sys.stderr.write("%s\n" % (e.code,))
+            exit_code = 1
+    except BaseException:
+        import traceback
+
+        etype, value, tb = sys.exc_info()
+        # Hide the bootstrap's own frame from the user's traceback.
+        traceback.print_exception(etype, value, tb.tb_next if tb is not None else tb)
+        exit_code = 1
+    finally:
+        # In a fork child that unwinds to here, this finishes the child's own capture
+        # (follow_fork) or does nothing (the child stopped tracking at fork).
+        session.stop()
+    sys.stdout.flush()
+    sys.exit(exit_code)

@@ -1,0 +1,1 @@
+//! Analyses and renderers of memray captures.
