@@ -7,6 +7,7 @@
 //! The C ABI below is the whole interface; the Python side calls it through ctypes.PyDLL
 //! (so the GIL is held during the calls).
 
+mod aggregate;
 mod compress;
 mod got;
 mod hooks;

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use memray_capture::{Allocator, ByteSink, Header, StreamEncoder};
+use memray_capture::{Allocator, ByteSink, CodeObject, FileFormat, Header, PythonFrame, StreamEncoder};
+
+use crate::aggregate::Aggregator;
 
 use crate::python::frames::RawFrame;
 
@@ -92,9 +94,16 @@ struct CodeEntry {
     identity: crate::python::code::CodeIdentity,
 }
 
+/// ALL_ALLOCATIONS streams every record as it happens; AGGREGATED_ALLOCATIONS keeps
+/// totals in memory and writes the file at the end.
+enum Output {
+    Stream(StreamEncoder),
+    Aggregate(Box<Aggregator>),
+}
+
 pub struct Writer {
     pub sink: FdSink,
-    enc: StreamEncoder,
+    out: Output,
     header: Header,
     last_tid: u64,
     codes: PtrMap<CodeEntry>,
@@ -112,9 +121,13 @@ pub struct Writer {
 impl Writer {
     pub fn new(fd: i32, header: Header, interp: &'static crate::python::Interpreter) -> Self {
         let start_ms = header.start_time_ms;
+        let out = match header.file_format {
+            FileFormat::AggregatedAllocations => Output::Aggregate(Box::new(Aggregator::new())),
+            _ => Output::Stream(StreamEncoder::new()),
+        };
         let mut w = Writer {
             sink: FdSink::new(fd),
-            enc: StreamEncoder::new(),
+            out,
             header,
             last_tid: 0,
             codes: PtrMap::default(),
@@ -127,17 +140,21 @@ impl Writer {
             start_ms,
             interp,
         };
-        let mut bytes = Vec::new();
-        w.header.encode(&mut bytes);
-        w.sink.put(&bytes);
-        w.sink.flush();
+        if matches!(w.out, Output::Stream(_)) {
+            let mut bytes = Vec::new();
+            w.header.encode(&mut bytes);
+            w.sink.put(&bytes);
+            w.sink.flush();
+        }
         w
     }
 
     #[inline]
     fn switch_to(&mut self, tid: u64) {
         if self.last_tid != tid {
-            self.enc.context_switch(&mut self.sink, tid);
+            if let Output::Stream(enc) = &mut self.out {
+                enc.context_switch(&mut self.sink, tid);
+            }
             self.last_tid = tid;
         }
     }
@@ -146,17 +163,28 @@ impl Writer {
     pub fn write_stack_change(&mut self, tid: u64, pops: usize, pushes: &[RawFrame]) {
         self.switch_to(tid);
         if pops > 0 {
-            self.enc.frame_pop(&mut self.sink, pops as u32);
+            match &mut self.out {
+                Output::Stream(enc) => enc.frame_pop(&mut self.sink, pops as u32),
+                Output::Aggregate(agg) => agg.pop(tid, pops),
+            }
         }
         for f in pushes {
             let id = self.code_id(f.code);
-            self.enc.frame_push(&mut self.sink, id, f.instr_offset, f.is_entry);
+            match &mut self.out {
+                Output::Stream(enc) => enc.frame_push(&mut self.sink, id, f.instr_offset, f.is_entry),
+                Output::Aggregate(agg) => {
+                    agg.push(tid, PythonFrame { code_object_id: id, instruction_offset: f.instr_offset, is_entry: f.is_entry })
+                }
+            }
         }
     }
 
     pub fn write_allocation(&mut self, tid: u64, address: usize, size: usize, allocator: Allocator) {
         self.switch_to(tid);
-        self.enc.allocation(&mut self.sink, address as u64, size as u64, allocator, 0, false);
+        match &mut self.out {
+            Output::Stream(enc) => enc.allocation(&mut self.sink, address as u64, size as u64, allocator, 0, false),
+            Output::Aggregate(agg) => agg.allocation(tid, address as u64, size as u64, allocator),
+        }
         if !allocator.is_deallocator() {
             self.n_allocations += 1;
         }
@@ -164,7 +192,10 @@ impl Writer {
 
     pub fn write_thread_name(&mut self, tid: u64, name: &[u8]) {
         self.switch_to(tid);
-        self.enc.thread_record(&mut self.sink, name);
+        match &mut self.out {
+            Output::Stream(enc) => enc.thread_record(&mut self.sink, name),
+            Output::Aggregate(agg) => agg.thread_name(tid, name),
+        }
     }
 
     /// Names the thread `ident` (a pthread_t). For the calling thread it is written at
@@ -187,9 +218,14 @@ impl Writer {
     }
 
     pub fn write_memory_record(&mut self, rss: u64, now_ms: i64) {
-        let since = (now_ms - self.start_ms).max(0) as u64;
-        self.enc.memory_record(&mut self.sink, rss, since);
-        self.sink.flush();
+        match &mut self.out {
+            Output::Stream(enc) => {
+                let since = (now_ms - self.start_ms).max(0) as u64;
+                enc.memory_record(&mut self.sink, rss, since);
+                self.sink.flush();
+            }
+            Output::Aggregate(agg) => agg.memory_snapshot(now_ms.max(0) as u64, rss),
+        }
     }
 
     /// The id of a code object, writing its CODE_OBJECT record the first time it is seen
@@ -213,7 +249,16 @@ impl Writer {
             crate::python::code::write_filename(self.interp, code, &mut self.file_buf);
             (crate::python::code::firstlineno(self.interp, code), crate::python::code::linetable(self.interp, code))
         };
-        self.enc.code_object(&mut self.sink, id, &self.name_buf, &self.file_buf, firstlineno, linetable);
+        match &mut self.out {
+            Output::Stream(enc) => enc.code_object(&mut self.sink, id, &self.name_buf, &self.file_buf, firstlineno, linetable),
+            Output::Aggregate(agg) => agg.code_object(CodeObject {
+                id,
+                function: String::from_utf8_lossy(&self.name_buf).into_owned(),
+                filename: String::from_utf8_lossy(&self.file_buf).into_owned(),
+                firstlineno,
+                linetable: linetable.to_vec(),
+            }),
+        }
         self.codes.insert(code, CodeEntry { id, identity });
         id
     }
@@ -221,7 +266,20 @@ impl Writer {
     /// Ends the capture: trailer, flush, and the header rewritten with the final counts
     /// (files only: a socket cannot seek).
     pub fn finish(&mut self, end_ms: i64, seekable: bool) {
-        self.enc.trailer(&mut self.sink);
+        if let Output::Aggregate(_) = self.out {
+            let Output::Aggregate(agg) = std::mem::replace(&mut self.out, Output::Stream(StreamEncoder::new())) else {
+                return;
+            };
+            self.header.n_allocations = self.n_allocations;
+            self.header.end_time_ms = end_ms;
+            let capture = agg.into_capture(self.header.clone());
+            capture.encode(&mut self.sink);
+            self.sink.flush();
+            return;
+        }
+        if let Output::Stream(enc) = &mut self.out {
+            enc.trailer(&mut self.sink);
+        }
         self.sink.flush();
         if seekable && !self.sink.failed {
             self.header.n_allocations = self.n_allocations;
