@@ -10,5 +10,5 @@ def descend(depth):
     return descend(depth - 1)
 
 
-for _ in range(300):
+for _ in range(1_500):
     descend(400)

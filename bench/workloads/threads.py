@@ -10,7 +10,7 @@ def work(n):
             keep.clear()
 
 
-threads = [threading.Thread(target=work, args=(100_000,)) for _ in range(4)]
+threads = [threading.Thread(target=work, args=(400_000,)) for _ in range(4)]
 for t in threads:
     t.start()
 for t in threads:

@@ -161,7 +161,13 @@ impl StreamEncoder {
     }
 
     /// FRAME_PUSH onto the current thread's Python stack.
-    pub fn frame_push(&mut self, s: &mut impl ByteSink, code_object_id: u64, instruction_offset: i32, is_entry: bool) {
+    pub fn frame_push(
+        &mut self,
+        s: &mut impl ByteSink,
+        code_object_id: u64,
+        instruction_offset: i32,
+        is_entry: bool,
+    ) {
         let mut r = Scratch::<21>::new();
         r.byte(tag::FRAME_PUSH | is_entry as u8);
         r.varint(code_object_id);
@@ -287,7 +293,13 @@ impl StreamEncoder {
     }
 
     /// SEGMENT_HEADER; exactly `num_segments` [`StreamEncoder::segment`] calls must follow.
-    pub fn segment_header(&mut self, s: &mut impl ByteSink, filename: &[u8], num_segments: u64, load_addr: u64) {
+    pub fn segment_header(
+        &mut self,
+        s: &mut impl ByteSink,
+        filename: &[u8],
+        num_segments: u64,
+        load_addr: u64,
+    ) {
         s.put_u8(tag::SEGMENT_HEADER);
         put_cstr(s, filename);
         let mut r = Scratch::<18>::new();
@@ -321,7 +333,11 @@ pub struct AggregatedEncoder {
 
 impl AggregatedEncoder {
     pub const fn new() -> Self {
-        AggregatedEncoder { last_firstlineno: 0, last_ip: 0, last_parent: 0 }
+        AggregatedEncoder {
+            last_firstlineno: 0,
+            last_ip: 0,
+            last_parent: 0,
+        }
     }
 
     /// MEMORY_SNAPSHOT: raw `{u64 ms, u64 rss, u64 heap}`.
@@ -349,7 +365,12 @@ impl AggregatedEncoder {
         let mut enc = StreamEncoder::new();
         enc.memory_map_start(s);
         for image in images {
-            enc.segment_header(s, image.filename.as_bytes(), image.segments.len() as u64, image.load_addr);
+            enc.segment_header(
+                s,
+                image.filename.as_bytes(),
+                image.segments.len() as u64,
+                image.load_addr,
+            );
             for seg in &image.segments {
                 enc.segment(s, seg.vaddr, seg.memsz);
             }
@@ -400,7 +421,12 @@ impl AggregatedEncoder {
     }
 
     /// SURVIVING_OBJECT: plain varints (address >> 3, then the native id if native traces).
-    pub fn surviving_object(&mut self, s: &mut impl ByteSink, obj: &SurvivingObject, native_traces: bool) {
+    pub fn surviving_object(
+        &mut self,
+        s: &mut impl ByteSink,
+        obj: &SurvivingObject,
+        native_traces: bool,
+    ) {
         let mut r = Scratch::<21>::new();
         r.byte(agg_tag::SURVIVING_OBJECT);
         r.varint(obj.address >> 3);
@@ -494,4 +520,76 @@ impl AggregatedCapture {
 pub fn lz4_frame_encoder<W: std::io::Write>(w: W) -> lz4_flex::frame::FrameEncoder<W> {
     let info = lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max64KB);
     lz4_flex::frame::FrameEncoder::with_frame_info(info, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_tags_match_memrays_examples() {
+        let mut e = StreamEncoder::new();
+        let mut out = Vec::new();
+        // A new pymalloc_free: cache miss (15), allocator 1, delta of address >> 3, no size.
+        e.allocation(&mut out, 0x1000, 0, Allocator::PymallocFree, 0, false);
+        assert_eq!(out, [0b1111_1001, 0x80, 0x08]);
+        out.clear();
+        e.allocation(&mut out, 0x2000, 8, Allocator::Malloc, 0, false);
+        out.clear();
+        // malloc(256) at the address now in slot 1 of the cache.
+        e.allocation(&mut out, 0x1000, 256, Allocator::Malloc, 0, false);
+        assert_eq!(out, [0b1000_1110, 0x80, 0x02]);
+        out.clear();
+        // Allocators above 7 put their id in an extra byte; native ids are deltas.
+        e.allocation(&mut out, 0x1000, 1, Allocator::Mmap, 5, true);
+        assert_eq!(out, [0b1000_1000, 14, 10, 1]);
+        assert_eq!(e.n_allocations(), 4);
+    }
+
+    #[test]
+    fn cache_hits_do_not_reorder() {
+        let mut c = AddressCache::new();
+        assert_eq!(c.lookup_or_insert(8), None);
+        assert_eq!(c.lookup_or_insert(16), None);
+        assert_eq!(c.lookup_or_insert(8), Some(1));
+        assert_eq!(c.lookup_or_insert(8), Some(1));
+        for a in 0..14 {
+            c.lookup_or_insert(100 + a * 8);
+        }
+        // 8 was inserted first, so it is the one dropped: insertion order, not LRU.
+        assert_eq!(c.lookup_or_insert(8), None);
+    }
+
+    #[test]
+    fn frame_pops_split_by_sixteen() {
+        let mut out = Vec::new();
+        StreamEncoder::new().frame_pop(&mut out, 35);
+        assert_eq!(out, [0x1f, 0x1f, 0x12]);
+        out.clear();
+        StreamEncoder::new().frame_pop(&mut out, 0);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn strings_stop_at_interior_nul() {
+        let mut out = Vec::new();
+        StreamEncoder::new().thread_record(&mut out, b"ab\0cd");
+        assert_eq!(out, [tag::THREAD_RECORD, b'a', b'b', 0]);
+    }
+
+    #[test]
+    fn allocator_kinds() {
+        for a in Allocator::ALL {
+            assert_eq!(Allocator::from_u8(a as u8), Some(a));
+            assert_eq!(
+                a.is_simple_deallocator(),
+                matches!(a, Allocator::Free | Allocator::PymallocFree)
+            );
+        }
+        assert!(Allocator::Munmap.is_deallocator() && Allocator::Munmap.is_ranged());
+        assert!(!Allocator::Mmap.is_deallocator());
+        assert_eq!(Allocator::from_u8(0), None);
+        assert_eq!(Allocator::from_u8(16), None);
+        assert_eq!(Allocator::PosixMemalign.name(), "posix_memalign");
+    }
 }

@@ -88,7 +88,10 @@ impl Header {
         s.put_u8(self.track_object_lifetimes as u8);
         put_cstr(s, self.libdest.as_bytes());
         for list in [&self.site_packages, &self.sys_path] {
-            for entry in list.iter().filter(|e| !e.is_empty() && e.as_bytes()[0] != 0) {
+            for entry in list
+                .iter()
+                .filter(|e| !e.is_empty() && e.as_bytes()[0] != 0)
+            {
                 put_cstr(s, entry.as_bytes());
             }
             s.put_u8(0);
@@ -104,7 +107,7 @@ impl Header {
 
     /// Decodes a header from the start of `bytes`, returning it and its encoded length.
     pub fn decode(bytes: &[u8]) -> Result<(Header, usize), crate::CaptureError> {
-        let mut input = crate::reader::Input::from_slice(bytes);
+        let mut input = crate::input::Input::new(bytes, 4096);
         let h = crate::reader::read_header(&mut input)?;
         Ok((h, input.offset() as usize))
     }

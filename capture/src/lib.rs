@@ -12,19 +12,21 @@ pub mod dump;
 mod encoder;
 mod error;
 mod header;
+mod input;
 mod reader;
 mod types;
 mod varint;
 
 pub use encoder::{
-    lz4_frame_encoder, AggregatedCapture, AggregatedEncoder, ByteSink, StreamEncoder, ADDRESS_CACHE_LEN,
+    lz4_frame_encoder, AggregatedCapture, AggregatedEncoder, ByteSink, StreamEncoder,
+    ADDRESS_CACHE_LEN,
 };
 pub use error::CaptureError;
 pub use header::Header;
-pub use reader::{Record, Reader};
+pub use reader::{Reader, Record};
 pub use types::{
-    AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot, NativeFrame,
-    PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
+    AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot,
+    NativeFrame, PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
 };
 pub use varint::{unzigzag, zigzag};
 

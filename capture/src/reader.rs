@@ -1,48 +1,82 @@
 //! Streaming decoder for both file formats, plain or LZ4-framed.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Chain, Cursor, Read, Seek, SeekFrom};
+use std::io::{self, Chain, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::encoder::AddressCache;
 use crate::header::Header;
+use crate::input::Input;
 use crate::types::{
     AggregatedAllocation, Allocator, CodeObject, FileFormat, MemorySnapshot, NativeFrame,
     PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
 };
-use crate::varint::{unzigzag, MAX_VARINT_LEN};
 use crate::{agg_tag, tag, CaptureError, LZ4_MAGIC, MAGIC, MAX_STRING_LEN, VERSION};
 
 /// One decoded record, with deltas and the address cache already undone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// Later thread-specific records belong to `tid` (Memray's own thread counter).
-    ContextSwitch { tid: u64 },
-    FramePush { tid: u64, code_object_id: u64, instruction_offset: i32, is_entry: bool },
+    ContextSwitch {
+        tid: u64,
+    },
+    FramePush {
+        tid: u64,
+        code_object_id: u64,
+        instruction_offset: i32,
+        is_entry: bool,
+    },
     /// 1 to 16 frames; longer pops arrive as several records.
-    FramePop { tid: u64, count: u32 },
+    FramePop {
+        tid: u64,
+        count: u32,
+    },
     /// `size` is 0 and `native_frame_id` 0 for `free`/`PyMem_Free`; `native_frame_id`
     /// is 0 unless the header has `native_traces`.
-    Allocation { tid: u64, address: u64, size: u64, allocator: Allocator, native_frame_id: u64 },
+    Allocation {
+        tid: u64,
+        address: u64,
+        size: u64,
+        allocator: Allocator,
+        native_frame_id: u64,
+    },
     /// Object lifetime tracking: a PyObject created or destroyed.
-    Object { tid: u64, address: u64, is_created: bool, native_frame_id: u64 },
+    Object {
+        tid: u64,
+        address: u64,
+        is_created: bool,
+        native_frame_id: u64,
+    },
     /// RSS sample; the wire holds ms since `header.start_time_ms`, this is absolute.
-    Memory { rss: u64, ms_since_epoch: u64 },
+    Memory {
+        rss: u64,
+        ms_since_epoch: u64,
+    },
     /// Names `tid` (the current thread).
-    Thread { tid: u64, name: String },
+    Thread {
+        tid: u64,
+        name: String,
+    },
     CodeObject(CodeObject),
     /// NATIVE_TRACE_INDEX: node ids are 1, 2, ... in the order these records appear.
     NativeFrame(NativeFrame),
     /// A new memory-map generation starts; the segment list is replaced.
     MemoryMapStart,
     /// Followed by exactly `num_segments` [`Record::Segment`] records.
-    SegmentHeader { filename: String, num_segments: u64, load_addr: u64 },
+    SegmentHeader {
+        filename: String,
+        num_segments: u64,
+        load_addr: u64,
+    },
     Segment(Segment),
     // Aggregated files only:
     MemorySnapshot(MemorySnapshot),
     AggregatedAllocation(AggregatedAllocation),
     /// PYTHON_FRAME_INDEX; frame ids are dense from 0 (checked).
-    PythonFrame { frame_id: u64, frame: PythonFrame },
+    PythonFrame {
+        frame_id: u64,
+        frame: PythonFrame,
+    },
     /// PYTHON_TRACE_INDEX; node indices are 1, 2, ... in order (0 is the root).
     PythonTraceNode(TraceNode),
     SurvivingObject(SurvivingObject),
@@ -52,8 +86,8 @@ type Prefixed<R> = Chain<Cursor<Vec<u8>>, R>;
 
 /// The decompressed byte stream.
 enum Source<R: Read> {
-    Plain(BufReader<Prefixed<R>>),
-    Lz4(BufReader<lz4_flex::frame::FrameDecoder<Prefixed<R>>>),
+    Plain(Prefixed<R>),
+    Lz4(Box<lz4_flex::frame::FrameDecoder<Prefixed<R>>>),
 }
 
 impl<R: Read> Read for Source<R> {
@@ -65,217 +99,7 @@ impl<R: Read> Read for Source<R> {
     }
 }
 
-impl<R: Read> BufRead for Source<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        match self {
-            Source::Plain(r) => r.fill_buf(),
-            Source::Lz4(r) => r.fill_buf(),
-        }
-    }
-    fn consume(&mut self, n: usize) {
-        match self {
-            Source::Plain(r) => r.consume(n),
-            Source::Lz4(r) => r.consume(n),
-        }
-    }
-}
-
-/// A byte cursor that knows its offset, an optional end (trailing zeros excluded), and
-/// which record it is inside, so running out of data becomes a precise `Truncated`.
-pub(crate) struct Input<B> {
-    src: B,
-    offset: u64,
-    limit: u64,
-    record_start: u64,
-    record: &'static str,
-}
-
-impl<'a> Input<&'a [u8]> {
-    pub(crate) fn from_slice(bytes: &'a [u8]) -> Self {
-        Input::new(bytes)
-    }
-}
-
-impl<B: BufRead> Input<B> {
-    fn new(src: B) -> Self {
-        Input { src, offset: 0, limit: u64::MAX, record_start: 0, record: "header" }
-    }
-
-    pub(crate) fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    fn begin(&mut self, record: &'static str) {
-        self.record_start = self.offset;
-        self.record = record;
-    }
-
-    fn truncated(&self) -> CaptureError {
-        CaptureError::Truncated { offset: self.record_start, record: self.record }
-    }
-
-    fn corrupt(&self, what: impl Into<String>) -> CaptureError {
-        CaptureError::Corrupt { offset: self.record_start, what: what.into() }
-    }
-
-    fn io_error(&self, e: io::Error) -> CaptureError {
-        map_io_error(e, self.record_start, self.record, self.offset)
-    }
-
-    /// Buffered bytes up to the limit; empty at the end of the data.
-    fn fill(&mut self) -> Result<&[u8], CaptureError> {
-        if self.offset >= self.limit {
-            return Ok(&[]);
-        }
-        let remaining = self.limit - self.offset;
-        // Fill first, then borrow the buffer: a second `fill_buf` on a non-empty buffer
-        // does no I/O, and this shape keeps the borrow checker content.
-        loop {
-            match self.src.fill_buf() {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_error(e)),
-            }
-        }
-        let (start, record, offset) = (self.record_start, self.record, self.offset);
-        let buf = self.src.fill_buf().map_err(|e| map_io_error(e, start, record, offset))?;
-        let n = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        Ok(&buf[..n])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.src.consume(n);
-        self.offset += n as u64;
-    }
-
-    fn try_u8(&mut self) -> Result<Option<u8>, CaptureError> {
-        let b = self.fill()?.first().copied();
-        if b.is_some() {
-            self.consume(1);
-        }
-        Ok(b)
-    }
-
-    fn u8(&mut self) -> Result<u8, CaptureError> {
-        self.try_u8()?.ok_or_else(|| self.truncated())
-    }
-
-    /// Reads into `buf` as far as the data goes; returns how much was read.
-    fn read_up_to(&mut self, buf: &mut [u8]) -> Result<usize, CaptureError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let avail = self.fill()?;
-            if avail.is_empty() {
-                break;
-            }
-            let n = avail.len().min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&avail[..n]);
-            self.consume(n);
-            done += n;
-        }
-        Ok(done)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CaptureError> {
-        let mut a = [0u8; N];
-        if self.read_up_to(&mut a)? < N {
-            return Err(self.truncated());
-        }
-        Ok(a)
-    }
-
-    fn u64(&mut self) -> Result<u64, CaptureError> {
-        Ok(u64::from_ne_bytes(self.array()?))
-    }
-
-    fn varint(&mut self) -> Result<u64, CaptureError> {
-        let mut v = 0u64;
-        for i in 0..MAX_VARINT_LEN {
-            let b = self.u8()?;
-            v |= ((b & 0x7f) as u64) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(self.corrupt("varint longer than 10 bytes"))
-    }
-
-    fn svarint(&mut self) -> Result<i64, CaptureError> {
-        Ok(unzigzag(self.varint()?))
-    }
-
-    /// A NUL-terminated string of at most `MAX_STRING_LEN` bytes (lossily made UTF-8).
-    fn cstr(&mut self) -> Result<String, CaptureError> {
-        let mut out = Vec::new();
-        loop {
-            let avail = self.fill()?;
-            if avail.is_empty() {
-                return Err(self.truncated());
-            }
-            let (n, found) = match avail.iter().position(|&b| b == 0) {
-                Some(i) => (i, true),
-                None => (avail.len(), false),
-            };
-            if out.len() + n > MAX_STRING_LEN {
-                return Err(self.corrupt(format!("string longer than {MAX_STRING_LEN} bytes")));
-            }
-            out.extend_from_slice(&avail[..n]);
-            self.consume(n + found as usize);
-            if found {
-                return Ok(match String::from_utf8(out) {
-                    Ok(s) => s,
-                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                });
-            }
-        }
-    }
-
-    /// `len` raw bytes; the buffer grows with the data actually present.
-    fn bytes(&mut self, len: u64) -> Result<Vec<u8>, CaptureError> {
-        let mut out = Vec::with_capacity(len.min(4096) as usize);
-        let mut left = len;
-        while left > 0 {
-            let avail = self.fill()?;
-            if avail.is_empty() {
-                return Err(self.truncated());
-            }
-            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            out.extend_from_slice(&avail[..n]);
-            self.consume(n);
-            left -= n as u64;
-        }
-        Ok(out)
-    }
-
-    /// Whether only zero bytes remain (consumes them).
-    fn rest_is_zero(&mut self) -> Result<bool, CaptureError> {
-        loop {
-            let avail = self.fill()?;
-            if avail.is_empty() {
-                return Ok(true);
-            }
-            if avail.iter().any(|&b| b != 0) {
-                return Ok(false);
-            }
-            let n = avail.len();
-            self.consume(n);
-        }
-    }
-}
-
-/// An I/O error from the source: a short LZ4 frame is a truncation, a bad one is a
-/// decompression error, anything else is passed on.
-fn map_io_error(e: io::Error, record_start: u64, record: &'static str, offset: u64) -> CaptureError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        return CaptureError::Truncated { offset: record_start, record };
-    }
-    if e.get_ref().is_some_and(|inner| inner.is::<lz4_flex::frame::Error>()) {
-        return CaptureError::Decompression { offset, message: e.to_string() };
-    }
-    CaptureError::Io(e)
-}
-
-pub(crate) fn read_header<B: BufRead>(input: &mut Input<B>) -> Result<Header, CaptureError> {
+pub(crate) fn read_header<S: Read>(input: &mut Input<S>) -> Result<Header, CaptureError> {
     input.begin("header");
     let mut magic = [0u8; 7];
     let got = input.read_up_to(&mut magic)?;
@@ -391,7 +215,10 @@ impl Reader<File> {
     /// past the end of the data are excluded (as `FileSource::findReadableSize` does).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CaptureError> {
         let path = path.as_ref();
-        let open_err = |source| CaptureError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| CaptureError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = File::open(path).map_err(open_err)?;
         let mut magic = [0u8; 4];
         let mut got = 0;
@@ -403,7 +230,11 @@ impl Reader<File> {
                 Err(e) => return Err(CaptureError::Io(e)),
             }
         }
-        let limit = if got == 4 && magic == LZ4_MAGIC { None } else { readable_size(&mut file)? };
+        let limit = if got == 4 && magic == LZ4_MAGIC {
+            None
+        } else {
+            readable_size(&mut file)?
+        };
         file.seek(SeekFrom::Start(0))?;
         Reader::with_limit(file, limit)
     }
@@ -423,16 +254,33 @@ impl<R: Read> Reader<R> {
         let compressed = magic == LZ4_MAGIC;
         let prefixed = Cursor::new(magic).chain(inner);
         let source = if compressed {
-            Source::Lz4(BufReader::with_capacity(64 * 1024, lz4_flex::frame::FrameDecoder::new(prefixed)))
+            Source::Lz4(Box::new(lz4_flex::frame::FrameDecoder::new(prefixed)))
         } else {
-            Source::Plain(BufReader::with_capacity(64 * 1024, prefixed))
+            Source::Plain(prefixed)
         };
-        let mut input = Input::new(source);
-        let header = read_header(&mut input)?;
+        let mut input = Input::new(source, 64 * 1024);
+        let header = match read_header(&mut input) {
+            Err(CaptureError::Empty) if compressed => {
+                return Err(CaptureError::Truncated {
+                    offset: 0,
+                    record: "LZ4 frame (no data)",
+                })
+            }
+            other => other?,
+        };
         // The limit only applies to records: the header's own trailing NULs may have
         // been counted as padding when the file holds nothing else.
-        input.limit = limit.unwrap_or(u64::MAX);
-        Ok(Reader { input, header, compressed, state: DecodeState::default(), done: false, complete: false })
+        if let Some(limit) = limit {
+            input.set_limit(limit);
+        }
+        Ok(Reader {
+            input,
+            header,
+            compressed,
+            state: DecodeState::default(),
+            done: false,
+            complete: false,
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -446,7 +294,7 @@ impl<R: Read> Reader<R> {
 
     /// Bytes of the (decompressed) capture consumed so far, header included.
     pub fn offset(&self) -> u64 {
-        self.input.offset
+        self.input.offset()
     }
 
     /// Whether the end-of-data trailer was seen. `false` after the last record means the
@@ -482,18 +330,16 @@ impl<R: Read> Reader<R> {
     fn next_tag(&mut self, trailer: u8) -> Result<Option<u8>, CaptureError> {
         self.input.begin("record");
         let Some(t) = self.input.try_u8()? else {
-            if self.state.pending_segments > 0 {
-                self.input.record = "memory map";
-                return Err(self.input.truncated());
-            }
-            return Ok(None);
+            return self.end_of_data();
         };
         if t == tag::FILLER {
             // Preallocated padding: legitimate only if nothing but zeros follows.
             if self.input.rest_is_zero()? {
-                return Ok(None);
+                return self.end_of_data();
             }
-            return Err(self.input.corrupt("zero record type (FILLER) followed by more data"));
+            return Err(self
+                .input
+                .corrupt("zero record type (FILLER) followed by more data"));
         }
         if t == trailer {
             self.complete = true;
@@ -509,8 +355,27 @@ impl<R: Read> Reader<R> {
         Ok(Some(t))
     }
 
+    /// The data ended (or only padding is left) before a trailer.
+    fn end_of_data(&mut self) -> Result<Option<u8>, CaptureError> {
+        if self.state.pending_segments > 0 {
+            self.input.record = "memory map";
+            return Err(self.input.truncated());
+        }
+        if self.compressed {
+            // Files are compressed only after the trailer is written, so a frame that
+            // ends without one was cut (the LZ4 decoder reports a cut between blocks as
+            // a clean end).
+            self.input.record = "LZ4 frame (no trailer)";
+            return Err(self.input.truncated());
+        }
+        Ok(None)
+    }
+
     fn current_tid(&self, what: &str) -> Result<u64, CaptureError> {
-        self.state.tid.ok_or_else(|| self.input.corrupt(format!("{what} before any CONTEXT_SWITCH")))
+        self.state.tid.ok_or_else(|| {
+            self.input
+                .corrupt(format!("{what} before any CONTEXT_SWITCH"))
+        })
     }
 
     /// Undoes the address cache: index 15 is a miss carrying a delta of `address >> 3`.
@@ -532,7 +397,9 @@ impl<R: Read> Reader<R> {
     }
 
     fn next_stream_record(&mut self) -> Result<Option<Record>, CaptureError> {
-        let Some(t) = self.next_tag(tag::TRAILER)? else { return Ok(None) };
+        let Some(t) = self.next_tag(tag::TRAILER)? else {
+            return Ok(None);
+        };
         let record = if t & tag::ALLOCATION != 0 {
             self.input.record = "ALLOCATION record";
             let tid = self.current_tid("ALLOCATION")?;
@@ -541,8 +408,8 @@ impl<R: Read> Reader<R> {
                 0 => self.input.u8()?,
                 id => id,
             };
-            let allocator =
-                Allocator::from_u8(id).ok_or_else(|| self.input.corrupt(format!("unknown allocator {id}")))?;
+            let allocator = Allocator::from_u8(id)
+                .ok_or_else(|| self.input.corrupt(format!("unknown allocator {id}")))?;
             let (mut size, mut native_frame_id) = (0, 0);
             if !allocator.is_simple_deallocator() {
                 if self.header.native_traces {
@@ -550,31 +417,56 @@ impl<R: Read> Reader<R> {
                 }
                 size = self.input.varint()?;
             }
-            Record::Allocation { tid, address, size, allocator, native_frame_id }
+            Record::Allocation {
+                tid,
+                address,
+                size,
+                allocator,
+                native_frame_id,
+            }
         } else if t & tag::FRAME_PUSH != 0 {
             self.input.record = "FRAME_PUSH record";
             let tid = self.current_tid("FRAME_PUSH")?;
             let code_object_id = self.input.varint()?;
             let instruction_offset = self.input.svarint()? as i32;
-            Record::FramePush { tid, code_object_id, instruction_offset, is_entry: t & 1 != 0 }
+            Record::FramePush {
+                tid,
+                code_object_id,
+                instruction_offset,
+                is_entry: t & 1 != 0,
+            }
         } else if t & tag::OBJECT_RECORD != 0 {
             self.input.record = "OBJECT_RECORD record";
             let tid = self.state.tid.unwrap_or(0);
             let address = self.cached_address((t >> 1) & 0x0f)?;
             let is_created = t & 1 != 0;
-            let native_frame_id =
-                if self.header.native_traces && is_created { self.native_delta()? } else { 0 };
-            Record::Object { tid, address, is_created, native_frame_id }
+            let native_frame_id = if self.header.native_traces && is_created {
+                self.native_delta()?
+            } else {
+                0
+            };
+            Record::Object {
+                tid,
+                address,
+                is_created,
+                native_frame_id,
+            }
         } else if t & tag::FRAME_POP != 0 {
             let tid = self.current_tid("FRAME_POP")?;
-            Record::FramePop { tid, count: (t & 0x0f) as u32 + 1 }
+            Record::FramePop {
+                tid,
+                count: (t & 0x0f) as u32 + 1,
+            }
         } else {
             match t {
                 tag::MEMORY_RECORD => {
                     self.input.record = "MEMORY_RECORD record";
                     let rss = self.input.varint()?;
                     let since = self.input.varint()?;
-                    Record::Memory { rss, ms_since_epoch: since.wrapping_add(self.header.start_time_ms as u64) }
+                    Record::Memory {
+                        rss,
+                        ms_since_epoch: since.wrapping_add(self.header.start_time_ms as u64),
+                    }
                 }
                 tag::CONTEXT_SWITCH => self.context_switch()?,
                 tag::THREAD_RECORD => self.thread_record()?,
@@ -590,18 +482,26 @@ impl<R: Read> Reader<R> {
     }
 
     fn next_aggregated_record(&mut self) -> Result<Option<Record>, CaptureError> {
-        let Some(t) = self.next_tag(agg_tag::AGGREGATED_TRAILER)? else { return Ok(None) };
+        let Some(t) = self.next_tag(agg_tag::AGGREGATED_TRAILER)? else {
+            return Ok(None);
+        };
         let record = match t {
             agg_tag::MEMORY_SNAPSHOT => {
                 self.input.record = "MEMORY_SNAPSHOT record";
                 let ms_since_epoch = self.input.u64()?;
                 let rss = self.input.u64()?;
                 let heap = self.input.u64()?;
-                Record::MemorySnapshot(MemorySnapshot { ms_since_epoch, rss, heap })
+                Record::MemorySnapshot(MemorySnapshot {
+                    ms_since_epoch,
+                    rss,
+                    heap,
+                })
             }
             agg_tag::AGGREGATED_ALLOCATION => {
                 self.input.record = "AGGREGATED_ALLOCATION record";
-                let raw = self.input.array::<{ AggregatedAllocation::ENCODED_LEN }>()?;
+                let raw = self
+                    .input
+                    .array::<{ AggregatedAllocation::ENCODED_LEN }>()?;
                 let row = AggregatedAllocation::from_bytes(&raw)
                     .ok_or_else(|| self.input.corrupt(format!("unknown allocator {}", raw[8])))?;
                 Record::AggregatedAllocation(row)
@@ -610,7 +510,10 @@ impl<R: Read> Reader<R> {
                 self.input.record = "PYTHON_TRACE_INDEX record";
                 let frame_id = self.input.varint()?;
                 let parent_index = self.input.varint()?;
-                Record::PythonTraceNode(TraceNode { frame_id, parent_index })
+                Record::PythonTraceNode(TraceNode {
+                    frame_id,
+                    parent_index,
+                })
             }
             agg_tag::PYTHON_FRAME_INDEX => {
                 self.input.record = "PYTHON_FRAME_INDEX record";
@@ -620,16 +523,32 @@ impl<R: Read> Reader<R> {
                 let is_entry = self.input.u8()? != 0;
                 let expected = self.state.next_python_frame_id;
                 if frame_id != expected {
-                    return Err(self.input.corrupt(format!("Python frame id {frame_id} out of order (expected {expected})")));
+                    return Err(self.input.corrupt(format!(
+                        "Python frame id {frame_id} out of order (expected {expected})"
+                    )));
                 }
                 self.state.next_python_frame_id += 1;
-                Record::PythonFrame { frame_id, frame: PythonFrame { code_object_id, instruction_offset, is_entry } }
+                Record::PythonFrame {
+                    frame_id,
+                    frame: PythonFrame {
+                        code_object_id,
+                        instruction_offset,
+                        is_entry,
+                    },
+                }
             }
             agg_tag::SURVIVING_OBJECT => {
                 self.input.record = "SURVIVING_OBJECT record";
                 let address = self.input.varint()? << 3;
-                let native_frame_id = if self.header.native_traces { self.input.varint()? } else { 0 };
-                Record::SurvivingObject(SurvivingObject { address, native_frame_id })
+                let native_frame_id = if self.header.native_traces {
+                    self.input.varint()?
+                } else {
+                    0
+                };
+                Record::SurvivingObject(SurvivingObject {
+                    address,
+                    native_frame_id,
+                })
             }
             agg_tag::CONTEXT_SWITCH => self.context_switch()?,
             agg_tag::THREAD_RECORD => self.thread_record()?,
@@ -638,7 +557,11 @@ impl<R: Read> Reader<R> {
             agg_tag::MEMORY_MAP_START => Record::MemoryMapStart,
             agg_tag::SEGMENT_HEADER => self.segment_header()?,
             agg_tag::SEGMENT => self.segment()?,
-            _ => return Err(self.input.corrupt(format!("unknown aggregated record type {t:#04x}"))),
+            _ => {
+                return Err(self
+                    .input
+                    .corrupt(format!("unknown aggregated record type {t:#04x}")))
+            }
         };
         Ok(Some(record))
     }
@@ -653,7 +576,10 @@ impl<R: Read> Reader<R> {
     fn thread_record(&mut self) -> Result<Record, CaptureError> {
         self.input.record = "THREAD_RECORD record";
         let name = self.input.cstr()?;
-        Ok(Record::Thread { tid: self.state.tid.unwrap_or(0), name })
+        Ok(Record::Thread {
+            tid: self.state.tid.unwrap_or(0),
+            name,
+        })
     }
 
     fn code_object(&mut self) -> Result<Record, CaptureError> {
@@ -665,10 +591,18 @@ impl<R: Read> Reader<R> {
         self.state.last_firstlineno = (self.state.last_firstlineno as i64).wrapping_add(d) as i32;
         let len = self.input.varint()?;
         if len > MAX_STRING_LEN as u64 {
-            return Err(self.input.corrupt(format!("line table of {len} bytes exceeds {MAX_STRING_LEN}")));
+            return Err(self.input.corrupt(format!(
+                "line table of {len} bytes exceeds {MAX_STRING_LEN}"
+            )));
         }
         let linetable = self.input.bytes(len)?;
-        Ok(Record::CodeObject(CodeObject { id, function, filename, firstlineno: self.state.last_firstlineno, linetable }))
+        Ok(Record::CodeObject(CodeObject {
+            id,
+            function,
+            filename,
+            firstlineno: self.state.last_firstlineno,
+            linetable,
+        }))
     }
 
     fn native_frame(&mut self) -> Result<Record, CaptureError> {
@@ -676,7 +610,10 @@ impl<R: Read> Reader<R> {
         let d = self.input.svarint()?;
         self.state.last_ip = self.state.last_ip.wrapping_add(d as u64);
         let parent = self.native_delta()?;
-        Ok(Record::NativeFrame(NativeFrame { ip: self.state.last_ip, parent }))
+        Ok(Record::NativeFrame(NativeFrame {
+            ip: self.state.last_ip,
+            parent,
+        }))
     }
 
     fn segment_header(&mut self) -> Result<Record, CaptureError> {
@@ -686,13 +623,19 @@ impl<R: Read> Reader<R> {
         let load_addr = self.input.u64()?;
         self.state.pending_segments = num_segments;
         self.state.segments_expected = num_segments;
-        Ok(Record::SegmentHeader { filename, num_segments, load_addr })
+        Ok(Record::SegmentHeader {
+            filename,
+            num_segments,
+            load_addr,
+        })
     }
 
     fn segment(&mut self) -> Result<Record, CaptureError> {
         self.input.record = "SEGMENT record";
         if self.state.pending_segments == 0 {
-            return Err(self.input.corrupt("SEGMENT record outside a SEGMENT_HEADER"));
+            return Err(self
+                .input
+                .corrupt("SEGMENT record outside a SEGMENT_HEADER"));
         }
         let vaddr = self.input.u64()?;
         let memsz = self.input.varint()?;

@@ -18,12 +18,18 @@ struct Cli {
 enum Command {
     /// Run a Python program with every allocation tracked
     Run(commands::run::RunArgs),
+    /// Print high-level statistics of a capture (or write them as JSON)
+    Stats(commands::stats::StatsArgs),
+    /// Print every record of a capture as text (stdout must not be a terminal)
+    Parse(commands::parse::ParseArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(commands::run::normalize_argv(std::env::args().collect()));
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
+        Command::Stats(args) => commands::stats::run(args),
+        Command::Parse(args) => commands::parse::run(args),
     };
     match result {
         Ok(code) => code,

@@ -16,6 +16,10 @@ const PT_DYNAMIC: u32 = 2;
 const PT_GNU_RELRO: u32 = 0x6474_e552;
 const DT_NULL: i64 = 0;
 const DT_PLTRELSZ: i64 = 2;
+const DT_HASH: i64 = 4;
+const DT_GNU_HASH: i64 = 0x6fff_fef5;
+const SHN_UNDEF: u16 = 0;
+const STT_GNU_IFUNC: u8 = 10;
 const DT_STRTAB: i64 = 5;
 const DT_SYMTAB: i64 = 6;
 const DT_RELA: i64 = 7;
@@ -65,6 +69,8 @@ static SAVED: Mutex<Option<HashMap<usize, usize>>> = Mutex::new(None);
 enum Mode<'a> {
     Patch(&'a [Redirect]),
     Restore(&'a [Redirect]),
+    /// Find the first object in load order that defines the symbol.
+    Resolve(&'a CStr, Option<usize>),
 }
 
 struct WalkCtx<'a> {
@@ -105,6 +111,24 @@ fn walk(mode: Mode<'_>) -> usize {
     ctx.slots_touched
 }
 
+/// The address of the first definition of `name` in load order (our payload excepted):
+/// what the program's own calls reach. Not dlsym: a non-PIE executable that takes the
+/// address of `malloc` owns its canonical address, a PLT stub that jumps through the
+/// executable's own (patched) slot, so dlsym would hand us our own hook.
+pub fn find_definition(name: &CStr) -> Option<usize> {
+    let mut guard = SAVED.lock().unwrap_or_else(|e| e.into_inner());
+    let saved = guard.get_or_insert_with(HashMap::new);
+    let mut ctx = WalkCtx { mode: Mode::Resolve(name, None), own_base: own_base(), saved, slots_touched: 0 };
+    // SAFETY: as in `walk`.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit_object), &mut ctx as *mut WalkCtx as *mut c_void);
+    }
+    match ctx.mode {
+        Mode::Resolve(_, found) => found,
+        _ => None,
+    }
+}
+
 /// Load address of this payload, found through one of its own functions.
 fn own_base() -> usize {
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
@@ -129,6 +153,9 @@ unsafe extern "C" fn visit_object(info: *mut dl_phdr_info, _size: size_t, data: 
     // SAFETY: `data` is the &mut WalkCtx passed by `walk`, alive for the whole iteration;
     // `info` is valid for this callback per dl_iterate_phdr's contract.
     let ctx = &mut *(data as *mut WalkCtx);
+    if let Mode::Resolve(_, Some(_)) = ctx.mode {
+        return 1; // found: stop iterating
+    }
     let info = &*info;
     let name: &[u8] = if info.dlpi_name.is_null() { b"" } else { CStr::from_ptr(info.dlpi_name).to_bytes() };
     let base = info.dlpi_addr as usize;
@@ -182,6 +209,7 @@ impl Object<'_> {
     unsafe fn process(&self, dynamic: *const Elf64Dyn, ctx: &mut WalkCtx) {
         let (mut strtab, mut strsz, mut symtab) = (0usize, 0usize, 0usize);
         let (mut rela, mut relasz, mut jmprel, mut pltrelsz, mut pltrel) = (0usize, 0usize, 0usize, 0usize, 0i64);
+        let (mut gnu_hash, mut sysv_hash) = (0usize, 0usize);
         let mut d = dynamic;
         for _ in 0..4096 {
             let entry = &*d;
@@ -195,6 +223,8 @@ impl Object<'_> {
                 DT_JMPREL => jmprel = self.ptr(entry.val),
                 DT_PLTRELSZ => pltrelsz = entry.val as usize,
                 DT_PLTREL => pltrel = entry.val as i64,
+                DT_GNU_HASH => gnu_hash = self.ptr(entry.val),
+                DT_HASH => sysv_hash = self.ptr(entry.val),
                 _ => {}
             }
             d = d.add(1);
@@ -203,6 +233,12 @@ impl Object<'_> {
             return;
         }
         let tables = Tables { strtab, strsz, symtab };
+        if let Mode::Resolve(name, _) = ctx.mode {
+            if let Some(addr) = self.lookup(&tables, name.to_bytes(), gnu_hash, sysv_hash) {
+                ctx.mode = Mode::Resolve(name, Some(addr));
+            }
+            return;
+        }
         if rela != 0 {
             self.process_relocs(rela, relasz, &tables, ctx);
         }
@@ -240,8 +276,32 @@ impl Object<'_> {
                         self.restore_slot(slot, rd.hook, ctx);
                     }
                 }
+                Mode::Resolve(..) => {}
             }
         }
+    }
+
+    /// Looks `name` up in this object's dynamic symbol table through its GNU or SysV hash
+    /// table; only a definition counts (not an undefined or canonical-PLT entry).
+    unsafe fn lookup(&self, tables: &Tables, name: &[u8], gnu_hash: usize, sysv_hash: usize) -> Option<usize> {
+        let index = if gnu_hash != 0 {
+            gnu_lookup(gnu_hash, tables, name)?
+        } else if sysv_hash != 0 {
+            sysv_lookup(sysv_hash, tables, name)?
+        } else {
+            return None;
+        };
+        let sym = &*((tables.symtab + index * std::mem::size_of::<Elf64Sym>()) as *const Elf64Sym);
+        if sym.shndx == SHN_UNDEF || sym.value == 0 {
+            return None;
+        }
+        let addr = self.base + sym.value as usize;
+        if sym.info & 0xf == STT_GNU_IFUNC {
+            // An IFUNC's value is its resolver: call it to get the implementation.
+            let resolver: extern "C" fn() -> usize = std::mem::transmute(addr);
+            return Some(resolver());
+        }
+        Some(addr)
     }
 
     unsafe fn patch_slot(&self, slot: usize, hook: usize, redirects: &[Redirect], ctx: &mut WalkCtx) {
@@ -311,5 +371,93 @@ fn page_size() -> usize {
         p as usize
     } else {
         4096
+    }
+}
+
+fn gnu_hash(name: &[u8]) -> u32 {
+    name.iter().fold(5381u32, |h, &c| h.wrapping_mul(33).wrapping_add(c as u32))
+}
+
+/// SAFETY (caller): `table` is the object's mapped DT_GNU_HASH section.
+unsafe fn gnu_lookup(table: usize, tables: &Tables, name: &[u8]) -> Option<usize> {
+    let words = table as *const u32;
+    let (nbuckets, symoffset, bloom_size) = (*words, *words.add(1), *words.add(2));
+    if nbuckets == 0 {
+        return None;
+    }
+    let buckets = (table + 16 + bloom_size as usize * 8) as *const u32;
+    let chains = buckets.add(nbuckets as usize);
+    let h = gnu_hash(name);
+    let mut i = *buckets.add((h % nbuckets) as usize);
+    if i < symoffset {
+        return None;
+    }
+    for _ in 0..1_000_000 {
+        let h2 = *chains.add((i - symoffset) as usize);
+        if (h | 1) == (h2 | 1) && tables.symbol_name(i as usize) == Some(name) {
+            return Some(i as usize);
+        }
+        if h2 & 1 != 0 {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
+
+fn sysv_hash(name: &[u8]) -> u32 {
+    name.iter().fold(0u32, |h, &c| {
+        let h = (h << 4).wrapping_add(c as u32);
+        let g = h & 0xf000_0000;
+        (h ^ (g >> 24)) & !g
+    })
+}
+
+/// SAFETY (caller): `table` is the object's mapped DT_HASH section.
+unsafe fn sysv_lookup(table: usize, tables: &Tables, name: &[u8]) -> Option<usize> {
+    let words = table as *const u32;
+    let (nbucket, nchain) = (*words, *words.add(1));
+    if nbucket == 0 {
+        return None;
+    }
+    let buckets = words.add(2);
+    let chains = buckets.add(nbucket as usize);
+    let mut i = *buckets.add((sysv_hash(name) % nbucket) as usize);
+    let mut steps = 0;
+    while i != 0 && i < nchain && steps < nchain {
+        if tables.symbol_name(i as usize) == Some(name) {
+            return Some(i as usize);
+        }
+        i = *chains.add(i as usize);
+        steps += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libc_malloc_definition() {
+        let found = find_definition(c"malloc").expect("malloc is defined somewhere");
+        // SAFETY: dlsym on libc's own handle returns libc's definition.
+        let libc_malloc = unsafe {
+            let h = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_NOW);
+            libc::dlsym(h, c"malloc".as_ptr()) as usize
+        };
+        assert_eq!(found, libc_malloc);
+    }
+
+    #[test]
+    fn hashes_match_the_elf_specs() {
+        assert_eq!(gnu_hash(b""), 5381);
+        assert_eq!(gnu_hash(b"printf"), 0x156b_2bb8);
+        assert_eq!(sysv_hash(b"printf"), 0x077905a6);
+    }
+
+    #[test]
+    fn unknown_symbols_are_not_found() {
+        assert_eq!(find_definition(c"memray_no_such_symbol_anywhere"), None);
     }
 }

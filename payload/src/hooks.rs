@@ -66,7 +66,7 @@ fn record_allocation_slow(address: usize, size: usize, allocator: Allocator) {
     if let Some(state) = state {
         if !state.name_written {
             state.name_written = true;
-            writer.write_pending_thread_name(tid);
+            writer.thread_first_seen(tid);
         }
         let n = interp.capture(&mut state.scratch);
         if !writer.native_traces {
@@ -94,23 +94,96 @@ pub fn record_deallocation(address: *mut c_void, size: usize, allocator: Allocat
     });
 }
 
+// ---- the real functions ----------------------------------------------------------------
+
+extern "C" {
+    fn memalign(align: size_t, size: size_t) -> *mut c_void;
+    fn valloc(size: size_t) -> *mut c_void;
+    fn pvalloc(size: size_t) -> *mut c_void;
+    fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void;
+}
+
+/// The functions our intercepts forward to: the first definition of each in load order
+/// (see got::find_definition), resolved before any slot points at a hook.
+pub struct Real {
+    malloc: unsafe extern "C" fn(size_t) -> *mut c_void,
+    calloc: unsafe extern "C" fn(size_t, size_t) -> *mut c_void,
+    realloc: unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+    posix_memalign: unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int,
+    aligned_alloc: unsafe extern "C" fn(size_t, size_t) -> *mut c_void,
+    memalign: unsafe extern "C" fn(size_t, size_t) -> *mut c_void,
+    valloc: unsafe extern "C" fn(size_t) -> *mut c_void,
+    pvalloc: unsafe extern "C" fn(size_t) -> *mut c_void,
+    mmap: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void,
+    mmap64: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void,
+    munmap: unsafe extern "C" fn(*mut c_void, size_t) -> c_int,
+    dlopen: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void,
+    prctl: unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int,
+}
+
+static REAL: AtomicPtr<Real> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Resolves the real functions (once per process; they do not move).
+pub fn resolve_real_functions() {
+    if !REAL.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    macro_rules! find {
+        ($name:literal, $fallback:expr, $ty:ty) => {
+            match crate::got::find_definition($name) {
+                // SAFETY: the symbol's definition has the C signature of that libc function.
+                Some(addr) => unsafe { std::mem::transmute::<usize, $ty>(addr) },
+                None => $fallback as $ty,
+            }
+        };
+    }
+    let real = Real {
+        malloc: find!(c"malloc", libc::malloc, unsafe extern "C" fn(size_t) -> *mut c_void),
+        calloc: find!(c"calloc", libc::calloc, unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
+        realloc: find!(c"realloc", libc::realloc, unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void),
+        free: find!(c"free", libc::free, unsafe extern "C" fn(*mut c_void)),
+        posix_memalign: find!(c"posix_memalign", libc::posix_memalign, unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int),
+        aligned_alloc: find!(c"aligned_alloc", libc::aligned_alloc, unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
+        memalign: find!(c"memalign", memalign, unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
+        valloc: find!(c"valloc", valloc, unsafe extern "C" fn(size_t) -> *mut c_void),
+        pvalloc: find!(c"pvalloc", pvalloc, unsafe extern "C" fn(size_t) -> *mut c_void),
+        mmap: find!(c"mmap", libc::mmap, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void),
+        mmap64: find!(c"mmap64", mmap64, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void),
+        munmap: find!(c"munmap", libc::munmap, unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
+        dlopen: find!(c"dlopen", libc::dlopen, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
+        prctl: find!(c"prctl", prctl_fallback, unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int),
+    };
+    REAL.store(Box::leak(Box::new(real)), Ordering::Release);
+}
+
+unsafe extern "C" fn prctl_fallback(o: c_int, a: libc::c_ulong, b: libc::c_ulong, c: libc::c_ulong, d: libc::c_ulong) -> c_int {
+    libc::prctl(o, a, b, c, d)
+}
+
+#[inline(always)]
+fn real() -> &'static Real {
+    // SAFETY: set by resolve_real_functions (from a leaked Box, never freed) before any GOT
+    // slot points at a hook, so every hook sees it non-null.
+    unsafe { &*REAL.load(Ordering::Relaxed) }
+}
+
 // ---- the intercepts -------------------------------------------------------------------
-// Each calls the real function through the payload's own (never patched) PLT entry.
 
 unsafe extern "C" fn malloc_hook(size: size_t) -> *mut c_void {
-    let p = libc::malloc(size);
+    let p = (real().malloc)(size);
     record_allocation(p, size, Allocator::Malloc);
     p
 }
 
 unsafe extern "C" fn calloc_hook(n: size_t, size: size_t) -> *mut c_void {
-    let p = libc::calloc(n, size);
+    let p = (real().calloc)(n, size);
     record_allocation(p, n.saturating_mul(size), Allocator::Calloc);
     p
 }
 
 unsafe extern "C" fn realloc_hook(ptr: *mut c_void, size: size_t) -> *mut c_void {
-    let p = libc::realloc(ptr, size);
+    let p = (real().realloc)(ptr, size);
     if !p.is_null() {
         record_deallocation(ptr, 0, Allocator::Free);
         record_allocation(p, size, Allocator::Realloc);
@@ -124,11 +197,11 @@ unsafe extern "C" fn realloc_hook(ptr: *mut c_void, size: size_t) -> *mut c_void
 unsafe extern "C" fn free_hook(ptr: *mut c_void) {
     // Recorded before the real free, so the address cannot be handed out again in between.
     record_deallocation(ptr, 0, Allocator::Free);
-    libc::free(ptr);
+    (real().free)(ptr);
 }
 
 unsafe extern "C" fn posix_memalign_hook(memptr: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
-    let rc = libc::posix_memalign(memptr, align, size);
+    let rc = (real().posix_memalign)(memptr, align, size);
     if rc == 0 && !memptr.is_null() {
         record_allocation(*memptr, size, Allocator::PosixMemalign);
     }
@@ -136,38 +209,31 @@ unsafe extern "C" fn posix_memalign_hook(memptr: *mut *mut c_void, align: size_t
 }
 
 unsafe extern "C" fn aligned_alloc_hook(align: size_t, size: size_t) -> *mut c_void {
-    let p = libc::aligned_alloc(align, size);
+    let p = (real().aligned_alloc)(align, size);
     record_allocation(p, size, Allocator::AlignedAlloc);
     p
 }
 
-extern "C" {
-    fn memalign(align: size_t, size: size_t) -> *mut c_void;
-    fn valloc(size: size_t) -> *mut c_void;
-    fn pvalloc(size: size_t) -> *mut c_void;
-    fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void;
-}
-
 unsafe extern "C" fn memalign_hook(align: size_t, size: size_t) -> *mut c_void {
-    let p = memalign(align, size);
+    let p = (real().memalign)(align, size);
     record_allocation(p, size, Allocator::Memalign);
     p
 }
 
 unsafe extern "C" fn valloc_hook(size: size_t) -> *mut c_void {
-    let p = valloc(size);
+    let p = (real().valloc)(size);
     record_allocation(p, size, Allocator::Valloc);
     p
 }
 
 unsafe extern "C" fn pvalloc_hook(size: size_t) -> *mut c_void {
-    let p = pvalloc(size);
+    let p = (real().pvalloc)(size);
     record_allocation(p, size, Allocator::Pvalloc);
     p
 }
 
 unsafe extern "C" fn mmap_hook(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
-    let p = libc::mmap(addr, len, prot, flags, fd, off);
+    let p = (real().mmap)(addr, len, prot, flags, fd, off);
     if p != libc::MAP_FAILED {
         record_allocation(p, len, Allocator::Mmap);
     }
@@ -175,7 +241,7 @@ unsafe extern "C" fn mmap_hook(addr: *mut c_void, len: size_t, prot: c_int, flag
 }
 
 unsafe extern "C" fn mmap64_hook(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void {
-    let p = mmap64(addr, len, prot, flags, fd, off);
+    let p = (real().mmap64)(addr, len, prot, flags, fd, off);
     if p != libc::MAP_FAILED {
         record_allocation(p, len, Allocator::Mmap);
     }
@@ -184,11 +250,11 @@ unsafe extern "C" fn mmap64_hook(addr: *mut c_void, len: size_t, prot: c_int, fl
 
 unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
     record_deallocation(addr, len, Allocator::Munmap);
-    libc::munmap(addr, len)
+    (real().munmap)(addr, len)
 }
 
 unsafe extern "C" fn dlopen_hook(filename: *const c_char, flags: c_int) -> *mut c_void {
-    let handle = libc::dlopen(filename, flags);
+    let handle = (real().dlopen)(filename, flags);
     if !handle.is_null() && ACTIVE.load(Ordering::Relaxed) {
         // Patch what this dlopen brought in; the guard keeps the walk's own allocations out.
         let _g = thread_state::GuardScope::enter();
@@ -198,7 +264,7 @@ unsafe extern "C" fn dlopen_hook(filename: *const c_char, flags: c_int) -> *mut 
 }
 
 unsafe extern "C" fn prctl_hook(option: c_int, a2: libc::c_ulong, a3: libc::c_ulong, a4: libc::c_ulong, a5: libc::c_ulong) -> c_int {
-    let rc = libc::prctl(option, a2, a3, a4, a5);
+    let rc = (real().prctl)(option, a2, a3, a4, a5);
     if rc == 0 && option == libc::PR_SET_NAME && a2 != 0 && ACTIVE.load(Ordering::Relaxed) {
         with_guard(|| {
             // SAFETY: PR_SET_NAME's argument is a NUL-terminated string (the kernel read it).

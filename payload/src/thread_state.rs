@@ -1,12 +1,12 @@
 //! Per-thread state of the tracker: the reentrancy guard, the thread's id in the capture,
 //! and the Python stack last written for it (so only the difference is written next time).
 //!
-//! TLS here is Rust `thread_local!` with const initialisers and no destructors: access
-//! never allocates and never registers a destructor. The heavier per-thread buffers live
+//! The per-thread words live in initial-exec TLS defined in csrc/tls.c: reading them never
+//! calls __tls_get_addr, which may allocate (and so re-enter a hook) the first time a
+//! thread touches a dlopen'ed library's ordinary TLS. The heavier per-thread buffers live
 //! behind a pointer, allocated on the thread's first tracked event and freed by a pthread
 //! key destructor when the thread exits.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
@@ -15,13 +15,29 @@ use crate::python::frames::RawFrame;
 /// Deepest Python stack recorded; deeper frames (the outermost ones) are dropped.
 pub const MAX_FRAMES: usize = 2048;
 
-thread_local! {
-    static GUARD: Cell<bool> = const { Cell::new(false) };
-    static STATE: Cell<*mut ThreadState> = const { Cell::new(std::ptr::null_mut()) };
-    /// Set once the thread's TLS destructors have run: it is exiting and its state is gone.
-    static EXITING: Cell<bool> = const { Cell::new(false) };
+#[repr(C)]
+struct Tls {
+    guard: u8,
+    /// Set once the thread's key destructor ran: it is exiting and its state is gone.
+    exiting: u8,
     /// (generation, tid): kept outside the heap state so an exiting thread keeps its id.
-    static IDENTITY: Cell<(u64, u64)> = const { Cell::new((u64::MAX, 0)) };
+    generation: u64,
+    tid: u64,
+    /// A `*mut ThreadState` (opaque to C).
+    state: *mut libc::c_void,
+}
+
+extern "C" {
+    fn memray_tls_get() -> *mut Tls;
+}
+
+/// This thread's TLS block.
+#[inline(always)]
+fn tls() -> &'static mut Tls {
+    // SAFETY: memray_tls_get returns the address of the calling thread's own initial-exec
+    // TLS struct, valid for the thread's lifetime; only this thread accesses it, and no
+    // two references to it are alive at once in this module's functions.
+    unsafe { &mut *memray_tls_get() }
 }
 
 /// Bumped at every tracker start, so threads forget what they wrote to an older capture.
@@ -41,32 +57,33 @@ pub struct ThreadState {
 /// hook called from inside our own work), in which case it returns None.
 #[inline(always)]
 pub fn with_guard<R>(f: impl FnOnce() -> R) -> Option<R> {
-    GUARD.with(|g| {
-        if g.get() {
-            return None;
-        }
-        g.set(true);
-        let r = f();
-        g.set(false);
-        Some(r)
-    })
+    if tls().guard != 0 {
+        return None;
+    }
+    tls().guard = 1;
+    let r = f();
+    tls().guard = 0;
+    Some(r)
 }
 
 /// Sets the guard for the rest of the thread's life (the RSS sampler thread uses this).
 pub fn set_guard_permanently() {
-    GUARD.with(|g| g.set(true));
+    tls().guard = 1;
 }
 
 /// A scope that sets the guard and restores the previous value when dropped.
 pub struct GuardScope(bool);
 impl GuardScope {
     pub fn enter() -> Self {
-        GuardScope(GUARD.with(|g| g.replace(true)))
+        let t = tls();
+        let previous = t.guard != 0;
+        t.guard = 1;
+        GuardScope(previous)
     }
 }
 impl Drop for GuardScope {
     fn drop(&mut self) {
-        GUARD.with(|g| g.set(self.0));
+        tls().guard = self.0 as u8;
     }
 }
 
@@ -77,8 +94,9 @@ extern "C" fn destroy_state(ptr: *mut libc::c_void) {
     // The thread is exiting: later frees on it (glibc's own teardown) are still recorded,
     // but without a state they carry no stack update.
     let _g = GuardScope::enter();
-    EXITING.with(|e| e.set(true));
-    STATE.with(|s| s.set(std::ptr::null_mut()));
+    let t = tls();
+    t.exiting = 1;
+    t.state = std::ptr::null_mut();
     if !ptr.is_null() {
         // SAFETY: the pointer was produced by Box::into_raw in `current` and registered
         // with this key exactly once; the key's value is cleared by pthread before calling us.
@@ -108,25 +126,22 @@ pub fn init() {
 #[inline]
 pub fn current_tid() -> u64 {
     let generation = GENERATION.load(Ordering::Acquire);
-    IDENTITY.with(|id| {
-        let (g, tid) = id.get();
-        if g == generation {
-            return tid;
-        }
-        let tid = NEXT_TID.fetch_add(1, Ordering::Relaxed);
-        id.set((generation, tid));
-        tid
-    })
+    let t = tls();
+    if t.generation != generation {
+        t.generation = generation;
+        t.tid = NEXT_TID.fetch_add(1, Ordering::Relaxed);
+    }
+    t.tid
 }
 
 /// The calling thread's stack state for the current tracker generation, created on first
 /// use. Returns None on a thread that is exiting. Call only with the guard set.
 pub fn current() -> Option<&'static mut ThreadState> {
-    if EXITING.with(|e| e.get()) {
+    if tls().exiting != 0 {
         return None;
     }
     let generation = GENERATION.load(Ordering::Acquire);
-    let mut ptr = STATE.with(|s| s.get());
+    let mut ptr = tls().state as *mut ThreadState;
     if ptr.is_null() {
         let state = Box::new(ThreadState {
             generation: u64::MAX,
@@ -135,7 +150,7 @@ pub fn current() -> Option<&'static mut ThreadState> {
             scratch: vec![RawFrame::default(); MAX_FRAMES],
         });
         ptr = Box::into_raw(state);
-        STATE.with(|s| s.set(ptr));
+        tls().state = ptr as *mut libc::c_void;
         // SAFETY: the key was created by init(); storing our pointer makes pthread call
         // destroy_state with it at thread exit.
         unsafe { libc::pthread_setspecific(key(), ptr as *const libc::c_void) };

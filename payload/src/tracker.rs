@@ -122,6 +122,7 @@ pub fn start(config: Config) -> Result<(), StartError> {
     let interp = python::Interpreter::resolve().map_err(StartError::Unsupported)?;
     let interp = hooks::set_interpreter(interp);
     thread_state::init();
+    hooks::resolve_real_functions();
     install_fork_handlers();
 
     GENERATION.fetch_add(1, Ordering::AcqRel);

@@ -112,6 +112,9 @@ pub struct Writer {
     file_buf: Vec<u8>,
     /// Names given to threads (keyed by pthread_t) before they wrote anything.
     pending_names: PtrMap<Vec<u8>>,
+    /// pthread_t -> capture tid of every thread seen, so a name set from another thread
+    /// (Python names threads from the parent) reaches the right one.
+    tids_by_ident: PtrMap<u64>,
     pub n_allocations: u64,
     pub native_traces: bool,
     pub start_ms: i64,
@@ -135,6 +138,7 @@ impl Writer {
             name_buf: Vec::with_capacity(256),
             file_buf: Vec::with_capacity(1024),
             pending_names: PtrMap::default(),
+            tids_by_ident: PtrMap::default(),
             n_allocations: 0,
             native_traces: false,
             start_ms,
@@ -185,9 +189,8 @@ impl Writer {
             Output::Stream(enc) => enc.allocation(&mut self.sink, address as u64, size as u64, allocator, 0, false),
             Output::Aggregate(agg) => agg.allocation(tid, address as u64, size as u64, allocator),
         }
-        if !allocator.is_deallocator() {
-            self.n_allocations += 1;
-        }
+        // Memray's header count covers every ALLOCATION record, frees included.
+        self.n_allocations += 1;
     }
 
     pub fn write_thread_name(&mut self, tid: u64, name: &[u8]) {
@@ -198,10 +201,10 @@ impl Writer {
         }
     }
 
-    /// Names the thread `ident` (a pthread_t). For the calling thread it is written at
-    /// once; other threads get it with their first record.
+    /// Names the thread `ident` (a pthread_t): at once if it has written records (or is
+    /// the caller), else with its first record.
     pub fn set_thread_name(&mut self, ident: usize, name: &[u8], caller_tid: Option<u64>) {
-        match caller_tid {
+        match caller_tid.or_else(|| self.tids_by_ident.get(&ident).copied()) {
             Some(tid) => self.write_thread_name(tid, name),
             None => {
                 self.pending_names.insert(ident, name.to_vec());
@@ -209,9 +212,11 @@ impl Writer {
         }
     }
 
-    pub fn write_pending_thread_name(&mut self, tid: u64) {
+    /// Called on a thread's first record in this capture.
+    pub fn thread_first_seen(&mut self, tid: u64) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() } as usize;
+        self.tids_by_ident.insert(me, tid);
         if let Some(name) = self.pending_names.remove(&me) {
             self.write_thread_name(tid, &name);
         }
@@ -270,7 +275,8 @@ impl Writer {
             let Output::Aggregate(agg) = std::mem::replace(&mut self.out, Output::Stream(StreamEncoder::new())) else {
                 return;
             };
-            self.header.n_allocations = self.n_allocations;
+            // Memray's aggregating writer never counts: its files say 0.
+            self.header.n_allocations = 0;
             self.header.end_time_ms = end_ms;
             let capture = agg.into_capture(self.header.clone());
             capture.encode(&mut self.sink);

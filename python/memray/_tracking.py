@@ -138,7 +138,7 @@ class Session:
         # Frames of the starting thread that belong to memray itself (the `run` bootstrap);
         # readers hide them.
         self.skipped_frames = skipped_frames
-        self._saved_bootstrap = None
+        self._saved_profile = None
 
     def _config(self):
         pairs = [
@@ -178,28 +178,33 @@ class Session:
         self._unpatch_threading()
         return _load().memray_tracker_stop() == 0
 
-    # Thread names come from Python's threading module: existing threads are named now,
-    # new ones when they start running.
+    # Thread names come from Python's threading module. Existing threads are named now.
+    # New ones name themselves before run(): threading's profile hook runs on the new
+    # thread first thing, once, then hands the slot back to whatever profiler was set.
     def _name_threads(self, lib):
         for thread in threading.enumerate():
             if thread.ident is not None:
                 lib.memray_set_thread_name(thread.ident, thread.name.encode("utf-8", "replace"))
-        original = threading.Thread._bootstrap_inner
-        self._saved_bootstrap = original
+        previous = getattr(threading, "_profile_hook", None)
+        self._saved_profile = (True, previous)
 
-        def _bootstrap_inner(thread):
+        def name_this_thread(frame, event, arg):
+            sys.setprofile(previous)
             try:
-                lib.memray_set_thread_name(threading.get_ident(), thread.name.encode("utf-8", "replace"))
+                lib.memray_set_thread_name(threading.get_ident(),
+                                           threading.current_thread().name.encode("utf-8", "replace"))
             except Exception:
                 pass
-            return original(thread)
+            if previous is not None:
+                return previous(frame, event, arg)
+            return None
 
-        threading.Thread._bootstrap_inner = _bootstrap_inner
+        threading.setprofile(name_this_thread)
 
     def _unpatch_threading(self):
-        if self._saved_bootstrap is not None:
-            threading.Thread._bootstrap_inner = self._saved_bootstrap
-            self._saved_bootstrap = None
+        if self._saved_profile is not None:
+            threading.setprofile(self._saved_profile[1])
+            self._saved_profile = None
 
 
 def is_active():

@@ -1,1 +1,3 @@
+pub mod parse;
 pub mod run;
+pub mod stats;

@@ -1,0 +1,19 @@
+//! Errors of the analyses.
+
+use memray_capture::CaptureError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Capture(#[from] CaptureError),
+
+    /// Memray 1.20 refuses this too: an aggregated capture has no per-allocation data.
+    #[error("can't compute statistics using a pre-aggregated capture file (it was written with --aggregate)")]
+    AggregatedStats,
+
+    #[error("corrupt aggregated capture: {0}")]
+    CorruptAggregated(String),
+
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

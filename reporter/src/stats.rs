@@ -1,0 +1,436 @@
+//! `memray stats`: the figures, text layout and JSON keys of Memray 1.20's
+//! `StatsReporter`.
+
+use std::cmp::Reverse;
+
+use memray_capture::{Allocator, FileFormat, PythonAllocator};
+
+use crate::analysis::Analysis;
+use crate::error::ReportError;
+use crate::localtime::format_millis;
+use crate::modules::ModuleResolver;
+use crate::pyjson::Json;
+use crate::stacks::Location;
+
+/// Bins of the allocation size histogram.
+pub const HISTOGRAM_BINS: usize = 10;
+/// Length of the histogram's longest bar.
+pub const HISTOGRAM_SCALE: usize = 25;
+
+/// Allocations and bytes of one top-level module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleTotals {
+    pub module: String,
+    pub num_allocations: u64,
+    pub total_bytes: u64,
+}
+
+/// The `metadata` object of the JSON output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    pub start_time_ms: i64,
+    pub end_time_ms: i64,
+    /// ALLOCATION records read, deallocations included.
+    pub total_allocations: u64,
+    pub total_frames: u64,
+    pub peak_memory: u64,
+    pub command_line: String,
+    pub pid: i32,
+    pub main_thread_id: u64,
+    pub python_allocator: PythonAllocator,
+    pub has_native_traces: bool,
+    pub trace_python_allocators: bool,
+    pub file_format: FileFormat,
+}
+
+/// Everything `memray stats` prints.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub num_largest: usize,
+    pub total_num_allocations: u64,
+    pub total_bytes_allocated: u64,
+    /// (size, count), by size.
+    pub allocation_count_by_size: Vec<(u64, u64)>,
+    /// Most used first; ties in Memray's order.
+    pub allocator_distribution: Vec<(Allocator, u64)>,
+    /// Innermost locations by bytes allocated; `None` is "no Python stack".
+    pub top_allocations_by_size: Vec<(Option<Location>, u64)>,
+    pub top_allocations_by_count: Vec<(Option<Location>, u64)>,
+    pub top_modules_by_allocation_size: Vec<ModuleTotals>,
+    pub top_modules_by_allocation_count: Vec<ModuleTotals>,
+    pub metadata: Metadata,
+}
+
+impl Stats {
+    /// Computes the statistics of a (non-aggregated) capture. `num_largest` is the
+    /// length of the top-N lists (at least 1).
+    pub fn compute(analysis: &Analysis, num_largest: usize) -> Result<Stats, ReportError> {
+        if analysis.is_aggregated() {
+            return Err(ReportError::AggregatedStats);
+        }
+        let num_largest = num_largest.max(1);
+        let mut allocation_count_by_size: Vec<(u64, u64)> =
+            analysis.count_by_size.iter().map(|(&s, &c)| (s, c)).collect();
+        allocation_count_by_size.sort_unstable();
+
+        // Memray sorts its C++ map's entries with Python's stable sort.
+        let mut allocator_distribution = analysis.allocators_in_memray_order();
+        allocator_distribution.sort_by_key(|&(_, count)| Reverse(count));
+
+        // Memray keeps the largest (value, location id) pairs: ties go to the location
+        // first seen later, and "no stack" (an empty optional) loses every tie.
+        let top = |value: fn(&crate::analysis::Usage) -> u64| -> Vec<(Option<Location>, u64)> {
+            let mut v: Vec<(u64, Option<u32>)> = analysis.by_location.iter().map(|(loc, u)| (value(u), *loc)).collect();
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            v.truncate(num_largest);
+            v.into_iter().map(|(n, loc)| (loc.map(|id| analysis.stacks.location(id).clone()), n)).collect()
+        };
+        let top_allocations_by_size = top(|u| u.bytes);
+        let top_allocations_by_count = top(|u| u.count);
+
+        let mut resolver = ModuleResolver::from_header(&analysis.header);
+        let mut modules: Vec<ModuleTotals> = Vec::new();
+        for totals in analysis.stacks_in_memray_order() {
+            let filenames: Vec<std::rc::Rc<str>> =
+                analysis.stacks.frames(totals.stack).map(|f| analysis.stacks.resolve(f).filename).collect();
+            let module = resolver.module_for_stack(filenames.iter().map(|f| &**f));
+            match modules.iter_mut().find(|m| m.module == module) {
+                Some(m) => {
+                    m.num_allocations += totals.count;
+                    m.total_bytes = m.total_bytes.wrapping_add(totals.bytes);
+                }
+                None => modules.push(ModuleTotals { module, num_allocations: totals.count, total_bytes: totals.bytes }),
+            }
+        }
+        let mut by_count = modules.clone();
+        by_count.sort_by_key(|m| Reverse(m.num_allocations));
+        by_count.truncate(num_largest);
+        let mut by_size = modules;
+        by_size.sort_by_key(|m| Reverse(m.total_bytes));
+        by_size.truncate(num_largest);
+
+        let h = &analysis.header;
+        Ok(Stats {
+            num_largest,
+            total_num_allocations: analysis.total_allocations,
+            total_bytes_allocated: analysis.total_bytes_allocated,
+            allocation_count_by_size,
+            allocator_distribution,
+            top_allocations_by_size,
+            top_allocations_by_count,
+            top_modules_by_allocation_size: by_size,
+            top_modules_by_allocation_count: by_count,
+            metadata: Metadata {
+                start_time_ms: h.start_time_ms,
+                end_time_ms: h.end_time_ms,
+                total_allocations: analysis.n_allocation_records,
+                total_frames: h.n_frames,
+                peak_memory: analysis.peak_memory,
+                command_line: h.command_line.clone(),
+                pid: h.pid,
+                main_thread_id: h.main_tid,
+                python_allocator: h.python_allocator,
+                has_native_traces: h.native_traces,
+                trace_python_allocators: h.trace_python_allocators,
+                file_format: h.file_format,
+            },
+        })
+    }
+
+    /// The text `memray stats` prints; `styled` (for a terminal) adds bold headings.
+    pub fn render_text(&self, styled: bool) -> String {
+        let heading = |text: &str| if styled { format!("\x1b[1m{text}\x1b[0m") } else { text.to_string() };
+        // Memray's progress display leaves an empty line before the report when the
+        // output is not a terminal.
+        let mut out = if styled { String::new() } else { "\n".to_string() };
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!("📏 {}", heading("Total allocations:")));
+        line(format!("\t{}", self.total_num_allocations));
+        line(String::new());
+        line(format!("📦 {}", heading("Total memory allocated:")));
+        line(format!("\t{}", size_fmt(self.total_bytes_allocated)));
+        line(String::new());
+        line(format!("📈 {}", heading("Peak memory usage:")));
+        line(format!("\t{}", size_fmt(self.metadata.peak_memory)));
+        line(String::new());
+        line(format!("📊 {}", heading("Histogram of allocation size:")));
+        line(format!("\t{}", draw_histogram(&self.allocation_count_by_size, HISTOGRAM_BINS, HISTOGRAM_SCALE)));
+        line(String::new());
+        line(format!("📂 {}", heading("Allocator type distribution:")));
+        for (allocator, count) in &self.allocator_distribution {
+            line(format!("\t {}: {count}", allocator_type_name(*allocator)));
+        }
+        line(String::new());
+        line(format!("🥇 {}", heading(&format!("Top {} largest allocating locations (by size):", self.num_largest))));
+        for (location, size) in &self.top_allocations_by_size {
+            line(format!("\t- {} -> {}", format_location(location.as_ref()), size_fmt(*size)));
+        }
+        line(String::new());
+        line(format!(
+            "🥇 {}",
+            heading(&format!("Top {} largest allocating locations (by number of allocations):", self.num_largest))
+        ));
+        for (location, count) in &self.top_allocations_by_count {
+            line(format!("\t- {} -> {count}", format_location(location.as_ref())));
+        }
+        for (modules, label) in [
+            (&self.top_modules_by_allocation_size, "by size"),
+            (&self.top_modules_by_allocation_count, "by number of allocations"),
+        ] {
+            if modules.is_empty() {
+                continue;
+            }
+            line(String::new());
+            line(format!("🥇 {}", heading(&format!("Top {} allocating modules ({label}):", self.num_largest))));
+            for m in modules {
+                line(format!("\t- {}: {} total | {} allocations", m.module, size_fmt(m.total_bytes), m.num_allocations));
+            }
+        }
+        out
+    }
+
+    /// The JSON document `memray stats --json` writes.
+    pub fn to_json(&self) -> Json {
+        let histogram = histogram_bins(&self.allocation_count_by_size, HISTOGRAM_BINS)
+            .map(|bins| {
+                let mut start = 0u64;
+                let last = bins.len().saturating_sub(1);
+                bins.iter()
+                    .enumerate()
+                    .map(|(i, &(end, count))| {
+                        // The last bin's upper bound is inclusive.
+                        let max = if i == last { end } else { end.wrapping_sub(1) };
+                        let bin = Json::dict([
+                            ("min_bytes", Json::int(start)),
+                            ("max_bytes", Json::int(max)),
+                            ("count", Json::int(count)),
+                        ]);
+                        start = end;
+                        bin
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let modules = |list: &[ModuleTotals]| {
+            Json::List(
+                list.iter()
+                    .map(|m| {
+                        Json::dict([
+                            ("module", Json::str(m.module.clone())),
+                            ("num_allocations", Json::int(m.num_allocations)),
+                            ("total_bytes", Json::int(m.total_bytes)),
+                        ])
+                    })
+                    .collect(),
+            )
+        };
+        let md = &self.metadata;
+        Json::dict([
+            ("total_num_allocations", Json::int(self.total_num_allocations)),
+            ("total_bytes_allocated", Json::int(self.total_bytes_allocated)),
+            ("allocation_size_histogram", Json::List(histogram)),
+            (
+                "allocator_type_distribution",
+                Json::dict(self.allocator_distribution.iter().map(|(a, n)| (allocator_type_name(*a), Json::int(*n)))),
+            ),
+            (
+                "top_allocations_by_size",
+                Json::List(
+                    self.top_allocations_by_size
+                        .iter()
+                        .map(|(l, n)| {
+                            Json::dict([("location", Json::str(format_location(l.as_ref()))), ("size", Json::int(*n))])
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "top_allocations_by_count",
+                Json::List(
+                    self.top_allocations_by_count
+                        .iter()
+                        .map(|(l, n)| {
+                            Json::dict([("location", Json::str(format_location(l.as_ref()))), ("count", Json::int(*n))])
+                        })
+                        .collect(),
+                ),
+            ),
+            ("top_modules_by_allocation_size", modules(&self.top_modules_by_allocation_size)),
+            ("top_modules_by_allocation_count", modules(&self.top_modules_by_allocation_count)),
+            (
+                "metadata",
+                Json::dict([
+                    ("start_time", Json::str(format_millis(md.start_time_ms))),
+                    ("end_time", Json::str(format_millis(md.end_time_ms))),
+                    ("total_allocations", Json::int(md.total_allocations)),
+                    ("total_frames", Json::int(md.total_frames)),
+                    ("peak_memory", Json::int(md.peak_memory)),
+                    ("command_line", Json::str(md.command_line.clone())),
+                    ("pid", Json::int(md.pid)),
+                    ("main_thread_id", Json::int(md.main_thread_id)),
+                    ("python_allocator", Json::str(python_allocator_label(md.python_allocator))),
+                    ("has_native_traces", Json::Bool(md.has_native_traces)),
+                    ("trace_python_allocators", Json::Bool(md.trace_python_allocators)),
+                    ("file_format", Json::int(md.file_format as u8)),
+                ]),
+            ),
+        ])
+    }
+}
+
+/// `AllocatorType(k).name`.
+pub fn allocator_type_name(a: Allocator) -> String {
+    a.name().to_ascii_uppercase()
+}
+
+/// The Python allocator as Memray's metadata names it.
+pub fn python_allocator_label(a: PythonAllocator) -> &'static str {
+    match a {
+        PythonAllocator::Pymalloc => "pymalloc",
+        PythonAllocator::PymallocDebug => "pymalloc debug",
+        PythonAllocator::Mimalloc => "mimalloc",
+        PythonAllocator::MimallocDebug => "mimalloc debug",
+        PythonAllocator::Malloc => "malloc",
+        PythonAllocator::Other => "unknown",
+    }
+}
+
+/// `function:file:line`, or Memray's placeholder for allocations without a Python stack.
+pub fn format_location(location: Option<&Location>) -> String {
+    match location {
+        None => "<stack trace unavailable>".to_string(),
+        Some(l) => format!("{}:{}:{}", l.function, l.filename, l.lineno),
+    }
+}
+
+/// Memray's `size_fmt`: three decimals and a decimal (1000-based) unit.
+pub fn size_fmt(bytes: u64) -> String {
+    let mut num = bytes as f64;
+    for unit in ["", "k", "M", "G", "T", "P", "E", "Z"] {
+        if num.abs() < 1000.0 {
+            return format!("{num:5.3}{unit}B");
+        }
+        num /= 1000.0;
+    }
+    format!("{num:.1}YB")
+}
+
+/// Python's `float // float` (CPython `float_floor_div`), which the histogram uses.
+fn py_floordiv(vx: f64, wx: f64) -> f64 {
+    let mut m = vx % wx;
+    let mut div = (vx - m) / wx;
+    if m != 0.0 {
+        if (wx < 0.0) != (m < 0.0) {
+            m += wx;
+            div -= 1.0;
+        }
+    }
+    let _ = m;
+    if div != 0.0 {
+        let mut floordiv = div.floor();
+        if div - floordiv > 0.5 {
+            floordiv += 1.0;
+        }
+        floordiv
+    } else {
+        0.0f64.copysign(vx / wx)
+    }
+}
+
+/// Memray's `get_histogram_databins`: `bins` logarithmic bins between the smallest
+/// non-zero size and the largest size, as (upper bound, count). `None` when there is no
+/// non-zero size (Memray raises there).
+pub fn histogram_bins(count_by_size: &[(u64, u64)], bins: usize) -> Option<Vec<(u64, u64)>> {
+    if bins == 0 {
+        return None;
+    }
+    let min_nonzero = count_by_size.iter().map(|&(s, _)| s).filter(|&s| s != 0).min()?;
+    let max = count_by_size.iter().map(|&(s, _)| s).max()?;
+    let mut low = (min_nonzero as f64).ln();
+    let high = (max as f64).ln();
+    if low == high {
+        low /= 2.0;
+    }
+    let step = (high - low) / bins as f64;
+    let steps: Vec<u64> = (0..bins).map(|i| (low + step * (i + 1) as f64).exp() as u64).collect();
+    let mut dist = vec![0u64; bins];
+    for &(size, count) in count_by_size {
+        let bucket = if size == 0 || step == 0.0 {
+            // Memray divides by zero when every size is 1; everything lands in bin 0.
+            0
+        } else {
+            let b = py_floordiv((size as f64).ln() - low, step);
+            (b.max(0.0) as usize).min(bins - 1)
+        };
+        dist[bucket] += count;
+    }
+    Some(steps.into_iter().zip(dist).collect())
+}
+
+/// Memray's `draw_histogram`.
+pub fn draw_histogram(count_by_size: &[(u64, u64)], bins: usize, scale: usize) -> String {
+    if count_by_size.is_empty() {
+        return "<no data for histogram>".to_string();
+    }
+    let Some(data_bins) = histogram_bins(count_by_size, bins) else {
+        return "<no data for histogram>".to_string();
+    };
+    let max_bin = data_bins.iter().map(|b| b.1).max().unwrap_or(0);
+    let scaled: Vec<usize> = data_bins
+        .iter()
+        .map(|&(_, v)| if max_bin == 0 { 0 } else { ((v as f64 / max_bin as f64) * scale as f64).ceil() as usize })
+        .collect();
+    let size_width = 9;
+    let freq_width = data_bins.iter().map(|b| b.1.to_string().len()).max().unwrap_or(1);
+    let total_width = 2 + size_width + 2 + freq_width + 1 + scale;
+    let min = count_by_size.iter().map(|b| b.0).min().unwrap_or(0);
+    let max = count_by_size.iter().map(|b| b.0).max().unwrap_or(0);
+    let mut out = format!("min: {}\n\t{}\n\t", size_fmt(min), "-".repeat(total_width));
+    for (i, (&(bound, count), bar)) in data_bins.iter().zip(&scaled).enumerate() {
+        let rel = if i == data_bins.len() - 1 { "<=" } else { "< " };
+        out.push_str(&format!("{rel}{:<size_width$}:", size_fmt(bound)));
+        out.push_str(&format!(" {count:>freq_width$} "));
+        out.push_str(&"▇".repeat(*bar));
+        out.push_str("\n\t");
+    }
+    out.push_str(&"-".repeat(total_width));
+    out.push_str(&format!("\n\tmax: {}", size_fmt(max)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_fmt_like_memray() {
+        assert_eq!(size_fmt(0), "0.000B");
+        assert_eq!(size_fmt(1), "1.000B");
+        assert_eq!(size_fmt(1_777_000), "1.777MB");
+        assert_eq!(size_fmt(155_556), "155.556kB");
+        assert_eq!(size_fmt(999_999), "999.999kB");
+        assert_eq!(size_fmt(1_000_000), "1.000MB");
+    }
+
+    #[test]
+    fn floordiv_matches_python() {
+        assert_eq!(py_floordiv(7.0, 2.0), 3.0);
+        assert_eq!(py_floordiv(-7.0, 2.0), -4.0);
+        assert_eq!(py_floordiv(0.3, 0.1), 2.0); // Python: 0.3 // 0.1 == 2.0
+        assert_eq!(py_floordiv(1.0, 0.1), 9.0); // Python: 1.0 // 0.1 == 9.0
+    }
+
+    #[test]
+    fn histogram_of_memray_capture() {
+        // Sizes from a Memray 1.20 capture whose `stats --json` reported these bins.
+        let data = [(0u64, 10u64), (1, 0), (24, 11), (300, 67), (1500, 36), (5000, 6), (20000, 6), (1_048_576, 1)];
+        let bins = histogram_bins(&data, 10).unwrap();
+        let uppers: Vec<u64> = bins.iter().map(|b| b.0).collect();
+        assert_eq!(uppers, vec![4, 15, 63, 255, 1024, 4095, 16383, 65535, 262143, 1048576]);
+        assert!(histogram_bins(&[(0, 3)], 10).is_none());
+        assert_eq!(histogram_bins(&[(1, 3)], 10).unwrap()[0], (1, 3));
+    }
+}

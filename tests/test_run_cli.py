@@ -1,0 +1,332 @@
+"""`memray run` (as `python -m memray run`), for every interpreter."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from support import (
+    LZ4_MAGIC,
+    MALLOC,
+    MEMRAY_MAGIC,
+    PYMALLOC_MALLOC,
+    assert_clean_error,
+    assert_no_crash,
+    assert_ok,
+    run,
+    top,
+)
+
+PROG = """
+import json, os, sys
+import allochelper
+H = allochelper.load()
+
+def work():
+    H.helper_malloc(271829)  # @alloc
+
+work()  # @call
+print("program line 1")
+print(json.dumps({"pid": os.getpid(), "argv": sys.argv, "name": __name__,
+                  "path0": sys.path[0], "version": list(sys.version_info[:2])}))
+print("program line 3")
+"""
+
+
+def prog_info(result):
+    for line in result.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError("program output missing\n" + result.describe())
+
+
+def capture_files(directory: Path):
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".bin") or ".bin." in p.name)
+
+
+def assert_work_recorded(cap, script):
+    rec = cap.one(size=271829, allocator=MALLOC)
+    assert top(rec, 2) == [
+        ("work", script.path.name, script.line("alloc")),
+        ("<module>", script.path.name, script.line("call")),
+    ]
+
+
+def test_default_output_next_to_script(interp, script, memray_run, reader, workdir):
+    sub = workdir / "sub"
+    s = script("prog.py", PROG, directory=sub)
+    res = assert_ok(memray_run("sub/prog.py", cwd=workdir))
+    info = prog_info(res)
+    names = capture_files(sub)
+    assert len(names) == 1, f"expected one capture next to the script, found {names}\n{res.describe()}"
+    m = re.fullmatch(r"memray-prog\.py\.(\d+)\.bin", names[0])
+    assert m, names
+    assert int(m.group(1)) == info["pid"], "the pid in the name is the tracked process's"
+    assert capture_files(workdir) == [], "nothing written in the current directory"
+    assert names[0] in res.output, "memray run should say where it writes"
+    cap = reader.read(sub / names[0], "all")
+    assert_work_recorded(cap, s)
+    assert cap.metadata["pid"] == info["pid"]
+    assert "prog.py" in cap.metadata["command_line"]
+
+
+def test_output_option(interp, script, memray_run, reader, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "chosen" / "out.bin"
+    out.parent.mkdir()
+    res = assert_ok(memray_run("-o", out, s.path))
+    assert str(out) in res.output or "out.bin" in res.output
+    assert capture_files(workdir) == [], "no default-named file when -o is given"
+    assert_work_recorded(reader.read(out, "all"), s)
+
+
+def test_existing_output_refused_without_force(interp, script, memray_run, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "exists.bin"
+    out.write_bytes(b"precious")
+    res = memray_run("-o", out, s.path)
+    assert_clean_error(res, "exists.bin")
+    assert "program line 1" not in res.stdout, "the program must not run"
+    assert out.read_bytes() == b"precious"
+
+
+def test_existing_output_replaced_with_force(interp, script, memray_run, reader, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "exists.bin"
+    out.write_bytes(b"precious")
+    res = assert_ok(memray_run("-f", "-o", out, s.path))
+    info = prog_info(res)
+    cap = reader.read(out, "all")
+    assert cap.metadata["pid"] == info["pid"]
+    assert_work_recorded(cap, s)
+
+
+def test_run_command_string(interp, memray_run, reader, workdir):
+    code = "import allochelper\nH = allochelper.load()\nH.helper_malloc(161803)\nimport os; print('pid', os.getpid())\n"
+    res = assert_ok(memray_run("-c", code, cwd=workdir))
+    pid = int(re.search(r"^pid (\d+)$", res.stdout, re.M).group(1))
+    names = capture_files(workdir)
+    assert names == [f"memray-string.{pid}.bin"], names
+    cap = reader.read(workdir / names[0], "all")
+    rec = cap.one(size=161803, allocator=MALLOC)
+    assert top(rec) == [("<module>", "<string>", 3)]
+
+
+def test_run_module(interp, script, memray_run, reader, workdir):
+    moddir = workdir / "mods"
+    s = script(
+        "mymod.py",
+        """
+        import json, sys
+        import allochelper
+        H = allochelper.load()
+
+        def work():
+            H.helper_malloc(141421)  # @alloc
+
+        work()
+        print(json.dumps({"argv": sys.argv, "name": __name__}))
+        """,
+        directory=moddir,
+    )
+    out = workdir / "mod.bin"
+    res = assert_ok(memray_run("-o", out, "-m", "mymod", "a1", "--flag", cwd=moddir))
+    info = prog_info(res)
+    assert info["name"] == "__main__"
+    assert info["argv"][1:] == ["a1", "--flag"]
+    assert info["argv"][0].endswith("mymod.py")
+    rec = reader.read(out, "all").one(size=141421, allocator=MALLOC)
+    assert top(rec) == [("work", "mymod.py", s.line("alloc"))]
+
+
+def test_script_arguments_and_sys_path(interp, script, memray_run, workdir):
+    s = script("prog.py", PROG, directory=workdir / "scripts")
+    res = assert_ok(memray_run("-q", "-o", workdir / "a.bin", s.path, "x", "y z", "-o", cwd=workdir))
+    info = prog_info(res)
+    assert info["argv"] == [str(s.path), "x", "y z", "-o"]
+    assert info["name"] == "__main__"
+    assert os.path.realpath(info["path0"]) == os.path.realpath(s.path.parent)
+    assert info["version"] == [3, interp.minor]
+
+
+def test_quiet_leaves_program_output_alone(interp, script, memray_run, workdir):
+    s = script("prog.py", PROG)
+    res = assert_ok(memray_run("-q", "-o", workdir / "q.bin", s.path))
+    info = prog_info(res)
+    expected = "program line 1\n" + json.dumps(
+        {"pid": info["pid"], "argv": info["argv"], "name": "__main__", "path0": info["path0"], "version": info["version"]}
+    ) + "\nprogram line 3\n"
+    assert res.stdout == expected
+    assert res.stderr == "", "-q: memray prints nothing of its own"
+
+
+def test_program_output_untouched(interp, script, memray_run, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "loud.bin"
+    res = assert_ok(memray_run("-o", out, s.path))
+    lines = res.stdout.splitlines()
+    start = lines.index("program line 1")
+    assert lines[start + 1].startswith("{") and lines[start + 2] == "program line 3", res.describe()
+    assert "loud.bin" in res.output
+    assert "Successfully generated profile results" in res.output
+
+
+@pytest.mark.parametrize(
+    "ending, code",
+    [
+        ("sys.exit(7)", 7),
+        ("raise ZeroDivisionError('x')", 1),
+        # os._exit skips every exit handler: the capture is readable up to its last
+        # flush (the periodic RSS sample flushes, so sleep past a few of them)
+        ("import time; time.sleep(0.3); os._exit(3)", 3),
+    ],
+    ids=["sys_exit", "exception", "os_exit"],
+)
+def test_exit_code_propagates(interp, script, memray_run, reader, workdir, ending, code):
+    s = script(
+        "exiting.py",
+        """
+        import os, sys
+        import allochelper
+        H = allochelper.load()
+        H.helper_malloc(112358)  # @alloc
+        """,
+        ending + "\n",
+    )
+    out = workdir / "exit.bin"
+    res = memray_run("-q", "--no-compress", "-o", out, s.path)
+    assert_no_crash(res)
+    assert res.returncode == code, res.describe()
+    if code == 1:
+        assert "ZeroDivisionError" in res.stderr, "the program's own traceback is shown"
+    cap = reader.read(out, "all")
+    assert top(cap.one(size=112358, allocator=MALLOC)) == [("<module>", "exiting.py", s.line("alloc"))]
+
+
+def test_missing_script(interp, memray_run, workdir):
+    res = memray_run("nope.py", cwd=workdir)
+    assert_clean_error(res, "nope.py")
+    assert capture_files(workdir) == []
+
+
+def test_syntax_error_in_script(interp, script, memray_run, workdir):
+    s = script("broken.py", "def broken(:\n    pass\n")
+    out = workdir / "broken.bin"
+    res = memray_run("-o", out, s.path)
+    assert_clean_error(res)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "under_a_file"])
+def test_unwritable_output(interp, script, memray_run, workdir, where):
+    s = script("prog.py", PROG)
+    if where == "missing_dir":
+        out = workdir / "no" / "such" / "dir" / "x.bin"
+    else:
+        (workdir / "afile").write_text("")
+        out = workdir / "afile" / "x.bin"
+    res = memray_run("-o", out, s.path)
+    assert_clean_error(res, "x.bin")
+    assert "program line 1" not in res.stdout, "the program must not run"
+
+
+@pytest.mark.parametrize("flag, magic", [(None, LZ4_MAGIC), ("--no-compress", MEMRAY_MAGIC)], ids=["lz4", "no-compress"])
+def test_compression(interp, script, memray_run, reader, workdir, flag, magic):
+    s = script("prog.py", PROG)
+    out = workdir / "c.bin"
+    assert_ok(memray_run(*([flag] if flag else []), "-q", "-o", out, s.path))
+    assert out.read_bytes()[:7].startswith(magic)
+    assert_work_recorded(reader.read(out, "all"), s)
+
+
+def test_aggregate_flag(interp, script, memray_run, reader, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "agg.bin"
+    assert_ok(memray_run("--aggregate", "-q", "-o", out, s.path))
+    cap = reader.read(out, "hwm")
+    assert cap.metadata["file_format"] == 1
+    rec = cap.one("hwm", size=271829, allocator=MALLOC)
+    assert top(rec) == [("work", "prog.py", s.line("alloc"))]
+
+
+def test_trace_python_allocators_flag(interp, script, memray_run, reader, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "pyalloc.bin"
+    assert_ok(memray_run("--trace-python-allocators", "-q", "-o", out, s.path))
+    cap = reader.read(out, "all", "sizes=271829")
+    assert cap.metadata["trace_python_allocators"] is True
+    assert cap.data["all_counts"].get(str(PYMALLOC_MALLOC), 0) > 100
+    assert_work_recorded(cap, s)
+
+
+@pytest.mark.parametrize("child_exit", ["sys_exit", "os_exit"])
+def test_follow_fork_flag(interp, script, memray_run, reader, workdir, child_exit):
+    s = script(
+        "forker.py",
+        """
+        import json, os, sys, time
+        import allochelper
+        H = allochelper.load()
+
+        def child_work():
+            H.helper_malloc(173205)  # @child
+
+        pid = os.fork()
+        if pid == 0:
+            child_work()
+            if sys.argv[1] == "os_exit":
+                time.sleep(0.5)
+                os._exit(0)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        H.helper_malloc(223606)  # @parent
+        print(json.dumps({"child": pid, "status": status}))
+        """,
+    )
+    out = workdir / "ff.bin"
+    res = memray_run("--follow-fork", "-q", "-o", out, s.path, child_exit)
+    assert_no_crash(res)
+    assert_ok(res)
+    info = json.loads([l for l in res.stdout.splitlines() if l.startswith("{")][-1])
+    assert info["status"] == 0
+    parent = reader.read(out, "all")
+    assert top(parent.one(size=223606, allocator=MALLOC)) == [("<module>", "forker.py", s.line("parent"))]
+    assert parent.find(size=173205) == []
+    child = reader.read(f"{out}.{info['child']}", "all")
+    assert top(child.one(size=173205, allocator=MALLOC)) == [("child_work", "forker.py", s.line("child"))]
+    assert child.metadata["pid"] == info["child"]
+
+
+# --------------------------------------------------------------------------- this project's extensions
+
+
+@pytest.mark.ours_only
+def test_binary_with_python_option(interp, build, script, tracked_env, reader, workdir):
+    s = script("prog.py", PROG)
+    out = workdir / "bin.bin"
+    res = assert_ok(
+        run([build.binary, "run", "--python", interp.executable, "-q", "-o", out, s.path], cwd=workdir, env=tracked_env)
+    )
+    info = prog_info(res)
+    assert info["version"] == [3, interp.minor]
+    cap = reader.read(out, "all")
+    assert cap.metadata["pid"] == info["pid"]
+    assert_work_recorded(cap, s)
+
+
+@pytest.mark.ours_only
+def test_memory_interval_option(interp, script, memray_run, reader, workdir):
+    s = script(
+        "sleepy.py",
+        """
+        import time
+        deadline = time.time() + 0.6
+        while time.time() < deadline:
+            time.sleep(0.01)
+        """,
+    )
+    out = workdir / "interval.bin"
+    assert_ok(memray_run("--memory-interval-ms", "5", "-q", "-o", out, s.path))
+    snaps = reader.read(out, "snapshots").snapshots
+    assert len(snaps) >= 10, f"expected RSS samples every 5 ms over 0.6 s, got {len(snaps)}"

@@ -1,0 +1,743 @@
+"""Tracker core through the Python API (memray.Tracker), for every interpreter.
+
+Each test runs a small script under the interpreter being tested; the script
+allocates through tests/helpers/alloc_helper.c (via ctypes, on a marked line)
+so the size, allocator and Python line of the allocation are known exactly.
+The capture is then read with Memray 1.20's FileReader (the `reader` fixture)
+and the records are checked.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import (
+    ALIGNED_ALLOC,
+    CALLOC,
+    FORMAT_VERSION,
+    FREE,
+    LZ4_MAGIC,
+    MALLOC,
+    MEMALIGN,
+    MEMRAY_MAGIC,
+    MMAP,
+    MUNMAP,
+    POSIX_MEMALIGN,
+    PVALLOC,
+    PYMALLOC_MALLOC,
+    REALLOC,
+    VALLOC,
+    assert_no_crash,
+    assert_ok,
+    frames,
+    top,
+)
+
+PRELUDE = """
+import json, os, sys, threading
+import memray
+import allochelper
+H = allochelper.load()
+OUT = sys.argv[1]
+"""
+
+
+def last_json(result):
+    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    assert lines, "script printed no JSON\n" + result.describe()
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+def test_function_allocation_attributed(interp, script, run_py, reader, workdir):
+    s = script(
+        "attrib.py",
+        PRELUDE,
+        """
+        def allocate_three():
+            for _ in range(3):
+                H.helper_malloc(123457)  # @alloc
+
+        with memray.Tracker(OUT):
+            allocate_three()  # @call
+        H.helper_malloc(765433)  # @after
+        print(json.dumps({"pid": os.getpid()}))
+        """,
+    )
+    out = workdir / "attrib.bin"
+    t0 = time.time()
+    res = assert_ok(run_py(s, out))
+    t1 = time.time()
+    info = last_json(res)
+    cap = reader.read(out, "all", "hwm")
+
+    recs = cap.find(size=123457, allocator=MALLOC)
+    assert len(recs) == 3, f"expected 3 malloc(123457) records, got {recs}"
+    expected_stack = [
+        ("allocate_three", str(s.path), s.line("alloc")),
+        ("<module>", str(s.path), s.line("call")),
+    ]
+    for rec in recs:
+        assert frames(rec) == expected_stack
+        assert rec["n_allocations"] == 1
+        assert rec["tid"] == cap.metadata["main_thread_id"]
+
+    # Memray's high-water-mark aggregation over our records: one location, 3 allocations.
+    hwm = [r for r in cap.hwm if r["allocator"] == MALLOC and r["stack"] and frames(r) == expected_stack]
+    assert len(hwm) == 1, hwm
+    assert hwm[0]["n_allocations"] == 3
+    assert hwm[0]["size"] == 3 * 123457
+
+    # Nothing after the with block.
+    assert cap.find(size=765433) == []
+
+    md = cap.metadata
+    assert md["pid"] == info["pid"]
+    assert md["file_format"] == 0
+    assert md["has_native_traces"] is False
+    assert md["trace_python_allocators"] is False
+    assert md["python_allocator"] == "pymalloc"
+    assert "attrib.py" in md["command_line"]
+    assert md["total_allocations"] >= 3
+    assert t0 - 2 <= md["start_time"] <= md["end_time"] <= t1 + 2, md
+    assert md["peak_memory"] >= 3 * 123457
+
+
+def test_allocator_kinds(interp, script, run_py, reader, workdir):
+    s = script(
+        "kinds.py",
+        PRELUDE,
+        """
+        with memray.Tracker(OUT):
+            p = H.helper_malloc(100003)  # @malloc
+            H.helper_free(p)  # @free
+            c = H.helper_calloc(7, 14293)  # @calloc
+            r = H.helper_realloc(c, 200003)  # @realloc
+            H.helper_free(r)
+            a = H.helper_posix_memalign(64, 300032)  # @posix_memalign
+            b = H.helper_aligned_alloc(64, 400000)  # @aligned_alloc
+            m = H.helper_memalign(64, 500032)  # @memalign
+            v = H.helper_valloc(600001)  # @valloc
+            pv = H.helper_pvalloc(4096 * 170)  # @pvalloc
+            mm = H.helper_mmap(4096 * 41)  # @mmap
+            H.helper_munmap(mm, 4096 * 41)  # @munmap
+            m64 = H.helper_mmap64(4096 * 43)  # @mmap64
+            H.helper_munmap(m64 + 4096, 4096 * 2)  # @partial_munmap
+        print(json.dumps(dict(p=p, c=c, r=r, a=a, b=b, m=m, v=v, pv=pv, mm=mm, m64=m64)))
+        """,
+    )
+    out = workdir / "kinds.bin"
+    addr = last_json(assert_ok(run_py(s, out)))
+    assert all(addr.values()), f"an allocation failed in the script: {addr}"
+    cap = reader.read(out, "all")
+    records = cap.records
+
+    expected = [
+        # (marker, allocator, size, address key)
+        ("malloc", MALLOC, 100003, "p"),
+        ("calloc", CALLOC, 7 * 14293, "c"),
+        ("realloc", REALLOC, 200003, "r"),
+        ("posix_memalign", POSIX_MEMALIGN, 300032, "a"),
+        ("aligned_alloc", ALIGNED_ALLOC, 400000, "b"),
+        ("memalign", MEMALIGN, 500032, "m"),
+        ("valloc", VALLOC, 600001, "v"),
+        ("pvalloc", PVALLOC, 4096 * 170, "pv"),
+        ("mmap", MMAP, 4096 * 41, "mm"),
+        ("mmap64", MMAP, 4096 * 43, "m64"),
+    ]
+    index = {}
+    for marker, allocator, size, key in expected:
+        found = [i for i, r in enumerate(records) if r["allocator"] == allocator and r["size"] == size]
+        assert len(found) == 1, f"{marker}: expected one record allocator={allocator} size={size}, got {[records[i] for i in found]}"
+        rec = records[found[0]]
+        assert rec["address"] == addr[key], f"{marker}: address {rec['address']:#x} != {addr[key]:#x}"
+        assert top(rec) == [("<module>", s.path.name, s.line(marker))], marker
+        assert rec["tid"] == cap.metadata["main_thread_id"]
+        index[marker] = found[0]
+    order = [index[m] for m, *_ in expected]
+    assert order == sorted(order), "records are not in program order"
+
+    def dealloc_between(allocator, address, lo, hi, size=None):
+        hits = [
+            r
+            for r in records[lo + 1 : hi]
+            if r["allocator"] == allocator and r["address"] == address and (size is None or r["size"] == size)
+        ]
+        assert hits, f"no allocator={allocator} record for {address:#x} between records {lo} and {hi}"
+        assert hits[0]["stack"] is None
+
+    dealloc_between(FREE, addr["p"], index["malloc"], index["calloc"])
+    # a successful realloc is a FREE of the old pointer followed by REALLOC
+    dealloc_between(FREE, addr["c"], index["calloc"], index["realloc"])
+    dealloc_between(MUNMAP, addr["mm"], index["mmap"], index["mmap64"], size=4096 * 41)
+    dealloc_between(MUNMAP, addr["m64"] + 4096, index["mmap64"], len(records), size=4096 * 2)
+
+
+def test_second_thread_attributed(interp, script, run_py, reader, workdir):
+    s = script(
+        "threads.py",
+        PRELUDE,
+        """
+        def worker():
+            H.helper_malloc(234571)  # @worker
+
+        def main_work():
+            H.helper_malloc(345679)  # @main
+
+        with memray.Tracker(OUT):
+            t = threading.Thread(target=worker, name="alloc-worker")
+            t.start()
+            t.join()
+            main_work()  # @call_main
+        """,
+    )
+    out = workdir / "threads.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    main_tid = cap.metadata["main_thread_id"]
+
+    w = cap.one(size=234571, allocator=MALLOC)
+    assert top(w) == [("worker", s.path.name, s.line("worker"))]
+    assert top(w, 2)[1][:2] == ("run", "threading.py"), w["stack"]
+    assert w["tid"] != main_tid
+
+    m = cap.one(size=345679, allocator=MALLOC)
+    assert m["tid"] == main_tid
+    assert frames(m) == [
+        ("main_work", str(s.path), s.line("main")),
+        ("<module>", str(s.path), s.line("call_main")),
+    ]
+    assert w["thread_name"] == "alloc-worker", "the Python thread's name should be recorded"
+
+
+def test_thread_started_before_tracking(interp, script, run_py, reader, workdir):
+    s = script(
+        "prethread.py",
+        PRELUDE,
+        """
+        go = threading.Event()
+
+        def pre_existing():
+            go.wait(60)
+            H.helper_malloc(456791)  # @pre
+
+        t = threading.Thread(target=pre_existing, daemon=True)
+        t.start()
+        with memray.Tracker(OUT):
+            go.set()
+            t.join(60)
+        """,
+    )
+    out = workdir / "pre.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    rec = cap.one(size=456791, allocator=MALLOC)
+    assert top(rec) == [("pre_existing", s.path.name, s.line("pre"))]
+    assert rec["tid"] != cap.metadata["main_thread_id"]
+
+
+def test_pthread_created_in_c(interp, script, run_py, reader, workdir):
+    s = script(
+        "cthread.py",
+        PRELUDE,
+        """
+        with memray.Tracker(OUT):
+            H.helper_malloc(567899)  # @main
+            p = H.helper_malloc_in_pthread(678901)  # @c_thread
+        assert p
+        """,
+    )
+    out = workdir / "cthread.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    main = cap.one(size=567899, allocator=MALLOC)
+    rec = cap.one(size=678901, allocator=MALLOC)
+    assert main["tid"] == cap.metadata["main_thread_id"]
+    assert rec["tid"] != main["tid"]
+    assert rec["stack"] == [], "a C thread that never ran Python code has an empty Python stack"
+
+
+def test_pthread_name_from_prctl(interp, script, run_py, reader, workdir):
+    s = script(
+        "cname.py",
+        PRELUDE,
+        """
+        with memray.Tracker(OUT):
+            p = H.helper_malloc_in_named_pthread(789019, b"c-named")  # @c_thread
+        assert p
+        """,
+    )
+    out = workdir / "cname.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    rec = cap.one(size=789019, allocator=MALLOC)
+    assert rec["tid"] != cap.metadata["main_thread_id"]
+    assert rec["thread_name"] == "c-named"
+
+
+def test_c_thread_calling_python(interp, script, run_py, reader, workdir):
+    s = script(
+        "ccallback.py",
+        PRELUDE,
+        """
+        def callback():
+            H.helper_malloc(890129)  # @cb
+
+        cb = allochelper.CALLBACK(callback)
+        with memray.Tracker(OUT):
+            rc = H.helper_call_in_pthread(cb)
+        assert rc == 0
+        """,
+    )
+    out = workdir / "ccallback.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    rec = cap.one(size=890129, allocator=MALLOC)
+    assert top(rec) == [("callback", s.path.name, s.line("cb"))]
+    assert rec["tid"] != cap.metadata["main_thread_id"]
+
+
+def test_library_loaded_after_tracking_started(interp, script, run_py, reader, workdir):
+    s = script(
+        "late.py",
+        PRELUDE,
+        """
+        import shutil
+        late = os.path.join(os.path.dirname(os.path.abspath(OUT)), "late_helper.so")
+        shutil.copy(os.environ["ALLOC_HELPER_LIB"], late)
+        with memray.Tracker(OUT):
+            L = allochelper.load(late)
+            L.helper_malloc(901241)  # @late
+            L.helper_calloc(3, 100003)  # @late_calloc
+        """,
+    )
+    out = workdir / "late.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    rec = cap.one(size=901241, allocator=MALLOC)
+    assert top(rec) == [("<module>", s.path.name, s.line("late"))]
+    rec = cap.one(size=300009, allocator=CALLOC)
+    assert top(rec) == [("<module>", s.path.name, s.line("late_calloc"))]
+
+
+def test_trace_python_allocators(interp, script, run_py, reader, workdir):
+    s = script(
+        "pymalloc.py",
+        PRELUDE,
+        """
+        n = 300007
+        with memray.Tracker(OUT, trace_python_allocators=True):
+            data = b"x" * n  # @pyalloc
+        after = b"y" * n  # @after
+        print(json.dumps({"size": sys.getsizeof(data)}))
+        """,
+    )
+    out = workdir / "pymalloc.bin"
+    size = last_json(assert_ok(run_py(s, out)))["size"]
+    cap = reader.read(out, "all")
+    assert cap.metadata["trace_python_allocators"] is True
+    rec = cap.one(size=size, allocator=PYMALLOC_MALLOC)
+    assert top(rec) == [("<module>", s.path.name, s.line("pyalloc"))]
+    # not also counted as a malloc (the underlying call is not double counted)
+    assert cap.find(size=size, allocator=MALLOC) == []
+
+
+def test_two_trackers_one_after_another(interp, script, run_py, reader, workdir):
+    s = script(
+        "twice.py",
+        PRELUDE,
+        """
+        with memray.Tracker(OUT + ".1"):
+            H.helper_malloc(111119)  # @first
+        H.helper_malloc(222229)  # @between
+        with memray.Tracker(OUT + ".2"):
+            H.helper_malloc(333331)  # @second
+        """,
+    )
+    out = workdir / "twice.bin"
+    assert_ok(run_py(s, out))
+    first = reader.read(f"{out}.1", "all")
+    second = reader.read(f"{out}.2", "all")
+    assert top(first.one(size=111119, allocator=MALLOC)) == [("<module>", s.path.name, s.line("first"))]
+    assert top(second.one(size=333331, allocator=MALLOC)) == [("<module>", s.path.name, s.line("second"))]
+    for cap in (first, second):
+        assert cap.find(size=222229) == []
+    assert first.find(size=333331) == []
+    assert second.find(size=111119) == []
+
+
+def test_memory_snapshots_sampled(interp, script, run_py, reader, workdir):
+    s = script(
+        "rss.py",
+        PRELUDE,
+        """
+        import time
+        with memray.Tracker(OUT, memory_interval_ms=10):
+            H.helper_malloc(444443)
+            deadline = time.time() + 0.6
+            while time.time() < deadline:
+                time.sleep(0.01)
+        """,
+    )
+    out = workdir / "rss.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "snapshots")
+    snaps = cap.snapshots
+    assert len(snaps) >= 5, f"RSS should be sampled about every 10 ms over 0.6 s, got {len(snaps)} samples"
+    assert all(rss > 1024 * 1024 for _, rss, _ in snaps), snaps
+
+
+# --------------------------------------------------------------------------- file lifecycle
+
+
+def test_file_closed_and_complete_after_block(interp, script, run_py, reader, workdir):
+    s = script(
+        "closed.py",
+        PRELUDE,
+        """
+        import shutil
+        with memray.Tracker(OUT):
+            H.helper_malloc(135797)  # @inside
+        with open(OUT, "rb") as f:
+            head = f.read(8)
+        target = os.path.realpath(OUT)
+        still_open = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                link = os.readlink("/proc/self/fd/" + fd)
+            except OSError:
+                continue
+            if link.startswith(target):
+                still_open.append(link)
+        shutil.copy(OUT, OUT + ".copy")
+        H.helper_malloc(246803)  # @after
+        print(json.dumps({"head": head.hex(), "open": still_open}))
+        sys.stdout.flush()
+        os._exit(0)
+        """,
+    )
+    out = workdir / "closed.bin"
+    info = last_json(assert_ok(run_py(s, out)))
+    assert bytes.fromhex(info["head"]).startswith(LZ4_MAGIC), "compress_on_exit=True: LZ4 frame expected when the block ends"
+    assert info["open"] == [], f"capture still open after the block: {info['open']}"
+    cap = reader.read(f"{out}.copy", "all")
+    assert top(cap.one(size=135797, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
+    assert cap.find(size=246803) == []
+
+
+def test_uncompressed_destination(interp, script, run_py, reader, workdir):
+    s = script(
+        "raw.py",
+        PRELUDE,
+        """
+        dest = memray.FileDestination(OUT, overwrite=False, compress_on_exit=False)
+        with memray.Tracker(destination=dest):
+            H.helper_malloc(97531)  # @inside
+        """,
+    )
+    out = workdir / "raw.bin"
+    assert_ok(run_py(s, out))
+    head = out.read_bytes()[:16]
+    assert head.startswith(MEMRAY_MAGIC)
+    assert int.from_bytes(head[7:11], "little") == FORMAT_VERSION
+    assert int.from_bytes(head[11:15], "little") >> 16 == (3 << 8) | interp.minor, "header python_version"
+    cap = reader.read(out, "all")
+    assert top(cap.one(size=97531, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
+
+
+# --------------------------------------------------------------------------- API errors
+
+ERRORS_SCRIPT = (
+    PRELUDE
+    + """
+case = sys.argv[2]
+other = OUT + ".other"
+result = {}
+
+def attempt(fn):
+    try:
+        fn()
+    except BaseException as exc:
+        result.update(exc=type(exc).__name__, msg=str(exc), oserror=isinstance(exc, OSError))
+        return exc
+    result.update(exc=None)
+
+if case == "no_args":
+    attempt(lambda: memray.Tracker())
+elif case == "both":
+    attempt(lambda: memray.Tracker(OUT, destination=memray.FileDestination(other)))
+elif case == "two_positional":
+    attempt(lambda: memray.Tracker(OUT, True))
+elif case == "bad_destination":
+    attempt(lambda: memray.Tracker(destination=OUT))
+elif case in ("existing_file", "existing_destination"):
+    with open(OUT, "wb") as f:
+        f.write(b"keep me")
+    def go():
+        if case == "existing_file":
+            t = memray.Tracker(OUT)
+        else:
+            t = memray.Tracker(destination=memray.FileDestination(OUT))
+        with t:
+            H.helper_malloc(1000003)
+    attempt(go)
+    result["content"] = open(OUT, "rb").read().decode("latin-1")
+    # tracking must not have started: a new tracker works
+    with memray.Tracker(other):
+        H.helper_malloc(1000033)  # @after_error
+elif case == "overwrite":
+    with open(OUT, "wb") as f:
+        f.write(b"replace me")
+    def go():
+        with memray.Tracker(destination=memray.FileDestination(OUT, overwrite=True)):
+            H.helper_malloc(1000037)  # @overwritten
+    attempt(go)
+elif case == "nested":
+    with memray.Tracker(OUT):
+        attempt(lambda: memray.Tracker(other).__enter__())
+        H.helper_malloc(1000039)  # @after_nested
+elif case == "reenter":
+    t = memray.Tracker(OUT)
+    with t:
+        attempt(lambda: t.__enter__())
+        H.helper_malloc(1000081)  # @after_reenter
+elif case == "reuse":
+    t = memray.Tracker(OUT)
+    with t:
+        pass
+    def go():
+        with t:
+            pass
+    attempt(go)
+elif case == "follow_fork_socket":
+    attempt(lambda: memray.Tracker(destination=memray.SocketDestination(server_port=1), follow_fork=True))
+elif case == "aggregated_socket":
+    attempt(lambda: memray.Tracker(
+        destination=memray.SocketDestination(server_port=1),
+        file_format=memray.FileFormat.AGGREGATED_ALLOCATIONS,
+    ))
+else:
+    raise SystemExit("unknown case")
+print(json.dumps(result))
+"""
+)
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no_args", "TypeError"),
+        ("both", "TypeError"),
+        ("two_positional", "TypeError"),
+        ("bad_destination", "TypeError"),
+        ("existing_file", "OSError"),
+        ("existing_destination", "OSError"),
+        ("overwrite", None),
+        ("nested", "RuntimeError"),
+        ("reenter", "RuntimeError"),
+        ("reuse", "RuntimeError"),
+        ("follow_fork_socket", "RuntimeError"),
+        ("aggregated_socket", "RuntimeError"),
+    ],
+)
+def test_tracker_api_errors(interp, script, run_py, reader, workdir, case, expected):
+    s = script("errors.py", ERRORS_SCRIPT)
+    out = workdir / "err.bin"
+    res = run_py(s, out, case, timeout=60)
+    assert_no_crash(res)
+    assert_ok(res)
+    result = last_json(res)
+    if expected == "OSError":
+        assert result["exc"] is not None and result["oserror"], f"expected an OSError subclass, got {result}"
+        assert result["content"] == "keep me", "the existing file must be left alone"
+        cap = reader.read(f"{out}.other", "all")
+        assert top(cap.one(size=1000033, allocator=MALLOC)) == [("<module>", s.path.name, s.line("after_error"))]
+        assert cap.find(size=1000003) == []
+        return
+    assert result["exc"] == expected, f"{case}: expected {expected}, got {result}"
+    if case == "overwrite":
+        cap = reader.read(out, "all")
+        assert top(cap.one(size=1000037, allocator=MALLOC)) == [("go", s.path.name, s.line("overwritten"))]
+    elif case in ("nested", "reenter"):
+        msg = result["msg"].lower()
+        assert any(w in msg for w in ("active", "already", "one", "twice", "re-enter", "reenter")), result["msg"]
+        cap = reader.read(out, "all")
+        marker = "after_nested" if case == "nested" else "after_reenter"
+        size = 1000039 if case == "nested" else 1000081
+        assert top(cap.one(size=size, allocator=MALLOC)) == [("<module>", s.path.name, s.line(marker))], (
+            "the active tracker must keep working after the refused attempt"
+        )
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize("how", ["sys_exit", "exception", "daemon_thread", "never_exited"])
+def test_exit_inside_tracked_block(interp, script, run_py, reader, workdir, how):
+    s = script(
+        "shutdown.py",
+        PRELUDE,
+        """
+        import time
+        how = sys.argv[2]
+
+        def churn():
+            while True:
+                p = H.helper_malloc(4099)
+                H.helper_free(p)
+                [str(i) for i in range(50)]
+
+        if how == "never_exited":
+            tracker = memray.Tracker(OUT)
+            tracker.__enter__()
+            threading.Thread(target=churn, daemon=True).start()
+            H.helper_malloc(555557)  # @never_exited
+            time.sleep(0.1)
+            # the interpreter finalizes with the tracker still active
+        else:
+            with memray.Tracker(OUT):
+                H.helper_malloc(555557)  # @inside
+                if how == "sys_exit":
+                    sys.exit(5)
+                elif how == "exception":
+                    raise ValueError("boom")
+                elif how == "daemon_thread":
+                    threading.Thread(target=churn, daemon=True).start()
+                    time.sleep(0.2)
+            time.sleep(0.05)
+        """,
+    )
+    out = workdir / "shutdown.bin"
+    res = run_py(s, out, how)
+    assert_no_crash(res)
+    expected_rc = {"sys_exit": 5, "exception": 1}.get(how, 0)
+    assert res.returncode == expected_rc, res.describe()
+    if how == "exception":
+        assert "ValueError: boom" in res.stderr
+    cap = reader.read(out, "all", "sizes=555557")  # the churn makes big captures: filter
+    marker = "never_exited" if how == "never_exited" else "inside"
+    assert top(cap.one(size=555557, allocator=MALLOC)) == [("<module>", s.path.name, s.line(marker))]
+
+
+def test_sigkill_leaves_readable_capture(interp, script, memray_run, reader, workdir):
+    s = script(
+        "killed.py",
+        """
+        import os, sys, time
+        import allochelper
+        H = allochelper.load()
+
+        def before_kill():
+            for _ in range(5):
+                H.helper_malloc(654323)  # @alloc
+
+        before_kill()  # @call
+        print(os.getpid(), flush=True)
+        time.sleep(120)
+        """,
+    )
+    out = workdir / "killed.bin"
+    proc = subprocess.Popen(
+        memray_run.cmd("--no-compress", "-q", "-o", out, s.path),
+        cwd=workdir,
+        env=memray_run.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline().decode().strip()
+        assert line.isdigit(), f"script did not start: {line!r} {proc.stderr.read(4000) if proc.poll() is not None else ''}"
+        time.sleep(1.0)
+        os.kill(int(line), signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode != 0
+    cap = reader.read(out, "all")
+    recs = cap.find(size=654323, allocator=MALLOC)
+    assert len(recs) == 5, recs
+    for rec in recs:
+        assert top(rec, 2) == [
+            ("before_kill", s.path.name, s.line("alloc")),
+            ("<module>", s.path.name, s.line("call")),
+        ]
+    assert cap.metadata["pid"] == int(line)
+
+
+# --------------------------------------------------------------------------- fork
+
+FORK_SCRIPT = (
+    PRELUDE
+    + """
+follow = sys.argv[2] == "follow"
+
+def child_work():
+    H.helper_malloc(313133)  # @child
+
+def parent_work():
+    H.helper_malloc(424241)  # @parent
+
+status = None
+with memray.Tracker(OUT, follow_fork=follow):
+    H.helper_malloc(212127)  # @before_fork
+    pid = os.fork()
+    if pid == 0:
+        child_work()  # @child_call
+    else:
+        _, status = os.waitpid(pid, 0)
+        parent_work()  # @parent_call
+if pid == 0:
+    os._exit(0)
+print(json.dumps({"child": pid, "status": status}))
+"""
+)
+
+
+def test_fork_without_follow_fork(interp, script, run_py, reader, workdir):
+    s = script("fork.py", FORK_SCRIPT)
+    out = workdir / "fork.bin"
+    res = run_py(s, out, "nofollow")
+    assert_no_crash(res)
+    info = last_json(assert_ok(res))
+    assert info["status"] == 0, f"child exited with wait status {info['status']}\n{res.describe()}"
+    cap = reader.read(out, "all")
+    assert top(cap.one(size=424241, allocator=MALLOC)) == [("parent_work", s.path.name, s.line("parent"))]
+    assert top(cap.one(size=212127, allocator=MALLOC)) == [("<module>", s.path.name, s.line("before_fork"))]
+    assert cap.find(size=313133) == [], "the child is not tracked without follow_fork"
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("fork.bin")) == ["fork.bin"]
+
+
+def test_fork_with_follow_fork(interp, script, run_py, reader, workdir):
+    s = script("fork.py", FORK_SCRIPT)
+    out = workdir / "fork.bin"
+    res = run_py(s, out, "follow")
+    assert_no_crash(res)
+    info = last_json(assert_ok(res))
+    assert info["status"] == 0, f"child exited with wait status {info['status']}\n{res.describe()}"
+    parent = reader.read(out, "all")
+    child_file = Path(f"{out}.{info['child']}")
+    assert child_file.exists(), f"expected {child_file.name}; found {sorted(p.name for p in workdir.iterdir())}"
+    child = reader.read(child_file, "all")
+
+    assert top(parent.one(size=424241, allocator=MALLOC)) == [("parent_work", s.path.name, s.line("parent"))]
+    assert parent.find(size=313133) == []
+    rec = child.one(size=313133, allocator=MALLOC)
+    assert top(rec, 2) == [
+        ("child_work", s.path.name, s.line("child")),
+        ("<module>", s.path.name, s.line("child_call")),
+    ]
+    assert child.find(size=424241) == []
+    assert child.metadata["pid"] == info["child"]
+    assert parent.metadata["pid"] != info["child"]
