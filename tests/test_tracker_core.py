@@ -451,6 +451,54 @@ def test_uncompressed_destination(interp, script, run_py, reader, workdir):
     assert top(cap.one(size=97531, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
 
 
+def test_socket_destination_streams_to_a_reader(interp, script, tracked_env, reader, workdir):
+    """SocketDestination: the tracked process listens on 127.0.0.1 and streams the capture
+    to the one reader that connects; what the reader receives is a readable capture."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    s = script(
+        "sock.py",
+        PRELUDE,
+        """
+        port = int(sys.argv[2])
+        with memray.Tracker(destination=memray.SocketDestination(server_port=port)):
+            H.helper_malloc(86421)  # @inside
+        """,
+    )
+    proc = subprocess.Popen([interp.executable, str(s.path), "unused", str(port)], cwd=workdir,
+                            env=tracked_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    received = bytearray()
+    try:
+        deadline = time.time() + 30
+        conn = None
+        while conn is None:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            except ConnectionRefusedError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        with conn:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert received.startswith(MEMRAY_MAGIC), bytes(received[:16])
+    out = workdir / "from-socket.bin"
+    out.write_bytes(bytes(received))
+    cap = reader.read(out, "all")
+    assert top(cap.one(size=86421, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
+
+
 # --------------------------------------------------------------------------- API errors
 
 ERRORS_SCRIPT = (
