@@ -184,6 +184,14 @@ unsafe extern "C" fn visit_object(info: *mut dl_phdr_info, _size: size_t, data: 
     0
 }
 
+/// One loaded object, as seen from inside a dl_iterate_phdr callback.
+///
+/// # Safety (every `unsafe fn` on Object and Tables, and the hash lookups)
+/// The addresses they read come from the object's own program headers and dynamic
+/// section, reported by dl_iterate_phdr while it holds the loader lock, so the object
+/// stays mapped for the call and its tables are the well-formed ELF that ld.so itself
+/// relocated. Reads are bounded by the tables' declared sizes (relocation counts, string
+/// table size, hash chain ends) and slot writes by the object's PT_LOAD ranges.
 struct Object<'a> {
     base: usize,
     relro: Option<(usize, usize)>,
@@ -297,7 +305,8 @@ impl Object<'_> {
         }
         let addr = self.base + sym.value as usize;
         if sym.info & 0xf == STT_GNU_IFUNC {
-            // An IFUNC's value is its resolver: call it to get the implementation.
+            // An IFUNC's value is its resolver: call it to get the implementation. Sound
+            // as ld.so does the same (resolvers take no arguments we must supply here).
             let resolver: extern "C" fn() -> usize = std::mem::transmute(addr);
             return Some(resolver());
         }

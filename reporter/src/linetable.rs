@@ -40,7 +40,7 @@ pub fn line_number(python_version: u32, linetable: &[u8], firstlineno: i32, inst
 /// `co_lnotab` (3.8/3.9) and 3.10's `co_linetable`: byte pairs (address delta, signed
 /// line delta); `addrq` in bytes.
 fn pairs_line(table: &[u8], firstlineno: i32, addrq: u64, linetable_310: bool) -> Option<i32> {
-    if table.len() % 2 != 0 {
+    if !table.len().is_multiple_of(2) {
         return None;
     }
     let mut line = firstlineno;

@@ -320,15 +320,12 @@ pub fn size_fmt(bytes: u64) -> String {
 
 /// Python's `float // float` (CPython `float_floor_div`), which the histogram uses.
 fn py_floordiv(vx: f64, wx: f64) -> f64 {
-    let mut m = vx % wx;
+    let m = vx % wx;
     let mut div = (vx - m) / wx;
-    if m != 0.0 {
-        if (wx < 0.0) != (m < 0.0) {
-            m += wx;
-            div -= 1.0;
-        }
+    // The remainder takes the divisor's sign.
+    if m != 0.0 && (wx < 0.0) != (m < 0.0) {
+        div -= 1.0;
     }
-    let _ = m;
     if div != 0.0 {
         let mut floordiv = div.floor();
         if div - floordiv > 0.5 {

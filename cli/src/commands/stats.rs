@@ -15,8 +15,8 @@ pub struct StatsArgs {
     /// Capture file written by `memray run`
     results: PathBuf,
     /// How many top locations and modules to list
-    #[arg(short = 'n', long = "num-largest", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    num_largest: u64,
+    #[arg(short = 'n', long = "num-largest", default_value_t = 5, value_parser = positive_int)]
+    num_largest: usize,
     /// Write the statistics to a JSON file instead of printing them
     #[arg(long)]
     json: bool,
@@ -26,6 +26,13 @@ pub struct StatsArgs {
     /// Overwrite the JSON output file if it exists
     #[arg(short, long)]
     force: bool,
+}
+
+fn positive_int(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s} is an invalid positive int value")),
+    }
 }
 
 /// `memray-stats-<name without a leading "memray-">.json` next to the capture.
@@ -59,7 +66,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
     check_capture_exists(&args.results)?;
     let json_path = args.json.then(|| args.output.clone().unwrap_or_else(|| default_json_path(&args.results)));
     if let Some(p) = &json_path {
-        // Checked before the (possibly long) analysis rather than after, as Memray does.
+        // Checked before the (possibly long) analysis; Memray only checks after it.
         if !args.force && p.exists() {
             bail!("{}: file already exists, will not overwrite without --force", p.display());
         }
@@ -73,7 +80,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
             args.results.display()
         );
     }
-    let stats = Stats::compute(&analysis, args.num_largest as usize).map_err(|e| capture_failure(&args.results, e))?;
+    let stats = Stats::compute(&analysis, args.num_largest).map_err(|e| capture_failure(&args.results, e))?;
     match json_path {
         Some(p) => {
             std::fs::write(&p, stats.to_json().to_python_string())
