@@ -108,7 +108,7 @@ impl Aggregator {
         match allocator {
             Allocator::Free | Allocator::PymallocFree => {
                 if let Some((size, loc)) = self.live.remove(&(address as usize)) {
-                    self.change(loc, -1, size);
+                    self.change(loc, -1, -(size as i64));
                 }
             }
             Allocator::Munmap => self.unmap(address, size),
@@ -124,9 +124,9 @@ impl Aggregator {
                     self.ranges.insert(address, (size, loc));
                 } else if let Some((old_size, old_loc)) = self.live.insert(address as usize, (size, loc)) {
                     // A free we never saw (made before tracking started, or missed).
-                    self.change(old_loc, -1, old_size);
+                    self.change(old_loc, -1, -(old_size as i64));
                 }
-                self.change(loc, 1, size);
+                self.change(loc, 1, size as i64);
             }
         }
     }
@@ -152,7 +152,7 @@ impl Aggregator {
             let cut_end = range_end.min(end);
             let removed = cut_end - cut_start;
             let whole = cut_start == start && cut_end == range_end;
-            self.change(loc, if whole { -1 } else { 0 }, removed);
+            self.change(loc, if whole { -1 } else { 0 }, -(removed as i64));
             if start < cut_start {
                 self.ranges.insert(start, (cut_start - start, loc));
             }
@@ -162,7 +162,7 @@ impl Aggregator {
         }
     }
 
-    fn change(&mut self, loc: usize, count_delta: i64, bytes: u64) {
+    fn change(&mut self, loc: usize, count_delta: i64, bytes_delta: i64) {
         let peak_version = self.peak_version;
         let Some((_, l)) = self.locations.get_mut(loc) else { return };
         if l.peak_version != peak_version {
@@ -171,15 +171,9 @@ impl Aggregator {
             l.at_peak_bytes = l.bytes;
             l.peak_version = peak_version;
         }
-        if count_delta >= 0 {
-            l.count += count_delta as u64;
-            l.bytes += bytes;
-            self.heap += bytes;
-        } else {
-            l.count = l.count.saturating_sub(1);
-            l.bytes = l.bytes.saturating_sub(bytes);
-            self.heap = self.heap.saturating_sub(bytes);
-        }
+        l.count = l.count.saturating_add_signed(count_delta);
+        l.bytes = l.bytes.saturating_add_signed(bytes_delta);
+        self.heap = self.heap.saturating_add_signed(bytes_delta);
         if self.heap > self.peak {
             self.peak = self.heap;
             self.peak_version += 1;
