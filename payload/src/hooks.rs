@@ -21,6 +21,8 @@ use crate::writer::Writer;
 /// True while a tracker is recording. Checked before anything else in every hook.
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
 pub static WRITER: FutexMutex<Option<Writer>> = FutexMutex::new(None);
+/// Whether the capture records native stacks (it changes what is_entry means).
+pub static NATIVE_TRACES: AtomicBool = AtomicBool::new(false);
 static INTERP: AtomicPtr<Interpreter> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Installs the interpreter description used by the hooks; the first one is kept forever
@@ -60,20 +62,24 @@ pub fn record_allocation(address: *mut c_void, size: usize, allocator: Allocator
 fn record_allocation_slow(address: usize, size: usize, allocator: Allocator) {
     let Some(interp) = interpreter() else { return };
     let tid = thread_state::current_tid();
-    let state = thread_state::current();
-    let mut guard = WRITER.lock();
-    let Some(writer) = guard.as_mut() else { return };
-    if let Some(state) = state {
-        if !state.name_written {
-            state.name_written = true;
-            writer.thread_first_seen(tid);
-        }
+    // The walk and the diff touch only this thread's state: do them before taking the
+    // lock that every thread shares.
+    let state = thread_state::current().map(|state| {
         let n = interp.capture(&mut state.scratch);
-        if !writer.native_traces {
+        if !NATIVE_TRACES.load(Ordering::Relaxed) {
             // Memray marks every frame as an entry frame unless native traces are on.
             state.scratch[..n].iter_mut().for_each(|f| f.is_entry = true);
         }
         let delta = diff_and_update(state, n);
+        (state, delta)
+    });
+    let mut guard = WRITER.lock();
+    let Some(writer) = guard.as_mut() else { return };
+    if let Some((state, delta)) = state {
+        if !state.name_written {
+            state.name_written = true;
+            writer.thread_first_seen(tid);
+        }
         writer.write_stack_change(tid, delta.pops, &state.written[delta.push_from..]);
     }
     writer.write_allocation(tid, address, size, allocator);

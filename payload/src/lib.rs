@@ -8,6 +8,7 @@
 //! (so the GIL is held during the calls).
 
 mod aggregate;
+mod attach;
 mod compress;
 mod got;
 mod hooks;
@@ -91,4 +92,21 @@ pub extern "C" fn memray_set_thread_name(ident: u64, name: *const c_char) {
     if let Some(w) = hooks::WRITER.lock().as_mut() {
         w.set_thread_name(ident as usize, name, caller_tid);
     }
+}
+
+/// `memray attach`: called by the injector at a safe point with the CLI's request
+/// (`key\x1fvalue` pairs joined by `\x1e`). Starts the attach thread and returns at once:
+/// 0 started, 1 a session is already active, 2 bad arguments, 3 no thread. The outcome is
+/// published in `memray_attach_control`.
+#[no_mangle]
+pub extern "C" fn memray_attach_entry(args: *const c_char) -> i32 {
+    attach::attach_entry(args)
+}
+
+/// Asks the attach session's thread to stop tracking (with the GIL) and restore the GOT.
+/// Returns 0 if a session was active, 1 if not. `memray detach` does the same by writing
+/// `nonce` into `memray_attach_control.request` from outside.
+#[no_mangle]
+pub extern "C" fn memray_detach_entry(nonce: u64) -> i32 {
+    attach::detach_entry(nonce)
 }

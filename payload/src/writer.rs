@@ -116,7 +116,6 @@ pub struct Writer {
     /// (Python names threads from the parent) reaches the right one.
     tids_by_ident: PtrMap<u64>,
     pub n_allocations: u64,
-    pub native_traces: bool,
     pub start_ms: i64,
     pub interp: &'static crate::python::Interpreter,
 }
@@ -140,7 +139,6 @@ impl Writer {
             pending_names: PtrMap::default(),
             tids_by_ident: PtrMap::default(),
             n_allocations: 0,
-            native_traces: false,
             start_ms,
             interp,
         };

@@ -1,0 +1,520 @@
+//! `memray attach` inside the target: what the injector calls once the payload is mapped.
+//!
+//! `memray_attach_entry` runs on a thread the injector stopped at a safe point (the entry
+//! of malloc, PyErr_CheckSignals, ...). It does no Python work there: it records the
+//! request and starts a detached thread, then returns. That thread takes the GIL with
+//! `PyGILState_Ensure` and runs a small Python bootstrap in a fresh namespace, which loads
+//! the text of python/memray/_tracking.py (embedded here) as module `_memray_attach` and
+//! starts a `Session` writing to the path the CLI resolved. Nothing of ours has to be
+//! importable in the target. The thread then stays as a supervisor: it stops tracking
+//! after `--duration`, or when `memray detach` asks, in both cases with the GIL.
+//!
+//! The CLI and this thread talk through [`AttachControl`], an exported structure the CLI
+//! reads and writes with process_vm_readv/writev (so detaching needs no ptrace stop).
+
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{hooks, thread_state};
+
+/// The text of python/memray/_tracking.py, run inside the target as `_memray_attach`.
+const TRACKING_SOURCE: &str = include_str!("../../python/memray/_tracking.py");
+
+// ---- the control block -----------------------------------------------------------------
+// Layout (offsets in bytes) is shared with cli/src/commands/attach.rs: keep them in step.
+//   0 magic "MEMRAYAT"   8 layout u32   12 state u32   16 pid i32   20 (pad)
+//  24 session u64       32 request u64  40 ack u64     48 &tracker-active (ptr)
+//  56 message [u8; 1024], NUL-terminated
+
+pub const STATE_IDLE: u32 = 0;
+pub const STATE_STARTING: u32 = 1;
+pub const STATE_ACTIVE: u32 = 2;
+pub const STATE_FAILED: u32 = 3;
+pub const STATE_STOPPING: u32 = 4;
+pub const STATE_STOPPED: u32 = 5;
+const MESSAGE_LEN: usize = 1024;
+
+#[repr(C)]
+pub struct AttachControl {
+    magic: [u8; 8],
+    layout: u32,
+    /// One of the STATE_* values.
+    state: AtomicU32,
+    /// The process that wrote `state` (a forked child inherits a copy of this block).
+    pid: AtomicI32,
+    _pad: u32,
+    /// The CLI's nonce for the attach that `state` describes.
+    session: AtomicU64,
+    /// Written by `memray detach`: a nonce; the supervisor stops tracking and echoes it
+    /// in `ack`.
+    request: AtomicU64,
+    ack: AtomicU64,
+    /// Points at the tracker's ACTIVE flag (whoever started the tracker).
+    tracker_active: *const AtomicBool,
+    /// The output path while active or stopped, the error text when failed.
+    message: UnsafeCell<[u8; MESSAGE_LEN]>,
+}
+
+// SAFETY: the atomics are Sync; `message` is written only by the thread holding CONTROL_LOCK
+// (readers in this process never read it; the CLI reads it from outside, tolerating a torn
+// read because it only trusts it once `ack`/`state` say it is final); `tracker_active`
+// points at a static.
+unsafe impl Sync for AttachControl {}
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static memray_attach_control: AttachControl = AttachControl {
+    magic: *b"MEMRAYAT",
+    layout: 1,
+    state: AtomicU32::new(STATE_IDLE),
+    pid: AtomicI32::new(0),
+    _pad: 0,
+    session: AtomicU64::new(0),
+    request: AtomicU64::new(0),
+    ack: AtomicU64::new(0),
+    tracker_active: &hooks::ACTIVE as *const AtomicBool,
+    message: UnsafeCell::new([0; MESSAGE_LEN]),
+};
+
+/// Serialises writers of the control block (the entry, the supervisor, detach).
+static CONTROL_LOCK: Mutex<()> = Mutex::new(());
+
+fn control() -> &'static AttachControl {
+    &memray_attach_control
+}
+
+fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// Sets message and state together (message first: a reader that sees the state sees the
+/// message too).
+fn publish(state: u32, message: &str) {
+    let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let c = control();
+    let bytes = message.as_bytes();
+    let n = bytes.len().min(MESSAGE_LEN - 1);
+    // SAFETY: CONTROL_LOCK is held, so no other writer touches `message`; nothing in this
+    // process reads it.
+    unsafe {
+        let buf = &mut *c.message.get();
+        buf[..n].copy_from_slice(&bytes[..n]);
+        buf[n] = 0;
+    }
+    c.pid.store(getpid(), Ordering::Release);
+    c.state.store(state, Ordering::Release);
+}
+
+// ---- arguments -------------------------------------------------------------------------
+
+/// `key\x1fvalue` pairs joined by `\x1e`, as the CLI writes them.
+struct Args {
+    text: String,
+}
+
+impl Args {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.text.split('\x1e').filter_map(|p| p.split_once('\x1f')).find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+    fn nonce(&self) -> u64 {
+        self.get("nonce").and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+    fn duration(&self) -> Option<Duration> {
+        self.get("duration").and_then(|v| v.parse::<f64>().ok()).filter(|d| *d > 0.0).map(Duration::from_secs_f64)
+    }
+}
+
+// ---- entry points ----------------------------------------------------------------------
+
+/// Called by the injector at a safe point. Returns 0 once the attach thread is started,
+/// 1 if an attach session is already starting or active, 2 on bad arguments, 3 if no
+/// thread could be started. The outcome of the attach itself appears in the control block.
+pub fn attach_entry(args: *const c_char) -> c_int {
+    let _g = thread_state::GuardScope::enter();
+    if args.is_null() {
+        return 2;
+    }
+    // SAFETY: the injector passes a NUL-terminated string that lives until we return.
+    let text = unsafe { CStr::from_ptr(args) }.to_string_lossy().into_owned();
+    let args = Args { text };
+    let nonce = args.nonce();
+    if nonce == 0 {
+        return 2;
+    }
+    let c = control();
+    let busy = matches!(c.state.load(Ordering::Acquire), STATE_STARTING | STATE_ACTIVE | STATE_STOPPING);
+    if busy && c.pid.load(Ordering::Acquire) == getpid() {
+        return 1;
+    }
+    c.session.store(nonce, Ordering::Release);
+    publish(STATE_STARTING, "");
+    let boxed = Box::into_raw(Box::new(args)) as *mut c_void;
+    if spawn_detached(attach_main, boxed).is_err() {
+        // SAFETY: the thread was not created, so the box is still ours.
+        drop(unsafe { Box::from_raw(boxed as *mut Args) });
+        publish(STATE_FAILED, "cannot start the attach thread in the target");
+        return 3;
+    }
+    0
+}
+
+/// Stops an attach session from inside the process: hands the request to the supervisor
+/// thread. Returns 0 if a session was active, 1 if not.
+pub fn detach_entry(nonce: u64) -> c_int {
+    let c = control();
+    if c.state.load(Ordering::Acquire) != STATE_ACTIVE || c.pid.load(Ordering::Acquire) != getpid() {
+        return 1;
+    }
+    c.request.store(nonce.max(1), Ordering::Release);
+    0
+}
+
+fn spawn_detached(f: extern "C" fn(*mut c_void) -> *mut c_void, arg: *mut c_void) -> Result<(), i32> {
+    // SAFETY: standard pthread attribute set-up on a local attr object, destroyed after use;
+    // `f` has the signature pthread expects and owns `arg` from here on.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut thread: libc::pthread_t = 0;
+        let rc = libc::pthread_create(&mut thread, &attr, f, arg);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return Err(rc);
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
+    // This thread's own work (and the bootstrap's Python allocations) is not the program's.
+    thread_state::set_guard_permanently();
+    // SAFETY: attach_entry passed ownership of a Box<Args>.
+    let args = unsafe { Box::from_raw(arg as *mut Args) };
+    let nonce = args.nonce();
+    match run_python("start", &args.text) {
+        Ok(path) => publish(STATE_ACTIVE, &path),
+        Err(e) => {
+            publish(STATE_FAILED, &e);
+            return std::ptr::null_mut();
+        }
+    }
+    supervise(nonce, args.duration());
+    std::ptr::null_mut()
+}
+
+/// Waits for the end of the session: `--duration` elapsed, a detach request, or tracking
+/// stopped by someone else (the program exiting, a fork without follow_fork...).
+fn supervise(nonce: u64, duration: Option<Duration>) {
+    let c = control();
+    let deadline = duration.map(|d| Instant::now() + d);
+    let path = message_text();
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        if c.session.load(Ordering::Acquire) != nonce {
+            return;
+        }
+        let request = c.request.load(Ordering::Acquire);
+        if request != 0 && request != c.ack.load(Ordering::Acquire) {
+            c.state.store(STATE_STOPPING, Ordering::Release);
+            match run_python("stop", "") {
+                Ok(_) => publish(STATE_STOPPED, &path),
+                Err(e) => publish(STATE_FAILED, &e),
+            }
+            c.ack.store(request, Ordering::Release);
+            return;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            c.state.store(STATE_STOPPING, Ordering::Release);
+            match run_python("stop", "") {
+                Ok(_) => publish(STATE_STOPPED, &path),
+                Err(e) => publish(STATE_FAILED, &e),
+            }
+            return;
+        }
+        if !hooks::ACTIVE.load(Ordering::Acquire) {
+            // Stopped from elsewhere (at exit, in a fork child, after a write error).
+            // Let the bootstrap forget its session; if the interpreter is going away that
+            // fails, which is fine.
+            let _ = run_python("stop", "");
+            publish(STATE_STOPPED, &path);
+            return;
+        }
+    }
+}
+
+fn message_text() -> String {
+    let c = control();
+    // SAFETY: called on the supervisor thread after its own publish; only writers holding
+    // CONTROL_LOCK change the buffer, and we take it.
+    let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let buf = unsafe { &*c.message.get() };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+// ---- Python --------------------------------------------------------------------------
+
+type PyObject = c_void;
+
+/// The C API functions the bootstrap needs, found with dlsym (no link-time libpython).
+struct Api {
+    is_initialized: unsafe extern "C" fn() -> c_int,
+    is_finalizing: Option<unsafe extern "C" fn() -> c_int>,
+    gil_ensure: unsafe extern "C" fn() -> c_int,
+    gil_release: unsafe extern "C" fn(c_int),
+    dict_new: unsafe extern "C" fn() -> *mut PyObject,
+    dict_set: unsafe extern "C" fn(*mut PyObject, *const c_char, *mut PyObject) -> c_int,
+    dict_get: unsafe extern "C" fn(*mut PyObject, *const c_char) -> *mut PyObject,
+    builtins: unsafe extern "C" fn() -> *mut PyObject,
+    unicode_from: unsafe extern "C" fn(*const c_char, isize) -> *mut PyObject,
+    unicode_utf8: unsafe extern "C" fn(*mut PyObject) -> *const c_char,
+    run_string: unsafe extern "C" fn(*const c_char, c_int, *mut PyObject, *mut PyObject, *mut c_void) -> *mut PyObject,
+    decref: unsafe extern "C" fn(*mut PyObject),
+    err_clear: unsafe extern "C" fn(),
+}
+
+fn sym(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+}
+
+macro_rules! api_fn {
+    ($name:expr) => {{
+        let p = sym($name);
+        if p.is_null() {
+            return Err(format!("CPython function {} not found", $name.to_string_lossy()));
+        }
+        // SAFETY: the symbol is the CPython C-API function of that name, whose C signature
+        // is the one of the field this value is stored in.
+        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+    }};
+}
+
+impl Api {
+    fn resolve() -> Result<Api, String> {
+        let fin = [c"Py_IsFinalizing", c"_Py_IsFinalizing"].iter().map(|n| sym(n)).find(|p| !p.is_null());
+        Ok(Api {
+            is_initialized: api_fn!(c"Py_IsInitialized"),
+            // SAFETY: `int Py_IsFinalizing(void)` (3.13) / `int _Py_IsFinalizing(void)`.
+            is_finalizing: fin.map(|p| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(p) }),
+            gil_ensure: api_fn!(c"PyGILState_Ensure"),
+            gil_release: api_fn!(c"PyGILState_Release"),
+            dict_new: api_fn!(c"PyDict_New"),
+            dict_set: api_fn!(c"PyDict_SetItemString"),
+            dict_get: api_fn!(c"PyDict_GetItemString"),
+            builtins: api_fn!(c"PyEval_GetBuiltins"),
+            unicode_from: api_fn!(c"PyUnicode_FromStringAndSize"),
+            unicode_utf8: api_fn!(c"PyUnicode_AsUTF8"),
+            run_string: api_fn!(c"PyRun_StringFlags"),
+            decref: api_fn!(c"Py_DecRef"),
+            err_clear: api_fn!(c"PyErr_Clear"),
+        })
+    }
+}
+
+/// Runs the bootstrap's `action` ("start" or "stop") with the GIL. Ok(text) or Err(message).
+fn run_python(action: &str, args: &str) -> Result<String, String> {
+    let api = Api::resolve()?;
+    // SAFETY: these C-API calls are valid without the GIL.
+    unsafe {
+        if (api.is_initialized)() == 0 {
+            return Err("the Python interpreter is not initialized".into());
+        }
+        if api.is_finalizing.is_some_and(|f| f() != 0) {
+            return Err("the Python interpreter is shutting down".into());
+        }
+    }
+    // SAFETY: PyGILState_Ensure/Release bracket the calls that need the GIL; the thread
+    // has no thread state of its own before, so Ensure creates one and Release frees it.
+    unsafe {
+        let gil = (api.gil_ensure)();
+        let result = run_with_gil(&api, action, args);
+        (api.gil_release)(gil);
+        result
+    }
+}
+
+const BOOTSTRAP_WRAPPER: &CStr = c"try:
+    exec(compile(_MEMRAY_CODE, '<memray attach>', 'exec'), globals())
+    _MEMRAY_RESULT = 'ok:' + str(_memray_main(_MEMRAY_ACTION, _MEMRAY_ARGS, _MEMRAY_SRC, _MEMRAY_MODULE))
+except OSError as e:
+    _MEMRAY_RESULT = 'error:cannot write %s: %s' % (e.filename, e.strerror) if e.filename else 'error:%s' % (e,)
+except RuntimeError as e:
+    _MEMRAY_RESULT = 'error:%s' % (e,)
+except BaseException as e:
+    _MEMRAY_RESULT = 'error:%s: %s' % (type(e).__name__, e)
+";
+
+/// Runs in the bootstrap's fresh namespace: loads (once) the tracking module and starts
+/// or stops the attach session.
+const BOOTSTRAP_MAIN: &str = r#"
+import sys
+
+class _NoThreading(object):
+    """Stands in for `threading` in a program that never imported it: importing it here,
+    off the main thread, would make threading take this thread for the main one (CPython
+    gh-81597) and complain at exit. Such a program has no threading.Thread to name."""
+    _profile_hook = None
+    def enumerate(self):
+        return []
+    def setprofile(self, func):
+        pass
+    def get_ident(self):
+        import _thread
+        return _thread.get_ident()
+
+def _memray_load(src, module_src):
+    import types
+    m = types.ModuleType('_memray_attach')
+    g = m.__dict__
+    if 'threading' not in sys.modules:
+        import builtins
+        real_import = builtins.__import__
+        stub = _NoThreading()
+        def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+            if name == 'threading' and 'threading' not in sys.modules:
+                return stub
+            return real_import(name, globals, locals, fromlist, level)
+        b = dict(builtins.__dict__)
+        b['__import__'] = guarded_import
+        g['__builtins__'] = b
+    exec(compile(src, '<memray>', 'exec'), g)
+    exec(compile(module_src, '<memray attach>', 'exec'), g)
+    g['_attach_src'] = src
+    sys.modules['_memray_attach'] = m
+    return m
+
+def _memray_main(action, args_text, src, module_src):
+    opts = dict(p.split('\x1f', 1) for p in args_text.split('\x1e') if '\x1f' in p)
+    m = sys.modules.get('_memray_attach')
+    if action == 'start':
+        if m is None or getattr(m, '_attach_src', None) != src:
+            if m is not None and getattr(m, '_attach_session', None) is not None:
+                raise RuntimeError('an earlier memray attach session is still active')
+            m = _memray_load(src, module_src)
+        return m._attach_start(opts)
+    if m is None:
+        return 'not tracking'
+    return m._attach_stop()
+"#;
+
+/// Added to the `_memray_attach` module, next to _tracking.py's Session.
+const BOOTSTRAP_MODULE: &str = r#"
+_attach_session = None
+_attach_registered = False
+_attach_lib = None
+
+def _attach_start(opts):
+    global _attach_session, _attach_registered, _attach_lib, _lib, payload_path, threading
+    if 'threading' in sys.modules and not hasattr(threading, 'Thread'):
+        threading = sys.modules['threading']
+    lib_path = opts['payload']
+    if _attach_lib != lib_path:
+        _lib = None
+        _attach_lib = lib_path
+    payload_path = lambda: lib_path
+    if _attach_session is not None:
+        raise RuntimeError('this process is already being tracked (run memray detach first)')
+    output = opts['output']
+    fd = open_file_destination(output, opts.get('force') == '1')
+    session = Session(
+        fd, output, True, opts.get('compress') == '1',
+        trace_python_allocators=opts.get('trace_python_allocators') == '1',
+        follow_fork=opts.get('follow_fork') == '1',
+        aggregated=opts.get('aggregate') == '1',
+        memory_interval_ms=int(opts.get('memory_interval_ms') or 10),
+    )
+    try:
+        session.start()
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(output)
+        except OSError:
+            pass
+        raise
+    _attach_session = session
+    if not _attach_registered:
+        import atexit
+        atexit.register(_attach_stop)
+        _attach_registered = True
+    return output
+
+def _attach_stop():
+    global _attach_session
+    session, _attach_session = _attach_session, None
+    if session is None:
+        return 'not tracking'
+    session.stop()
+    return 'stopped'
+"#;
+
+/// # Safety
+/// The GIL is held by the calling thread.
+unsafe fn run_with_gil(api: &Api, action: &str, args: &str) -> Result<String, String> {
+    // SAFETY (whole body): C-API calls with the GIL held, on objects we own or borrow
+    // from a dict we own; every new reference is released once.
+    unsafe {
+        let globals = (api.dict_new)();
+        if globals.is_null() {
+            (api.err_clear)();
+            return Err("out of memory in the target".into());
+        }
+        let mut ok = (api.dict_set)(globals, c"__builtins__".as_ptr(), (api.builtins)()) == 0;
+        for (key, value) in [
+            (c"__name__", "_memray_attach_bootstrap"),
+            (c"_MEMRAY_CODE", BOOTSTRAP_MAIN),
+            (c"_MEMRAY_ACTION", action),
+            (c"_MEMRAY_ARGS", args),
+            (c"_MEMRAY_SRC", TRACKING_SOURCE),
+            (c"_MEMRAY_MODULE", BOOTSTRAP_MODULE),
+        ] {
+            let v = (api.unicode_from)(value.as_ptr() as *const c_char, value.len() as isize);
+            if v.is_null() {
+                ok = false;
+                break;
+            }
+            ok &= (api.dict_set)(globals, key.as_ptr(), v) == 0;
+            (api.decref)(v);
+        }
+        if !ok {
+            (api.err_clear)();
+            (api.decref)(globals);
+            return Err("cannot prepare the bootstrap in the target".into());
+        }
+        const PY_FILE_INPUT: c_int = 257;
+        let res = (api.run_string)(BOOTSTRAP_WRAPPER.as_ptr(), PY_FILE_INPUT, globals, globals, std::ptr::null_mut());
+        if res.is_null() {
+            (api.err_clear)();
+            (api.decref)(globals);
+            return Err("the bootstrap failed in the target".into());
+        }
+        (api.decref)(res);
+        let text = (api.dict_get)(globals, c"_MEMRAY_RESULT".as_ptr());
+        let out = if text.is_null() {
+            None
+        } else {
+            let p = (api.unicode_utf8)(text);
+            if p.is_null() {
+                (api.err_clear)();
+                None
+            } else {
+                Some(CStr::from_ptr(p).to_string_lossy().into_owned())
+            }
+        };
+        (api.decref)(globals);
+        match out {
+            Some(s) => match s.split_once(':') {
+                Some(("ok", rest)) => Ok(rest.to_string()),
+                Some((_, rest)) => Err(rest.to_string()),
+                None => Err(s),
+            },
+            None => Err("the bootstrap gave no result".into()),
+        }
+    }
+}
