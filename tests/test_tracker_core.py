@@ -499,6 +499,30 @@ def test_socket_destination_streams_to_a_reader(interp, script, tracked_env, rea
     assert top(cap.one(size=86421, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
 
 
+def test_full_disk_stops_tracking_with_one_line(interp, script, run_py, workdir):
+    """A write error (here ENOSPC from /dev/full) stops tracking with one line on stderr;
+    the program itself runs on and exits normally."""
+    s = script(
+        "full.py",
+        PRELUDE,
+        """
+        import time
+        dest = memray.FileDestination("/dev/full", overwrite=True, compress_on_exit=False)
+        with memray.Tracker(destination=dest):
+            keep = [H.helper_malloc(100000) for _ in range(300)]
+            time.sleep(0.3)
+            keep += [H.helper_malloc(100000) for _ in range(300)]
+        print("program finished", len(keep))
+        """,
+    )
+    res = run_py(s, workdir / "unused.bin")
+    assert res.returncode == 0, res.describe()
+    assert "program finished 600" in res.stdout
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, res.describe()
+    assert "No space left on device" in lines[0] and "tracking stopped" in lines[0]
+
+
 # --------------------------------------------------------------------------- API errors
 
 ERRORS_SCRIPT = (

@@ -65,8 +65,22 @@ impl Sampler {
 fn sample() {
     let rss = resident_bytes();
     let now = now_ms();
-    if let Some(w) = WRITER.lock().as_mut() {
-        w.write_memory_record(rss, now);
+    let failure = match WRITER.lock().as_mut() {
+        Some(w) => {
+            w.write_memory_record(rss, now);
+            w.sink.error.take()
+        }
+        None => None,
+    };
+    if let Some(errno) = failure {
+        // A full disk or a closed socket: stop recording, keep the program running. The
+        // capture stays readable up to the last successful flush.
+        crate::hooks::ACTIVE.store(false, Ordering::Release);
+        STOP.store(true, Ordering::Release);
+        eprintln!(
+            "memray: cannot write the capture ({}); tracking stopped",
+            std::io::Error::from_raw_os_error(errno)
+        );
     }
 }
 

@@ -165,6 +165,10 @@ pub fn stop() -> bool {
     let writer = WRITER.lock().take();
     if let Some(mut w) = writer {
         w.finish(now_ms(), running.config.seekable);
+        if let Some(errno) = w.sink.error {
+            // Not reported by the sampler yet (the failure came after its last round).
+            eprintln!("memray: cannot write the capture ({}); tracking stopped", std::io::Error::from_raw_os_error(errno));
+        }
         let failed = w.sink.failed;
         // SAFETY: the fd was handed to us at start and is closed exactly once, here.
         unsafe { libc::close(w.sink.fd()) };

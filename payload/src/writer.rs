@@ -17,13 +17,15 @@ const BUFFER_SIZE: usize = 1 << 20;
 pub struct FdSink {
     fd: i32,
     buf: Vec<u8>,
+    /// The first write error (errno); nothing more is written after it.
+    pub error: Option<i32>,
     pub failed: bool,
     pub bytes_written: u64,
 }
 
 impl FdSink {
     pub fn new(fd: i32) -> Self {
-        FdSink { fd, buf: Vec::with_capacity(BUFFER_SIZE), failed: false, bytes_written: 0 }
+        FdSink { fd, buf: Vec::with_capacity(BUFFER_SIZE), error: None, failed: false, bytes_written: 0 }
     }
 
     pub fn fd(&self) -> i32 {
@@ -45,10 +47,12 @@ impl FdSink {
             // SAFETY: writes from a valid slice to an fd we own.
             let n = unsafe { libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len()) };
             if n < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                if errno == Some(libc::EINTR) {
                     continue;
                 }
                 self.failed = true;
+                self.error = errno;
                 return;
             }
             self.bytes_written += n as u64;
