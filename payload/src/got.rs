@@ -397,11 +397,12 @@ unsafe fn gnu_lookup(table: usize, tables: &Tables, name: &[u8]) -> Option<usize
     let buckets = (table + 16 + bloom_size as usize * 8) as *const u32;
     let chains = buckets.add(nbuckets as usize);
     let h = gnu_hash(name);
-    let mut i = *buckets.add((h % nbuckets) as usize);
-    if i < symoffset {
+    let first = *buckets.add((h % nbuckets) as usize);
+    if first < symoffset {
         return None;
     }
-    for _ in 0..1_000_000 {
+    // A chain ends at an entry with the low bit set; the bound only guards corrupt tables.
+    for i in (first..).take(1_000_000) {
         let h2 = *chains.add((i - symoffset) as usize);
         if (h | 1) == (h2 | 1) && tables.symbol_name(i as usize) == Some(name) {
             return Some(i as usize);
@@ -409,7 +410,6 @@ unsafe fn gnu_lookup(table: usize, tables: &Tables, name: &[u8]) -> Option<usize
         if h2 & 1 != 0 {
             return None;
         }
-        i += 1;
     }
     None
 }

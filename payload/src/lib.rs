@@ -39,8 +39,12 @@ fn write_error(msg: &str, buf: *mut c_char, len: usize) {
 /// Starts a tracker. `config` is a NUL-terminated `key\x1fvalue\x1e...` text (see
 /// tracker::Config). Returns 0 on success; otherwise 1 (already active) or 2 (any other
 /// error) with a message in `err`.
+///
+/// # Safety
+/// `config` is null or a NUL-terminated string; `err` is null or writable for `err_len`
+/// bytes. Call with the GIL held.
 #[no_mangle]
-pub extern "C" fn memray_tracker_start(config: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
+pub unsafe extern "C" fn memray_tracker_start(config: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
     if config.is_null() {
         write_error("no configuration given", err, err_len);
         return 2;
@@ -78,8 +82,11 @@ pub extern "C" fn memray_tracker_is_active() -> i32 {
 }
 
 /// Names a thread in the capture. `ident` is its pthread_t (Python's threading.get_ident()).
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn memray_set_thread_name(ident: u64, name: *const c_char) {
+pub unsafe extern "C" fn memray_set_thread_name(ident: u64, name: *const c_char) {
     if name.is_null() || !tracker::is_active() {
         return;
     }
