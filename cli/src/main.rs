@@ -22,6 +22,23 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Print every record of a capture as text (stdout must not be a terminal)
     Parse(commands::parse::ParseArgs),
+    /// Start tracking a running Python process (ptrace; writes a capture with -o)
+    Attach(commands::attach::AttachArgs),
+    /// Stop tracking a process that `memray attach` is tracking
+    Detach(commands::attach::DetachArgs),
+    /// Write an HTML flame graph of the memory at the peak (or leaked, or temporary)
+    Flamegraph(commands::flamegraph::FlamegraphArgs),
+    /// Write an HTML table of the allocation sites at the peak (or leaked, or temporary)
+    Table(commands::table::TableArgs),
+    /// Show the biggest allocation paths at the peak as a tree
+    Tree(commands::tree::TreeArgs),
+    /// Print a table of the functions that allocate the most memory
+    Summary(commands::summary::SummaryArgs),
+    /// Write the allocations as gprof2dot, CSV or speedscope files
+    Transform(commands::transform::TransformArgs),
+    /// Records of a capture as JSON lines (used by memray.FileReader)
+    #[command(hide = true)]
+    ExportRecords(commands::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +47,14 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Parse(args) => commands::parse::run(args),
+        Command::Attach(args) => commands::attach::attach(args),
+        Command::Detach(args) => commands::attach::detach(args),
+        Command::Flamegraph(args) => commands::flamegraph::run(args),
+        Command::Table(args) => commands::table::run(args),
+        Command::Tree(args) => commands::tree::run(args),
+        Command::Summary(args) => commands::summary::run(args),
+        Command::Transform(args) => commands::transform::run(args),
+        Command::ExportRecords(args) => commands::export::run(args),
     };
     match result {
         Ok(code) => code,

@@ -284,14 +284,14 @@ fn sym(name: &CStr) -> *mut c_void {
 }
 
 macro_rules! api_fn {
-    ($name:expr) => {{
+    ($name:expr, $ty:ty) => {{
         let p = sym($name);
         if p.is_null() {
             return Err(format!("CPython function {} not found", $name.to_string_lossy()));
         }
         // SAFETY: the symbol is the CPython C-API function of that name, whose C signature
-        // is the one of the field this value is stored in.
-        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+        // is `$ty` (the type of the field this value is stored in).
+        unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
     }};
 }
 
@@ -299,20 +299,20 @@ impl Api {
     fn resolve() -> Result<Api, String> {
         let fin = [c"Py_IsFinalizing", c"_Py_IsFinalizing"].iter().map(|n| sym(n)).find(|p| !p.is_null());
         Ok(Api {
-            is_initialized: api_fn!(c"Py_IsInitialized"),
+            is_initialized: api_fn!(c"Py_IsInitialized", unsafe extern "C" fn() -> c_int),
             // SAFETY: `int Py_IsFinalizing(void)` (3.13) / `int _Py_IsFinalizing(void)`.
             is_finalizing: fin.map(|p| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(p) }),
-            gil_ensure: api_fn!(c"PyGILState_Ensure"),
-            gil_release: api_fn!(c"PyGILState_Release"),
-            dict_new: api_fn!(c"PyDict_New"),
-            dict_set: api_fn!(c"PyDict_SetItemString"),
-            dict_get: api_fn!(c"PyDict_GetItemString"),
-            builtins: api_fn!(c"PyEval_GetBuiltins"),
-            unicode_from: api_fn!(c"PyUnicode_FromStringAndSize"),
-            unicode_utf8: api_fn!(c"PyUnicode_AsUTF8"),
-            run_string: api_fn!(c"PyRun_StringFlags"),
-            decref: api_fn!(c"Py_DecRef"),
-            err_clear: api_fn!(c"PyErr_Clear"),
+            gil_ensure: api_fn!(c"PyGILState_Ensure", unsafe extern "C" fn() -> c_int),
+            gil_release: api_fn!(c"PyGILState_Release", unsafe extern "C" fn(c_int)),
+            dict_new: api_fn!(c"PyDict_New", unsafe extern "C" fn() -> *mut PyObject),
+            dict_set: api_fn!(c"PyDict_SetItemString", unsafe extern "C" fn(*mut PyObject, *const c_char, *mut PyObject) -> c_int),
+            dict_get: api_fn!(c"PyDict_GetItemString", unsafe extern "C" fn(*mut PyObject, *const c_char) -> *mut PyObject),
+            builtins: api_fn!(c"PyEval_GetBuiltins", unsafe extern "C" fn() -> *mut PyObject),
+            unicode_from: api_fn!(c"PyUnicode_FromStringAndSize", unsafe extern "C" fn(*const c_char, isize) -> *mut PyObject),
+            unicode_utf8: api_fn!(c"PyUnicode_AsUTF8", unsafe extern "C" fn(*mut PyObject) -> *const c_char),
+            run_string: api_fn!(c"PyRun_StringFlags", unsafe extern "C" fn(*const c_char, c_int, *mut PyObject, *mut PyObject, *mut c_void) -> *mut PyObject),
+            decref: api_fn!(c"Py_DecRef", unsafe extern "C" fn(*mut PyObject)),
+            err_clear: api_fn!(c"PyErr_Clear", unsafe extern "C" fn()),
         })
     }
 }

@@ -8,14 +8,19 @@ from ._api import (
     Tracker,
 )
 from ._allocators import AllocatorType
+from ._reader import AllocationRecord, FileReader, MemorySnapshot, Metadata
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocationRecord",
     "AllocatorType",
     "Destination",
     "FileDestination",
     "FileFormat",
+    "FileReader",
+    "MemorySnapshot",
+    "Metadata",
     "SocketDestination",
     "Tracker",
     "__version__",

@@ -262,6 +262,16 @@ impl Analyzer {
         }
     }
 
+    /// The heap after the records fed so far (memory-over-time charts sample it).
+    pub fn heap(&self) -> u64 {
+        self.heap
+    }
+
+    /// The stacks read so far (each thread's current stack included).
+    pub fn stacks(&self) -> &StackTable {
+        &self.stacks
+    }
+
     pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
         match record {
             Record::ContextSwitch { .. } => {}

@@ -11,6 +11,12 @@ pub enum ReportError {
     #[error("can't compute statistics using a pre-aggregated capture file (it was written with --aggregate)")]
     AggregatedStats,
 
+    #[error("can't find temporary allocations using a pre-aggregated capture file (it was written with --aggregate)")]
+    AggregatedTemporary,
+
+    #[error("can't get all allocations from a pre-aggregated capture file (it was written with --aggregate)")]
+    AggregatedAllRecords,
+
     #[error("corrupt aggregated capture: {0}")]
     CorruptAggregated(String),
 

@@ -11,14 +11,22 @@
 pub mod analysis;
 mod error;
 mod fasthash;
+pub mod html;
 pub mod linetable;
 pub mod localtime;
 pub mod modules;
 pub mod pyjson;
 pub mod ranges;
+pub mod records;
 pub mod stacks;
 pub mod stats;
+pub mod stdhash;
 pub mod stdorder;
+pub mod summary;
+pub mod temporal;
+pub mod temporary;
+pub mod transform;
+pub mod tree;
 
 pub use analysis::{
     analyze, analyze_file, Analysis, AnalyzeOptions, Analyzer, LocationKey, LocationUsage, StackTotals, Usage,

@@ -10,7 +10,7 @@
 
 /// libstdc++'s `_Prime_rehash_policy` bucket counts, starting from an empty map and
 /// inserting one element at a time (measured with GCC 12's libstdc++).
-const BUCKET_COUNTS: [u64; 35] = [
+pub(crate) const BUCKET_COUNTS: [u64; 35] = [
     13,
     29,
     59,

@@ -1,3 +1,10 @@
+pub mod attach;
+pub mod export;
+pub mod flamegraph;
 pub mod parse;
 pub mod run;
 pub mod stats;
+pub mod summary;
+pub mod table;
+pub mod transform;
+pub mod tree;

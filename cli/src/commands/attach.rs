@@ -1,0 +1,564 @@
+//! `memray attach PID` and `memray detach PID`.
+//!
+//! attach: check the process, copy the payload where the target can read it (and nobody
+//! else can write it), inject it with memray-injector (its entry starts a thread that
+//! takes the GIL and starts a Session), then wait until the payload reports tracking as
+//! active in its exported control block, read with process_vm_readv.
+//!
+//! detach: write a request into that control block with process_vm_writev; the payload's
+//! attach thread stops tracking with the GIL (restoring every GOT slot and the PyMem
+//! allocators, finishing the capture) and acknowledges. No ptrace stop is needed.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use memray_injector::{self as injector, InjectOptions};
+
+// ---- the payload's control block (payload/src/attach.rs has the same layout) -----------
+const CONTROL_SYMBOL: &str = "memray_attach_control";
+const CONTROL_LEN: usize = 56 + 1024;
+const OFF_STATE: usize = 12;
+const OFF_PID: usize = 16;
+const OFF_SESSION: usize = 24;
+const OFF_REQUEST: u64 = 32;
+const OFF_ACK: usize = 40;
+const OFF_TRACKER_ACTIVE: usize = 48;
+const OFF_MESSAGE: usize = 56;
+const STATE_STARTING: u32 = 1;
+const STATE_ACTIVE: u32 = 2;
+const STATE_FAILED: u32 = 3;
+const STATE_STOPPING: u32 = 4;
+const STATE_STOPPED: u32 = 5;
+
+const ENTRY: &str = "memray_attach_entry";
+const PAYLOAD_MATCH: &str = "memray_payload";
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Capture file to write (relative paths are relative to where you run this)
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Overwrite the output file if it exists
+    #[arg(short, long)]
+    force: bool,
+    /// Record native (C/C++) stacks as well
+    #[arg(long)]
+    native: bool,
+    /// Record pymalloc's allocations too (PYMALLOC_* records)
+    #[arg(long)]
+    trace_python_allocators: bool,
+    /// Keep tracking in forked children (each writes <output>.<childpid>)
+    #[arg(long)]
+    follow_fork: bool,
+    /// Write an aggregated capture (needs -o)
+    #[arg(long)]
+    aggregate: bool,
+    /// Don't LZ4-compress the capture when tracking stops
+    #[arg(long, conflicts_with = "compress_on_exit")]
+    no_compress: bool,
+    /// Compress the capture when tracking stops (the default)
+    #[arg(long)]
+    compress_on_exit: bool,
+    /// Stop tracking by itself after this many seconds
+    #[arg(long, value_parser = positive_seconds)]
+    duration: Option<f64>,
+    /// Give up if the process reaches no safe point (or does not confirm) within this many seconds
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    timeout: f64,
+    /// Print each step
+    #[arg(short, long)]
+    verbose: bool,
+    /// The process to attach to
+    pid: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// Give up if the process does not stop tracking within this many seconds
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    timeout: f64,
+    /// Print each step
+    #[arg(short, long)]
+    verbose: bool,
+    /// The process to detach from
+    pid: i32,
+}
+
+fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+// ---- Ctrl-C ---------------------------------------------------------------------------
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT/SIGTERM/SIGHUP set CANCEL instead of killing us mid-injection (which would leave
+/// breakpoints in the target).
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs an async-signal-safe handler (one atomic store) with an
+        // initialised sigaction; no SA_RESTART so blocking calls return early.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+// ---- verbose log ----------------------------------------------------------------------
+
+struct Log {
+    verbose: bool,
+    start: Instant,
+}
+
+impl Log {
+    fn step(&self, msg: &str) {
+        if self.verbose {
+            eprintln!("memray: [{:7.1} ms] {msg}", self.start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+}
+
+// ---- the control block ----------------------------------------------------------------
+
+struct Control {
+    addr: u64,
+    state: u32,
+    pid: i32,
+    session: u64,
+    ack: u64,
+    tracker_active: bool,
+    message: String,
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap_or([0; 4]))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn read_control(pid: i32, addr: u64) -> Result<Control> {
+    let b = injector::memory::read(pid, addr, CONTROL_LEN)?;
+    if &b[..8] != b"MEMRAYAT" {
+        bail!("the memray payload in process {pid} has an unknown layout");
+    }
+    let flag = u64_at(&b, OFF_TRACKER_ACTIVE);
+    let tracker_active = flag != 0 && injector::memory::read(pid, flag, 1).map(|v| v[0] != 0).unwrap_or(false);
+    let msg = &b[OFF_MESSAGE..];
+    let end = msg.iter().position(|&c| c == 0).unwrap_or(msg.len());
+    Ok(Control {
+        addr,
+        state: u32_at(&b, OFF_STATE),
+        pid: u32_at(&b, OFF_PID) as i32,
+        session: u64_at(&b, OFF_SESSION),
+        ack: u64_at(&b, OFF_ACK),
+        tracker_active,
+        message: String::from_utf8_lossy(&msg[..end]).into_owned(),
+    })
+}
+
+/// Every payload instance mapped in the process, with its control block.
+fn payload_controls(pid: i32) -> Result<Vec<(String, Control)>> {
+    let mut out = Vec::new();
+    for obj in injector::find_mapped(pid, PAYLOAD_MATCH, &[CONTROL_SYMBOL])? {
+        if let Some(&addr) = obj.symbols.get(CONTROL_SYMBOL) {
+            out.push((obj.path.clone(), read_control(pid, addr)?));
+        }
+    }
+    Ok(out)
+}
+
+fn new_nonce() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let mixed = (t ^ ((std::process::id() as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    mixed.max(1)
+}
+
+// ---- the payload copy -----------------------------------------------------------------
+
+/// Copies the payload to /tmp/memray-<uid>/libmemray_payload-<hash>.so: a directory of
+/// ours (0755, not writable by others) and a 0644 file, so any target user can map it and
+/// nobody else can change what it maps.
+fn stage_payload(src: &Path) -> Result<PathBuf> {
+    let bytes = std::fs::read(src).with_context(|| format!("cannot read the payload {}", src.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = PathBuf::from(format!("/tmp/memray-{uid}"));
+    match std::fs::create_dir(&dir) {
+        Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot set the permissions of {}", dir.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(&dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        bail!("{} is not a directory owned by uid {uid} and closed to others: remove it and retry", dir.display());
+    }
+    if meta.mode() & 0o005 != 0o005 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot set the permissions of {}", dir.display()))?;
+    }
+    let dest = dir.join(format!("libmemray_payload-{:016x}.so", content_hash(&bytes)));
+    // Only we can write in `dir`: a file of ours with the right name and size is the copy.
+    if let Ok(m) = std::fs::symlink_metadata(&dest) {
+        if m.is_file() && m.uid() == uid && m.mode() & 0o7777 == 0o644 && m.len() == bytes.len() as u64 {
+            return Ok(dest);
+        }
+    }
+    let tmp = dir.join(format!(".payload-{}-{:x}", std::process::id(), new_nonce()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let written = f.write_all(&bytes).and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o644)));
+    drop(f);
+    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, &dest)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
+    }
+    Ok(dest)
+}
+
+/// A 64-bit hash of the content (FNV-1a over 8-byte words, then the tail): tells payload
+/// builds apart in the copy's name. Not cryptographic: the directory is what protects it.
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))).wrapping_mul(0x0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    for &b in words.remainder() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---- attach ---------------------------------------------------------------------------
+
+/// A running CPython process, for the picker and the no-PID error.
+struct Candidate {
+    pid: i32,
+    user: String,
+    version: String,
+    rss_mb: f64,
+    command: String,
+}
+
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// "3.12" from names like libpython3.12.so.1.0 or python3.12.
+fn version_in(name: &str) -> Option<String> {
+    let i = name.find("python")? + 6;
+    let v: String = name[i..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v = v.trim_end_matches('.');
+    (v.contains('.')).then(|| v.to_string())
+}
+
+fn python_processes() -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = exe.rsplit('/').next().unwrap_or("").to_string();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let lib = maps.lines().filter_map(|l| l.rsplit('/').next()).find(|n| n.starts_with("libpython")).map(str::to_string);
+        if !base.starts_with("python") && lib.is_none() {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
+        let uid = field("Uid:").split_whitespace().nth(1).and_then(|u| u.parse().ok()).unwrap_or(0);
+        let rss_kb: f64 = field("VmRSS:").split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        out.push(Candidate {
+            pid,
+            user: user_name(uid),
+            version: lib.as_deref().and_then(version_in).or_else(|| version_in(&base)).unwrap_or_else(|| "?".into()),
+            rss_mb: rss_kb / 1024.0,
+            command: injector::command_line(pid),
+        });
+    }
+    out.sort_by_key(|c| c.pid);
+    out
+}
+
+fn is_terminal(fd: i32) -> bool {
+    // SAFETY: isatty takes a plain descriptor number.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// No PID given: pick one interactively in a terminal, else explain.
+fn pick_pid() -> Result<i32> {
+    let found = python_processes();
+    if !(is_terminal(0) && is_terminal(2)) {
+        if found.is_empty() {
+            bail!("give the PID of a running CPython process (none found)");
+        }
+        let list: Vec<String> = found.iter().take(6).map(|c| format!("{} ({})", c.pid, c.command.chars().take(40).collect::<String>())).collect();
+        bail!("give the PID of a running CPython process, e.g. {}", list.join(", "));
+    }
+    if found.is_empty() {
+        bail!("no running CPython process found: give a PID");
+    }
+    eprintln!("Running CPython processes:");
+    eprintln!("  #  {:>7}  {:<10} {:<7} {:>8}  command", "PID", "USER", "PYTHON", "RSS");
+    for (i, c) in found.iter().enumerate() {
+        let cmd: String = c.command.chars().take(60).collect();
+        eprintln!("{:>3}  {:>7}  {:<10} {:<7} {:>6.1}MB  {cmd}", i + 1, c.pid, c.user, c.version, c.rss_mb);
+    }
+    eprint!("Attach to which one? [1-{}] ", found.len());
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("cannot read the choice")?;
+    let n: usize = line.trim().parse().map_err(|_| anyhow!("not a number from the list: {:?}", line.trim()))?;
+    found.get(n.wrapping_sub(1)).map(|c| c.pid).ok_or_else(|| anyhow!("{n} is not in the list"))
+}
+
+pub fn attach(args: AttachArgs) -> Result<ExitCode> {
+    let log = Log { verbose: args.verbose, start: Instant::now() };
+    let pid = match args.pid {
+        Some(p) => p,
+        None => pick_pid()?,
+    };
+    if args.native {
+        bail!("--native is not supported yet (native stacks are tracked in a later release)");
+    }
+    let Some(output) = &args.output else {
+        if args.aggregate {
+            bail!("can't use aggregated mode without an output file: give -o FILE");
+        }
+        bail!("live mode (attach without -o) is not available yet: give -o FILE to write a capture");
+    };
+    let output = std::env::current_dir().context("cannot read the current directory")?.join(output);
+    if output.exists() && !args.force {
+        bail!("output file {} already exists (use -f/--force to overwrite it)", output.display());
+    }
+    let parent = output.parent().unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        bail!("cannot write {}: directory {} does not exist", output.display(), parent.display());
+    }
+
+    let info = injector::inspect(pid)?;
+    log.step(&format!(
+        "process {pid}: CPython {}.{} ({}{}), {} threads: {}",
+        info.python_version.0,
+        info.python_version.1,
+        info.python_object,
+        if info.static_python { ", static" } else { "" },
+        info.threads,
+        info.command_line
+    ));
+    log.step(&format!("symbols resolved in the target: dlopen/dlsym/dlerror from {}", info.dl_object));
+    let mut loaded = None;
+    for (path, c) in payload_controls(pid)? {
+        let attached = c.pid == pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING);
+        if attached {
+            bail!("process {pid} is already being tracked by memray attach (writing {}); run `memray detach {pid}` first", c.message);
+        }
+        if c.tracker_active {
+            bail!("process {pid} is already being tracked (by memray run or memray.Tracker, payload {path})");
+        }
+        // dlopen matches already-loaded objects by the name they were loaded with, which is
+        // the maps path without the " (deleted)" of a replaced file.
+        loaded.get_or_insert(path.trim_end_matches(" (deleted)").to_string());
+    }
+
+    // A payload already in the process (an earlier attach, or memray.Tracker's) is reused:
+    // two copies would both hook the same GOT slots.
+    let payload_text = match loaded {
+        Some(path) => {
+            log.step(&format!("payload already loaded in the target: {path}"));
+            path
+        }
+        None => {
+            let staged = stage_payload(&crate::payload_file::locate()?)?.to_string_lossy().into_owned();
+            log.step(&format!("payload copy for the target: {staged}"));
+            staged
+        }
+    };
+
+    let nonce = new_nonce();
+    let flag = |b: bool| if b { "1" } else { "0" };
+    let pairs = [
+        ("nonce", nonce.to_string()),
+        ("payload", payload_text.clone()),
+        ("output", output.to_string_lossy().into_owned()),
+        ("force", flag(args.force).into()),
+        ("compress", flag(!args.no_compress).into()),
+        ("trace_python_allocators", flag(args.trace_python_allocators).into()),
+        ("follow_fork", flag(args.follow_fork).into()),
+        ("aggregate", flag(args.aggregate).into()),
+        ("duration", args.duration.map(|d| d.to_string()).unwrap_or_default()),
+    ];
+    let request: String = pairs.iter().map(|(k, v)| format!("{k}\x1f{}", v.replace(['\x1e', '\x1f'], " "))).collect::<Vec<_>>().join("\x1e");
+
+    catch_interrupts();
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let step = |m: &str| log.step(m);
+    let opts = InjectOptions {
+        timeout,
+        cancel: Some(&CANCEL),
+        log: if args.verbose { Some(&step) } else { None },
+        ..Default::default()
+    };
+    let injected = injector::inject(&info, &payload_text, ENTRY, request.as_bytes(), &opts)?;
+    match injected.entry_return {
+        0 => {}
+        1 => bail!("process {pid} is already being tracked by memray attach; run `memray detach {pid}` first"),
+        other => bail!("the payload refused the attach (code {other})"),
+    }
+    log.step(&format!(
+        "detached from the process: it was held {:.1} ms in total, safe point after {:.1} ms",
+        injector::millis(injected.total),
+        injector::millis(injected.to_safe_point)
+    ));
+
+    // Wait for the payload's thread to take the GIL and start the tracker.
+    // Whatever fails from here on, a process that is gone is the real story.
+    let exited = || anyhow!("process {pid} exited during the attach");
+    let controls = injector::find_mapped(pid, elf_basename(&payload_text), &[CONTROL_SYMBOL]).map_err(|e| {
+        if injector::process_alive(pid) {
+            anyhow!(e)
+        } else {
+            exited()
+        }
+    })?;
+    let addr = match controls.iter().find(|o| o.path.trim_end_matches(" (deleted)") == payload_text).and_then(|o| o.symbols.get(CONTROL_SYMBOL).copied()) {
+        Some(a) => a,
+        None if !injector::process_alive(pid) => return Err(exited()),
+        None => bail!("the payload is not mapped in process {pid} after the injection"),
+    };
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
+    loop {
+        if !injector::process_alive(pid) {
+            return Err(exited());
+        }
+        let c = match read_control(pid, addr) {
+            Ok(c) => c,
+            Err(_) if !injector::process_alive(pid) => return Err(exited()),
+            Err(e) => return Err(e),
+        };
+        if c.session == nonce {
+            match c.state {
+                STATE_ACTIVE | STATE_STOPPED => break,
+                STATE_FAILED => bail!("tracking could not start in process {pid}: {}", c.message),
+                _ => {}
+            }
+        }
+        if CANCEL.load(Ordering::SeqCst) {
+            let _ = injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes());
+            bail!("interrupted; asked process {pid} to stop tracking if it had started");
+        }
+        if Instant::now() >= deadline {
+            let _ = injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes());
+            bail!(
+                "timed out after {:.1} s waiting for process {pid} to start tracking (is a thread holding the GIL?)",
+                args.timeout
+            );
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    log.step("tracker started");
+    let secs = log.start.elapsed().as_secs_f64();
+    match args.duration {
+        Some(d) => eprintln!(
+            "memray: tracking process {pid} for {d} s in the background, writing {} (attached in {:.0} ms). \
+             Run `memray detach {pid}` to stop early.",
+            output.display(),
+            secs * 1e3
+        ),
+        None => eprintln!(
+            "memray: tracking process {pid} in the background, writing {} (attached in {:.0} ms). \
+             Run `memray detach {pid}` to stop.",
+            output.display(),
+            secs * 1e3
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn elf_basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+// ---- detach ---------------------------------------------------------------------------
+
+pub fn detach(args: DetachArgs) -> Result<ExitCode> {
+    let log = Log { verbose: args.verbose, start: Instant::now() };
+    let pid = args.pid;
+    injector::check_permissions(pid)?;
+    let controls = payload_controls(pid)?;
+    let session = controls.iter().find(|(_, c)| c.pid == pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING));
+    let Some((path, control)) = session else {
+        if controls.iter().any(|(_, c)| c.tracker_active) {
+            bail!("process {pid} is being tracked by memray run or memray.Tracker, not by memray attach: nothing to detach");
+        }
+        bail!("process {pid} is not being tracked by memray (no previous `memray attach`)");
+    };
+    log.step(&format!("attach session found in {path}: writing {}", control.message));
+    let output = control.message.clone();
+    let addr = control.addr;
+    let nonce = new_nonce();
+    injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes())?;
+    log.step("stop requested");
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    loop {
+        if !injector::process_alive(pid) {
+            bail!("process {pid} exited before it stopped tracking");
+        }
+        let c = read_control(pid, addr)?;
+        if c.ack == nonce {
+            match c.state {
+                STATE_FAILED => bail!("process {pid} could not stop tracking cleanly: {}", c.message),
+                _ => break,
+            }
+        }
+        if c.state == STATE_STOPPED && c.ack != nonce && !c.tracker_active {
+            // Stopped by itself (--duration) just before our request.
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {:.1} s waiting for process {pid} to stop tracking (is a thread holding the GIL?)", args.timeout);
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    log.step("tracking stopped, hooks removed, capture closed");
+    eprintln!(
+        "memray: stopped tracking process {pid} (in {:.0} ms); the capture is in {output}",
+        log.start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,219 @@
+//! `memray export-records` (hidden): what `memray.FileReader` asks of a capture, as JSON
+//! lines on stdout. The Python package stays pure Python and builds its objects from
+//! these lines.
+//!
+//! Queries and their lines:
+//! * `metadata`: `{"metadata": {...}}`, then `["S", time_ms, rss, heap]` per memory
+//!   snapshot (strided down to `--max-memory-records`).
+//! * `all`, `hwm`, `leaks`, `temporary`: records, each preceded by what it refers to
+//!   that was not sent yet:
+//!   `["F", frame, function, file, line]` a frame, `["N", stack, parent, frame]` a
+//!   stack node (0 is the empty stack), `["T", tid, name]` a thread's name, then
+//!   `["A", tid, address, size, allocator, stack, n_allocations, native_frame_id,
+//!   native_segment_generation]`.
+//!
+//! `all` streams as it reads (memory: stacks and threads); the others send Memray's
+//! aggregated records once the capture has been read.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use memray_reporter::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, SnapshotKind};
+use memray_reporter::stats::python_allocator_label;
+use memray_reporter::temporary::temporary_allocations;
+use memray_reporter::transform::json_str;
+use memray_reporter::{ReportError, StackId, StackTable};
+
+use super::stats::{capture_failure, check_capture_exists};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Query {
+    Metadata,
+    All,
+    Hwm,
+    Leaks,
+    Temporary,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Capture file
+    results: PathBuf,
+    #[arg(value_enum)]
+    query: Query,
+    /// Keep threads apart (records are merged across threads by default)
+    #[arg(long)]
+    split_threads: bool,
+    /// Temporary allocations: how many other allocations may happen before the free
+    #[arg(long, default_value_t = 1)]
+    threshold: u64,
+    /// High-water mark: the peak's record index, when already known from `metadata`
+    #[arg(long)]
+    peak_index: Option<u64>,
+    /// Most memory snapshots to send
+    #[arg(long, default_value_t = 10000)]
+    max_memory_records: usize,
+}
+
+/// Sends frames, stack nodes and thread names once, before the first record needing them.
+struct Sender<W: Write> {
+    out: W,
+    sent_nodes: Vec<bool>,
+    sent_frames: Vec<bool>,
+    sent_threads: BTreeMap<u64, String>,
+}
+
+impl<W: Write> Sender<W> {
+    fn new(out: W) -> Self {
+        Sender { out, sent_nodes: vec![true], sent_frames: Vec::new(), sent_threads: BTreeMap::new() }
+    }
+
+    fn stack(&mut self, stacks: &StackTable, stack: StackId) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut s = stack;
+        while (s as usize) >= self.sent_nodes.len() || !self.sent_nodes[s as usize] {
+            let Some((frame, parent)) = stacks.split(s) else { break };
+            missing.push((s, frame, parent));
+            // Parents have smaller ids; anything else would loop.
+            if parent >= s {
+                break;
+            }
+            s = parent;
+        }
+        for &(s, frame, parent) in missing.iter().rev() {
+            if (frame as usize) >= self.sent_frames.len() {
+                self.sent_frames.resize(frame as usize + 1, false);
+            }
+            if !self.sent_frames[frame as usize] {
+                let l = stacks.resolve(frame);
+                writeln!(self.out, "[\"F\",{frame},{},{},{}]", json_str(&l.function), json_str(&l.filename), l.lineno)?;
+                self.sent_frames[frame as usize] = true;
+            }
+            writeln!(self.out, "[\"N\",{s},{parent},{frame}]")?;
+            if (s as usize) >= self.sent_nodes.len() {
+                self.sent_nodes.resize(s as usize + 1, false);
+            }
+            self.sent_nodes[s as usize] = true;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, stacks: &StackTable, names: &BTreeMap<u64, String>, r: &AllocationRecord) -> std::io::Result<()> {
+        if let Some(name) = names.get(&r.tid) {
+            if self.sent_threads.get(&r.tid) != Some(name) {
+                writeln!(self.out, "[\"T\",{},{}]", r.tid, json_str(name))?;
+                self.sent_threads.insert(r.tid, name.clone());
+            }
+        }
+        self.stack(stacks, r.stack)?;
+        writeln!(
+            self.out,
+            "[\"A\",{},{},{},{},{},{},{},{}]",
+            r.tid,
+            r.address,
+            r.size,
+            r.allocator as u8,
+            r.stack,
+            r.n_allocations,
+            r.native_frame_id,
+            r.native_segment_generation
+        )
+    }
+}
+
+enum Failure {
+    Io(std::io::Error),
+    Report(ReportError),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+impl From<ReportError> for Failure {
+    fn from(e: ReportError) -> Self {
+        Failure::Report(e)
+    }
+}
+
+fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let path = &args.results;
+    let merge = !args.split_threads;
+    // Memray's reader stops quietly where a capture is cut short.
+    let lenient = true;
+    match args.query {
+        Query::Metadata => {
+            let s = scan(path, args.max_memory_records, lenient)?;
+            let h = &s.header;
+            writeln!(
+                out,
+                "{{\"metadata\": {{\"start_time\": {}, \"end_time\": {}, \"total_allocations\": {}, \"total_frames\": {}, \
+                 \"peak_memory\": {}, \"command_line\": {}, \"pid\": {}, \"main_thread_id\": {}, \"python_allocator\": {}, \
+                 \"has_native_traces\": {}, \"trace_python_allocators\": {}, \"file_format\": {}, \
+                 \"skipped_frames_on_main_tid\": {}, \"peak_index\": {}, \"python_version\": {}}}}}",
+                h.start_time_ms,
+                h.end_time_ms,
+                s.n_records,
+                h.n_frames,
+                s.peak_memory,
+                json_str(&h.command_line),
+                h.pid,
+                h.main_tid,
+                json_str(python_allocator_label(h.python_allocator)),
+                h.native_traces,
+                h.trace_python_allocators,
+                h.file_format as u8,
+                h.skipped_frames_on_main_tid,
+                s.peak_index,
+                h.python_version
+            )?;
+            for snap in &s.snapshots {
+                writeln!(out, "[\"S\",{},{},{}]", snap.ms_since_epoch, snap.rss, snap.heap)?;
+            }
+        }
+        Query::All => {
+            let mut cursor = CaptureCursor::open(path, lenient)?;
+            if cursor.is_aggregated() {
+                return Err(ReportError::AggregatedAllRecords.into());
+            }
+            let mut sender = Sender::new(out);
+            while let Some(event) = cursor.next_event()? {
+                if let Event::Allocation(r) = event {
+                    sender.record(&cursor.stacks, &cursor.thread_names, &r)?;
+                }
+            }
+        }
+        Query::Hwm | Query::Leaks | Query::Temporary => {
+            let set = match args.query {
+                Query::Temporary => temporary_allocations(path, args.threshold, merge, lenient)?,
+                Query::Leaks => snapshot_records(path, SnapshotKind::Leaks, merge, None, lenient)?,
+                _ => snapshot_records(path, SnapshotKind::HighWaterMark, merge, args.peak_index, lenient)?,
+            };
+            let mut sender = Sender::new(out);
+            for r in &set.records {
+                sender.record(&set.stacks, &set.thread_names, r)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: ExportArgs) -> Result<ExitCode> {
+    check_capture_exists(&args.results)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let result = export(&args, &mut out).and_then(|_| out.flush().map_err(Failure::Io));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader stopped listening (a generator dropped early).
+        Err(Failure::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(Failure::Io(e)) => bail!("writing to stdout: {e}"),
+        Err(Failure::Report(e)) => Err(capture_failure(&args.results, e)),
+    }
+}

@@ -1,0 +1,51 @@
+//! Everything that can go wrong while putting a library into a live process.
+//!
+//! Each message is one line meant for the user, so the CLI prints them as they are.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such process: {0}")]
+    NoSuchProcess(i32),
+    #[error("permission denied to trace process {pid}: {cause}")]
+    PermissionDenied { pid: i32, cause: String },
+    #[error("process {pid} is not a CPython process ({detail})")]
+    NotPython { pid: i32, detail: String },
+    #[error("process {pid} runs {version}, which is not supported (CPython 3.8 to 3.13 are)")]
+    UnsupportedVersion { pid: i32, version: String },
+    #[error("process {0} is stopped (SIGSTOP or Ctrl-Z): resume it with `kill -CONT {0}` first")]
+    ProcessStopped(i32),
+    #[error("process {0} runs in another mount namespace (a container?): run memray inside it instead")]
+    OtherNamespace(i32),
+    #[error("process {pid} exited during the attach{detail}")]
+    ProcessExited { pid: i32, detail: String },
+    #[error("timed out after {secs:.1} s {what}")]
+    Timeout { secs: f64, what: String },
+    #[error("interrupted; process {0} was left as it was")]
+    Interrupted(i32),
+    #[error("the target's dlopen could not load {path}: {reason}")]
+    DlopenFailed { path: PathBuf, reason: String },
+    #[error("the remote call of {function} in process {pid} {detail}")]
+    RemoteCall { pid: i32, function: String, detail: String },
+    #[error("cannot find {symbol} in process {pid} ({detail})")]
+    SymbolNotFound { pid: i32, symbol: String, detail: String },
+    #[error("cannot read {path}: {detail}")]
+    Elf { path: PathBuf, detail: String },
+    #[error("ptrace {op} on thread {tid} failed: {errno}")]
+    Ptrace { op: &'static str, tid: i32, errno: nix::errno::Errno },
+    #[error("cannot access the memory of process {pid} at {addr:#x}: {errno}")]
+    Memory { pid: i32, addr: u64, errno: nix::errno::Errno },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("this architecture is not supported by the injector (x86_64 only)")]
+    UnsupportedArch,
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+}

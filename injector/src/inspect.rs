@@ -1,0 +1,269 @@
+//! Checks made before touching the process: it exists, we may trace it, it is a CPython
+//! we support, and where its libc and libpython are.
+
+use std::collections::HashMap;
+
+use crate::elf::{self, Object, Symbol};
+use crate::error::{Error, Result};
+use crate::memory;
+use crate::proc::{self, Mapping};
+
+/// What the injector learned about a process.
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// Effective uid of the process.
+    pub uid: u32,
+    pub command_line: String,
+    /// (major, minor) of the CPython in it.
+    pub python_version: (u32, u32),
+    /// The object that holds CPython: libpython, or the executable of a static build.
+    pub python_object: String,
+    pub static_python: bool,
+    /// The object that defines dlopen (libc on glibc >= 2.34, else libdl).
+    pub dl_object: String,
+    pub threads: usize,
+    pub(crate) symbols: Symbols,
+}
+
+/// Addresses in the target, resolved from its own objects.
+#[derive(Clone, Default)]
+pub(crate) struct Symbols {
+    pub dlopen: u64,
+    pub dlerror: u64,
+    pub dlsym: u64,
+    /// Function entries where a stop is a safe point: (address, name).
+    pub safe_points: Vec<(u64, String)>,
+    /// The dynamic loader's range: a safe-point hit called from there is inside dlopen.
+    pub loader_range: Option<(u64, u64)>,
+}
+
+const ALLOCATOR_ENTRIES: &[&str] = &["malloc", "calloc", "realloc", "free"];
+const PYTHON_ENTRIES: &[&str] = &[
+    "PyMem_Malloc",
+    "PyMem_Calloc",
+    "PyMem_Realloc",
+    "PyMem_Free",
+    "PyObject_Malloc",
+    "PyObject_Calloc",
+    "PyObject_Realloc",
+    "PyObject_Free",
+    "PyErr_CheckSignals",
+    "Py_MakePendingCalls",
+];
+/// Symbols that tell CPython versions apart when `Py_Version` (3.11+) is absent.
+const VERSION_PROBES: &[&str] = &[
+    "Py_Initialize",
+    "Py_Version",
+    "Py_IsNone",
+    "PyFrame_GetCode",
+    "PyCode_NewWithPosOnlyArgs",
+    "_Py_DecRefShared",
+    "PyGILState_Ensure",
+];
+
+fn is_loader(path: &str) -> bool {
+    let b = elf::basename(path);
+    b.starts_with("ld-linux") || b.starts_with("ld64.so") || b.starts_with("ld-2.")
+}
+
+fn is_libc(path: &str) -> bool {
+    let b = elf::basename(path);
+    b.starts_with("libc.so") || b.starts_with("libc-2.") || b.starts_with("ld-musl")
+}
+
+/// Checks that `pid` may be traced by us, before any ptrace call.
+pub fn check_permissions(pid: i32) -> Result<proc::Status> {
+    if !proc::exists(pid) {
+        return Err(Error::NoSuchProcess(pid));
+    }
+    let status = proc::status(pid)?;
+    if status.state == 'Z' || status.state == 'X' {
+        return Err(Error::NoSuchProcess(pid));
+    }
+    if pid == std::process::id() as i32 {
+        return Err(Error::PermissionDenied { pid, cause: "a process cannot attach to itself".into() });
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let privileged = euid == 0 || proc::have_cap_sys_ptrace();
+    if !privileged && status.uid != euid {
+        return Err(Error::PermissionDenied {
+            pid,
+            cause: format!("it belongs to uid {} and you are uid {euid} (run as that user, or as root)", status.uid),
+        });
+    }
+    if !privileged {
+        match proc::ptrace_scope() {
+            Some(1) => {
+                return Err(Error::PermissionDenied {
+                    pid,
+                    cause: "kernel.yama.ptrace_scope is 1, which only lets a process trace its descendants \
+                            (run as root, or set it to 0)"
+                        .into(),
+                })
+            }
+            Some(2) => {
+                return Err(Error::PermissionDenied {
+                    pid,
+                    cause: "kernel.yama.ptrace_scope is 2, which lets only root (CAP_SYS_PTRACE) trace".into(),
+                })
+            }
+            _ => {}
+        }
+    }
+    if proc::ptrace_scope() == Some(3) {
+        return Err(Error::PermissionDenied { pid, cause: "kernel.yama.ptrace_scope is 3: ptrace is disabled on this machine".into() });
+    }
+    let tracer = if status.tracer_pid != 0 {
+        status.tracer_pid
+    } else {
+        // A debugger may trace only some threads.
+        proc::tasks(pid)?.into_iter().find_map(|t| proc::task_status(pid, t).ok().map(|s| s.tracer_pid).filter(|&p| p != 0)).unwrap_or(0)
+    };
+    if tracer != 0 {
+        let name = proc::status(tracer).map(|s| s.name).unwrap_or_default();
+        return Err(Error::PermissionDenied {
+            pid,
+            cause: format!("it is already being traced by process {tracer} ({name}); detach that debugger first"),
+        });
+    }
+    if status.state == 'T' || status.state == 't' {
+        return Err(Error::ProcessStopped(pid));
+    }
+    if !proc::same_mount_namespace(pid) {
+        return Err(Error::OtherNamespace(pid));
+    }
+    Ok(status)
+}
+
+/// All the checks, and the symbols the injection needs.
+pub fn inspect(pid: i32) -> Result<ProcessInfo> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(Error::UnsupportedArch);
+    }
+    let status = check_permissions(pid)?;
+    let maps = proc::maps(pid)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let paths = elf::object_paths(&maps);
+
+    // CPython: the executable (static build) or a libpython.
+    let mut candidates: Vec<&String> = paths.iter().filter(|p| **p == exe).collect();
+    candidates.extend(paths.iter().filter(|p| elf::basename(p).starts_with("libpython")));
+    let mut found: Option<(Object, HashMap<String, Symbol>)> = None;
+    for path in candidates {
+        let Ok(obj) = Object::open(pid, path, &maps) else { continue };
+        let Ok(syms) = obj.lookup(VERSION_PROBES) else { continue };
+        if syms.contains_key("Py_Initialize") && syms.contains_key("PyGILState_Ensure") {
+            found = Some((obj, syms));
+            break;
+        }
+    }
+    let Some((py, probes)) = found else {
+        let what = elf::basename(&exe).to_string();
+        return Err(Error::NotPython { pid, detail: format!("{what}: no libpython and no CPython symbols") });
+    };
+    let version = python_version(pid, &py, &probes)?;
+    if probes.contains_key("_Py_DecRefShared") {
+        return Err(Error::UnsupportedVersion { pid, version: format!("a free-threaded CPython {}.{}", version.0, version.1) });
+    }
+    if version.0 != 3 || !(8..=13).contains(&version.1) {
+        return Err(Error::UnsupportedVersion { pid, version: format!("CPython {}.{}", version.0, version.1) });
+    }
+
+    let mut symbols = Symbols::default();
+    // dlopen/dlerror/dlsym: libc (glibc >= 2.34, musl), else libdl.
+    let mut dl_object = String::new();
+    let dl_candidates: Vec<&String> = paths
+        .iter()
+        .filter(|p| is_libc(p))
+        .chain(paths.iter().filter(|p| elf::basename(p).starts_with("libdl.so")))
+        .collect();
+    for path in dl_candidates {
+        let Ok(obj) = Object::open(pid, path, &maps) else { continue };
+        let Ok(s) = obj.lookup(&["dlopen", "dlerror", "dlsym"]) else { continue };
+        if let (Some(o), Some(e), Some(y)) = (s.get("dlopen"), s.get("dlerror"), s.get("dlsym")) {
+            symbols.dlopen = o.addr;
+            symbols.dlerror = e.addr;
+            symbols.dlsym = y.addr;
+            dl_object = path.clone();
+            break;
+        }
+    }
+    if symbols.dlopen == 0 {
+        return Err(Error::SymbolNotFound { pid, symbol: "dlopen".into(), detail: "neither libc nor libdl defines it".into() });
+    }
+
+    // Safe points: the allocator's entries wherever they are defined (an LD_PRELOADed
+    // allocator included), CPython's allocator and signal-check entries.
+    for path in &paths {
+        let preloaded_allocator = elf::basename(path).contains("malloc");
+        if !(is_libc(path) || preloaded_allocator) || is_loader(path) || elf::basename(path).contains("memray_payload") {
+            continue;
+        }
+        let Ok(obj) = Object::open(pid, path, &maps) else { continue };
+        if let Ok(s) = obj.lookup(ALLOCATOR_ENTRIES) {
+            for (name, sym) in s {
+                if sym.is_function() {
+                    symbols.safe_points.push((sym.addr, name));
+                }
+            }
+        }
+    }
+    if let Ok(s) = py.lookup(PYTHON_ENTRIES) {
+        for (name, sym) in s {
+            if sym.is_function() {
+                symbols.safe_points.push((sym.addr, name));
+            }
+        }
+    }
+    symbols.safe_points.sort();
+    symbols.safe_points.dedup_by_key(|(a, _)| *a);
+    if symbols.safe_points.is_empty() {
+        return Err(Error::SymbolNotFound { pid, symbol: "malloc".into(), detail: "no allocator entry point found".into() });
+    }
+    symbols.loader_range = loader_range(&maps);
+
+    Ok(ProcessInfo {
+        pid,
+        uid: status.uid,
+        command_line: proc::cmdline(pid),
+        python_version: version,
+        static_python: py.path == exe,
+        python_object: py.path.clone(),
+        dl_object,
+        threads: proc::tasks(pid).map(|t| t.len()).unwrap_or(0),
+        symbols,
+    })
+}
+
+fn loader_range(maps: &[Mapping]) -> Option<(u64, u64)> {
+    let mine: Vec<&Mapping> = maps.iter().filter(|m| m.is_file() && is_loader(&m.path)).collect();
+    Some((mine.iter().map(|m| m.start).min()?, mine.iter().map(|m| m.end).max()?))
+}
+
+fn python_version(pid: i32, py: &Object, probes: &HashMap<String, Symbol>) -> Result<(u32, u32)> {
+    if let Some(v) = probes.get("Py_Version") {
+        // `const unsigned long Py_Version` = PY_VERSION_HEX (3.11+).
+        let bytes = memory::read(pid, v.addr, 8)?;
+        let hex = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+        return Ok((((hex >> 24) & 0xff) as u32, ((hex >> 16) & 0xff) as u32));
+    }
+    if probes.contains_key("Py_IsNone") {
+        return Ok((3, 10));
+    }
+    if probes.contains_key("PyFrame_GetCode") {
+        return Ok((3, 9));
+    }
+    if probes.contains_key("PyCode_NewWithPosOnlyArgs") {
+        return Ok((3, 8));
+    }
+    // Older than 3.8: name the version from the file when it says it.
+    let name = elf::basename(&py.path);
+    let version = name
+        .find("python")
+        .map(|i| &name[i + 6..])
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect::<String>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "an old version".into());
+    Err(Error::UnsupportedVersion { pid, version: format!("CPython {}", version.trim_end_matches('.')) })
+}

@@ -1,0 +1,181 @@
+//! Thin wrappers over the raw ptrace and waitpid calls.
+//!
+//! Raw libc rather than nix's typed wrappers wherever a signal number travels: nix's
+//! `Signal` cannot hold real-time signals (glibc's SIGCANCEL/SIGSETXID are 32 and 33), and
+//! a stop status nix cannot decode would be reaped and lost, leaving the thread stopped.
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+pub use libc::user_regs_struct as Regs;
+
+fn check(op: &'static str, tid: i32, rc: libc::c_long) -> Result<libc::c_long> {
+    if rc == -1 {
+        let errno = Errno::last();
+        if errno != Errno::UnknownErrno {
+            return Err(Error::Ptrace { op, tid, errno });
+        }
+    }
+    Ok(rc)
+}
+
+fn raw(op: &'static str, req: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<libc::c_long> {
+    Errno::clear();
+    // SAFETY: every request used here either takes no pointers or, for the ones that do
+    // (GETREGSET/SETREGSET), receives a pointer to a live iovec over a buffer we own.
+    let rc = unsafe { libc::ptrace(req, tid as libc::pid_t, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    check(op, tid, rc)
+}
+
+pub const OPTIONS: libc::c_int = libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_TRACEVFORKDONE
+    | libc::PTRACE_O_TRACEEXEC;
+
+pub fn seize(tid: i32) -> Result<()> {
+    raw("SEIZE", libc::PTRACE_SEIZE, tid, 0, OPTIONS as usize).map(drop)
+}
+
+pub fn interrupt(tid: i32) -> Result<()> {
+    raw("INTERRUPT", libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+pub fn cont(tid: i32, sig: i32) -> Result<()> {
+    raw("CONT", libc::PTRACE_CONT, tid, 0, sig.max(0) as usize).map(drop)
+}
+
+pub fn listen(tid: i32) -> Result<()> {
+    raw("LISTEN", libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
+}
+
+pub fn singlestep(tid: i32) -> Result<()> {
+    raw("SINGLESTEP", libc::PTRACE_SINGLESTEP, tid, 0, 0).map(drop)
+}
+
+pub fn detach(tid: i32, sig: i32) -> Result<()> {
+    raw("DETACH", libc::PTRACE_DETACH, tid, 0, sig.max(0) as usize).map(drop)
+}
+
+pub fn event_msg(tid: i32) -> Result<u64> {
+    ptrace::getevent(Pid::from_raw(tid)).map(|v| v as u64).map_err(|errno| Error::Ptrace { op: "GETEVENTMSG", tid, errno })
+}
+
+/// The `si_code` of the signal the thread is stopped with.
+pub fn si_code(tid: i32) -> Result<i32> {
+    ptrace::getsiginfo(Pid::from_raw(tid)).map(|s| s.si_code).map_err(|errno| Error::Ptrace { op: "GETSIGINFO", tid, errno })
+}
+
+pub fn getregs(tid: i32) -> Result<Regs> {
+    ptrace::getregs(Pid::from_raw(tid)).map_err(|errno| Error::Ptrace { op: "GETREGS", tid, errno })
+}
+
+pub fn setregs(tid: i32, regs: Regs) -> Result<()> {
+    ptrace::setregs(Pid::from_raw(tid), regs).map_err(|errno| Error::Ptrace { op: "SETREGS", tid, errno })
+}
+
+pub fn peek(tid: i32, addr: u64) -> Result<u64> {
+    ptrace::read(Pid::from_raw(tid), addr as ptrace::AddressType)
+        .map(|w| w as u64)
+        .map_err(|errno| Error::Ptrace { op: "PEEKDATA", tid, errno })
+}
+
+pub fn poke(tid: i32, addr: u64, word: u64) -> Result<()> {
+    ptrace::write(Pid::from_raw(tid), addr as ptrace::AddressType, word as libc::c_long)
+        .map_err(|errno| Error::Ptrace { op: "POKEDATA", tid, errno })
+}
+
+/// Reads the byte at `addr` through a stopped thread (an aligned word, so the read never
+/// crosses into the next page).
+pub fn peek_byte(tid: i32, addr: u64) -> Result<u8> {
+    let aligned = addr & !7;
+    let word = peek(tid, aligned)?;
+    Ok((word >> ((addr - aligned) * 8)) as u8)
+}
+
+/// Replaces the byte at `addr`, keeping its neighbours as they are now.
+pub fn poke_byte(tid: i32, addr: u64, byte: u8) -> Result<()> {
+    let aligned = addr & !7;
+    let shift = (addr - aligned) * 8;
+    let word = peek(tid, aligned)?;
+    let new = (word & !(0xffu64 << shift)) | ((byte as u64) << shift);
+    if new != word {
+        poke(tid, aligned, new)?;
+    }
+    Ok(())
+}
+
+const NT_X86_XSTATE: usize = 0x202;
+
+/// The thread's whole FP/vector state: XSAVE area (x87, SSE, AVX, AVX-512...) when the
+/// kernel offers it, else the FXSAVE area of PTRACE_GETFPREGS.
+pub enum FpState {
+    Xstate(Vec<u8>),
+    Fxsave(Box<libc::user_fpregs_struct>),
+}
+
+pub fn save_fp(tid: i32) -> Result<FpState> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    if raw("GETREGSET", libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec as usize).is_ok() {
+        buf.truncate(iov.iov_len);
+        return Ok(FpState::Xstate(buf));
+    }
+    // SAFETY: user_fpregs_struct is plain integers; all-zero is a valid value.
+    let mut fx: Box<libc::user_fpregs_struct> = Box::new(unsafe { std::mem::zeroed() });
+    raw("GETFPREGS", libc::PTRACE_GETFPREGS, tid, 0, &mut *fx as *mut libc::user_fpregs_struct as usize)?;
+    Ok(FpState::Fxsave(fx))
+}
+
+pub fn restore_fp(tid: i32, state: &mut FpState) -> Result<()> {
+    match state {
+        FpState::Xstate(buf) => {
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+            raw("SETREGSET", libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec as usize).map(drop)
+        }
+        FpState::Fxsave(fx) => {
+            raw("SETFPREGS", libc::PTRACE_SETFPREGS, tid, 0, &mut **fx as *mut libc::user_fpregs_struct as usize).map(drop)
+        }
+    }
+}
+
+/// A decoded wait status.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    Exited(i32),
+    /// Stopped with a signal; `event` is the PTRACE_EVENT_* number, 0 for a plain
+    /// signal-delivery-stop.
+    Stopped { tid: i32, sig: i32, event: i32 },
+}
+
+/// Collects one pending status of any traced thread without blocking.
+pub fn wait_any() -> Result<Option<Wait>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int through a valid pointer.
+    let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+    if tid < 0 {
+        let errno = Errno::last();
+        if errno == Errno::EINTR {
+            return Ok(None);
+        }
+        return Err(Error::Ptrace { op: "WAITPID", tid: -1, errno });
+    }
+    if tid == 0 {
+        return Ok(None);
+    }
+    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+        return Ok(Some(Wait::Exited(tid)));
+    }
+    if libc::WIFSTOPPED(status) {
+        return Ok(Some(Wait::Stopped { tid, sig: libc::WSTOPSIG(status), event: (status >> 16) & 0xff }));
+    }
+    Ok(None)
+}
+
+pub fn tgkill(pid: i32, tid: i32, sig: i32) {
+    // SAFETY: tgkill takes plain integers; a vanished thread gives ESRCH, which is fine.
+    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+}

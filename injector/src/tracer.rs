@@ -1,0 +1,904 @@
+//! The ptrace session: seize every thread, stop one at a safe point, call functions in it,
+//! put everything back, let go.
+//!
+//! Invariants, on every path (errors, timeouts, Ctrl-C, the process exiting):
+//! - every int3 we wrote is replaced by its original byte before we detach, in the
+//!   process and in any child it forked meanwhile;
+//! - a thread that ran into one of our int3s gets its `rip` moved back onto the restored
+//!   instruction, and the SIGTRAP is never delivered;
+//! - the hijacked thread gets all its registers back (general, FP and vector state);
+//! - signals that arrived for a thread while we held it are delivered when we let go;
+//! - every thread we seized is detached.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::inspect::{ProcessInfo, Symbols};
+use crate::memory;
+use crate::proc;
+use crate::sys::{self, FpState, Regs, Wait};
+use crate::InjectOptions;
+
+const SI_KERNEL: i32 = 0x80;
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+const RED_ZONE: u64 = 128;
+
+/// Blocking calls Python retries after EINTR (PEP 475), having first run
+/// `PyErr_CheckSignals`: a main thread asleep in one of them can be woken to reach a safe
+/// point without any visible effect.
+const WAKEABLE_SYSCALLS: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_poll,
+    libc::SYS_select,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    libc::SYS_pselect6,
+    libc::SYS_ppoll,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Running,
+    /// In a ptrace-stop that we have not resumed.
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Thread {
+    state: State,
+    interrupt_pending: bool,
+}
+
+struct Breakpoint {
+    addr: u64,
+    original: u8,
+}
+
+/// What a phase of the session may be waiting for.
+#[derive(Debug)]
+enum Ev {
+    /// A thread stopped on one of our int3s (left stopped, rip = addr + 1).
+    Trap { tid: i32, addr: u64 },
+    /// The focus thread got a signal (left stopped).
+    Signal { tid: i32, sig: i32 },
+    /// A thread we interrupted is stopped.
+    Interrupted { tid: i32 },
+    /// The single step we asked for is done (left stopped).
+    Stepped { tid: i32 },
+    /// A thread exited.
+    Gone,
+    /// The process called exec: its memory is new, our breakpoints are gone with it.
+    Exec,
+}
+
+/// The result of a successful injection.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    /// What the entry function returned.
+    pub entry_return: u64,
+    /// Where the safe point was reached, e.g. "malloc".
+    pub safe_point: String,
+    /// The thread that ran the calls.
+    pub thread: i32,
+    /// How long the process waited for us in each phase.
+    pub to_safe_point: Duration,
+    pub total: Duration,
+}
+
+pub struct Tracer<'a> {
+    pid: i32,
+    opts: &'a InjectOptions<'a>,
+    syms: Symbols,
+    threads: BTreeMap<i32, Thread>,
+    /// Forked children (not threads): (pid, whether it is a vfork child).
+    children: BTreeMap<i32, bool>,
+    /// Children already let go (their first stop can come before the parent's event).
+    released: BTreeSet<i32>,
+    bps: Vec<Breakpoint>,
+    /// Every address we ever put an int3 at, with its original byte.
+    known: BTreeMap<u64, u8>,
+    bps_wanted: bool,
+    suspended_for_vfork: BTreeSet<i32>,
+    focus: Option<i32>,
+    stepping: Option<i32>,
+    deferred: Vec<(i32, i32)>,
+    /// Registers of the hijacked thread, while it is ours.
+    saved: Option<(i32, Regs, FpState)>,
+    exited: bool,
+    execed: bool,
+    started: Instant,
+}
+
+impl<'a> Tracer<'a> {
+    pub fn new(info: &ProcessInfo, opts: &'a InjectOptions<'a>) -> Tracer<'a> {
+        Tracer {
+            pid: info.pid,
+            opts,
+            syms: info.symbols.clone(),
+            threads: BTreeMap::new(),
+            children: BTreeMap::new(),
+            released: BTreeSet::new(),
+            bps: Vec::new(),
+            known: BTreeMap::new(),
+            bps_wanted: false,
+            suspended_for_vfork: BTreeSet::new(),
+            focus: None,
+            stepping: None,
+            deferred: Vec::new(),
+            saved: None,
+            exited: false,
+            execed: false,
+            started: Instant::now(),
+        }
+    }
+
+    fn log(&self, msg: &str) {
+        if let Some(log) = self.opts.log {
+            log(msg);
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn exited_error(&self) -> Error {
+        let detail = if self.execed { " (it called exec)".to_string() } else { String::new() };
+        Error::ProcessExited { pid: self.pid, detail }
+    }
+
+    /// Loads `library` into the process and calls `entry(arg)` in it.
+    pub fn inject(&mut self, library: &str, entry: &str, arg: &[u8]) -> Result<Injected> {
+        let result = self.inject_inner(library, entry, arg);
+        let cleanup = self.cleanup();
+        match (result, cleanup) {
+            (Ok(r), Ok(())) => Ok(r),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    fn inject_inner(&mut self, library: &str, entry: &str, arg: &[u8]) -> Result<Injected> {
+        let deadline = self.started + self.opts.timeout;
+        self.seize_all()?;
+        self.log(&format!("seized {} threads of process {}", self.threads.len(), self.pid));
+
+        // Breakpoints go in through one stopped thread; the main thread if it lives.
+        let anchor = self.stop_any_thread(deadline)?;
+        self.insert_breakpoints(anchor)?;
+        self.bps_wanted = true;
+        self.log(&format!("breakpoints set at {} function entries ({})", self.bps.len(), self.safe_point_names()));
+        if self.opts.wake_main_thread && anchor == self.pid {
+            self.maybe_wake(anchor)?;
+        }
+        self.resume(anchor, 0)?;
+
+        let (tid, addr) = self.wait_for_safe_point(deadline)?;
+        let to_safe_point = self.started.elapsed();
+        let name = self.syms.safe_points.iter().find(|(a, _)| *a == addr).map(|(_, n)| n.clone()).unwrap_or_default();
+        self.log(&format!("safe point: thread {tid} at the entry of {name} ({:.1} ms)", to_safe_point.as_secs_f64() * 1e3));
+        self.focus = Some(tid);
+        self.bps_wanted = false;
+        self.remove_breakpoints(tid)?;
+
+        let mut regs = sys::getregs(tid)?;
+        regs.rip = addr;
+        let fp = sys::save_fp(tid)?;
+        self.saved = Some((tid, regs, fp));
+
+        let path = c_string(library.as_bytes());
+        let handle = self.call(tid, self.syms.dlopen, &[0, libc::RTLD_NOW as u64], &[&path], "dlopen")?;
+        if handle == 0 {
+            let text = self.call(tid, self.syms.dlerror, &[], &[], "dlerror")?;
+            let reason = if text == 0 { "unknown error".to_string() } else { memory::read_cstr(self.pid, text, 1024).unwrap_or_default() };
+            return Err(Error::DlopenFailed { path: library.into(), reason });
+        }
+        self.log(&format!("library mapped: dlopen(\"{library}\") = {handle:#x}"));
+        let name = c_string(entry.as_bytes());
+        let entry_addr = self.call(tid, self.syms.dlsym, &[handle, 0], &[&name], "dlsym")?;
+        if entry_addr == 0 {
+            return Err(Error::SymbolNotFound { pid: self.pid, symbol: entry.into(), detail: format!("not exported by {library}") });
+        }
+        if self.cancelled() {
+            return Err(Error::Interrupted(self.pid));
+        }
+        let arg = c_string(arg);
+        let ret = self.call(tid, entry_addr, &[0], &[&arg], entry)?;
+        self.log(&format!("{entry} returned {ret}"));
+        self.restore_focus()?;
+        Ok(Injected { entry_return: ret, safe_point: name_of(&self.syms, addr), thread: tid, to_safe_point, total: self.started.elapsed() })
+    }
+
+    fn safe_point_names(&self) -> String {
+        let mut names: Vec<&str> = self.syms.safe_points.iter().map(|(_, n)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.join(", ")
+    }
+
+    // ---- threads -------------------------------------------------------------------
+
+    fn seize_all(&mut self) -> Result<()> {
+        loop {
+            let tids = proc::tasks(self.pid)?;
+            let mut new = false;
+            for tid in tids {
+                if self.threads.contains_key(&tid) {
+                    continue;
+                }
+                match sys::seize(tid) {
+                    Ok(()) => {
+                        self.threads.insert(tid, Thread { state: State::Running, interrupt_pending: false });
+                        new = true;
+                    }
+                    Err(Error::Ptrace { errno: nix::errno::Errno::ESRCH, .. }) => {}
+                    Err(Error::Ptrace { errno: nix::errno::Errno::EPERM, .. }) if self.threads.is_empty() => {
+                        let cause = if proc::status(self.pid).map(|s| s.tracer_pid).unwrap_or(0) != 0 {
+                            "it is already being traced (a debugger?)".to_string()
+                        } else {
+                            "the kernel refused ptrace (no CAP_SYS_PTRACE in this container, a security module, \
+                             or a non-dumpable process)"
+                                .to_string()
+                        };
+                        return Err(Error::PermissionDenied { pid: self.pid, cause });
+                    }
+                    Err(Error::Ptrace { errno: nix::errno::Errno::EPERM, .. }) => {
+                        self.log(&format!("thread {tid} cannot be seized (exiting?): skipped"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !new {
+                break;
+            }
+        }
+        if self.threads.is_empty() {
+            return Err(Error::NoSuchProcess(self.pid));
+        }
+        Ok(())
+    }
+
+    /// Interrupts one thread (the main one if possible) and waits until it is stopped.
+    fn stop_any_thread(&mut self, deadline: Instant) -> Result<i32> {
+        if let Some((&tid, _)) = self.threads.iter().find(|(_, t)| t.state == State::Stopped) {
+            return Ok(tid);
+        }
+        loop {
+            let tid = if self.threads.contains_key(&self.pid) {
+                self.pid
+            } else {
+                *self.threads.keys().next().ok_or_else(|| self.exited_error())?
+            };
+            let exited = self.exited_error();
+            let t = self.threads.get_mut(&tid).ok_or(exited)?;
+            if t.state == State::Stopped {
+                return Ok(tid);
+            }
+            if !t.interrupt_pending {
+                t.interrupt_pending = true;
+                if sys::interrupt(tid).is_err() {
+                    // Gone meanwhile; try another thread.
+                    self.threads.remove(&tid);
+                    if self.threads.is_empty() {
+                        return Err(self.exited_error());
+                    }
+                    continue;
+                }
+            }
+            loop {
+                match self.next(Some(deadline), false)? {
+                    Some(Ev::Interrupted { tid: t }) if t == tid => return Ok(tid),
+                    Some(Ev::Interrupted { tid: other }) => self.resume(other, 0)?,
+                    Some(Ev::Trap { tid: t, addr }) => {
+                        // Only possible once breakpoints exist: not in this phase.
+                        self.rewind_and_resume(t, addr)?;
+                    }
+                    Some(Ev::Gone) if !self.threads.contains_key(&tid) => break,
+                    Some(Ev::Exec) => return Err(self.exited_error()),
+                    Some(_) => {}
+                    None => {
+                        return Err(Error::Timeout {
+                            secs: self.opts.timeout.as_secs_f64(),
+                            what: format!("waiting for thread {tid} of process {} to stop", self.pid),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self, tid: i32, sig: i32) -> Result<()> {
+        match sys::cont(tid, sig) {
+            Ok(()) => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.state = State::Running;
+                }
+                Ok(())
+            }
+            // Killed meanwhile: its exit status will tell.
+            Err(Error::Ptrace { errno: nix::errno::Errno::ESRCH, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn rewind_and_resume(&mut self, tid: i32, addr: u64) -> Result<()> {
+        let mut regs = sys::getregs(tid)?;
+        regs.rip = addr;
+        sys::setregs(tid, regs)?;
+        self.resume(tid, 0)
+    }
+
+    /// If the main thread sleeps in a call Python retries after EINTR, make the call
+    /// return EINTR: Python runs PyErr_CheckSignals (a safe point) and goes back to sleep.
+    fn maybe_wake(&mut self, tid: i32) -> Result<()> {
+        let mut regs = sys::getregs(tid)?;
+        let nr = regs.orig_rax as i64;
+        let ret = regs.rax as i64;
+        let interrupted = ret == -ERESTARTSYS || ret == -ERESTARTNOHAND || ret == -ERESTART_RESTARTBLOCK;
+        if nr >= 0 && interrupted && WAKEABLE_SYSCALLS.contains(&nr) {
+            regs.rax = (-libc::EINTR as i64) as u64;
+            sys::setregs(tid, regs)?;
+            self.log(&format!("main thread was blocked in system call {nr}: woken with EINTR (Python retries it)"));
+        }
+        Ok(())
+    }
+
+    // ---- breakpoints ---------------------------------------------------------------
+
+    fn insert_breakpoints(&mut self, via: i32) -> Result<()> {
+        let points: Vec<u64> = self.syms.safe_points.iter().map(|(a, _)| *a).collect();
+        for addr in points {
+            if self.bps.iter().any(|b| b.addr == addr) {
+                continue;
+            }
+            let original = match self.known.get(&addr) {
+                Some(&b) => b,
+                None => sys::peek_byte(via, addr)?,
+            };
+            if original == 0xCC {
+                // Someone else's breakpoint (or a function starting with int3): leave it.
+                continue;
+            }
+            self.known.insert(addr, original);
+            // Record first, so a failure between the two leaves nothing unrecorded.
+            self.bps.push(Breakpoint { addr, original });
+            if let Err(e) = sys::poke_byte(via, addr, 0xCC) {
+                self.bps.pop();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_breakpoints(&mut self, via: i32) -> Result<()> {
+        while let Some(bp) = self.bps.last() {
+            sys::poke_byte(via, bp.addr, bp.original)?;
+            self.bps.pop();
+        }
+        Ok(())
+    }
+
+    /// Puts the original bytes back in a forked child's copy of our memory.
+    fn clean_child(&mut self, child: i32) {
+        for (&addr, &original) in &self.known {
+            if sys::peek_byte(child, addr).ok() == Some(0xCC) {
+                let _ = sys::poke_byte(child, addr, original);
+            }
+        }
+    }
+
+    // ---- events --------------------------------------------------------------------
+
+    /// Waits for the next event a phase cares about; everything else (new threads, forks,
+    /// signals for other threads, late traps) is handled here. None on timeout.
+    fn next(&mut self, deadline: Option<Instant>, honour_cancel: bool) -> Result<Option<Ev>> {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if honour_cancel && self.cancelled() {
+                return Err(Error::Interrupted(self.pid));
+            }
+            match sys::wait_any() {
+                Ok(Some(w)) => {
+                    pause = Duration::from_micros(20);
+                    if let Some(ev) = self.absorb(w)? {
+                        return Ok(Some(ev));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(Error::Ptrace { errno: nix::errno::Errno::ECHILD, .. }) => {
+                    self.exited = true;
+                    self.threads.clear();
+                    return Err(self.exited_error());
+                }
+                Err(e) => return Err(e),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    fn is_thread_of_target(&self, tid: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists()
+    }
+
+    fn absorb(&mut self, w: Wait) -> Result<Option<Ev>> {
+        match w {
+            Wait::Exited(tid) => {
+                if self.children.remove(&tid).is_some() {
+                    return Ok(None);
+                }
+                self.threads.remove(&tid);
+                if tid == self.pid {
+                    self.exited = true;
+                }
+                if self.stepping == Some(tid) {
+                    self.stepping = None;
+                }
+                if self.threads.is_empty() || self.focus == Some(tid) {
+                    self.exited = true;
+                    return Err(self.exited_error());
+                }
+                Ok(Some(Ev::Gone))
+            }
+            Wait::Stopped { tid, sig, event } => {
+                if let Some(&vfork) = self.children.get(&tid) {
+                    return self.absorb_child(tid, sig, event, vfork);
+                }
+                if !self.threads.contains_key(&tid) {
+                    if self.is_thread_of_target(tid) {
+                        // A new thread whose first stop came before its parent's event.
+                        self.threads.insert(tid, Thread { state: State::Stopped, interrupt_pending: false });
+                    } else {
+                        // A forked child whose first stop came before the parent's event.
+                        self.children.insert(tid, false);
+                        return self.absorb_child(tid, sig, event, false);
+                    }
+                }
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.state = State::Stopped;
+                }
+                self.absorb_thread(tid, sig, event)
+            }
+        }
+    }
+
+    fn absorb_child(&mut self, child: i32, sig: i32, event: i32, vfork: bool) -> Result<Option<Ev>> {
+        if event == libc::PTRACE_EVENT_STOP {
+            // Its first stop: a fork child has its own copy of our int3s; a vfork child
+            // shares the parent's memory, where they were removed at the vfork.
+            if !vfork {
+                self.clean_child(child);
+            }
+            let _ = sys::detach(child, 0);
+            self.children.remove(&child);
+            self.released.insert(child);
+            self.log(&format!("let go of forked child {child}"));
+        } else {
+            let deliver = if event == 0 { sig } else { 0 };
+            let _ = sys::cont(child, deliver);
+        }
+        Ok(None)
+    }
+
+    fn absorb_thread(&mut self, tid: i32, sig: i32, event: i32) -> Result<Option<Ev>> {
+        match event {
+            0 => {
+                if sig == libc::SIGTRAP {
+                    if self.stepping == Some(tid) && sys::si_code(tid)? != SI_KERNEL {
+                        self.stepping = None;
+                        return Ok(Some(Ev::Stepped { tid }));
+                    }
+                    let regs = sys::getregs(tid)?;
+                    let addr = regs.rip.wrapping_sub(1);
+                    if self.known.contains_key(&addr) && sys::si_code(tid)? == SI_KERNEL {
+                        if self.bps.iter().any(|b| b.addr == addr) && self.bps_wanted {
+                            return Ok(Some(Ev::Trap { tid, addr }));
+                        }
+                        // An int3 that is already gone: run the real instruction.
+                        self.rewind_and_resume(tid, addr)?;
+                        return Ok(None);
+                    }
+                }
+                if self.focus == Some(tid) {
+                    return Ok(Some(Ev::Signal { tid, sig }));
+                }
+                // Someone else's signal: deliver it.
+                self.resume(tid, sig)?;
+                Ok(None)
+            }
+            libc::PTRACE_EVENT_CLONE => {
+                let new = sys::event_msg(tid)? as i32;
+                self.threads.entry(new).or_insert(Thread { state: State::Running, interrupt_pending: false });
+                self.resume(tid, 0)?;
+                Ok(None)
+            }
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                let child = sys::event_msg(tid)? as i32;
+                let vfork = event == libc::PTRACE_EVENT_VFORK;
+                // (If its first stop came first, it was already handled as a fork child's.)
+                if !self.released.contains(&child) {
+                    self.children.entry(child).or_insert(vfork);
+                }
+                if vfork && !self.bps.is_empty() {
+                    // The child runs in our memory until it execs: no int3 may be there.
+                    self.remove_breakpoints(tid)?;
+                    self.suspended_for_vfork.insert(tid);
+                    self.log("breakpoints lifted while a vfork child runs");
+                }
+                self.resume(tid, 0)?;
+                Ok(None)
+            }
+            libc::PTRACE_EVENT_VFORK_DONE => {
+                if self.suspended_for_vfork.remove(&tid) && self.bps_wanted && self.suspended_for_vfork.is_empty() {
+                    self.insert_breakpoints(tid)?;
+                }
+                self.resume(tid, 0)?;
+                Ok(None)
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                // The old image (and every int3 in it) is gone; so are the other threads.
+                self.execed = true;
+                self.bps.clear();
+                self.known.clear();
+                let others: Vec<i32> = self.threads.keys().copied().filter(|&t| t != tid).collect();
+                for t in others {
+                    self.threads.remove(&t);
+                }
+                Ok(Some(Ev::Exec))
+            }
+            libc::PTRACE_EVENT_STOP => {
+                let group_stop = matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+                let pending = self.threads.get(&tid).is_some_and(|t| t.interrupt_pending);
+                if pending {
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.interrupt_pending = false;
+                    }
+                    return Ok(Some(Ev::Interrupted { tid }));
+                }
+                if group_stop {
+                    // Job control stopped the process: stay out of its way.
+                    let _ = sys::listen(tid);
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.state = State::Running;
+                    }
+                    return Ok(None);
+                }
+                // A new thread's first stop.
+                self.resume(tid, 0)?;
+                Ok(None)
+            }
+            _ => {
+                self.resume(tid, 0)?;
+                Ok(None)
+            }
+        }
+    }
+
+    // ---- the safe point ------------------------------------------------------------
+
+    fn wait_for_safe_point(&mut self, deadline: Instant) -> Result<(i32, u64)> {
+        loop {
+            match self.next(Some(deadline), true)? {
+                Some(Ev::Trap { tid, addr }) => {
+                    if self.called_from_loader(tid)? {
+                        self.log(&format!("thread {tid} stopped inside the dynamic loader: stepping it past"));
+                        self.step_past(tid, addr, deadline)?;
+                        continue;
+                    }
+                    return Ok((tid, addr));
+                }
+                Some(Ev::Exec) => return Err(self.exited_error()),
+                Some(Ev::Interrupted { tid }) | Some(Ev::Stepped { tid }) | Some(Ev::Signal { tid, .. }) => {
+                    self.resume(tid, 0)?;
+                }
+                Some(Ev::Gone) => {}
+                None => {
+                    return Err(Error::Timeout {
+                        secs: self.opts.timeout.as_secs_f64(),
+                        what: format!(
+                            "waiting for process {} to reach a safe point: it ran no Python code and made no \
+                             allocation (blocked in a lock or a long system call?); try again, or raise --timeout",
+                            self.pid
+                        ),
+                    })
+                }
+            }
+        }
+    }
+
+    /// True when the function was called from ld.so: the thread is inside dlopen (or
+    /// similar) and holds the loader lock, so calling dlopen there is not safe.
+    fn called_from_loader(&self, tid: i32) -> Result<bool> {
+        let Some((lo, hi)) = self.syms.loader_range else { return Ok(false) };
+        let regs = sys::getregs(tid)?;
+        let ret = sys::peek(tid, regs.rsp)?;
+        Ok((lo..hi).contains(&ret))
+    }
+
+    /// Lets a thread run the instruction under one of our int3s, then puts them back.
+    fn step_past(&mut self, tid: i32, addr: u64, deadline: Instant) -> Result<()> {
+        self.remove_breakpoints(tid)?;
+        let mut regs = sys::getregs(tid)?;
+        regs.rip = addr;
+        sys::setregs(tid, regs)?;
+        self.stepping = Some(tid);
+        sys::singlestep(tid)?;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.state = State::Running;
+        }
+        loop {
+            match self.next(Some(deadline.max(Instant::now() + Duration::from_secs(1))), false)? {
+                Some(Ev::Stepped { tid: t }) if t == tid => break,
+                Some(Ev::Interrupted { tid: t }) | Some(Ev::Signal { tid: t, .. }) => self.resume(t, 0)?,
+                Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
+                Some(Ev::Exec) => return Err(self.exited_error()),
+                Some(_) => {}
+                None => return Err(Error::Timeout { secs: 1.0, what: "single-stepping a thread".into() }),
+            }
+            if !self.threads.contains_key(&tid) {
+                return Ok(());
+            }
+        }
+        self.insert_breakpoints(tid)?;
+        self.resume(tid, 0)
+    }
+
+    // ---- remote calls --------------------------------------------------------------
+
+    /// Calls `func` in stopped thread `tid` with integer arguments; each `data` block is
+    /// copied below the red zone and its address replaces the next 0 argument. Returns
+    /// rax. The call ends by returning to address 0, which faults and stops the thread.
+    fn call(&mut self, tid: i32, func: u64, args: &[u64], data: &[&[u8]], what: &str) -> Result<u64> {
+        let base = self.saved.as_ref().map(|(_, r, _)| *r).ok_or_else(|| Error::RemoteCall {
+            pid: self.pid,
+            function: what.into(),
+            detail: "has no saved registers".into(),
+        })?;
+        let mut sp = base.rsp - RED_ZONE;
+        let mut addrs = Vec::new();
+        for block in data {
+            sp = (sp - block.len() as u64) & !15;
+            self.write_mem(tid, sp, block)?;
+            addrs.push(sp);
+        }
+        // At a function's entry rsp % 16 == 8: the return address was just pushed.
+        sp = (sp & !15) - 8;
+        self.write_mem(tid, sp, &0u64.to_le_bytes())?;
+        let mut regs = base;
+        let mut addrs = addrs.into_iter();
+        let mut filled = args.iter().map(|&a| if a == 0 { addrs.next().unwrap_or(0) } else { a });
+        regs.rdi = filled.next().unwrap_or(0);
+        regs.rsi = filled.next().unwrap_or(0);
+        regs.rdx = filled.next().unwrap_or(0);
+        regs.rcx = filled.next().unwrap_or(0);
+        regs.r8 = filled.next().unwrap_or(0);
+        regs.r9 = filled.next().unwrap_or(0);
+        regs.rax = 0;
+        regs.rip = func;
+        regs.rsp = sp;
+        // Not in a system call: no restart logic may touch rip/rax on resume.
+        regs.orig_rax = u64::MAX;
+        // Direction flag and trap flag clear, as the ABI requires at a call.
+        regs.eflags &= !((1 << 10) | (1 << 8));
+        sys::setregs(tid, regs)?;
+        self.resume(tid, 0)?;
+        let mut warned = false;
+        let started = Instant::now();
+        loop {
+            // A call in flight cannot be abandoned (it may hold the loader lock): wait.
+            match self.next(Some(Instant::now() + Duration::from_millis(500)), false)? {
+                Some(Ev::Signal { tid: t, sig }) if t == tid => {
+                    let regs = sys::getregs(tid)?;
+                    if sig == libc::SIGSEGV && regs.rip == 0 {
+                        return Ok(regs.rax);
+                    }
+                    if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP) {
+                        return Err(Error::RemoteCall {
+                            pid: self.pid,
+                            function: what.into(),
+                            detail: format!("crashed with signal {sig} at {:#x}", regs.rip),
+                        });
+                    }
+                    // An asynchronous signal: hold it until the thread is back where it was.
+                    self.deferred.push((tid, sig));
+                    self.resume(tid, 0)?;
+                }
+                Some(Ev::Interrupted { tid: t }) | Some(Ev::Stepped { tid: t }) | Some(Ev::Signal { tid: t, .. }) => self.resume(t, 0)?,
+                Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
+                Some(Ev::Exec) => return Err(self.exited_error()),
+                Some(Ev::Gone) => {}
+                None => {
+                    if !warned && started.elapsed() > Duration::from_secs(5) {
+                        warned = true;
+                        self.log(&format!("still waiting for {what} to return in the target"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes into the stopped thread's stack: process_vm_writev, else word by word.
+    fn write_mem(&self, tid: i32, addr: u64, data: &[u8]) -> Result<()> {
+        if memory::write(self.pid, addr, data).is_ok() {
+            return Ok(());
+        }
+        for (i, b) in data.iter().enumerate() {
+            sys::poke_byte(tid, addr + i as u64, *b)?;
+        }
+        Ok(())
+    }
+
+    fn restore_focus(&mut self) -> Result<()> {
+        if let Some((tid, regs, mut fp)) = self.saved.take() {
+            sys::setregs(tid, regs)?;
+            sys::restore_fp(tid, &mut fp)?;
+        }
+        Ok(())
+    }
+
+    // ---- letting go ----------------------------------------------------------------
+
+    fn cleanup(&mut self) -> Result<()> {
+        self.bps_wanted = false;
+        let mut first_error: Option<Error> = None;
+        let mut note = |e: Error| {
+            if first_error.is_none() {
+                first_error = Some(e);
+            }
+        };
+        if !self.exited {
+            if !self.bps.is_empty() {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                match self.stop_any_thread(deadline) {
+                    Ok(tid) => {
+                        if let Err(e) = self.remove_breakpoints(tid) {
+                            note(e);
+                        }
+                    }
+                    Err(e) => note(e),
+                }
+            }
+            if let Err(e) = self.restore_focus() {
+                note(e);
+            }
+            if let Err(e) = self.detach_all() {
+                note(e);
+            }
+            for (tid, sig) in std::mem::take(&mut self.deferred) {
+                sys::tgkill(self.pid, tid, sig);
+            }
+        }
+        match first_error {
+            Some(e) if !self.exited => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn detach_all(&mut self) -> Result<()> {
+        // Ask every running thread to stop; detach each as soon as it is stopped.
+        let running: Vec<i32> = self.threads.iter().filter(|(_, t)| t.state == State::Running && !t.interrupt_pending).map(|(&k, _)| k).collect();
+        for tid in running {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.interrupt_pending = true;
+            }
+            if sys::interrupt(tid).is_err() {
+                self.threads.remove(&tid);
+            }
+        }
+        let stopped: Vec<i32> = self.threads.iter().filter(|(_, t)| t.state == State::Stopped).map(|(&k, _)| k).collect();
+        for tid in stopped {
+            self.detach_one(tid, 0);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.threads.is_empty() || !self.children.is_empty() {
+            let w = match sys::wait_any() {
+                Ok(Some(w)) => w,
+                Ok(None) => {
+                    if Instant::now() >= deadline {
+                        // Threads in uninterruptible sleep: our exit detaches them.
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                Err(_) => return Ok(()),
+            };
+            match w {
+                Wait::Exited(tid) => {
+                    self.threads.remove(&tid);
+                    self.children.remove(&tid);
+                }
+                Wait::Stopped { tid, sig, event } => {
+                    if let Some(&vfork) = self.children.get(&tid) {
+                        if event == libc::PTRACE_EVENT_STOP {
+                            if !vfork {
+                                self.clean_child(tid);
+                            }
+                            let _ = sys::detach(tid, 0);
+                            self.children.remove(&tid);
+                            self.released.insert(tid);
+                        } else {
+                            let _ = sys::cont(tid, if event == 0 { sig } else { 0 });
+                        }
+                        continue;
+                    }
+                    if !self.threads.contains_key(&tid) && !self.is_thread_of_target(tid) {
+                        // A child forked just now, first stop before its parent's event.
+                        self.clean_child(tid);
+                        let _ = sys::detach(tid, 0);
+                        self.released.insert(tid);
+                        continue;
+                    }
+                    match event {
+                        libc::PTRACE_EVENT_CLONE => {
+                            if let Ok(new) = sys::event_msg(tid) {
+                                self.threads.entry(new as i32).or_insert(Thread { state: State::Running, interrupt_pending: true });
+                            }
+                            self.detach_one(tid, 0);
+                        }
+                        libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                            if let Ok(child) = sys::event_msg(tid) {
+                                if !self.released.contains(&(child as i32)) {
+                                    self.children.entry(child as i32).or_insert(event == libc::PTRACE_EVENT_VFORK);
+                                }
+                            }
+                            self.detach_one(tid, 0);
+                        }
+                        0 => {
+                            let mut deliver = sig;
+                            if sig == libc::SIGTRAP {
+                                if let Ok(mut regs) = sys::getregs(tid) {
+                                    let addr = regs.rip.wrapping_sub(1);
+                                    if self.known.contains_key(&addr) && sys::si_code(tid).ok() == Some(SI_KERNEL) {
+                                        regs.rip = addr;
+                                        let _ = sys::setregs(tid, regs);
+                                        deliver = 0;
+                                    } else if self.stepping == Some(tid) {
+                                        deliver = 0;
+                                    }
+                                }
+                            }
+                            self.detach_one(tid, deliver);
+                        }
+                        _ => self.detach_one(tid, 0),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn detach_one(&mut self, tid: i32, sig: i32) {
+        let _ = sys::detach(tid, sig);
+        self.threads.remove(&tid);
+    }
+}
+
+fn c_string(bytes: &[u8]) -> Vec<u8> {
+    let mut v: Vec<u8> = bytes.iter().copied().take_while(|&b| b != 0).collect();
+    v.push(0);
+    v
+}
+
+fn name_of(syms: &Symbols, addr: u64) -> String {
+    syms.safe_points.iter().find(|(a, _)| *a == addr).map(|(_, n)| n.clone()).unwrap_or_else(|| format!("{addr:#x}"))
+}
+

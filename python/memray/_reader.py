@@ -1,0 +1,362 @@
+"""Reading captures from Python: `FileReader` and the records it yields, as in Memray.
+
+The package stays pure Python: a `FileReader` runs the `memray` binary's hidden
+`export-records` subcommand, which reads the capture and writes what a query asks
+for as JSON lines (frames and stack nodes once, then records that refer to them).
+Queries are generators reading that output as it comes, so memory grows with the
+records asked for and the distinct stacks, not with the capture.
+"""
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ._allocators import AllocatorType
+from ._api import FileFormat
+
+__all__ = ["AllocationRecord", "FileReader", "MemorySnapshot", "Metadata"]
+
+MemorySnapshot = collections.namedtuple("MemorySnapshot", "time rss heap")
+
+StackFrame = Tuple[str, str, int]
+
+_DEALLOCATORS = (AllocatorType.FREE, AllocatorType.MUNMAP)
+
+
+@dataclass
+class Metadata:
+    start_time: datetime
+    end_time: datetime
+    total_allocations: int
+    total_frames: int
+    peak_memory: int
+    command_line: str
+    pid: int
+    main_thread_id: int
+    python_allocator: str
+    has_native_traces: bool
+    trace_python_allocators: bool
+    file_format: FileFormat
+
+
+def size_fmt(num, suffix="B"):
+    """Memray's human-readable size (decimal units, three decimals)."""
+    for unit in ["", "k", "M", "G", "T", "P", "E", "Z"]:
+        if abs(num) < 1000.0:
+            return f"{num:5.3f}{unit}{suffix}"
+        num /= 1000.0
+    return f"{num:.1f}Y{suffix}"
+
+
+def _millis_to_dt(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis // 1000).replace(microsecond=millis % 1000 * 1000).astimezone()
+
+
+def _binary() -> str:
+    """The memray binary, found as `python -m memray` finds it."""
+    env = os.environ.get("MEMRAY_BIN")
+    if env:
+        return env
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "memray")
+    if os.path.exists(bundled):
+        return bundled
+    found = shutil.which("memray")
+    if found:
+        return found
+    raise OSError("the memray binary was not found (set MEMRAY_BIN or reinstall)")
+
+
+class _Tables:
+    """What one query's records refer to: frames, stack nodes, thread names."""
+
+    def __init__(self, main_tid: int, skipped_frames: int):
+        self.main_tid = main_tid
+        self.skipped_frames = skipped_frames
+        self.frames: Dict[int, StackFrame] = {}
+        self.nodes: Dict[int, Tuple[int, int]] = {}
+        self.thread_names: Dict[int, str] = {}
+
+    def frames_of(self, stack_id: int) -> List[StackFrame]:
+        out = []
+        seen = 0
+        while stack_id and stack_id in self.nodes and seen <= len(self.nodes):
+            parent, frame = self.nodes[stack_id]
+            out.append(self.frames.get(frame, ("", "", 0)))
+            stack_id = parent
+            seen += 1
+        return out
+
+
+class AllocationRecord:
+    """An allocation (or a group of them, merged per location) from a capture."""
+
+    __slots__ = ("_tuple", "_tables", "_cache")
+
+    def __init__(self, record, tables: Optional[_Tables] = None):
+        self._tuple = tuple(record)
+        self._tables = tables
+        self._cache: Dict[Any, list] = {}
+
+    def __eq__(self, other):
+        if isinstance(other, AllocationRecord):
+            return self._tuple == other._tuple
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self._tuple)
+
+    @property
+    def tid(self) -> int:
+        return self._tuple[0]
+
+    @property
+    def address(self) -> int:
+        return self._tuple[1]
+
+    @property
+    def size(self) -> int:
+        return self._tuple[2]
+
+    @property
+    def allocator(self) -> int:
+        return self._tuple[3]
+
+    @property
+    def stack_id(self) -> int:
+        return self._tuple[4]
+
+    @property
+    def n_allocations(self) -> int:
+        return self._tuple[5]
+
+    @property
+    def native_stack_id(self) -> int:
+        return self._tuple[6]
+
+    @property
+    def native_segment_generation(self) -> int:
+        return self._tuple[7]
+
+    @property
+    def thread_name(self) -> str:
+        if self.tid == -1:
+            return "merged thread"
+        assert self._tables is not None, "Cannot get thread name without reader."
+        return self._tables.thread_names.get(self.tid, "")
+
+    def _check_not_deallocation(self):
+        if self.allocator in _DEALLOCATORS:
+            raise NotImplementedError("Stack traces for deallocations aren't captured.")
+
+    def stack_trace(self, max_stacks=None) -> List[StackFrame]:
+        """Python frames, innermost first, as (function, file, line). Without
+        `max_stacks`, the frames above the one that started tracking are hidden."""
+        key = ("python", max_stacks)
+        if key not in self._cache:
+            self._check_not_deallocation()
+            assert self._tables is not None, "Cannot get stack trace without reader."
+            frames = self._tables.frames_of(self.stack_id)
+            if max_stacks is not None:
+                frames = frames[:max_stacks]
+            elif self.tid == self._tables.main_tid:
+                del frames[max(len(frames) - self._tables.skipped_frames, 0):]
+            self._cache[key] = frames
+        return self._cache[key]
+
+    def native_stack_trace(self, max_stacks=None) -> List[StackFrame]:
+        """Native frames: empty, as this version records no native stacks."""
+        self._check_not_deallocation()
+        return []
+
+    def hybrid_stack_trace(self, max_stacks=None) -> List[StackFrame]:
+        """Python and native frames merged. Without native frames to pair them with,
+        Memray returns the whole Python stack (nothing hidden); so does this."""
+        key = ("hybrid", max_stacks)
+        if key not in self._cache:
+            self._check_not_deallocation()
+            assert self._tables is not None, "Cannot get stack trace without reader."
+            self._cache[key] = self._tables.frames_of(self.stack_id)
+        return self._cache[key]
+
+    def __repr__(self):
+        return (
+            f"AllocationRecord<tid={hex(self.tid)}, address={hex(self.address)}, "
+            f"size={'N/A' if not self.size else size_fmt(self.size)}, allocator={self.allocator!r}, "
+            f"allocations={self.n_allocations}>"
+        )
+
+
+def _error_text(stderr: bytes) -> str:
+    lines = [l.strip() for l in stderr.decode(errors="replace").splitlines() if l.strip()]
+    text = lines[0] if lines else "the memray binary failed"
+    for prefix in ("memray: error: ", "error: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+class FileReader:
+    """Reads a capture file written by `memray run` or `memray.Tracker` (this project's
+    or Memray 1.20's).
+
+    The constructor reads the file once for its metadata, its peak and its memory
+    snapshots; each query reads it again.
+    """
+
+    def __init__(self, file_name, *, report_progress: bool = False, max_memory_records: int = 10000):
+        path = os.fspath(file_name)
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise OSError(f"Could not open file {path}: {exc.strerror}") from None
+        self._name = path
+        self._report_progress = report_progress
+        # Queries read the file this object opened, even if it is later renamed.
+        self._path = f"/proc/self/fd/{self._file.fileno()}" if sys.platform.startswith("linux") else path
+        try:
+            lines = self._export("metadata", "--max-memory-records", str(int(max_memory_records)))
+            first = next(lines, None)
+            if not isinstance(first, dict) or "metadata" not in first:
+                raise OSError(f"{path}: the memray binary gave no metadata")
+            self._snapshots = [MemorySnapshot(t, rss, heap) for _tag, t, rss, heap in lines]
+        except BaseException:
+            self.close()
+            raise
+        md = first["metadata"]
+        self._peak_index = md["peak_index"]
+        self._skipped_frames = md["skipped_frames_on_main_tid"]
+        self._metadata = Metadata(
+            start_time=_millis_to_dt(md["start_time"]),
+            end_time=_millis_to_dt(md["end_time"]),
+            total_allocations=md["total_allocations"],
+            total_frames=md["total_frames"],
+            peak_memory=md["peak_memory"],
+            command_line=md["command_line"],
+            pid=md["pid"],
+            main_thread_id=md["main_thread_id"],
+            python_allocator=md["python_allocator"],
+            has_native_traces=md["has_native_traces"],
+            trace_python_allocators=md["trace_python_allocators"],
+            file_format=FileFormat.AGGREGATED_ALLOCATIONS if md["file_format"] == 1 else FileFormat.ALL_ALLOCATIONS,
+        )
+
+    # -- plumbing
+
+    def _export(self, query: str, *args: str) -> Iterator[Any]:
+        """Runs `memray export-records` and yields its lines, decoded."""
+        cmd = [_binary(), "export-records", self._path, query, *args]
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(self._file.fileno(),) if self._file is not None else (),
+            )
+        except OSError as exc:
+            raise OSError(f"could not run {cmd[0]}: {exc.strerror}") from None
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                yield json.loads(line)
+            stderr = proc.stderr.read() if proc.stderr is not None else b""
+            if proc.wait() != 0:
+                raise OSError(_error_text(stderr).replace(self._path, self._name))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    def _records(self, query: str, *args: str) -> Iterator[AllocationRecord]:
+        tables = _Tables(self._metadata.main_thread_id, self._skipped_frames)
+        for item in self._export(query, *args):
+            tag = item[0]
+            if tag == "A":
+                yield AllocationRecord(item[1:], tables)
+            elif tag == "N":
+                tables.nodes[item[1]] = (item[2], item[3])
+            elif tag == "F":
+                tables.frames[item[1]] = (item[2], item[3], item[4])
+            elif tag == "T":
+                tables.thread_names[item[1]] = item[2]
+
+    def _ensure_not_closed(self):
+        if self._file is None:
+            raise ValueError("Operation on a closed FileReader")
+
+    def _is_aggregated(self) -> bool:
+        return self._metadata.file_format == FileFormat.AGGREGATED_ALLOCATIONS
+
+    @staticmethod
+    def _threads(merge_threads) -> Tuple[str, ...]:
+        return () if merge_threads else ("--split-threads",)
+
+    # -- public API
+
+    @property
+    def metadata(self) -> Metadata:
+        return self._metadata
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def close(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            f, self._file = self._file, None
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_traceback):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def get_allocation_records(self) -> Iterator[AllocationRecord]:
+        """Every allocation and deallocation record, in capture order."""
+        self._ensure_not_closed()
+        if self._is_aggregated():
+            raise NotImplementedError("Can't get all allocations from a pre-aggregated capture file.")
+        yield from self._records("all")
+
+    def get_high_watermark_allocation_records(self, merge_threads=True) -> Iterator[AllocationRecord]:
+        """What was live when the heap peaked, merged per location."""
+        self._ensure_not_closed()
+        yield from self._records("hwm", "--peak-index", str(self._peak_index), *self._threads(merge_threads))
+
+    def get_leaked_allocation_records(self, merge_threads=True) -> Iterator[AllocationRecord]:
+        """What was live at the end of tracking, merged per location."""
+        self._ensure_not_closed()
+        yield from self._records("leaks", *self._threads(merge_threads))
+
+    def get_temporary_allocation_records(self, merge_threads=True, threshold=1) -> Iterator[AllocationRecord]:
+        """Allocations freed before `threshold` other allocations happened on their
+        thread, merged per location."""
+        self._ensure_not_closed()
+        if self._is_aggregated():
+            raise NotImplementedError("Can't find temporary allocations using a pre-aggregated capture file.")
+        threshold = int(threshold)
+        if threshold == -1:
+            # Memray's buffer of threshold + 1 allocations is then empty, which makes
+            # it fall back to the plain snapshot of what is left at the end.
+            yield from self._records("leaks", *self._threads(merge_threads))
+            return
+        if threshold < 0:
+            raise OverflowError("can't convert negative value to size_t")
+        yield from self._records("temporary", "--threshold", str(threshold), *self._threads(merge_threads))
+
+    def get_memory_snapshots(self) -> Iterator[MemorySnapshot]:
+        """(time in ms since the epoch, RSS, heap) samples taken while tracking."""
+        yield from self._snapshots

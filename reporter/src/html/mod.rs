@@ -1,0 +1,520 @@
+//! Self-contained HTML reports: `memray flamegraph` and `memray table`.
+//!
+//! One pass over the capture ([`TimelineAnalyzer`]) gives the rows to show (live at the
+//! peak, leaked, or temporary), the memory-over-time samples and, with `--temporal`, the
+//! per-unit intervals. The page gets them as JSON in a `<script type="application/json">`
+//! element (every `<`, `>`, `&`, U+2028 and U+2029 escaped), and its scripts, written for
+//! this project and inlined from `reporter/assets/`, render every capture string with
+//! `textContent`. A Content-Security-Policy forbids any network access.
+
+mod page;
+pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use memray_capture::{Allocator, CaptureError, FileFormat, Reader, Record};
+use serde::Serialize;
+
+use crate::error::ReportError;
+use crate::fasthash::FastMap;
+use crate::records::{snapshot_records, AllocationRecord, SnapshotKind};
+use crate::stacks::StackId;
+use crate::stats::python_allocator_label;
+use crate::temporal::{Interval, TemporalMode, TimelineAnalysis, TimelineAnalyzer, TimelineOptions};
+use crate::temporary::TemporaryAggregator;
+use tree::{Strings, Tree, TreeBuilder, NODE_BUDGET};
+
+/// Which allocations a report shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    /// Live at the heap's high-water mark.
+    Peak,
+    /// Live at the end of tracking.
+    Leaks,
+    /// Freed with at most this many other allocations in between.
+    Temporary(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct HtmlOptions {
+    pub kind: ReportKind,
+    pub temporal: bool,
+    pub split_threads: bool,
+    pub inverted: bool,
+    pub max_memory_records: usize,
+    pub allow_truncated: bool,
+}
+
+impl Default for HtmlOptions {
+    fn default() -> Self {
+        HtmlOptions {
+            kind: ReportKind::Peak,
+            temporal: false,
+            split_threads: false,
+            inverted: false,
+            max_memory_records: 10_000,
+            allow_truncated: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HtmlError {
+    #[error("{0}")]
+    Report(#[from] ReportError),
+    /// What the capture cannot give (one line).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<CaptureError> for HtmlError {
+    fn from(e: CaptureError) -> Self {
+        HtmlError::Report(e.into())
+    }
+}
+
+/// A rendered page.
+pub struct HtmlReport {
+    pub html: String,
+    /// False: the capture has no trailer (the process was killed or is still running).
+    pub reached_trailer: bool,
+}
+
+/// Allocations of one (thread, stack, allocator).
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    tid: u64,
+    stack: StackId,
+    allocator: Allocator,
+    count: u64,
+    bytes: u64,
+}
+
+struct Collected {
+    ta: TimelineAnalysis,
+    rows: Vec<Row>,
+}
+
+/// One pass: the analysis, the timeline, and the rows `options.kind` asks for.
+fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
+    let mut reader = Reader::open(path)?;
+    let aggregated = reader.header().file_format == FileFormat::AggregatedAllocations;
+    if aggregated {
+        if options.temporal {
+            return Err(HtmlError::Unsupported(
+                "the aggregated capture format cannot support temporal reports (it was written with --aggregate)"
+                    .into(),
+            ));
+        }
+        if let ReportKind::Temporary(_) = options.kind {
+            return Err(ReportError::AggregatedTemporary.into());
+        }
+    }
+    let temporal = options.temporal.then_some(match options.kind {
+        ReportKind::Leaks => TemporalMode::Leaks,
+        _ => TemporalMode::HighWaterMark,
+    });
+    let mut t = TimelineAnalyzer::new(
+        reader.header().clone(),
+        TimelineOptions { max_records: options.max_memory_records, temporal },
+    );
+    let mut temporary = match options.kind {
+        ReportKind::Temporary(threshold) => Some(TemporaryAggregator::new(threshold, !options.split_threads)),
+        _ => None,
+    };
+    loop {
+        match reader.next_record() {
+            Ok(Some(record)) => {
+                if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) =
+                    (&mut temporary, &record)
+                {
+                    let stack = if allocator.is_deallocator() { 0 } else { t.stacks().current(*tid) };
+                    agg.add(&AllocationRecord {
+                        tid: *tid,
+                        address: *address,
+                        size: *size,
+                        allocator: *allocator,
+                        stack,
+                        n_allocations: 1,
+                        native_frame_id: *native_frame_id,
+                        native_segment_generation: 0,
+                    });
+                }
+                t.feed(record)?;
+            }
+            Ok(None) => break,
+            Err(e) if e.is_truncation() && options.allow_truncated => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let ta = t.finish(reader.reached_trailer());
+    let rows = match (options.kind, temporary) {
+        (ReportKind::Temporary(_), Some(agg)) => agg
+            .records()
+            .into_iter()
+            .map(|r| Row { tid: r.tid, stack: r.stack, allocator: r.allocator, count: r.n_allocations, bytes: r.size })
+            .collect(),
+        (kind, _) if aggregated => {
+            // Memray re-aggregates the file's rows per location (the allocator is not
+            // part of it): the first row keeps its count, each further one adds 1.
+            let mut seen: FastMap<(StackId, u64, u64), usize> = FastMap::default();
+            let mut rows: Vec<Row> = Vec::new();
+            for l in &ta.analysis.locations {
+                let u = if kind == ReportKind::Leaks { l.leaked } else { l.at_peak };
+                if u.count == 0 {
+                    continue;
+                }
+                let tid = if options.split_threads { l.key.tid } else { 0 };
+                match seen.get(&(l.key.stack, l.key.native_frame_id, tid)) {
+                    Some(&i) => {
+                        rows[i].bytes = rows[i].bytes.wrapping_add(u.bytes);
+                        rows[i].count += 1;
+                    }
+                    None => {
+                        seen.insert((l.key.stack, l.key.native_frame_id, tid), rows.len());
+                        rows.push(Row {
+                            tid: l.key.tid,
+                            stack: l.key.stack,
+                            allocator: l.key.allocator,
+                            count: u.count,
+                            bytes: u.bytes,
+                        });
+                    }
+                }
+            }
+            rows
+        }
+        (kind, _) => ta
+            .analysis
+            .locations
+            .iter()
+            .map(|l| {
+                let u = if kind == ReportKind::Leaks { l.leaked } else { l.at_peak };
+                Row { tid: l.key.tid, stack: l.key.stack, allocator: l.key.allocator, count: u.count, bytes: u.bytes }
+            })
+            .filter(|r| r.count != 0 || r.bytes != 0)
+            .collect(),
+    };
+    Ok(Collected { ta, rows })
+}
+
+/// Memray's `format_thread_name`.
+fn thread_label(tid: u64, names: &BTreeMap<u64, String>, merged: bool) -> String {
+    if merged {
+        return "merged thread".into();
+    }
+    match names.get(&tid) {
+        Some(name) if !name.is_empty() => format!("0x{tid:x} ({name})"),
+        _ => format!("0x{tid:x}"),
+    }
+}
+
+#[derive(Serialize)]
+struct MemoryJson {
+    start_ms: i64,
+    end_ms: i64,
+    /// [ms since the epoch, rss, heap]
+    samples: Vec<[u64; 3]>,
+    /// Per unit (the tail included); empty for aggregated captures.
+    unit_peaks: Vec<u64>,
+    stride: u64,
+}
+
+#[derive(Serialize)]
+struct StatsJson {
+    command_line: String,
+    pid: i32,
+    start_time_ms: i64,
+    end_time_ms: i64,
+    total_allocations: u64,
+    total_frames: u64,
+    peak_memory: u64,
+    python_allocator: &'static str,
+    file_format: &'static str,
+    native_traces: bool,
+    trace_python_allocators: bool,
+    complete: bool,
+}
+
+/// [node, from, to (-1: never), count, bytes]
+type IntervalRow = (u32, u32, i64, i64, u64);
+
+#[derive(Serialize)]
+struct TemporalJson {
+    mode: &'static str,
+    intervals: Vec<IntervalRow>,
+    no_imports_intervals: Option<Vec<IntervalRow>>,
+}
+
+#[derive(Serialize)]
+struct FlameJson {
+    kind: &'static str,
+    title: String,
+    mode: &'static str,
+    threshold: Option<u64>,
+    inverted: bool,
+    merge_threads: bool,
+    node_budget: usize,
+    pruned: bool,
+    strings: Vec<String>,
+    tree: Tree,
+    no_imports_tree: Option<Tree>,
+    threads: Vec<u32>,
+    memory: MemoryJson,
+    stats: StatsJson,
+    temporal: Option<TemporalJson>,
+}
+
+#[derive(Serialize)]
+struct TableJson {
+    kind: &'static str,
+    title: String,
+    mode: &'static str,
+    threshold: Option<u64>,
+    merge_threads: bool,
+    strings: Vec<String>,
+    /// [thread, bytes, allocations, allocator, location]
+    rows: Vec<(u32, u64, u64, u32, u32)>,
+    memory: MemoryJson,
+    stats: StatsJson,
+}
+
+fn mode_name(kind: ReportKind) -> (&'static str, Option<u64>) {
+    match kind {
+        ReportKind::Peak => ("peak", None),
+        ReportKind::Leaks => ("leaks", None),
+        ReportKind::Temporary(n) => ("temporary", Some(n)),
+    }
+}
+
+/// Memray's report titles: "flamegraph report", "inverted flamegraph report (memory leaks)".
+fn title(report: &str, options: &HtmlOptions) -> String {
+    let mut parts = Vec::new();
+    if options.inverted {
+        parts.push("inverted");
+    }
+    if options.temporal {
+        parts.push("temporal");
+    }
+    parts.push(report);
+    parts.push("report");
+    match options.kind {
+        ReportKind::Leaks => parts.push("(memory leaks)"),
+        ReportKind::Temporary(_) => parts.push("(temporary allocations)"),
+        ReportKind::Peak => {}
+    }
+    format!("memray {}", parts.join(" "))
+}
+
+fn memory_json(ta: &TimelineAnalysis) -> MemoryJson {
+    let h = &ta.analysis.header;
+    let samples: Vec<[u64; 3]> = ta.timeline.samples.iter().map(|s| [s.ms_since_epoch, s.rss, s.heap]).collect();
+    let last = samples.last().map(|s| s[0] as i64).unwrap_or(h.start_time_ms);
+    MemoryJson {
+        start_ms: h.start_time_ms,
+        end_ms: h.end_time_ms.max(last).max(h.start_time_ms),
+        samples,
+        unit_peaks: ta.timeline.unit_peaks.clone(),
+        stride: ta.timeline.stride,
+    }
+}
+
+fn stats_json(ta: &TimelineAnalysis) -> StatsJson {
+    let a = &ta.analysis;
+    let h = &a.header;
+    StatsJson {
+        command_line: h.command_line.clone(),
+        pid: h.pid,
+        start_time_ms: h.start_time_ms,
+        end_time_ms: h.end_time_ms,
+        total_allocations: a.n_allocation_records,
+        total_frames: a.stacks.n_frames() as u64,
+        peak_memory: a.peak_memory,
+        python_allocator: python_allocator_label(h.python_allocator),
+        file_format: if a.is_aggregated() { "AGGREGATED_ALLOCATIONS" } else { "ALL_ALLOCATIONS" },
+        native_traces: h.native_traces,
+        trace_python_allocators: h.trace_python_allocators,
+        complete: a.reached_trailer,
+    }
+}
+
+/// Maps intervals to pruned nodes, merging those that fall together.
+fn intervals_json(intervals: &[Interval], leaf_of_site: &[u32], remap: &[u32]) -> Vec<IntervalRow> {
+    let mut merged: FastMap<(u32, u32, u32), (u64, u64)> = FastMap::default();
+    for i in intervals {
+        let node = remap[leaf_of_site[i.site as usize] as usize];
+        let e = merged.entry((node, i.from, i.to)).or_default();
+        e.0 = e.0.wrapping_add(i.count);
+        e.1 = e.1.wrapping_add(i.bytes);
+    }
+    let mut out: Vec<IntervalRow> = merged
+        .into_iter()
+        .filter(|(_, (c, b))| *c != 0 || *b != 0)
+        .map(|((node, from, to), (c, b))| (node, from, if to == Interval::NEVER { -1 } else { to as i64 }, c as i64, b))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// `memray flamegraph`.
+pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
+    let Collected { mut ta, rows } = collect(path.as_ref(), options)?;
+    let merged = !options.split_threads;
+    let mut strings = Strings::default();
+    let names = ta.analysis.thread_names.clone();
+    let mut threads = BTreeSet::new();
+    let mut thread_id = |tid: u64, strings: &mut Strings| {
+        let label = thread_label(tid, &names, merged);
+        let id = strings.intern(&label);
+        threads.insert(label);
+        id
+    };
+    let stacks = &mut ta.analysis.stacks;
+    let mut main = TreeBuilder::new(&mut strings, options.inverted, false);
+    let mut no_imports = options.inverted.then(|| TreeBuilder::new(&mut strings, true, true));
+    let (tree, no_imports_tree, temporal) = if let Some(data) = &ta.temporal {
+        // Sites weighted by the bytes of their intervals (what pruning compares).
+        let mut weight = vec![(0u64, 0u64); data.sites.len()];
+        for i in &data.intervals {
+            let w = &mut weight[i.site as usize];
+            w.0 = w.0.wrapping_add(i.count);
+            w.1 = w.1.wrapping_add(i.bytes);
+        }
+        let mut leaves = Vec::with_capacity(data.sites.len());
+        let mut leaves_ni = Vec::new();
+        for (site, &(count, bytes)) in data.sites.iter().zip(&weight) {
+            let th = thread_id(site.tid, &mut strings);
+            leaves.push(main.add(stacks, &mut strings, site.stack, site.tid, th, count, bytes));
+            if let Some(b) = &mut no_imports {
+                leaves_ni.push(b.add(stacks, &mut strings, site.stack, site.tid, th, count, bytes));
+            }
+        }
+        let (tree, remap) = main.finish(&mut strings, NODE_BUDGET);
+        let intervals = intervals_json(&data.intervals, &leaves, &remap);
+        let (ni_tree, ni_intervals) = match no_imports {
+            Some(b) => {
+                let (t, r) = b.finish(&mut strings, NODE_BUDGET);
+                (Some(t), Some(intervals_json(&data.intervals, &leaves_ni, &r)))
+            }
+            None => (None, None),
+        };
+        let mode = if data.mode == TemporalMode::Leaks { "leaks" } else { "peak" };
+        (tree, ni_tree, Some(TemporalJson { mode, intervals, no_imports_intervals: ni_intervals }))
+    } else {
+        for r in &rows {
+            let th = thread_id(r.tid, &mut strings);
+            main.add(stacks, &mut strings, r.stack, r.tid, th, r.count, r.bytes);
+            if let Some(b) = &mut no_imports {
+                b.add(stacks, &mut strings, r.stack, r.tid, th, r.count, r.bytes);
+            }
+        }
+        let (tree, _) = main.finish(&mut strings, NODE_BUDGET);
+        (tree, no_imports.map(|b| b.finish(&mut strings, NODE_BUDGET).0), None)
+    };
+    let pruned = tree.flags.iter().any(|f| f & tree::OTHER != 0);
+    let thread_ids: Vec<u32> = threads.iter().map(|t| strings.intern(t)).collect();
+    let (mode, threshold) = mode_name(options.kind);
+    let title = title("flamegraph", options);
+    let data = FlameJson {
+        kind: "flamegraph",
+        title: title.clone(),
+        mode,
+        threshold,
+        inverted: options.inverted,
+        merge_threads: merged,
+        node_budget: NODE_BUDGET,
+        pruned,
+        strings: strings.into_vec(),
+        tree,
+        no_imports_tree,
+        threads: thread_ids,
+        memory: memory_json(&ta),
+        stats: stats_json(&ta),
+        temporal,
+    };
+    let json =
+        serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
+    Ok(HtmlReport { html: page::flamegraph_page(&title, &json), reached_trailer: ta.analysis.reached_trailer })
+}
+
+/// `memray table`: the rows of Memray's table reporter. Peak and leak rows are the
+/// records Memray's `FileReader` yields (one per location, labelled with the allocator
+/// of the allocation that speaks for it), so a second pass replays the capture up to
+/// the peak; temporary rows come from the first pass.
+pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
+    let path = path.as_ref();
+    let options = HtmlOptions { temporal: false, inverted: false, ..*options };
+    let Collected { ta, rows } = collect(path, &options)?;
+    let merged = !options.split_threads;
+    let memory = memory_json(&ta);
+    let stats = stats_json(&ta);
+    let reached_trailer = ta.analysis.reached_trailer;
+    let snapshot = match options.kind {
+        ReportKind::Peak => Some(SnapshotKind::HighWaterMark),
+        ReportKind::Leaks => Some(SnapshotKind::Leaks),
+        ReportKind::Temporary(_) => None,
+    };
+    let (rows, stacks, names) = match snapshot {
+        Some(kind) => {
+            let set =
+                snapshot_records(path, kind, merged, Some(ta.analysis.peak_record_index), options.allow_truncated)?;
+            let rows = set
+                .records
+                .iter()
+                .map(|r| Row {
+                    tid: r.tid,
+                    stack: r.stack,
+                    allocator: r.allocator,
+                    count: r.n_allocations,
+                    bytes: r.size,
+                })
+                .collect();
+            (rows, set.stacks, set.thread_names)
+        }
+        None => (rows, ta.analysis.stacks, ta.analysis.thread_names),
+    };
+    let mut strings = Strings::default();
+    let mut index: FastMap<(u32, u32, u32), usize> = FastMap::default();
+    let mut out: Vec<(u32, u64, u64, u32, u32)> = Vec::new();
+    for r in &rows {
+        let thread = strings.intern(&thread_label(r.tid, &names, merged));
+        let allocator = strings.intern(r.allocator.name());
+        // Memray's `stack_trace(max_stacks=1)`: the innermost frame, hidden or not.
+        let location = match stacks.frames(r.stack).next() {
+            Some(f) => {
+                let l = stacks.resolve(f);
+                strings.intern(&format!("{} at {}:{}", l.function, l.filename, l.lineno))
+            }
+            None => strings.intern("???"),
+        };
+        let key = (thread, allocator, location);
+        match index.get(&key) {
+            Some(&i) => {
+                let row = &mut out[i];
+                row.1 = row.1.wrapping_add(r.bytes);
+                row.2 = row.2.wrapping_add(r.count);
+            }
+            None => {
+                index.insert(key, out.len());
+                out.push((thread, r.bytes, r.count, allocator, location));
+            }
+        }
+    }
+    let (mode, threshold) = mode_name(options.kind);
+    let title = title("table", &options);
+    let data = TableJson {
+        kind: "table",
+        title: title.clone(),
+        mode,
+        threshold,
+        merge_threads: merged,
+        strings: strings.into_vec(),
+        rows: out,
+        memory,
+        stats,
+    };
+    let json =
+        serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
+    Ok(HtmlReport { html: page::table_page(&title, &json), reached_trailer })
+}

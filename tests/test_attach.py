@@ -1,0 +1,670 @@
+"""`memray attach` / `memray detach` on live processes, for every interpreter.
+
+Each test starts a target program (under the interpreter being tested) that allocates
+through tests/helpers/alloc_helper.c on marked lines, several calls deep, in the main
+thread and in worker threads. It signals readiness and is steered through marker files
+in the work directory (`ready`, `phase2`, `stop`, `done`). The tests attach and detach
+with this project's CLI and read the captures with Memray 1.20 (the `reader` fixture).
+
+Tests that need ptrace skip (with the reason) where the kernel refuses it.
+"""
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import MALLOC, assert_clean_error, assert_ok
+
+pytestmark = pytest.mark.ours_only
+
+MAIN_SIZE = 31337
+WORKER_SIZE = 52111  # + worker index
+PHASE2_MAIN = 61001
+PHASE2_WORKER = 71003
+
+TARGET = """
+import os, sys, threading, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+N_WORKERS = int(sys.argv[2])
+
+def flag(name):
+    return os.path.exists(os.path.join(WORK, name))
+
+def touch(name):
+    with open(os.path.join(WORK, name), "w") as f:
+        f.write(str(os.getpid()))
+
+started = []
+
+def worker_inner(i):
+    while not flag("stop"):
+        if flag("phase2"):
+            H.helper_free(H.helper_malloc(%(PHASE2_WORKER)d + i))  # @worker_phase2
+        else:
+            H.helper_free(H.helper_malloc(%(WORKER_SIZE)d + i))  # @worker_alloc
+        time.sleep(0.001)
+
+def worker_middle(i):
+    started.append(i)
+    worker_inner(i)  # @worker_call_inner
+
+def worker_outer(i):
+    worker_middle(i)  # @worker_call_middle
+
+def main_inner():
+    while not flag("stop"):
+        if flag("phase2"):
+            H.helper_free(H.helper_malloc(%(PHASE2_MAIN)d))  # @main_phase2
+        else:
+            H.helper_free(H.helper_malloc(%(MAIN_SIZE)d))  # @main_alloc
+        if not flag("ready") and len(started) == N_WORKERS:
+            touch("ready")
+        time.sleep(0.001)
+
+def main_middle():
+    main_inner()  # @main_call_inner
+
+def main():
+    threads = [threading.Thread(target=worker_outer, args=(i,), name="worker-%%d" %% i) for i in range(N_WORKERS)]
+    for t in threads:
+        t.start()
+    main_middle()  # @main_call_middle
+    for t in threads:
+        t.join()
+    touch("done")
+
+main()  # @module_call
+""" % dict(PHASE2_WORKER=PHASE2_WORKER, WORKER_SIZE=WORKER_SIZE, PHASE2_MAIN=PHASE2_MAIN, MAIN_SIZE=MAIN_SIZE)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ptrace_refusal():
+    """None if this process may PTRACE_SEIZE a child of its own, else the reason."""
+    if sys.platform != "linux":
+        return "ptrace attach is Linux-only"
+    libc = ctypes.CDLL(None, use_errno=True)
+    child = subprocess.Popen(["sleep", "10"])
+    try:
+        libc.ptrace.restype = ctypes.c_long
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        PTRACE_SEIZE = 0x4206
+        if libc.ptrace(PTRACE_SEIZE, child.pid, None, None) != 0:
+            return "ptrace is not permitted here: %s" % os.strerror(ctypes.get_errno())
+        return None
+    finally:
+        child.kill()
+        child.wait()
+
+
+_REFUSAL = _ptrace_refusal()
+needs_ptrace = pytest.mark.skipif(_REFUSAL is not None, reason=str(_REFUSAL))
+
+
+class Target:
+    """A target program running under the tested interpreter."""
+
+    def __init__(self, interp, env, workdir, script_text, *args, name="target.py", stdin=None):
+        self.workdir = Path(workdir)
+        self.path = self.workdir / name
+        self.path.write_text(script_text)
+        env = dict(env)
+        env["HELPERS_DIR"] = str(Path(__file__).resolve().parent / "helpers")
+        self.stdout_path = self.workdir / (name + ".out")
+        self._out = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen(
+            [interp.executable, str(self.path), str(self.workdir), *map(str, args)],
+            cwd=self.workdir,
+            env=env,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+
+    def wait_for(self, name, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if (self.workdir / name).exists():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError("target exited early (%s)\n%s" % (self.proc.returncode, self.output()))
+            time.sleep(0.02)
+        raise AssertionError("target did not create %s in %ss\n%s" % (name, timeout, self.output()))
+
+    def touch(self, name):
+        (self.workdir / name).write_text("")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def rss_kb(self):
+        for line in Path("/proc/%d/status" % self.pid).read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def output(self):
+        self._out.flush()
+        return self.stdout_path.read_text(errors="replace")
+
+    def finish(self, timeout=30):
+        """Lets the program end normally; returns its exit code."""
+        self.touch("stop")
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("target did not finish after `stop`\n" + self.output())
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def target(interp, tracked_env, workdir):
+    started = []
+
+    def start(script_text=TARGET, *args, **kw):
+        t = Target(interp, tracked_env, workdir, script_text, *args, **kw)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.kill()
+
+
+@pytest.fixture
+def cli(build, tracked_env, tmp_path):
+    """This project's CLI, for the tests that do not depend on the interpreter."""
+    from support import run
+
+    def call(*args, timeout=None):
+        return run([build.binary, *map(str, args)], cwd=tmp_path, env=tracked_env, timeout=timeout)
+
+    return call
+
+
+def assert_no_crash_output(text):
+    for needle in ("Segmentation fault", "Fatal Python error", "core dumped", "Trace/breakpoint trap",
+                   "Traceback (most recent call last)", "Exception ignored", "panicked"):
+        assert needle not in text, "target printed %r:\n%s" % (needle, text)
+
+
+def line_of(text, marker):
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.search(r"#\s*@%s\s*$" % marker, line):
+            return number
+    raise KeyError(marker)
+
+
+def names(rec):
+    return [f for f, _, _ in rec["stack"]]
+
+
+# --------------------------------------------------------------------------- attach
+
+
+@needs_ptrace
+def test_attach_sees_full_stacks_of_running_threads(interp, target, memray_cli, reader, workdir):
+    t = target(TARGET, 2)
+    t.wait_for("ready")
+    out = workdir / "attach.bin"
+    res = assert_ok(memray_cli("attach", "-o", "attach.bin", str(t.pid)))
+    assert "memray detach %d" % t.pid in res.stderr
+    time.sleep(0.5)
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+    assert_no_crash_output(t.output())
+
+    sizes = [MAIN_SIZE, WORKER_SIZE, WORKER_SIZE + 1]
+    cap = reader.read(out, "all", "sizes=" + ",".join(map(str, sizes)))
+    assert cap.metadata["pid"] == t.pid
+    assert "target.py" in cap.metadata["command_line"]
+    script = TARGET
+    main = [r for r in cap.records if r["size"] == MAIN_SIZE and r["allocator"] == MALLOC]
+    assert main, "no allocation of the main thread recorded"
+    for rec in main:
+        stack = [(f, os.path.basename(fn), ln) for f, fn, ln in rec["stack"]]
+        # Every frame from <module> down, though all were entered before the attach.
+        assert stack == [
+            ("main_inner", "target.py", line_of(script, "main_alloc")),
+            ("main_middle", "target.py", line_of(script, "main_call_inner")),
+            ("main", "target.py", line_of(script, "main_call_middle")),
+            ("<module>", "target.py", line_of(script, "module_call")),
+        ], stack
+    worker_tids = set()
+    for i in range(2):
+        recs = [r for r in cap.records if r["size"] == WORKER_SIZE + i and r["allocator"] == MALLOC]
+        assert recs, "no allocation of worker %d recorded" % i
+        for rec in recs:
+            stack = [(f, os.path.basename(fn), ln) for f, fn, ln in rec["stack"]]
+            assert stack[:3] == [
+                ("worker_inner", "target.py", line_of(script, "worker_alloc")),
+                ("worker_middle", "target.py", line_of(script, "worker_call_inner")),
+                ("worker_outer", "target.py", line_of(script, "worker_call_middle")),
+            ], stack
+            # ...down to threading's bootstrap, the bottom of a Python thread.
+            assert names(rec)[-1] == "_bootstrap", stack
+            worker_tids.add(rec["tid"])
+            assert rec["thread_name"] == "worker-%d" % i
+    assert len(worker_tids) == 2
+    assert main[0]["tid"] not in worker_tids
+
+
+@needs_ptrace
+def test_attach_duration_stops_by_itself(interp, target, memray_cli, reader, workdir):
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    out = workdir / "duration.bin"
+    attached_at = time.time()
+    res = assert_ok(memray_cli("attach", "--duration", "2", "-o", str(out), str(t.pid)))
+    assert "for 2" in res.stderr
+    # The session ends by itself: detach then finds nothing to stop.
+    time.sleep(3.5)
+    assert_clean_error(memray_cli("detach", str(t.pid)), "not being tracked")
+    assert t.alive(), t.output()
+    t.touch("phase2")  # allocations after the end of the session
+    time.sleep(0.5)
+    assert t.finish() == 0
+    assert_no_crash_output(t.output())
+    cap = reader.read(out, "all", "sizes=%d,%d" % (MAIN_SIZE, PHASE2_MAIN))
+    assert cap.find(size=MAIN_SIZE), "nothing recorded during the session"
+    assert not cap.find(size=PHASE2_MAIN), "recorded after --duration ended"
+    assert attached_at + 1.5 <= cap.metadata["end_time"] <= attached_at + 3.5, (attached_at, cap.metadata)
+
+
+@needs_ptrace
+def test_detach_stops_recording_and_process_runs_on(interp, target, memray_cli, reader, workdir):
+    t = target(TARGET, 2)
+    t.wait_for("ready")
+    out = workdir / "detach.bin"
+    assert_ok(memray_cli("attach", "-o", str(out), str(t.pid)))
+    time.sleep(0.3)
+    res = assert_ok(memray_cli("detach", str(t.pid)))
+    assert str(out) in res.stderr
+    # Detaching twice: nothing left to stop.
+    assert_clean_error(memray_cli("detach", str(t.pid)), "not being tracked")
+    t.touch("phase2")
+    time.sleep(3)  # several more seconds of allocations, none of them hooked
+    assert t.alive(), t.output()
+    assert t.finish() == 0
+    assert_no_crash_output(t.output())
+    cap = reader.read(out, "all", "sizes=%d,%d,%d" % (MAIN_SIZE, PHASE2_MAIN, PHASE2_WORKER))
+    assert cap.find(size=MAIN_SIZE)
+    assert not cap.find(size=PHASE2_MAIN) and not cap.find(size=PHASE2_WORKER), "recorded after detach"
+
+
+@needs_ptrace
+def test_many_attach_detach_cycles(interp, target, memray_cli, reader, workdir):
+    t = target(TARGET, 4)
+    t.wait_for("ready")
+    cycles = 50
+    rss = []
+    for i in range(cycles):
+        out = workdir / "cycle.bin"
+        assert_ok(memray_cli("attach", "-f", "-o", str(out), str(t.pid)))
+        time.sleep(0.05)
+        assert_ok(memray_cli("detach", str(t.pid)))
+        assert t.alive(), "target died at cycle %d\n%s" % (i, t.output())
+        rss.append(t.rss_kb())
+    # The last capture is complete and readable.
+    cap = reader.read(workdir / "cycle.bin", "all", "sizes=%d" % MAIN_SIZE)
+    assert cap.find(size=MAIN_SIZE)
+    assert t.finish() == 0
+    assert_no_crash_output(t.output())
+    # RSS does not grow with the cycles (after the first few, which load the payload).
+    growth = rss[-1] - rss[4]
+    assert growth < 8 * 1024, "RSS grew by %d KiB over %d cycles: %s" % (growth, cycles - 5, rss)
+
+
+@needs_ptrace
+def test_attach_options_reach_the_tracker(interp, target, memray_cli, reader, workdir):
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    out = workdir / "opts.bin"
+    assert_ok(memray_cli("attach", "--trace-python-allocators", "--aggregate", "--no-compress", "-o", str(out), str(t.pid)))
+    time.sleep(0.3)
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+    assert out.read_bytes()[:7] == b"memray\x00"  # not compressed
+    cap = reader.read(out, "hwm")
+    assert cap.metadata["trace_python_allocators"] is True
+    assert cap.metadata["file_format"] == 1
+    assert isinstance(cap.hwm, list)
+
+
+SLEEPER = """
+import os, sys, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+SECONDS = float(sys.argv[2])
+def sleeper():
+    open(os.path.join(WORK, "ready"), "w").close()
+    start = time.monotonic()
+    time.sleep(SECONDS)  # @sleep
+    print("slept %.2f" % (time.monotonic() - start))
+sleeper()
+"""
+
+READER = """
+import os, sys, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+def read_all():
+    open(os.path.join(WORK, "ready"), "w").close()
+    data = sys.stdin.buffer.read()  # @read
+    H.helper_free(H.helper_malloc(%d))  # @after_read
+    open(os.path.join(WORK, "done"), "w").close()
+    while not os.path.exists(os.path.join(WORK, "stop")):
+        time.sleep(0.01)
+    return data
+print(len(read_all()))
+""" % MAIN_SIZE
+
+
+@needs_ptrace
+def test_attach_to_process_in_long_sleep(interp, target, memray_cli, workdir):
+    # This program never imports threading: the attach must not make it complain at exit.
+    t = target(SLEEPER, 4)
+    t.wait_for("ready")
+    time.sleep(0.3)
+    res = assert_ok(memray_cli("attach", "-v", "--timeout", "5", "-o", str(workdir / "sleep.bin"), str(t.pid)))
+    assert "woken" in res.stderr, res.stderr
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.alive(), t.output()  # still in its sleep, which Python resumed
+    assert t.proc.wait(timeout=30) == 0
+    out = t.output()
+    assert_no_crash_output(out)
+    slept = float(re.search(r"slept ([0-9.]+)", out).group(1))
+    assert slept >= 3.9, "the sleep was cut short: %s" % out
+
+
+@needs_ptrace
+def test_attach_to_process_in_blocking_read(interp, target, memray_cli, reader, workdir):
+    t = target(READER, stdin=subprocess.PIPE)
+    t.wait_for("ready")
+    time.sleep(0.2)
+    out = workdir / "read.bin"
+    assert_ok(memray_cli("attach", "--timeout", "5", "-o", str(out), str(t.pid)))
+    t.proc.stdin.write(b"x" * 1000)
+    t.proc.stdin.close()
+    t.wait_for("done")
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+    assert t.output().strip().endswith("1000"), t.output()
+    cap = reader.read(out, "all", "sizes=%d" % MAIN_SIZE)
+    (rec,) = cap.find(size=MAIN_SIZE, allocator=MALLOC)
+    assert names(rec) == ["read_all", "<module>"]
+
+
+# --------------------------------------------------------------------------- errors
+
+BLOCKED = """
+import os, sys, threading, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+SECONDS = float(sys.argv[2])
+EXIT = sys.argv[3] == "exit"
+lock = threading.Lock()
+lock.acquire()
+open(os.path.join(WORK, "ready"), "w").close()
+lock.acquire(timeout=SECONDS)   # blocked in a lock: no Python code, no allocation
+if EXIT:
+    os._exit(3)
+for i in range(200):
+    H.helper_free(H.helper_malloc(1000 + i))
+open(os.path.join(WORK, "done"), "w").close()
+"""
+
+
+@needs_ptrace
+def test_error_timeout_leaves_process_intact(interp, target, memray_cli, workdir):
+    t = target(BLOCKED, 4, "run")
+    t.wait_for("ready")
+    time.sleep(0.2)
+    started = time.time()
+    res = memray_cli("attach", "--timeout", "1", "-o", str(workdir / "t.bin"), str(t.pid))
+    assert_clean_error(res, "timed out")
+    assert time.time() - started < 4
+    # No breakpoint left behind: the program allocates and ends normally.
+    assert t.proc.wait(timeout=30) == 0, t.output()
+    assert (workdir / "done").exists()
+    assert not (workdir / "t.bin").exists()
+    assert_no_crash_output(t.output())
+
+
+@needs_ptrace
+def test_error_ctrl_c_leaves_process_intact(interp, target, build, tracked_env, workdir):
+    t = target(BLOCKED, 4, "run")
+    t.wait_for("ready")
+    cli = subprocess.Popen(
+        [str(build.binary), "attach", "-o", str(workdir / "c.bin"), str(t.pid)],
+        env=tracked_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    time.sleep(1)
+    cli.send_signal(signal.SIGINT)
+    out, err = cli.communicate(timeout=20)
+    assert cli.returncode not in (0, None) and cli.returncode < 128, (cli.returncode, err)
+    assert b"interrupted" in err, err
+    assert t.proc.wait(timeout=30) == 0, t.output()
+    assert (workdir / "done").exists()
+    assert_no_crash_output(t.output())
+
+
+@needs_ptrace
+def test_error_process_exits_during_attach(interp, target, memray_cli, workdir):
+    t = target(BLOCKED, 1, "exit")
+    t.wait_for("ready")
+    res = memray_cli("attach", "--timeout", "20", "-o", str(workdir / "x.bin"), str(t.pid))
+    assert_clean_error(res, "exited")
+    assert t.proc.wait(timeout=10) == 3
+
+
+@needs_ptrace
+def test_error_already_tracked(interp, target, memray_cli, workdir):
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    assert_ok(memray_cli("attach", "-o", str(workdir / "a.bin"), str(t.pid)))
+    res = memray_cli("attach", "-o", str(workdir / "b.bin"), str(t.pid))
+    assert_clean_error(res, "already being tracked", "memray detach %d" % t.pid)
+    assert not (workdir / "b.bin").exists()
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+
+
+@needs_ptrace
+def test_error_tracked_by_memray_run(interp, tracked_env, memray_run, memray_cli, workdir):
+    (workdir / "ready").unlink(missing_ok=True)
+    script = workdir / "run_target.py"
+    script.write_text(TARGET)
+    env = dict(tracked_env, HELPERS_DIR=str(Path(__file__).resolve().parent / "helpers"))
+    proc = subprocess.Popen(memray_run.cmd("-o", workdir / "run.bin", script, workdir, 1), cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while not (workdir / "ready").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        pid = int((workdir / "ready").read_text())
+        assert_clean_error(memray_cli("attach", "-o", str(workdir / "b.bin"), str(pid)), "already being tracked")
+        assert_clean_error(memray_cli("detach", str(pid)), "memray run")
+        (workdir / "stop").write_text("")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_error_no_such_process(cli):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert_clean_error(cli("attach", "-o", "x.bin", str(dead.pid)), "no such process")
+    assert_clean_error(cli("detach", str(dead.pid)), "no such process")
+
+
+def test_error_not_python(cli, workdir):
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        res = cli("attach", "-o", str(workdir / "n.bin"), str(proc.pid))
+        assert_clean_error(res, "not a CPython process")
+        assert_clean_error(cli("detach", str(proc.pid)), "not being tracked")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _old_python():
+    root = Path(os.path.expanduser("~/.pyenv/versions"))
+    try:
+        res = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30)
+        if res.returncode == 0:
+            root = Path(res.stdout.strip()) / "versions"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for v in ("3.7", "3.6", "2.7"):
+        for d in sorted(root.glob(v + ".*")):
+            exe = d / "bin" / ("python" + v)
+            if exe.exists():
+                return exe, v
+    return None, None
+
+
+@needs_ptrace
+def test_error_unsupported_version(cli, workdir):
+    exe, version = _old_python()
+    if exe is None:
+        pytest.skip("no CPython older than 3.8 installed under pyenv")
+    proc = subprocess.Popen([str(exe), "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        res = cli("attach", "-o", str(workdir / "o.bin"), str(proc.pid))
+        assert_clean_error(res, "not supported", version)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@needs_ptrace
+def test_error_already_traced_by_another_tracer(interp, target, memray_cli, workdir):
+    strace = subprocess.run(["which", "strace"], capture_output=True, text=True).stdout.strip()
+    if not strace:
+        pytest.skip("strace is not installed")
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    tracer = subprocess.Popen([strace, "-qq", "-e", "trace=none", "-p", str(t.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            status = Path("/proc/%d/status" % t.pid).read_text()
+            if re.search(r"TracerPid:\s*[1-9]", status):
+                break
+            time.sleep(0.05)
+        res = memray_cli("attach", "-o", str(workdir / "s.bin"), str(t.pid))
+        assert_clean_error(res, "permission denied", "already being traced")
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=10)
+    assert t.finish() == 0
+
+
+@needs_ptrace
+def test_error_permission_other_user(interp, target, build, tracked_env, workdir):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the CLI as another user")
+    setpriv = subprocess.run(["which", "setpriv"], capture_output=True, text=True).stdout.strip()
+    if not setpriv:
+        pytest.skip("setpriv is not installed")
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    res = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", str(build.binary),
+         "attach", "-o", "/tmp/never.bin", str(t.pid)],
+        env=tracked_env, capture_output=True, text=True, timeout=60,
+    )
+    if "Permission denied" in res.stderr and "memray" not in res.stderr:
+        pytest.skip("the CLI binary is not executable by uid 65534: " + res.stderr.strip())
+    assert res.returncode == 1, res
+    assert "permission denied" in res.stderr and "uid 0" in res.stderr, res.stderr
+    assert t.finish() == 0
+
+
+@needs_ptrace
+def test_error_target_cannot_write_output(tracked_env, build, cli, workdir):
+    """The target writes the capture as its own user: its failure comes back as one line."""
+    python = Path("/usr/bin/python3.11")
+    setpriv = subprocess.run(["which", "setpriv"], capture_output=True, text=True).stdout.strip()
+    if os.geteuid() != 0 or not setpriv or not python.exists():
+        pytest.skip("needs root, setpriv and /usr/bin/python3.11 to run a target as another user")
+    private = workdir / "private"
+    private.mkdir(mode=0o700)
+    proc = subprocess.Popen([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", str(python), "-c",
+                             "import time\nwhile True: time.sleep(0.01); x = [bytearray(100) for i in range(10)]"],
+                            cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        res = cli("attach", "-o", str(private / "cap.bin"), str(proc.pid))
+        assert_clean_error(res, "could not start", "Permission denied")
+        assert proc.poll() is None
+        # Nothing half-started: a second attempt to a writable place works.
+        import tempfile
+        ok = Path(tempfile.mkdtemp(prefix="memray-attach-test-"))
+        ok.chmod(0o777)
+        assert_ok(cli("attach", "-o", str(ok / "cap.bin"), str(proc.pid)))
+        assert_ok(cli("detach", str(proc.pid)))
+        assert (ok / "cap.bin").stat().st_uid == 65534
+        import shutil
+        shutil.rmtree(ok, ignore_errors=True)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_error_output_exists(cli, workdir):
+    existing = workdir / "exists.bin"
+    existing.write_text("keep me")
+    res = cli("attach", "-o", str(existing), str(os.getpid()))
+    assert_clean_error(res, "already exists", "--force")
+    assert existing.read_text() == "keep me"
+
+
+def test_error_no_pid_without_terminal(cli):
+    assert_clean_error(cli("attach", "-o", "x.bin"), "PID")
+
+
+def test_error_live_mode_needs_output(cli):
+    assert_clean_error(cli("attach", str(os.getpid())), "-o")
+
+
+def test_error_detach_not_tracked(interp, target, memray_cli):
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    assert_clean_error(memray_cli("detach", str(t.pid)), "not being tracked")
+    assert t.finish() == 0

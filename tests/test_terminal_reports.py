@@ -1,0 +1,349 @@
+"""`memray tree`, `memray summary` and `memray transform` against Memray 1.20.
+
+On the same capture (this project's `memray run` on every interpreter, and captures
+written by Memray 1.20 itself, aggregated ones included), with stdout not a terminal:
+* `summary` prints exactly what Memray prints (its rich table; Memray's progress bars
+  leave two blank lines first, which are ignored), for several sort columns, row
+  limits, widths and temporary-allocation thresholds;
+* `transform` writes the same CSV and gprof2dot files byte for byte, and the same
+  speedscope JSON (but for the exporter's name and version);
+* `tree` prints Memray's tree (its `TreeReporter` and the default view of its
+  interactive tree: uninteresting frames hidden, children by size), fully expanded;
+* the temporary-allocation threshold means what it means in Memray;
+* bad input is a one-line error with a non-zero exit.
+"""
+import csv
+import io
+import json
+import os
+import re
+
+import pytest
+
+from support import SELF_CHECK, assert_clean_error, assert_ok, run
+
+WORKLOAD = """
+import threading
+import allochelper
+H = allochelper.load()
+
+def leaf(n):
+    return [H.helper_malloc(30000 + i) for i in range(n)]  # @leaf
+
+def middle(n):
+    out = leaf(n)
+    out.append(H.helper_calloc(100, 501))  # @calloc
+    return out
+
+def temp(n, gap):
+    for _ in range(n):
+        p = H.helper_malloc(70001)  # @temp
+        others = [H.helper_malloc(64) for _ in range(gap)]
+        H.helper_free(p)
+        for q in others:
+            H.helper_free(q)
+
+def mapped():
+    m = H.helper_mmap(4096 * 16)  # @mmap
+    H.helper_munmap(m, 4096 * 4)
+    return m
+
+kept = middle(6)
+temp(4, 0)
+temp(2, 3)
+grown = H.helper_realloc(H.helper_malloc(10), 120001)  # @grow
+m = mapped()
+t = threading.Thread(target=middle, args=(3,), name="worker")
+t.start()
+t.join()
+data = [bytes(3000 + i % 40) for i in range(200)]
+"""
+
+# Memray 1.20's tree, printed fully expanded with the labels of its interactive view.
+ORACLE_TREE = r'''
+import json, sys
+import memray
+from memray._memray import size_fmt
+from memray.reporters import tui
+from memray.reporters.tree import TreeReporter
+
+path, biggest, threshold, dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+sys.path[:] = dirs  # where _filename_to_module_name looks
+reader = memray.FileReader(path)
+if threshold >= 0:
+    snapshot = reader.get_temporary_allocation_records(threshold=threshold, merge_threads=False)
+else:
+    snapshot = reader.get_high_watermark_allocation_records(merge_threads=False)
+rep = TreeReporter.from_snapshot(snapshot, biggest_allocs=biggest, native_traces=reader.metadata.has_native_traces)
+root, elided = rep.data, rep.elided_locations
+
+def label(node):
+    if node.value == 0:
+        return "<No allocations>"
+    text = f" {size_fmt(node.value)} ({100 * node.value / root.value:.2f} %) "
+    function, file, lineno = node.location
+    position = f"{tui._filename_to_module_name(file)}:{lineno}" if lineno != 0 else file
+    return text + function + (f"  {position}" if position else "")
+
+lines = []
+def add(children, depth):  # TreeScreen.add_children with "hide uninteresting" on
+    for child in sorted(children, key=lambda c: c.value, reverse=True):
+        if child.interesting:
+            lines.append([depth, label(child), False])
+            at, before = len(lines) - 1, len(lines)
+            add(child.children.values(), depth + 1)
+            lines[at][2] = len(lines) > before
+        else:
+            add(child.children.values(), depth)
+
+out = ["<No allocations>" if root.value == 0 else "\N{open file folder}" + label(root)]
+add(root.children.values(), 0)
+if elided.n_locations:
+    pct = 100 * elided.n_bytes / root.value
+    lines.append([0, f"\N{black question mark ornament} {size_fmt(elided.n_bytes)} ({pct:.2f} %) "
+                     f"{elided.n_allocations} allocations from {elided.n_locations} locations below "
+                     "the configured threshold", False])
+more = []
+for i, (depth, text, has_children) in enumerate(lines):
+    following = False
+    for d, _, _ in lines[i + 1:]:
+        if d < depth:
+            break
+        if d == depth:
+            following = True
+            break
+    del more[depth:]
+    icon = "" if text.startswith("\N{black question mark ornament}") or text == "<No allocations>" else (
+        "\N{open file folder}" if has_children else "\N{page facing up}")
+    out.append("".join("│   " if m else "    " for m in more) + ("├── " if following else "└── ") + icon + text)
+    more.append(following)
+print("\n".join(out))
+'''
+
+
+def _ours(build, interp, env, *args, cwd=None):
+    cmd = [build.binary] if build is not None else [interp.executable, "-m", "memray"]
+    return run([*cmd, *map(str, args)], cwd=cwd, env=env)
+
+
+def _memray(reader, *args, cwd=None, columns=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MEMRAY_")) and k != "COLUMNS"}
+    if columns:
+        env["COLUMNS"] = str(columns)
+    return run([reader.python, "-m", "memray", *map(str, args)], cwd=cwd, env=env)
+
+
+def _env(tracked_env, columns=None):
+    env = dict(tracked_env)
+    env.pop("COLUMNS", None)
+    if columns:
+        env["COLUMNS"] = str(columns)
+    return env
+
+
+def _strip_progress(text):
+    """Memray's progress bars leave blank lines on a non-terminal stdout."""
+    return text.lstrip("\n")
+
+
+def _capture(script, memray_run, workdir, *flags, name="w.bin"):
+    s = script("workload.py", WORKLOAD)
+    out = workdir / name
+    assert_ok(memray_run(*flags, "-q", "-o", out, s.path))
+    return s, out
+
+
+def _memray_capture(reader, script, workdir, helper_lib, *flags, name="m.bin"):
+    s = script("workload.py", WORKLOAD)
+    out = workdir / name
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MEMRAY_"))}
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+    env["ALLOC_HELPER_LIB"] = str(helper_lib)
+    assert_ok(run([reader.python, "-m", "memray", "run", *flags, "-q", "-o", out, s.path], cwd=workdir, env=env))
+    return s, out
+
+
+def _module_dirs(build, interp, tracked_env, capture):
+    """The capture's sys.path minus its first entry, existing directories only (what
+    our tree resolves module names against)."""
+    res = assert_ok(_ours(build, interp, tracked_env, "parse", capture))
+    m = re.search(r"sys\.path=\[(.*?)\]", res.stdout.splitlines()[0])
+    paths = m.group(1).split(", ") if m and m.group(1) else []
+    return [p for p in paths[1:] if os.path.isdir(p)]
+
+
+SUMMARY_ARGS = [(), ("-s", "3"), ("-s", "5", "-r", "4"), ("-s", "4", "-r", "40"), ("--temporary-allocations",),
+                ("--temporary-allocation-threshold", "0", "-s", "2")]
+
+
+def _check_summary(build, interp, tracked_env, reader, capture, workdir, args_list=SUMMARY_ARGS, aggregated=False):
+    for args in args_list:
+        if aggregated and any(a.startswith("--temporary") for a in args):
+            continue
+        for columns in (None, 131):
+            ours = _ours(build, interp, _env(tracked_env, columns), "summary", *args, capture, cwd=workdir)
+            theirs = _memray(reader, "summary", *args, capture, cwd=workdir, columns=columns)
+            assert ours.returncode == 0, ours.describe()
+            assert theirs.returncode == 0, theirs.describe()
+            assert "\x1b" not in ours.stdout, "plain text when stdout is not a terminal"
+            assert ours.stdout == _strip_progress(theirs.stdout), (
+                f"summary {' '.join(args)} (COLUMNS={columns}) differs\n--- ours\n{ours.stdout}\n--- Memray\n{theirs.stdout}"
+            )
+
+
+TRANSFORM_ARGS = [(), ("--leaks",), ("--temporary-allocations",), ("--temporary-allocation-threshold", "3")]
+
+
+def _check_transform(build, interp, tracked_env, reader, capture, workdir, aggregated=False):
+    for fmt in ("csv", "gprof2dot", "speedscope"):
+        for args in TRANSFORM_ARGS:
+            if aggregated and any(a.startswith("--temporary") for a in args):
+                continue
+            a, b = workdir / f"ours.{fmt}", workdir / f"theirs.{fmt}"
+            assert_ok(_ours(build, interp, tracked_env, "transform", fmt, "-f", "-o", a, *args, capture, cwd=workdir))
+            assert_ok(_memray(reader, "transform", fmt, "-f", "-o", b, *args, capture, cwd=workdir))
+            what = f"transform {fmt} {' '.join(args)}"
+            if fmt == "speedscope":
+                ours, theirs = json.loads(a.read_text()), json.loads(b.read_text())
+                assert ours.pop("exporter").startswith("memray@") and theirs.pop("exporter") == "memray@1.20.0"
+                assert ours == theirs, what
+            else:
+                assert a.read_bytes() == b.read_bytes(), f"{what}:\n--- ours\n{a.read_text()[:3000]}\n--- Memray\n{b.read_text()[:3000]}"
+
+
+def _check_tree(build, interp, tracked_env, reader, capture, workdir, aggregated=False):
+    dirs = json.dumps(_module_dirs(build, interp, tracked_env, capture))
+    script = workdir / "oracle_tree.py"
+    script.write_text(ORACLE_TREE)
+    for biggest in (200, 3):
+        for threshold in ((-1,) if aggregated else (-1, 1)):
+            extra = ("--temporary-allocation-threshold", threshold) if threshold >= 0 else ()
+            ours = _ours(build, interp, tracked_env, "tree", "-b", biggest, *extra, capture, cwd=workdir)
+            assert ours.returncode == 0, ours.describe()
+            assert "\x1b" not in ours.stdout
+            expected = assert_ok(run([reader.python, script, capture, biggest, threshold, dirs], cwd=workdir))
+            assert ours.stdout == expected.stdout, (
+                f"tree -b {biggest} {extra}\n--- ours\n{ours.stdout}\n--- Memray\n{expected.stdout}"
+            )
+
+
+@pytest.mark.ours_only
+def test_reports_of_our_captures_match_memray(interp, script, memray_run, build, tracked_env, reader, workdir):
+    s, out = _capture(script, memray_run, workdir)
+    _check_summary(build, interp, tracked_env, reader, out, workdir)
+    _check_transform(build, interp, tracked_env, reader, out, workdir)
+    _check_tree(build, interp, tracked_env, reader, out, workdir)
+    tree = _ours(build, interp, tracked_env, "tree", out).stdout
+    assert f"leaf  workload:{s.line('leaf')}" in tree or f"leaf  {s.path}:{s.line('leaf')}" in tree, tree
+
+
+@pytest.mark.ours_only
+def test_reports_of_our_aggregated_captures_match_memray(interp, script, memray_run, build, tracked_env, reader, workdir):
+    s, out = _capture(script, memray_run, workdir, "--aggregate", name="agg.bin")
+    _check_summary(build, interp, tracked_env, reader, out, workdir, aggregated=True)
+    _check_transform(build, interp, tracked_env, reader, out, workdir, aggregated=True)
+    _check_tree(build, interp, tracked_env, reader, out, workdir, aggregated=True)
+
+
+@pytest.mark.ours_only
+@pytest.mark.parametrize("flags", [(), ("--aggregate",), ("--trace-python-allocators",)],
+                         ids=["default", "aggregate", "pymalloc"])
+def test_reports_of_memray_captures_match_memray(interp, script, build, tracked_env, oracle, helper_lib, workdir, flags):
+    s, out = _memray_capture(oracle, script, workdir, helper_lib, *flags)
+    aggregated = "--aggregate" in flags
+    _check_summary(build, interp, tracked_env, oracle, out, workdir, aggregated=aggregated)
+    _check_transform(build, interp, tracked_env, oracle, out, workdir, aggregated=aggregated)
+    _check_tree(build, interp, tracked_env, oracle, out, workdir, aggregated=aggregated)
+
+
+THRESHOLD = """
+import allochelper
+H = allochelper.load()
+
+def gap(k):
+    p = H.helper_malloc(50000 + k)  # @alloc
+    others = [H.helper_malloc(64) for _ in range(k)]
+    H.helper_free(p)
+    for q in others:
+        H.helper_free(q)
+
+for k in range(4):
+    gap(k)
+"""
+
+
+def _temporary_sizes(csv_text, script):
+    sizes = set()
+    for row in csv.DictReader(io.StringIO(csv_text)):
+        top = row["stack_trace"].split("|")[0].split(";")
+        if top[0] == "gap" and top[2] == str(script.line("alloc")):
+            sizes.add(int(row["size"]))
+    return sizes
+
+
+def test_temporary_threshold_like_memray(interp, script, memray_run, memray_cli, reader, workdir):
+    """An allocation followed by k other allocations before its free is temporary for
+    thresholds N >= k only."""
+    s = script("gaps.py", THRESHOLD)
+    out = workdir / "gaps.bin"
+    assert_ok(memray_run("-q", "-o", out, s.path))
+    for n in range(4):
+        a, b = workdir / f"ours{n}.csv", workdir / f"theirs{n}.csv"
+        assert_ok(memray_cli("transform", "csv", "-f", "-o", a, "--temporary-allocation-threshold", n, out))
+        assert_ok(reader.cli("transform", "csv", "-f", "-o", b, "--temporary-allocation-threshold", n, out))
+        expected = {50000 + k for k in range(n + 1)}
+        assert _temporary_sizes(a.read_text(), s) == expected, f"threshold {n}"
+        assert _temporary_sizes(b.read_text(), s) == expected, f"threshold {n} (Memray)"
+    # --temporary-allocations is --temporary-allocation-threshold=1.
+    a = workdir / "default.csv"
+    assert_ok(memray_cli("transform", "csv", "-f", "-o", a, "--temporary-allocations", out))
+    assert _temporary_sizes(a.read_text(), s) == {50000, 50001}
+
+
+def test_transform_default_output_and_messages(interp, script, memray_run, memray_cli, workdir):
+    s, out = _capture(script, memray_run, workdir, name="memray-work.bin")
+    res = assert_ok(memray_cli("transform", "csv", out, cwd=workdir))
+    expected = workdir / "memray-csv-work.csv"
+    assert expected.exists() and f"Wrote {expected}" in res.stdout
+    head = expected.read_bytes().split(b"\r\n")[0]
+    assert head == b"allocator,num_allocations,size,tid,thread_name,stack_trace"
+    again = memray_cli("transform", "csv", out, cwd=workdir)
+    assert again.returncode != 0 and "--force" in again.output
+    res = assert_ok(memray_cli("transform", "gprof2dot", out, cwd=workdir))
+    assert (workdir / "memray-gprof2dot-work.json").exists()
+    assert "-f json" in res.stdout and "dot -Tpng -o output.png" in res.stdout
+    assert_ok(memray_cli("transform", "speedscope", out, cwd=workdir))
+    doc = json.loads((workdir / "memray-speedscope-work.speedscope.json").read_text())
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    assert [p["name"] for p in doc["profiles"]] == ["Memory", "Allocations"]
+
+
+@pytest.mark.ours_only
+@pytest.mark.parametrize("report", [("tree",), ("summary",), ("transform", "csv", "-f")])
+def test_bad_input_is_a_one_line_error(interp, script, memray_run, memray_cli, workdir, report):
+    missing = memray_cli(*report, workdir / "missing.bin")
+    assert_clean_error(missing, "missing.bin")
+    junk = workdir / "junk.bin"
+    junk.write_bytes(b"this is not a capture\n" * 10)
+    assert_clean_error(memray_cli(*report, junk), "junk.bin")
+    s, out = _capture(script, memray_run, workdir, "--no-compress")
+    cut = workdir / "cut.bin"
+    data = out.read_bytes()
+    cut.write_bytes(data[: len(data) // 2 + 1])
+    res = memray_cli(*report, cut)
+    assert "panicked" not in res.output and res.returncode < 128, res.describe()
+    if res.returncode != 0:
+        assert_clean_error(res, "cut.bin")
+    s, agg = _capture(script, memray_run, workdir, "--aggregate", name="agg.bin")
+    assert_clean_error(memray_cli(*report, "--temporary-allocations", agg), "aggregate")
+
+
+@pytest.mark.ours_only
+def test_option_errors(interp, script, memray_run, memray_cli, workdir):
+    s, out = _capture(script, memray_run, workdir)
+    assert_clean_error(memray_cli("summary", "-s", "6", out), "sort-column")
+    assert_clean_error(memray_cli("transform", "dot", out), "dot")
+    res = memray_cli("tree", "--temporary-allocations", "--temporary-allocation-threshold", "2", out)
+    assert res.returncode != 0 and "cannot be used with" in res.output
+    res = memray_cli("transform", "csv", "--leaks", "--temporary-allocations", out)
+    assert res.returncode != 0 and "cannot be used with" in res.output
