@@ -44,27 +44,8 @@ pub struct AttachArgs {
     /// Capture file to write (relative paths are relative to where you run this)
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Overwrite the output file if it exists
-    #[arg(short, long)]
-    force: bool,
-    /// Record native (C/C++) stacks as well
-    #[arg(long)]
-    native: bool,
-    /// Record pymalloc's allocations too (PYMALLOC_* records)
-    #[arg(long)]
-    trace_python_allocators: bool,
-    /// Keep tracking in forked children (each writes <output>.<childpid>)
-    #[arg(long)]
-    follow_fork: bool,
-    /// Write an aggregated capture (needs -o)
-    #[arg(long)]
-    aggregate: bool,
-    /// Don't LZ4-compress the capture when tracking stops
-    #[arg(long, conflicts_with = "compress_on_exit")]
-    no_compress: bool,
-    /// Compress the capture when tracking stops (the default)
-    #[arg(long)]
-    compress_on_exit: bool,
+    #[command(flatten)]
+    tracking: super::tracking_options::TrackingOptions,
     /// Stop tracking by itself after this many seconds
     #[arg(long, value_parser = positive_seconds)]
     duration: Option<f64>,
@@ -353,17 +334,17 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         Some(p) => p,
         None => pick_pid()?,
     };
-    if args.native {
+    if args.tracking.native {
         bail!("--native is not supported yet (native stacks are tracked in a later release)");
     }
     let Some(output) = &args.output else {
-        if args.aggregate {
+        if args.tracking.aggregate {
             bail!("can't use aggregated mode without an output file: give -o FILE");
         }
         bail!("live mode (attach without -o) is not available yet: give -o FILE to write a capture");
     };
     let output = std::env::current_dir().context("cannot read the current directory")?.join(output);
-    if output.exists() && !args.force {
+    if output.exists() && !args.tracking.force {
         bail!("output file {} already exists (use -f/--force to overwrite it)", output.display());
     }
     let parent = output.parent().unwrap_or(Path::new("/"));
@@ -416,11 +397,11 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         ("nonce", nonce.to_string()),
         ("payload", payload_text.clone()),
         ("output", output.to_string_lossy().into_owned()),
-        ("force", flag(args.force).into()),
-        ("compress", flag(!args.no_compress).into()),
-        ("trace_python_allocators", flag(args.trace_python_allocators).into()),
-        ("follow_fork", flag(args.follow_fork).into()),
-        ("aggregate", flag(args.aggregate).into()),
+        ("force", flag(args.tracking.force).into()),
+        ("compress", flag(!args.tracking.no_compress).into()),
+        ("trace_python_allocators", flag(args.tracking.trace_python_allocators).into()),
+        ("follow_fork", flag(args.tracking.follow_fork).into()),
+        ("aggregate", flag(args.tracking.aggregate).into()),
         ("duration", args.duration.map(|d| d.to_string()).unwrap_or_default()),
     ];
     let request: String = pairs.iter().map(|(k, v)| format!("{k}\x1f{}", v.replace(['\x1e', '\x1f'], " "))).collect::<Vec<_>>().join("\x1e");

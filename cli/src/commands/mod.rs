@@ -8,3 +8,4 @@ pub mod summary;
 pub mod table;
 pub mod transform;
 pub mod tree;
+pub mod tracking_options;

@@ -26,30 +26,11 @@ pub struct RunArgs {
     /// Output file name (default: memray-<script>.<pid>.bin next to the script)
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Overwrite the output file if it exists
-    #[arg(short, long)]
-    force: bool,
     /// Don't print memray's own messages
     #[arg(short, long)]
     quiet: bool,
-    /// Record native (C/C++) stacks as well
-    #[arg(long)]
-    native: bool,
-    /// Record pymalloc's allocations too (PYMALLOC_* records)
-    #[arg(long)]
-    trace_python_allocators: bool,
-    /// Keep tracking in forked children (each writes <output>.<childpid>)
-    #[arg(long)]
-    follow_fork: bool,
-    /// Write an aggregated capture (smaller; no temporal or temporary reports)
-    #[arg(long)]
-    aggregate: bool,
-    /// Don't LZ4-compress the capture when the program ends
-    #[arg(long, conflicts_with = "compress_on_exit")]
-    no_compress: bool,
-    /// Compress the capture when the program ends (the default)
-    #[arg(long)]
-    compress_on_exit: bool,
+    #[command(flatten)]
+    tracking: super::tracking_options::TrackingOptions,
     /// How often to sample the resident set size, in milliseconds
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     memory_interval_ms: u64,
@@ -130,7 +111,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             bail!("no such script: {}", p.display());
         }
     }
-    if args.native {
+    if args.tracking.native {
         bail!("--native is not supported yet (native stacks are tracked in a later release)");
     }
 
@@ -140,7 +121,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // The output name may hold {pid}: only the child knows its pid before tracking starts.
     let output_template = match &args.output {
         Some(o) => {
-            if o.exists() && !args.force {
+            if o.exists() && !args.tracking.force {
                 bail!("output file {} already exists (use -f/--force to overwrite it)", o.display());
             }
             check_writable_dir(o)?;
@@ -162,11 +143,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .env("MEMRAY_RUN_MODE", mode)
         .env("MEMRAY_RUN_TARGET", target_text)
         .env("MEMRAY_RUN_OUTPUT", &output_template)
-        .env("MEMRAY_RUN_FORCE", flag(args.force))
-        .env("MEMRAY_RUN_COMPRESS", flag(!args.no_compress))
-        .env("MEMRAY_RUN_PYALLOC", flag(args.trace_python_allocators))
-        .env("MEMRAY_RUN_FOLLOW_FORK", flag(args.follow_fork))
-        .env("MEMRAY_RUN_AGGREGATE", flag(args.aggregate))
+        .env("MEMRAY_RUN_FORCE", flag(args.tracking.force))
+        .env("MEMRAY_RUN_COMPRESS", flag(!args.tracking.no_compress))
+        .env("MEMRAY_RUN_PYALLOC", flag(args.tracking.trace_python_allocators))
+        .env("MEMRAY_RUN_FOLLOW_FORK", flag(args.tracking.follow_fork))
+        .env("MEMRAY_RUN_AGGREGATE", flag(args.tracking.aggregate))
         .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string());
 
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?;
