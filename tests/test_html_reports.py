@@ -591,16 +591,20 @@ def test_100k_stacks_open_and_zoom_fast(browser, mrun, cli, workdir):
     try:
         frames = p.page.evaluate("memrayFlamegraph.frames()")
         assert frames > 100
-        # Zoom into a frame two levels down and back, timed inside the page.
-        zoom_ms = p.page.evaluate("""() => {
+        # Zoom into a frame and back, timed inside the page (rendering and layout), the
+        # median of 5 rounds (the machine may be busy).
+        rounds = [p.page.evaluate("""() => {
             const el = Array.from(document.querySelectorAll('#flamegraph .frame')).find(e => e.textContent.startsWith('f3 '));
-            const t = performance.now();
+            let t = performance.now();
             el.click();
+            document.body.offsetHeight;
             const zoom = performance.now() - t;
-            const t2 = performance.now();
+            t = performance.now();
             document.getElementById('reset-zoom').click();
-            return [zoom, performance.now() - t2];
-        }""")
+            document.body.offsetHeight;
+            return [zoom, performance.now() - t];
+        }""") for _ in range(5)]
+        zoom_ms = [sorted(r[i] for r in rounds)[2] for i in (0, 1)]
         search_ms = p.page.evaluate("""() => {
             const s = document.getElementById('search');
             const t = performance.now();
