@@ -33,6 +33,45 @@ def best_of(n, fn):
     return min(fn() for _ in range(n))
 
 
+ATTACH_TARGET = """
+import threading, time
+def busy():
+    keep = []
+    while True:
+        keep.append(bytearray(1000))
+        if len(keep) > 1000:
+            keep.clear()
+        time.sleep(0.0005)
+for _ in range(2):
+    threading.Thread(target=busy, daemon=True).start()
+time.sleep(3600)
+"""
+
+
+def attach_latency(tool, python, tmp, cycles):
+    """Median wall time of `attach -o` (until tracking is confirmed) and of `detach`,
+    over `cycles` cycles on one running target."""
+    script = os.path.join(tmp, "attach_target.py")
+    with open(script, "w") as f:
+        f.write(ATTACH_TARGET)
+    target = subprocess.Popen([python, script])
+    attach, detach = [], []
+    try:
+        time.sleep(1.0)
+        for i in range(cycles):
+            out = os.path.join(tmp, "attach-%d.bin" % i)
+            attach.append(timed([tool, "attach", "-f", "-o", out, str(target.pid)]))
+            time.sleep(0.2)
+            detach.append(timed([tool, "detach", str(target.pid)]))
+            time.sleep(0.2)
+        if target.poll() is not None:
+            raise RuntimeError("the attach target died")
+    finally:
+        target.kill()
+        target.wait()
+    return sorted(attach)[len(attach) // 2], sorted(detach)[len(detach) // 2]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--memray-rs", required=True)
@@ -41,6 +80,7 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workload", action="append", choices=WORKLOADS)
     p.add_argument("--mode", action="append", choices=list(MODES))
+    p.add_argument("--attach-cycles", type=int, default=5, help="0 skips the attach latency part")
     args = p.parse_args()
     workloads = args.workload or WORKLOADS
     modes = args.mode or list(MODES)
@@ -69,6 +109,15 @@ def main():
                 os.path.getsize(ref_out), os.path.getsize(rs_out)))
             sys.stdout.flush()
     print("\nworst rs/ref ratio: %.2f (below 1.00 means faster than Memray 1.20 everywhere)" % worst)
+    if args.attach_cycles > 0:
+        print("\nattach / detach latency, median of %d cycles on one busy 3-thread process" % args.attach_cycles)
+        print("(command start to tracking confirmed; to hooks restored and capture closed)")
+        for name, tool in (("memray 1.20 (gdb)", args.memray_ref), ("ours (ptrace)", args.memray_rs)):
+            try:
+                a, d = attach_latency(tool, args.python, tmp, args.attach_cycles)
+                print("  %-20s attach %7.3fs   detach %7.3fs" % (name, a, d))
+            except (RuntimeError, OSError) as e:
+                print("  %-20s failed: %s" % (name, str(e).splitlines()[0] if str(e) else e))
     shutil.rmtree(tmp, ignore_errors=True)
 
 
