@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -185,6 +186,75 @@ def test_binary_alone_carries_its_payload(wheel, tmp_path):
     res = run([lone, "run", "--python", python, "-f", "-o", tmp_path / "out.bin", script], cwd=tmp_path, env=env)
     assert res.returncode == 0, res.describe()
     assert list((home / ".cache" / "memray").iterdir()) == cached
+
+
+@pytest.fixture(scope="session")
+def cargo_installed(wheel, tmp_path_factory) -> Path:
+    """`cargo install --path cli` of the same clean copy. --locked and the wheel's target
+    directory make it reuse the wheel build's artefacts (a plain `cargo install` resolves
+    the dependencies afresh and builds everything again: same binary, minutes slower)."""
+    root = tmp_path_factory.mktemp("cargo-root")
+    res = run(
+        ["cargo", "install", "--locked", "--path", ARTIFACTS / "src" / "cli", "--root", root,
+         "--target-dir", ARTIFACTS / "target"],
+        env=_clean_env(), timeout=BUILD_TIMEOUT,
+    )
+    assert res.returncode == 0, "cargo install failed\n" + res.describe()
+    binary = root / "bin" / "memray"
+    assert binary.is_file() and sorted(p.name for p in binary.parent.iterdir()) == ["memray"]
+    return binary
+
+
+def test_cargo_install_alone_runs_and_attaches(cargo_installed, tmp_path):
+    """The installed binary is alone in its bin/ directory, with no Python package
+    anywhere: `memray run` and `memray attach` still work (embedded payload)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _clean_env(HOME=str(home))
+    env.pop("XDG_CACHE_HOME", None)
+    script = tmp_path / "alloc.py"
+    script.write_text("data = bytearray(3 * 1024 * 1024)\nprint('done')\n")
+    res = run([cargo_installed, "run", "--python", sys.executable, "-o", tmp_path / "run.bin", script],
+              cwd=tmp_path, env=env)
+    assert res.returncode == 0 and "done" in res.stdout, res.describe()
+
+    stop = tmp_path / "stop"
+    target = tmp_path / "target.py"
+    target.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        keep = []
+        print("ready", flush=True)
+        deadline = time.time() + 60
+        while not os.path.exists({str(stop)!r}) and time.time() < deadline:
+            keep.append(bytearray(10000))
+            time.sleep(0.01)
+    """))
+    proc = subprocess.Popen([sys.executable, target], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        res = run([cargo_installed, "attach", "-o", tmp_path / "attach.bin", "--duration", "1", proc.pid],
+                  cwd=tmp_path, env=env)
+        if res.returncode != 0 and re.search(r"ptrace|not permitted", res.stderr, re.I):
+            pytest.skip("attach refused here: " + res.stderr.strip())
+        assert res.returncode == 0, res.describe()
+        time.sleep(1.5)  # --duration 1: tracking has stopped and the capture is complete
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            stats = run([cargo_installed, "stats", "--json", "-o", tmp_path / "s.json", "-f", tmp_path / "attach.bin"],
+                        cwd=tmp_path, env=env)
+            if stats.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert stats.returncode == 0, stats.describe()
+    finally:
+        stop.touch()
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert list((home / ".cache" / "memray").glob("libmemray_payload-*.so"))
 
 
 # --------------------------------------------------------------------------- installed, per interpreter
