@@ -131,6 +131,23 @@ def _oracle_env():
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MEMRAY_"))}
 
 
+def _memray_zero_lines(ours, theirs):
+    """Up to 3.9, Memray 1.20 shows line 0 for a one-line code object (an empty
+    co_lnotab); this project shows its real line. Take Memray's 0 there."""
+    for key in theirs:
+        a, b = ours.get(key), theirs[key]
+        if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)):
+            continue
+        for x, y in zip(a, b):
+            if not (isinstance(x, list) and isinstance(y, list) and len(x) == len(y) == 13):
+                continue
+            for i in (9, 10, 11):
+                if isinstance(x[i], list) and isinstance(y[i], list) and len(x[i]) == len(y[i]):
+                    for fx, fy in zip(x[i], y[i]):
+                        if fy[2] == 0 and fx[:2] == fy[:2]:
+                            fx[2] = 0
+
+
 def _assert_same(ours, theirs):
     assert ours.keys() == theirs.keys()
     for key in theirs:
@@ -147,6 +164,8 @@ def _assert_same(ours, theirs):
 def _compare(interp, tracked_env, workdir, capture, max_memory_records=10000):
     ours = _dump_with(interp.executable, tracked_env, workdir, capture, max_memory_records)
     theirs = _dump_with(_oracle_python(interp), _oracle_env(), workdir, capture, max_memory_records)
+    if interp.minor <= 9:
+        _memray_zero_lines(ours, theirs)
     _assert_same(ours, theirs)
     return ours
 

@@ -194,6 +194,49 @@ def _check_summary(build, interp, tracked_env, reader, capture, workdir, args_li
 TRANSFORM_ARGS = [(), ("--leaks",), ("--temporary-allocations",), ("--temporary-allocation-threshold", "3")]
 
 
+# Up to 3.9, Memray 1.20 shows line 0 for a one-line code object (empty co_lnotab);
+# this project shows the real line. The helpers below take Memray's 0 there.
+
+
+def _csv_rows(text, theirs=None):
+    rows = list(csv.reader(io.StringIO(text)))
+    if theirs is not None:
+        for row, other in zip(rows, theirs):
+            if len(row) == len(other) == 6:
+                frames = [f.split(";") for f in row[5].split("|")]
+                others = [f.split(";") for f in other[5].split("|")]
+                if len(frames) == len(others):
+                    for f, g in zip(frames, others):
+                        if len(f) == len(g) == 3 and g[2] == "0" and f[:2] == g[:2]:
+                            f[2] = "0"
+                    row[5] = "|".join(";".join(f) for f in frames)
+    return rows
+
+
+def _speedscope_without_lines(doc):
+    """The profiles as {stack of (name, file): weight}: frames Memray gives line 0
+    merge there, so stacks are compared without lines."""
+    frames = [(f["name"], f.get("file")) for f in doc["shared"]["frames"]]
+    out = []
+    for profile in doc["profiles"]:
+        weights = {}
+        for sample, weight in zip(profile["samples"], profile["weights"]):
+            key = tuple(frames[i] for i in sample)
+            weights[key] = weights.get(key, 0) + weight
+        out.append((profile["name"], profile["unit"], profile["endValue"], weights))
+    return out, doc["name"]
+
+
+def _tree_lines_match(ours, theirs):
+    """A line of ours matches Memray's, or differs only where Memray, having line 0,
+    shows the bare file name instead of `module:line`."""
+    if ours == theirs:
+        return True
+    head, _, pos = ours.rpartition("  ")
+    their_head, _, their_pos = theirs.rpartition("  ")
+    return head == their_head and re.search(r":\d+$", pos) is not None and re.search(r":\d+$", their_pos) is None
+
+
 def _check_transform(build, interp, tracked_env, reader, capture, workdir, aggregated=False):
     for fmt in ("csv", "gprof2dot", "speedscope"):
         for args in TRANSFORM_ARGS:
@@ -206,7 +249,14 @@ def _check_transform(build, interp, tracked_env, reader, capture, workdir, aggre
             if fmt == "speedscope":
                 ours, theirs = json.loads(a.read_text()), json.loads(b.read_text())
                 assert ours.pop("exporter").startswith("memray@") and theirs.pop("exporter") == "memray@1.20.0"
-                assert ours == theirs, what
+                if interp.minor <= 9:
+                    assert _speedscope_without_lines(ours) == _speedscope_without_lines(theirs), what
+                else:
+                    assert ours == theirs, what
+            elif fmt == "csv" and interp.minor <= 9:
+                theirs = _csv_rows(b.read_text())
+                assert _csv_rows(a.read_text(), theirs) == theirs, what
+                assert a.read_bytes().count(b"\r\n") == b.read_bytes().count(b"\r\n")
             else:
                 assert a.read_bytes() == b.read_bytes(), f"{what}:\n--- ours\n{a.read_text()[:3000]}\n--- Memray\n{b.read_text()[:3000]}"
 
@@ -222,9 +272,12 @@ def _check_tree(build, interp, tracked_env, reader, capture, workdir, aggregated
             assert ours.returncode == 0, ours.describe()
             assert "\x1b" not in ours.stdout
             expected = assert_ok(run([reader.python, script, capture, biggest, threshold, dirs], cwd=workdir))
-            assert ours.stdout == expected.stdout, (
-                f"tree -b {biggest} {extra}\n--- ours\n{ours.stdout}\n--- Memray\n{expected.stdout}"
-            )
+            message = f"tree -b {biggest} {extra}\n--- ours\n{ours.stdout}\n--- Memray\n{expected.stdout}"
+            if interp.minor <= 9:
+                a, b = ours.stdout.splitlines(), expected.stdout.splitlines()
+                assert len(a) == len(b) and all(map(_tree_lines_match, a, b)), message
+            else:
+                assert ours.stdout == expected.stdout, message
 
 
 @pytest.mark.ours_only
@@ -257,6 +310,7 @@ def test_reports_of_memray_captures_match_memray(interp, script, build, tracked_
 
 
 THRESHOLD = """
+# One call site per gap, so that each gets its own record.
 import allochelper
 H = allochelper.load()
 
@@ -267,8 +321,10 @@ def gap(k):
     for q in others:
         H.helper_free(q)
 
-for k in range(4):
-    gap(k)
+gap(0)
+gap(1)
+gap(2)
+gap(3)
 """
 
 

@@ -9,8 +9,8 @@ from . import _tracking
 
 
 class FileFormat(enum.IntEnum):
-    ALL_ALLOCATIONS = 1
-    AGGREGATED_ALLOCATIONS = 2
+    ALL_ALLOCATIONS = 0
+    AGGREGATED_ALLOCATIONS = 1
 
 
 class Destination:

@@ -12,8 +12,7 @@
 //! Results follow CPython's own decoding, with Memray's conventions where CPython has no
 //! line to give: an instruction the table marks as having no line reports the line of
 //! the entry before it, an offset past the table (3.11+) or a malformed table reports 0,
-//! and an empty table reports `firstlineno` (0 for an empty `co_lnotab` up to 3.9, as
-//! Memray 1.20 reports single-line code objects there). A negative offset (a frame that has not
+//! and an empty table reports `firstlineno`. A negative offset (a frame that has not
 //! executed its first instruction) reports `firstlineno`, as `PyCode_Addr2Line` does.
 
 /// 3.10.0a0: first version with `co_linetable`.
@@ -24,9 +23,6 @@ const PY_3_11: u32 = 0x030B_0000;
 /// The source line of the instruction at `instruction_offset` (as Memray records it for
 /// `python_version`) in a code object starting at `firstlineno`.
 pub fn line_number(python_version: u32, linetable: &[u8], firstlineno: i32, instruction_offset: i32) -> i32 {
-    if linetable.is_empty() && python_version < PY_3_10 {
-        return 0;
-    }
     if linetable.is_empty() || instruction_offset < 0 {
         return firstlineno;
     }
@@ -191,22 +187,18 @@ mod tests {
                 })
                 .collect();
             versions.insert(version >> 16);
-            // CPython gives a one-line code object (empty co_lnotab) its first line;
-            // Memray 1.20 shows 0, and so do we.
-            let memray_zero = table.is_empty() && version < PY_3_10;
             for unit in 0..n_units {
-                let cpython = runs.iter().rev().find(|(start, _)| *start <= unit).unwrap().1;
-                let expected = if memray_zero { 0 } else { cpython };
+                let expected = runs.iter().rev().find(|(start, _)| *start <= unit).unwrap().1;
                 let got = line_number(version, &table, firstlineno, offset_of(version, unit));
                 assert_eq!(got, expected, "python {version:08x} firstlineno {firstlineno} unit {unit} table {}", f[2]);
                 checked += 1;
             }
             // A frame that has not started yet: the first line.
-            assert_eq!(line_number(version, &table, firstlineno, -1), if memray_zero { 0 } else { firstlineno });
+            assert_eq!(line_number(version, &table, firstlineno, -1), firstlineno);
             // Past the end: 3.11+ has no entry (0, as Memray shows); older tables keep
             // the last line.
             let past = line_number(version, &table, firstlineno, offset_of(version, n_units + 50));
-            if version >= PY_3_11 || memray_zero {
+            if version >= PY_3_11 {
                 assert_eq!(past, 0);
             } else {
                 assert_eq!(past, runs.last().unwrap().1);
@@ -219,8 +211,7 @@ mod tests {
     #[test]
     fn empty_and_malformed_tables() {
         assert_eq!(line_number(0x030c01f0, &[], 7, 40), 7);
-        // Memray 1.20 reads an empty co_lnotab (a one-line code object) as line 0.
-        assert_eq!(line_number(0x030901f0, &[], 7, 40), 0);
+        assert_eq!(line_number(0x030901f0, &[], 7, 40), 7);
         // Odd-length pair tables are malformed.
         assert_eq!(line_number(0x030901f0, &[2, 1, 3], 7, 0), 0);
         assert_eq!(line_number(0x030a01f0, &[2, 1, 3], 7, 0), 0);

@@ -287,9 +287,10 @@ fn wrap(text: &str, width: usize, justify: Justify) -> Vec<(usize, String)> {
             // rstrip_end: drop trailing whitespace beyond the width.
             let len = piece.chars().count();
             if len > width {
-                let ws = piece.len() - piece.trim_end().len();
-                let cut = ws.min(len - width);
-                piece.truncate(piece.len() - cut);
+                let ws = piece.chars().rev().take_while(|c| c.is_whitespace()).count();
+                for _ in 0..ws.min(len - width) {
+                    piece.pop();
+                }
             }
             let fitted = match justify {
                 Justify::Left => truncate(&piece, width, true),
@@ -461,6 +462,22 @@ fn style_line(cell: &Cell, start: usize, line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn odd_text_does_not_panic() {
+        for w in [1, 2, 5, 9] {
+            for t in ["a\u{3000}\u{3000}\u{3000}b", "日本語のテキスト 長い", "x\ny z", "", "   ", "a  b"] {
+                for j in [Justify::Left, Justify::Right] {
+                    assert!(wrap(t, w, j).iter().all(|(_, l)| cell_len(l) <= w.max(1)));
+                }
+            }
+        }
+        let e = Entry { function: "f\u{3000}".into(), file: "x".into(), ..Entry::default() };
+        let s = Summary { entries: vec![e], current_memory_size: 0, total_allocations: 0 };
+        for width in [0, 10, 30, 200] {
+            assert!(!s.render(1, 10, width, true).is_empty());
+        }
+    }
 
     #[test]
     fn widths_follow_rich() {

@@ -132,12 +132,15 @@ fn gprof2dot(set: &RecordSet) -> String {
     )
 }
 
+/// A speedscope sample: frame indices root first, bytes, allocations.
+type Sample = (Vec<usize>, u64, u64);
+
 fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
     let mut frames = Interner::new();
     let mut frame_json: Vec<String> = Vec::new();
     let mut samples = Interner::new();
     // (stack, bytes, allocations) per distinct sample, in first-seen order.
-    let mut weights: Vec<(Vec<usize>, u64, u64)> = Vec::new();
+    let mut weights: Vec<Sample> = Vec::new();
     for r in &set.records {
         let stack = set.report_stack(r);
         if stack.is_empty() {
@@ -167,8 +170,8 @@ fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
         w.1 = w.1.wrapping_add(r.size);
         w.2 += r.n_allocations;
     }
-    let profile = |name: &str, unit: &str, weight: &dyn Fn(&(Vec<usize>, u64, u64)) -> u64| {
-        let kept: Vec<&(Vec<usize>, u64, u64)> = weights.iter().filter(|w| weight(w) > 0).collect();
+    let profile = |name: &str, unit: &str, weight: &dyn Fn(&Sample) -> u64| {
+        let kept: Vec<&Sample> = weights.iter().filter(|w| weight(w) > 0).collect();
         let total: u128 = kept.iter().map(|w| weight(w) as u128).sum();
         let samples: Vec<String> = kept
             .iter()

@@ -82,7 +82,7 @@ impl Tree {
     pub fn build(set: &RecordSet, biggest_allocs: i64) -> Tree {
         let mut sorted: Vec<&AllocationRecord> = set.records.iter().collect();
         // Stable, like Python's sort: equal sizes keep Memray's record order.
-        sorted.sort_by(|a, b| b.size.cmp(&a.size));
+        sorted.sort_by_key(|r| std::cmp::Reverse(r.size));
         let split = split_point(sorted.len(), biggest_allocs);
         let mut root = Node { interesting: true, ..Node::default() };
         let mut node_ids: Vec<usize> = Vec::new();
@@ -164,7 +164,7 @@ impl Tree {
         styled: bool,
     ) {
         let mut sorted: Vec<&Node> = children.iter().collect();
-        sorted.sort_by(|a, b| b.value.cmp(&a.value));
+        sorted.sort_by_key(|n| std::cmp::Reverse(n.value));
         for child in sorted {
             if child.interesting {
                 let at = lines.len();
