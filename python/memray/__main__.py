@@ -1,18 +1,13 @@
 """`python -m memray ...`: runs the memray binary with this interpreter as the default."""
 
 import os
-import shutil
 import sys
+
+from memray._binary import find_binary
 
 
 def _binary():
-    env = os.environ.get("MEMRAY_BIN")
-    if env:
-        return env
-    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "memray")
-    if os.path.exists(bundled):
-        return bundled
-    found = shutil.which("memray")
+    found = find_binary()
     if found:
         return found
     sys.stderr.write("memray: error: the memray binary was not found (set MEMRAY_BIN or reinstall)\n")

@@ -10,7 +10,6 @@ records asked for and the distinct stacks, not with the capture.
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._allocators import AllocatorType
 from ._api import FileFormat
+from ._binary import find_binary
 
 __all__ = ["AllocationRecord", "FileReader", "MemorySnapshot", "Metadata"]
 
@@ -59,17 +59,10 @@ def _millis_to_dt(millis: int) -> datetime:
 
 
 def _binary() -> str:
-    """The memray binary, found as `python -m memray` finds it."""
-    env = os.environ.get("MEMRAY_BIN")
-    if env:
-        return env
-    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "memray")
-    if os.path.exists(bundled):
-        return bundled
-    found = shutil.which("memray")
-    if found:
-        return found
-    raise OSError("the memray binary was not found (set MEMRAY_BIN or reinstall)")
+    found = find_binary()
+    if not found:
+        raise OSError("the memray binary was not found (set MEMRAY_BIN or reinstall)")
+    return found
 
 
 class _Tables:

@@ -80,7 +80,7 @@ fn indent(out: &mut String, level: usize) {
 }
 
 /// `json.encoder.py_encode_basestring_ascii`.
-fn write_str(out: &mut String, s: &str) {
+pub(crate) fn write_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
