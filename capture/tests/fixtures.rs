@@ -82,10 +82,9 @@ fn assert_demo_stream(d: &Decoded, allocator: Allocator) {
     assert_eq!(d.header.main_tid, 1);
     assert_eq!(d.header.skipped_frames_on_main_tid, 4);
     assert_eq!(d.header.python_allocator, PythonAllocator::Pymalloc);
-    assert_eq!(
-        d.header.libdest,
-        "/root/.pyenv/versions/3.12.1/lib/python3.12"
-    );
+    // The fixture was recorded under pyenv's 3.12.1; only the version-specific tail is
+    // asserted so the test names no path of the recording machine.
+    assert!(d.header.libdest.ends_with("/versions/3.12.1/lib/python3.12"), "{}", d.header.libdest);
     assert_eq!(
         d.header.site_packages,
         vec!["/tmp/oracle/lib/python3.12/site-packages".to_string()]
@@ -171,7 +170,7 @@ fn native() {
         })
         .collect();
     assert_eq!(headers.len(), 56);
-    assert_eq!(headers[0], "/root/.pyenv/versions/3.12.1/bin/python3.12");
+    assert!(headers[0].ends_with("/versions/3.12.1/bin/python3.12"), "{}", headers[0]);
     assert_eq!(
         d.records
             .iter()

@@ -94,7 +94,7 @@ fn memray_reads_our_captures() {
             "{name}: {stats}"
         );
         assert!(
-            stats.contains("\"location\": \"allocate:/work/synthetic.py:5\""),
+            stats.contains("\"location\": \"allocate:/src/synthetic.py:5\""),
             "{name}: line from our linetable"
         );
         assert!(

@@ -147,7 +147,7 @@ mod tests {
         ModuleResolver::new(
             Some("/usr/lib/python3.12"),
             &["/venv/lib/python3.12/site-packages".into()],
-            &["/work/proj".into(), "/usr/lib/python3.12".into()],
+            &["/srv/proj".into(), "/usr/lib/python3.12".into()],
         )
     }
 
@@ -157,18 +157,18 @@ mod tests {
         assert_eq!(r.module("/venv/lib/python3.12/site-packages/numpy/core/__init__.py"), ("numpy.core".into(), ModuleKind::SitePackages));
         assert_eq!(r.module("/usr/lib/python3.12/json/decoder.py"), ("json.decoder".into(), ModuleKind::Stdlib));
         assert_eq!(r.module("<frozen importlib._bootstrap>"), ("importlib._bootstrap".into(), ModuleKind::Stdlib));
-        assert_eq!(r.module("/work/proj//app/./main.py"), ("app.main".into(), ModuleKind::Project));
+        assert_eq!(r.module("/srv/proj//app/./main.py"), ("app.main".into(), ModuleKind::Project));
         assert_eq!(r.module("s1.py"), ("s1".into(), ModuleKind::Unknown));
         assert_eq!(r.module("/elsewhere/tool.pyx"), ("tool.pyx".into(), ModuleKind::Unknown));
         assert_eq!(r.module("<string>"), ("<string>".into(), ModuleKind::Unknown));
         assert_eq!(r.module(""), ("unknown".into(), ModuleKind::Unknown));
-        assert_eq!(r.module("/work/projector/x.py"), ("x".into(), ModuleKind::Unknown));
+        assert_eq!(r.module("/srv/projector/x.py"), ("x".into(), ModuleKind::Unknown));
     }
 
     #[test]
     fn stacks() {
         let mut r = resolver();
-        assert_eq!(r.module_for_stack(["/usr/lib/python3.12/json/decoder.py", "/work/proj/app/main.py"]), "app");
+        assert_eq!(r.module_for_stack(["/usr/lib/python3.12/json/decoder.py", "/srv/proj/app/main.py"]), "app");
         assert_eq!(r.module_for_stack(["/venv/lib/python3.12/site-packages/memray/commands/run.py"]), "<root>");
         assert_eq!(r.module_for_stack(["<frozen runpy>"]), "<root>");
         assert_eq!(r.module_for_stack(std::iter::empty()), "<root>");

@@ -65,7 +65,7 @@ pub fn stream_capture(native: bool) -> (Vec<u8>, u64) {
         s,
         1,
         b"<module>",
-        b"/work/synthetic.py",
+        b"/src/synthetic.py",
         1,
         &linetable(&[(4, 0), (4, 9)]),
     );
@@ -73,11 +73,11 @@ pub fn stream_capture(native: bool) -> (Vec<u8>, u64) {
         s,
         2,
         b"allocate",
-        b"/work/synthetic.py",
+        b"/src/synthetic.py",
         3,
         &linetable(&[(2, 0), (6, 2)]),
     );
-    e.code_object(s, 3, b"worker_main", b"/work/worker.py", 120, &[]);
+    e.code_object(s, 3, b"worker_main", b"/src/worker.py", 120, &[]);
     e.context_switch(s, 1);
     e.thread_record(s, b"MainThread");
     e.frame_push(s, 1, 10, true);
@@ -195,7 +195,7 @@ pub fn aggregated_capture(native: bool) -> AggregatedCapture {
     let code = |id, function: &str, firstlineno, lt: Vec<u8>| CodeObject {
         id,
         function: function.into(),
-        filename: "/work/synthetic.py".into(),
+        filename: "/src/synthetic.py".into(),
         firstlineno,
         linetable: lt,
     };
