@@ -13,6 +13,9 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+#[path = "src/content_hash.rs"]
+mod content_hash;
+use content_hash::content_hash;
 
 const LIB: &str = "libmemray_payload.so";
 
@@ -121,16 +124,3 @@ fn write_if_changed(path: &Path, text: &str) {
     }
 }
 
-/// FNV-1a over 8-byte words (the same function names the attach staging copies).
-fn content_hash(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))).wrapping_mul(0x0100_0000_01b3);
-        h ^= h >> 29;
-    }
-    for &b in words.remainder() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}

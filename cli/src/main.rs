@@ -1,6 +1,7 @@
 //! The `memray` command. Each subcommand lives in `commands/`; this file only wires clap.
 
 mod commands;
+mod content_hash;
 mod payload_file;
 
 use std::process::ExitCode;

@@ -297,16 +297,7 @@ impl Analyzer {
             Record::MemorySnapshot(s) => self.memory_snapshots.push(s),
             Record::AggregatedAllocation(row) => self.aggregated_row(row)?,
             Record::PythonFrame { frame, .. } => self.stacks.add_indexed_frame(frame),
-            Record::PythonTraceNode(node) => {
-                if !self.stacks.add_indexed_node(node) {
-                    return Err(ReportError::CorruptAggregated(format!(
-                        "Python trace node {} names frame {} or parent {} before it exists",
-                        self.stacks.n_stacks() + 1,
-                        node.frame_id,
-                        node.parent_index
-                    )));
-                }
-            }
+            Record::PythonTraceNode(node) => self.stacks.add_indexed_node(node)?,
             Record::SurvivingObject(_) => self.n_surviving_objects += 1,
         }
         Ok(())

@@ -136,16 +136,7 @@ impl<R: Read> CaptureCursor<R> {
                     return Ok(Some(Event::Aggregated(row)));
                 }
                 Record::PythonFrame { frame, .. } => self.stacks.add_indexed_frame(frame),
-                Record::PythonTraceNode(node) => {
-                    if !self.stacks.add_indexed_node(node) {
-                        return Err(ReportError::CorruptAggregated(format!(
-                            "Python trace node {} names frame {} or parent {} before it exists",
-                            self.stacks.n_stacks() + 1,
-                            node.frame_id,
-                            node.parent_index
-                        )));
-                    }
-                }
+                Record::PythonTraceNode(node) => self.stacks.add_indexed_node(node)?,
                 Record::ContextSwitch { .. }
                 | Record::Object { .. }
                 | Record::NativeFrame(_)

@@ -164,16 +164,19 @@ impl StackTable {
     }
 
     /// Aggregated files: PYTHON_TRACE_INDEX records are the trie's nodes 1, 2, ... in
-    /// order. Returns `false` for a node naming an unknown frame or a later parent.
-    pub fn add_indexed_node(&mut self, node: TraceNode) -> bool {
+    /// order. A node naming an unknown frame or a later parent means a corrupt file.
+    pub fn add_indexed_node(&mut self, node: TraceNode) -> Result<(), crate::ReportError> {
         let id = self.nodes.len() as u64;
         if node.frame_id >= self.frames.len() as u64 || node.parent_index >= id {
-            return false;
+            return Err(crate::ReportError::CorruptAggregated(format!(
+                "Python trace node {id} names frame {} or parent {} before it exists",
+                node.frame_id, node.parent_index
+            )));
         }
         let (frame, parent) = (node.frame_id as FrameId, node.parent_index as StackId);
         self.nodes.push(Node { frame, parent });
         self.node_ids.entry((parent, frame)).or_insert(id as StackId);
-        true
+        Ok(())
     }
 
     pub fn n_stacks(&self) -> usize {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use memray_injector::{self as injector, InjectOptions};
+use crate::content_hash::content_hash;
 
 // ---- the payload's control block (payload/src/attach.rs has the same layout) -----------
 const CONTROL_SYMBOL: &str = "memray_attach_control";
@@ -220,20 +221,6 @@ fn stage_payload(src: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// A 64-bit hash of the content (FNV-1a over 8-byte words, then the tail): tells payload
-/// builds apart in the copy's name. Not cryptographic: the directory is what protects it.
-fn content_hash(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))).wrapping_mul(0x0100_0000_01b3);
-        h ^= h >> 29;
-    }
-    for &b in words.remainder() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
 
 // ---- attach ---------------------------------------------------------------------------
 
