@@ -323,3 +323,22 @@ def reader(interp) -> Reader:
             )
             return Reader(alt, f"Memray 1.20 (oracle-3.{minor}, reading a 3.{interp.minor} capture)")
     pytest.skip(f"no oracle venv available to read {interp.id} captures")
+
+
+@pytest.fixture
+def native_ext(interp, tmp_path_factory) -> Path:
+    """tests/helpers/native_ext built for `interp` (once per interpreter per session):
+    the directory to put on PYTHONPATH to `import nativeext`."""
+    from native_build import build_native_ext
+
+    cache = _NATIVE_EXT_BUILDS.get(interp.id)
+    if cache is None:
+        try:
+            cache = build_native_ext(interp.executable, tmp_path_factory.mktemp("nativeext-" + interp.id))
+        except RuntimeError as exc:
+            pytest.fail("could not build the native test extension: %s" % exc)
+        _NATIVE_EXT_BUILDS[interp.id] = cache
+    return cache
+
+
+_NATIVE_EXT_BUILDS = {}
