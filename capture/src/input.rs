@@ -95,6 +95,19 @@ impl<S: Read> Input<S> {
         }
     }
 
+    /// The bytes buffered past the current position (all within the data's end).
+    #[inline]
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    /// Consumes `n` bytes of [`Input::buffered`].
+    #[inline]
+    pub(crate) fn consume(&mut self, n: usize) {
+        debug_assert!(self.pos + n <= self.end);
+        self.pos += n;
+    }
+
     /// Makes bytes available after the buffer ran dry; `false` at the end of the data.
     #[cold]
     fn refill(&mut self) -> Result<bool, CaptureError> {

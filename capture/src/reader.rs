@@ -11,6 +11,7 @@ use crate::types::{
     AggregatedAllocation, Allocator, CodeObject, FileFormat, MemorySnapshot, NativeFrame,
     PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
 };
+use crate::varint::{unzigzag, MAX_VARINT_LEN};
 use crate::{agg_tag, tag, CaptureError, LZ4_MAGIC, MAGIC, MAX_STRING_LEN, VERSION};
 
 /// One decoded record, with deltas and the address cache already undone.
@@ -181,6 +182,26 @@ struct DecodeState {
     next_python_frame_id: u64,
 }
 
+/// Longest ALLOCATION or FRAME_PUSH record: a tag, an allocator byte and three
+/// 10-byte varints at most.
+const FAST_RECORD_MAX: usize = 32;
+
+/// A varint from `b` at `*at` (which moves past it); `None` if longer than 10 bytes.
+/// `b` must hold at least `*at + 10` bytes.
+#[inline(always)]
+fn slice_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..MAX_VARINT_LEN {
+        let byte = b[*at + i];
+        v |= ((byte & 0x7f) as u64) << (7 * i);
+        if byte & 0x80 == 0 {
+            *at += i + 1;
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// Reads a capture record by record. Obtain one with [`Reader::open`] (which also skips
 /// the zero padding Memray leaves at the end of plain files) or [`Reader::new`].
 pub struct Reader<R: Read> {
@@ -305,7 +326,122 @@ impl<R: Read> Reader<R> {
 
     /// The next record, `Ok(None)` at the end of the data (trailer, end of input, or
     /// zero padding). After an error it returns `Ok(None)`.
+    #[inline]
     pub fn next_record(&mut self) -> Result<Option<Record>, CaptureError> {
+        if let Some(record) = self.fast_stream_record() {
+            return Ok(Some(record));
+        }
+        self.next_record_checked()
+    }
+
+    /// Hands every remaining record to `f`, in order, until the data ends, `f` fails or
+    /// the capture turns out truncated, corrupt or unreadable. A truncation ends the
+    /// records without an error when `stop_at_truncation` (Memray reads a cut capture up
+    /// to the cut); any other problem is returned as `E`.
+    ///
+    /// Faster than a `next_record` loop: with `f` inlined, the common records go from
+    /// the buffer to `f` in registers.
+    #[inline]
+    pub fn for_each_record<E: From<CaptureError>>(
+        &mut self,
+        stop_at_truncation: bool,
+        mut f: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
+        loop {
+            if let Some(record) = self.fast_stream_record() {
+                f(record)?;
+                continue;
+            }
+            match self.next_record_checked() {
+                Ok(Some(record)) => f(record)?,
+                Ok(None) => return Ok(()),
+                Err(e) if stop_at_truncation && e.is_truncation() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The records that make up nearly all of a capture (ALLOCATION, FRAME_PUSH,
+    /// FRAME_POP), decoded straight from the buffer when a whole record of the longest
+    /// kind is there. `None` leaves everything untouched for [`Reader::next_record_checked`],
+    /// which also reports any problem with the record.
+    // Inlined into the caller's loop so the record stays in registers: returning it
+    // through memory stalls on store forwarding and cost more than decoding it.
+    #[inline(always)]
+    fn fast_stream_record(&mut self) -> Option<Record> {
+        if self.done || self.state.pending_segments != 0 || self.header.file_format != FileFormat::AllAllocations {
+            return None;
+        }
+        let tid = self.state.tid?;
+        let b = self.input.buffered();
+        if b.len() < FAST_RECORD_MAX {
+            return None;
+        }
+        let t = b[0];
+        let mut at = 1;
+        let record = if t & tag::ALLOCATION != 0 {
+            let index = (t >> 3) & 0x0f;
+            let (address, new_pointer) = if index != 15 {
+                (self.state.recent.get(index as usize), None)
+            } else {
+                let delta = unzigzag(slice_varint(b, &mut at)?);
+                let pointer = self.state.last_data_pointer.wrapping_add(delta as u64);
+                (pointer << 3, Some(pointer))
+            };
+            let id = match t & 0x07 {
+                0 => {
+                    at += 1;
+                    b[at - 1]
+                }
+                id => id,
+            };
+            let allocator = Allocator::from_u8(id)?;
+            let (mut size, mut native) = (0, None);
+            if !allocator.is_simple_deallocator() {
+                if self.header.native_traces {
+                    let delta = unzigzag(slice_varint(b, &mut at)?);
+                    native = Some(self.state.last_native_frame_id.wrapping_add(delta as u64));
+                }
+                size = slice_varint(b, &mut at)?;
+            }
+            // The record is whole and valid: now the decoder state may change.
+            if let Some(pointer) = new_pointer {
+                self.state.last_data_pointer = pointer;
+                self.state.recent.insert(address);
+            }
+            if let Some(id) = native {
+                self.state.last_native_frame_id = id;
+            }
+            Record::Allocation {
+                tid,
+                address,
+                size,
+                allocator,
+                native_frame_id: native.unwrap_or(0),
+            }
+        } else if t & tag::FRAME_PUSH != 0 {
+            let code_object_id = slice_varint(b, &mut at)?;
+            let instruction_offset = unzigzag(slice_varint(b, &mut at)?) as i32;
+            Record::FramePush {
+                tid,
+                code_object_id,
+                instruction_offset,
+                is_entry: t & 1 != 0,
+            }
+        } else if t & tag::OBJECT_RECORD == 0 && t & tag::FRAME_POP != 0 {
+            Record::FramePop {
+                tid,
+                count: (t & 0x0f) as u32 + 1,
+            }
+        } else {
+            return None;
+        };
+        self.input.consume(at);
+        Some(record)
+    }
+
+    #[inline(never)]
+    fn next_record_checked(&mut self) -> Result<Option<Record>, CaptureError> {
         if self.done {
             return Ok(None);
         }

@@ -8,16 +8,37 @@ use std::io::Write;
 use common::*;
 use memray_capture::*;
 
+/// Hands out one byte per `read`, so the reader never has a whole record buffered and
+/// decodes everything on its checked path (no fast path).
+struct ByteByByte<'a>(&'a [u8]);
+
+impl std::io::Read for ByteByByte<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match (self.0.split_first(), buf.first_mut()) {
+            (Some((&b, rest)), Some(out)) => {
+                *out = b;
+                self.0 = rest;
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
 /// Decodes to the end; returns the records and the error that stopped it, if any.
 fn decode_all(bytes: &[u8]) -> (Vec<Record>, Option<CaptureError>) {
-    let mut r = match Reader::new(bytes) {
+    decode_all_from(bytes)
+}
+
+fn decode_all_from(source: impl std::io::Read) -> (Vec<Record>, Option<CaptureError>) {
+    let mut r = match Reader::new(source) {
         Ok(r) => r,
         Err(e) => return (Vec::new(), Some(e)),
     };
     let mut records = Vec::new();
-    // Each record consumes at least one byte, so this bound is never reached unless
-    // the reader loops.
-    for _ in 0..=bytes.len() + 1 {
+    // Each record consumes at least one byte, so the loop ends unless the reader loops
+    // (the captures here are small: a runaway loop is caught by the record bound).
+    for _ in 0..10_000_000 {
         match r.next_record() {
             Ok(Some(rec)) => records.push(rec),
             Ok(None) => {
@@ -112,7 +133,16 @@ fn corruption_at_every_offset_never_panics() {
             for v in [0x00, 0xff, 0x80, 0x0f, bytes[pos] ^ 0x01, bytes[pos] ^ 0x40] {
                 let mut b = bytes.clone();
                 b[pos] = v;
-                let _ = decode_all(&b);
+                // The fast path (whole records buffered) and the checked path (one byte
+                // at a time) must agree on every record and on the error.
+                let (fast, fast_err) = decode_all(&b);
+                let (checked, checked_err) = decode_all_from(ByteByByte(&b));
+                assert_eq!(fast, checked, "{name}: byte {pos} set to {v:#x}");
+                assert_eq!(
+                    fast_err.map(|e| e.to_string()),
+                    checked_err.map(|e| e.to_string()),
+                    "{name}: byte {pos} set to {v:#x}"
+                );
             }
         }
         // And compressed: corrupt the LZ4 stream itself.

@@ -86,8 +86,8 @@ pub struct Analysis {
     pub peak_record_index: u64,
     /// The heap after the last record.
     pub final_heap: u64,
-    /// Allocation count per size.
-    pub count_by_size: FastMap<u64, u64>,
+    /// Allocation count per size, by size.
+    pub count_by_size: Vec<(u64, u64)>,
     /// Allocation count per allocator, in order of first use.
     pub count_by_allocator: Vec<(Allocator, u64)>,
     /// Bytes and count per innermost location (`None`: no Python stack), in order of
@@ -140,21 +140,13 @@ pub struct AnalyzeOptions {
 
 /// Opens and analyses a capture file.
 pub fn analyze_file(path: impl AsRef<Path>, options: AnalyzeOptions) -> Result<Analysis, ReportError> {
-    let reader = Reader::open(path)?;
-    analyze(reader, options)
+    analyze(Reader::open(path)?, options)
 }
 
 /// Analyses a capture from an open reader, consuming all of its records.
 pub fn analyze<R: Read>(mut reader: Reader<R>, options: AnalyzeOptions) -> Result<Analysis, ReportError> {
     let mut analyzer = Analyzer::new(reader.header().clone());
-    loop {
-        match reader.next_record() {
-            Ok(Some(record)) => analyzer.feed(record)?,
-            Ok(None) => break,
-            Err(e) if e.is_truncation() && options.allow_truncated => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    reader.for_each_record(options.allow_truncated, #[inline(always)] |record| analyzer.feed(record))?;
     Ok(analyzer.finish(reader.reached_trailer()))
 }
 
@@ -178,6 +170,60 @@ fn slot_for(v: &mut Vec<u32>, i: usize) -> &mut u32 {
     &mut v[i]
 }
 
+/// Allocation count per size: an array for the small sizes nearly all allocations have,
+/// a map for the rest.
+#[derive(Default)]
+struct SizeCounts {
+    small: Vec<u64>,
+    large: FastMap<u64, u64>,
+}
+
+impl SizeCounts {
+    const SMALL: u64 = 1 << 16;
+
+    #[inline]
+    fn add(&mut self, size: u64) {
+        if size < Self::SMALL {
+            *slot_for_count(&mut self.small, size as usize) += 1;
+        } else {
+            *self.large.entry(size).or_insert(0) += 1;
+        }
+    }
+
+    fn into_sorted(self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> =
+            self.small.iter().enumerate().filter(|(_, &n)| n > 0).map(|(s, &n)| (s as u64, n)).collect();
+        let mut large: Vec<(u64, u64)> = self.large.into_iter().collect();
+        large.sort_unstable();
+        out.extend(large);
+        out
+    }
+}
+
+/// `v[i]`, growing `v` with zeros (by doubling, to amortise) as needed.
+#[inline]
+fn slot_for_count(v: &mut Vec<u64>, i: usize) -> &mut u64 {
+    if i >= v.len() {
+        v.resize((i + 1).next_power_of_two().max(1024), 0);
+    }
+    &mut v[i]
+}
+
+/// Where one Python stack's figures live.
+#[derive(Clone, Copy)]
+struct StackSlots {
+    /// Index into `by_location` (the stack's innermost location).
+    by_location: u32,
+    /// Index into `by_stack`; `NO_SLOT` until the stack's first allocation.
+    by_stack: u32,
+    /// The location state of the stack's latest allocation (`NO_SLOT`: none yet).
+    last_location: u32,
+}
+
+impl StackSlots {
+    const NONE: StackSlots = StackSlots { by_location: NO_SLOT, by_stack: NO_SLOT, last_location: NO_SLOT };
+}
+
 #[derive(Clone, Copy)]
 struct LiveBlock {
     size: u64,
@@ -193,7 +239,10 @@ pub struct Analyzer {
     n_allocation_records: u64,
     total_allocations: u64,
     total_bytes_allocated: u64,
-    count_by_size: FastMap<u64, u64>,
+    count_by_size: SizeCounts,
+    /// `tid`'s current stack, valid until the next FRAME_PUSH or FRAME_POP (runs of
+    /// allocations between frame changes are the common case).
+    current_stack: Option<(u64, StackId)>,
     count_by_allocator: Vec<(Allocator, u64)>,
     by_location: Vec<(Option<LocationId>, Usage)>,
     /// Index into `by_location` per location id, plus one for "no stack" (dense ids:
@@ -201,7 +250,8 @@ pub struct Analyzer {
     location_slot: Vec<u32>,
     no_stack_slot: u32,
     by_stack: Vec<StackTotals>,
-    stack_slot: Vec<u32>,
+    /// Per Python stack id: where its figures live (see [`StackSlots`]).
+    stack_slots: Vec<StackSlots>,
     generation: u64,
     native_frames: Vec<NativeFrame>,
     n_memory_records: u64,
@@ -219,7 +269,6 @@ pub struct Analyzer {
     mappings: RangeSet<u32>,
     location_index: FastMap<LocationKey, u32>,
     location_states: Vec<LocationState>,
-    last_location_of_stack: Vec<u32>,
     rows: Vec<AggregatedAllocation>,
 }
 
@@ -235,13 +284,14 @@ impl Analyzer {
             n_allocation_records: 0,
             total_allocations: 0,
             total_bytes_allocated: 0,
-            count_by_size: FastMap::default(),
+            count_by_size: SizeCounts::default(),
+            current_stack: None,
             count_by_allocator: Vec::new(),
             by_location: Vec::new(),
             location_slot: Vec::new(),
             no_stack_slot: NO_SLOT,
             by_stack: Vec::new(),
-            stack_slot: Vec::new(),
+            stack_slots: Vec::new(),
             generation: 0,
             native_frames: Vec::new(),
             n_memory_records: 0,
@@ -257,7 +307,6 @@ impl Analyzer {
             mappings: RangeSet::new(),
             location_index: FastMap::default(),
             location_states: Vec::new(),
-            last_location_of_stack: Vec::new(),
             rows: Vec::new(),
         }
     }
@@ -272,13 +321,20 @@ impl Analyzer {
         &self.stacks
     }
 
+    // Inlined into the read loop: a record handed over in memory costs a store-forwarding
+    // stall per field, more than the bookkeeping itself.
+    #[inline(always)]
     pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
         match record {
             Record::ContextSwitch { .. } => {}
             Record::FramePush { tid, code_object_id, instruction_offset, is_entry } => {
+                self.current_stack = None;
                 self.stacks.push(tid, FrameKey { code_object_id, instruction_offset, is_entry })
             }
-            Record::FramePop { tid, count } => self.stacks.pop(tid, count),
+            Record::FramePop { tid, count } => {
+                self.current_stack = None;
+                self.stacks.pop(tid, count)
+            }
             Record::Allocation { tid, address, size, allocator, native_frame_id } => {
                 self.allocation(tid, address, size, allocator, native_frame_id)
             }
@@ -308,7 +364,14 @@ impl Analyzer {
         self.n_allocation_records += 1;
         let mut location = u32::MAX;
         if !allocator.is_deallocator() {
-            let stack = self.stacks.current(tid);
+            let stack = match self.current_stack {
+                Some((t, stack)) if t == tid => stack,
+                _ => {
+                    let stack = self.stacks.current(tid);
+                    self.current_stack = Some((tid, stack));
+                    stack
+                }
+            };
             self.count_allocation(stack, size, allocator);
             let key = LocationKey {
                 tid,
@@ -364,11 +427,33 @@ impl Analyzer {
     fn count_allocation(&mut self, stack: StackId, size: u64, allocator: Allocator) {
         self.total_allocations += 1;
         self.total_bytes_allocated = self.total_bytes_allocated.wrapping_add(size);
-        *self.count_by_size.entry(size).or_insert(0) += 1;
+        self.count_by_size.add(size);
         match self.count_by_allocator.iter_mut().find(|(a, _)| *a == allocator) {
             Some((_, n)) => *n += 1,
             None => self.count_by_allocator.push((allocator, 1)),
         }
+        let slots = self.stack_slots(stack);
+        let usage = &mut self.by_location[slots.by_location as usize].1;
+        usage.count += 1;
+        usage.bytes = usage.bytes.wrapping_add(size);
+        let totals = &mut self.by_stack[slots.by_stack as usize];
+        totals.count += 1;
+        totals.bytes = totals.bytes.wrapping_add(size);
+    }
+
+    /// `stack`'s slots, assigned on its first allocation.
+    #[inline]
+    fn stack_slots(&mut self, stack: StackId) -> StackSlots {
+        if let Some(slots) = self.stack_slots.get(stack as usize) {
+            if slots.by_stack != NO_SLOT {
+                return *slots;
+            }
+        }
+        self.new_stack_slots(stack)
+    }
+
+    #[cold]
+    fn new_stack_slots(&mut self, stack: StackId) -> StackSlots {
         let top = self.stacks.top_location(stack);
         let slot = match top {
             Some(id) => slot_for(&mut self.location_slot, id as usize),
@@ -378,38 +463,37 @@ impl Analyzer {
             *slot = self.by_location.len() as u32;
             self.by_location.push((top, Usage::default()));
         }
-        let usage = &mut self.by_location[*slot as usize].1;
-        usage.count += 1;
-        usage.bytes = usage.bytes.wrapping_add(size);
-        let slot = slot_for(&mut self.stack_slot, stack as usize);
-        if *slot == NO_SLOT {
-            *slot = self.by_stack.len() as u32;
-            self.by_stack.push(StackTotals { stack, count: 0, bytes: 0 });
+        let slots = StackSlots { by_location: *slot, by_stack: self.by_stack.len() as u32, last_location: NO_SLOT };
+        self.by_stack.push(StackTotals { stack, count: 0, bytes: 0 });
+        if stack as usize >= self.stack_slots.len() {
+            self.stack_slots.resize((stack as usize + 1).next_power_of_two(), StackSlots::NONE);
         }
-        let totals = &mut self.by_stack[*slot as usize];
-        totals.count += 1;
-        totals.bytes = totals.bytes.wrapping_add(size);
+        self.stack_slots[stack as usize] = slots;
+        slots
     }
 
+    /// The location state of `key`; `key.stack` has its slots already.
     fn location(&mut self, key: LocationKey) -> u32 {
         // Most allocations from a stack share the rest of the key with the previous one.
-        let cached = slot_for(&mut self.last_location_of_stack, key.stack as usize);
-        if *cached != NO_SLOT && self.location_states[*cached as usize].key == key {
-            return *cached;
+        let cached = self.stack_slots[key.stack as usize].last_location;
+        if cached != NO_SLOT && self.location_states[cached as usize].key == key {
+            return cached;
         }
-        if let Some(&i) = self.location_index.get(&key) {
-            *cached = i;
-            return i;
-        }
-        *cached = self.location_states.len() as u32;
-        let i = self.location_states.len() as u32;
-        self.location_states.push(LocationState {
-            key,
-            epoch: self.peak_epoch,
-            at_peak: Usage::default(),
-            since: Usage::default(),
-        });
-        self.location_index.insert(key, i);
+        let i = match self.location_index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.location_states.len() as u32;
+                self.location_states.push(LocationState {
+                    key,
+                    epoch: self.peak_epoch,
+                    at_peak: Usage::default(),
+                    since: Usage::default(),
+                });
+                self.location_index.insert(key, i);
+                i
+            }
+        };
+        self.stack_slots[key.stack as usize].last_location = i;
         i
     }
 
@@ -488,7 +572,7 @@ impl Analyzer {
             peak_memory: self.peak,
             peak_record_index: self.peak_record_index,
             final_heap: self.heap,
-            count_by_size: self.count_by_size,
+            count_by_size: self.count_by_size.into_sorted(),
             count_by_allocator: self.count_by_allocator,
             by_location: self.by_location,
             by_stack: self.by_stack,

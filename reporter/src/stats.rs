@@ -69,9 +69,7 @@ impl Stats {
             return Err(ReportError::AggregatedStats);
         }
         let num_largest = num_largest.max(1);
-        let mut allocation_count_by_size: Vec<(u64, u64)> =
-            analysis.count_by_size.iter().map(|(&s, &c)| (s, c)).collect();
-        allocation_count_by_size.sort_unstable();
+        let allocation_count_by_size = analysis.count_by_size.clone();
 
         // Memray sorts its C++ map's entries with Python's stable sort.
         let mut allocator_distribution = analysis.allocators_in_memray_order();
