@@ -17,6 +17,9 @@ MODES = {
     "default": [],
     "trace-python-allocators": ["--trace-python-allocators"],
     "aggregate": ["--aggregate"],
+    # Native stacks: every allocation unwinds the C stack too (Memray: libunwind).
+    "native": ["--native"],
+    "native-aggregate": ["--native", "--aggregate"],
 }
 
 

@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use memray_capture::{AggregatedAllocation, AggregatedCapture, Allocator, CodeObject, Header, MemorySnapshot, PythonFrame, TraceNode};
+use memray_capture::{
+    AggregatedAllocation, AggregatedCapture, Allocator, CodeObject, Header, ImageSegments, MemorySnapshot, NativeFrame, PythonFrame,
+    TraceNode,
+};
 
 use crate::writer::PtrMap;
 
@@ -15,6 +18,9 @@ struct LocationKey {
     tid: u64,
     allocator: Allocator,
     frame_index: u64,
+    /// Native frame tree node and memory-map generation (0 without native traces).
+    native_frame_id: u64,
+    native_segment_generation: u64,
 }
 
 /// Totals of one location. `at_peak_*` hold the values at the latest peak, taken lazily:
@@ -47,6 +53,8 @@ pub struct Aggregator {
     peak: u64,
     peak_version: u64,
     snapshots: Vec<MemorySnapshot>,
+    native_frames: Vec<NativeFrame>,
+    memory_maps: Vec<Vec<ImageSegments>>,
 }
 
 impl Aggregator {
@@ -67,6 +75,8 @@ impl Aggregator {
             peak: 0,
             peak_version: 0,
             snapshots: Vec::new(),
+            native_frames: Vec::new(),
+            memory_maps: Vec::new(),
         }
     }
 
@@ -104,7 +114,17 @@ impl Aggregator {
         stack.push(node);
     }
 
-    pub fn allocation(&mut self, tid: u64, address: u64, size: u64, allocator: Allocator) {
+    /// A new node of the native frame tree (its id is its position + 1).
+    pub fn native_frame(&mut self, frame: NativeFrame) {
+        self.native_frames.push(frame);
+    }
+
+    /// A memory-map generation (numbered from 1 in write order).
+    pub fn memory_map(&mut self, images: Vec<ImageSegments>) {
+        self.memory_maps.push(images);
+    }
+
+    pub fn allocation(&mut self, tid: u64, address: u64, size: u64, allocator: Allocator, native_frame_id: u64, generation: u64) {
         match allocator {
             Allocator::Free | Allocator::PymallocFree => {
                 if let Some((size, loc)) = self.live.remove(&(address as usize)) {
@@ -114,7 +134,7 @@ impl Aggregator {
             Allocator::Munmap => self.unmap(address, size),
             _ => {
                 let frame_index = self.stacks.get(&tid).and_then(|s| s.last().copied()).unwrap_or(0);
-                let key = LocationKey { tid, allocator, frame_index };
+                let key = LocationKey { tid, allocator, frame_index, native_frame_id, native_segment_generation: generation };
                 let next = self.locations.len();
                 let loc = *self.keys.entry(key).or_insert(next);
                 if loc == next {
@@ -200,9 +220,9 @@ impl Aggregator {
                 AggregatedAllocation {
                     tid: key.tid,
                     allocator: key.allocator,
-                    native_frame_id: 0,
+                    native_frame_id: key.native_frame_id,
                     frame_index: key.frame_index,
-                    native_segment_generation: 0,
+                    native_segment_generation: key.native_segment_generation,
                     n_allocations_in_high_water_mark: hwm_count,
                     n_allocations_leaked: l.count,
                     bytes_in_high_water_mark: hwm_bytes,
@@ -214,9 +234,9 @@ impl Aggregator {
             header,
             memory_snapshots: self.snapshots,
             threads: self.threads,
-            memory_maps: Vec::new(),
+            memory_maps: self.memory_maps,
             code_objects: self.code_objects,
-            native_frames: Vec::new(),
+            native_frames: self.native_frames,
             python_frames: self.frames,
             python_trace_tree: self.tree,
             surviving_objects: Vec::new(),
@@ -246,12 +266,12 @@ mod tests {
     fn peak_and_leaks_per_location() {
         let mut a = Aggregator::new();
         a.push(1, frame(1));
-        a.allocation(1, 0x1000, 100, Allocator::Malloc); // heap 100
+        a.allocation(1, 0x1000, 100, Allocator::Malloc, 0, 0); // heap 100
         a.pop(1, 1);
         a.push(1, frame(2));
-        a.allocation(1, 0x2000, 300, Allocator::Malloc); // heap 400: the peak
-        a.allocation(1, 0x2000, 0, Allocator::Free); // heap 100
-        a.allocation(1, 0x3000, 50, Allocator::Malloc); // heap 150
+        a.allocation(1, 0x2000, 300, Allocator::Malloc, 0, 0); // heap 400: the peak
+        a.allocation(1, 0x2000, 0, Allocator::Free, 0, 0); // heap 100
+        a.allocation(1, 0x3000, 50, Allocator::Malloc, 0, 0); // heap 150
         assert_eq!(a.peak(), 400);
         let rows = rows(a);
         let by_frame = |f: u64| rows.iter().find(|r| r.frame_index == f).unwrap();
@@ -266,8 +286,8 @@ mod tests {
     #[test]
     fn partial_munmap_keeps_the_rest_live() {
         let mut a = Aggregator::new();
-        a.allocation(1, 0x10000, 0x4000, Allocator::Mmap);
-        a.allocation(1, 0x11000, 0x1000, Allocator::Munmap);
+        a.allocation(1, 0x10000, 0x4000, Allocator::Mmap, 0, 0);
+        a.allocation(1, 0x11000, 0x1000, Allocator::Munmap, 0, 0);
         let rows = rows(a);
         assert_eq!(rows[0].bytes_leaked, 0x3000);
         assert_eq!(rows[0].bytes_in_high_water_mark, 0x4000);

@@ -150,6 +150,9 @@ pub fn attach_entry(args: *const c_char) -> c_int {
     if busy && c.pid.load(Ordering::Acquire) == getpid() {
         return 1;
     }
+    // A stop request left unanswered by an earlier session (it had already stopped by
+    // itself) must not stop this one.
+    c.ack.store(c.request.load(Ordering::Acquire), Ordering::Release);
     c.session.store(nonce, Ordering::Release);
     publish(STATE_STARTING, "");
     let boxed = Box::into_raw(Box::new(args)) as *mut c_void;
@@ -421,22 +424,35 @@ def _attach_start(opts):
     if _attach_session is not None:
         raise RuntimeError('this process is already being tracked (run memray detach first)')
     output = opts['output']
-    fd = open_file_destination(output, opts.get('force') == '1')
-    session = Session(
-        fd, output, True, opts.get('compress') == '1',
-        trace_python_allocators=opts.get('trace_python_allocators') == '1',
-        follow_fork=opts.get('follow_fork') == '1',
-        aggregated=opts.get('aggregate') == '1',
-        memory_interval_ms=int(opts.get('memory_interval_ms') or 10),
-    )
+    live_port = opts.get('live_port')
+    if live_port:
+        # Live mode: stream to the `memray attach` viewer, which connects to this port.
+        address = opts.get('live_address') or '127.0.0.1'
+        fd = open_socket_destination(int(live_port), address, timeout=float(opts.get('live_timeout') or 30))
+        output = 'live:%s:%s' % (address, live_port)
+        session = Session(fd, None, False, False,
+                          native_traces=opts.get('native') == '1',
+                          trace_python_allocators=opts.get('trace_python_allocators') == '1',
+                          memory_interval_ms=int(opts.get('memory_interval_ms') or 10))
+    else:
+        fd = open_file_destination(output, opts.get('force') == '1')
+        session = Session(
+            fd, output, True, opts.get('compress') == '1',
+            native_traces=opts.get('native') == '1',
+            trace_python_allocators=opts.get('trace_python_allocators') == '1',
+            follow_fork=opts.get('follow_fork') == '1',
+            aggregated=opts.get('aggregate') == '1',
+            memory_interval_ms=int(opts.get('memory_interval_ms') or 10),
+        )
     try:
         session.start()
     except BaseException:
         os.close(fd)
-        try:
-            os.unlink(output)
-        except OSError:
-            pass
+        if not live_port:
+            try:
+                os.unlink(output)
+            except OSError:
+                pass
         raise
     _attach_session = session
     if not _attach_registered:

@@ -64,25 +64,34 @@ fn record_allocation_slow(address: usize, size: usize, allocator: Allocator) {
     let tid = thread_state::current_tid();
     // The walk and the diff touch only this thread's state: do them before taking the
     // lock that every thread shares.
+    let native = NATIVE_TRACES.load(Ordering::Relaxed);
     let state = thread_state::current().map(|state| {
         let n = interp.capture(&mut state.scratch);
-        if !NATIVE_TRACES.load(Ordering::Relaxed) {
+        if !native {
             // Memray marks every frame as an entry frame unless native traces are on.
             state.scratch[..n].iter_mut().for_each(|f| f.is_entry = true);
         }
         let delta = diff_and_update(state, n);
+        if native {
+            // The unwind, like the Python walk, needs no lock.
+            state.native.get_or_insert_with(crate::native::ThreadNative::new).capture();
+        }
         (state, delta)
     });
     let mut guard = WRITER.lock();
     let Some(writer) = guard.as_mut() else { return };
+    let mut native_id = 0;
     if let Some((state, delta)) = state {
         if !state.name_written {
             state.name_written = true;
             writer.thread_first_seen(tid);
         }
         writer.write_stack_change(tid, delta.pops, &state.written[delta.push_from..]);
+        if let Some(n) = state.native.as_mut().filter(|_| native) {
+            native_id = writer.native_frame_id(&n.ips[..n.len], &mut n.prefix);
+        }
     }
-    writer.write_allocation(tid, address, size, allocator);
+    writer.write_allocation(tid, address, size, allocator, native_id);
 }
 
 /// Records a deallocation (no stack: Memray's format carries none for frees).
@@ -95,7 +104,7 @@ pub fn record_deallocation(address: *mut c_void, size: usize, allocator: Allocat
         let tid = thread_state::current_tid();
         let mut guard = WRITER.lock();
         if let Some(writer) = guard.as_mut() {
-            writer.write_allocation(tid, address as usize, size, allocator);
+            writer.write_allocation(tid, address as usize, size, allocator, 0);
         }
     });
 }
@@ -125,6 +134,7 @@ pub struct Real {
     mmap64: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void,
     munmap: unsafe extern "C" fn(*mut c_void, size_t) -> c_int,
     dlopen: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void,
+    dlclose: unsafe extern "C" fn(*mut c_void) -> c_int,
     prctl: unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int,
 }
 
@@ -158,6 +168,7 @@ pub fn resolve_real_functions() {
         mmap64: find!(c"mmap64", mmap64, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void),
         munmap: find!(c"munmap", libc::munmap, unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
         dlopen: find!(c"dlopen", libc::dlopen, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
+        dlclose: find!(c"dlclose", libc::dlclose, unsafe extern "C" fn(*mut c_void) -> c_int),
         prctl: find!(c"prctl", prctl_fallback, unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int),
     };
     REAL.store(Box::leak(Box::new(real)), Ordering::Release);
@@ -265,8 +276,24 @@ unsafe extern "C" fn dlopen_hook(filename: *const c_char, flags: c_int) -> *mut 
         // Patch what this dlopen brought in; the guard keeps the walk's own allocations out.
         let _g = thread_state::GuardScope::enter();
         crate::got::patch_all(&redirects());
+        if NATIVE_TRACES.load(Ordering::Relaxed) {
+            // Unwind through the new object, and tell readers where it is.
+            crate::native::refresh();
+        }
     }
     handle
+}
+
+unsafe extern "C" fn dlclose_hook(handle: *mut c_void) -> c_int {
+    if !(ACTIVE.load(Ordering::Relaxed) && NATIVE_TRACES.load(Ordering::Relaxed)) {
+        return (real().dlclose)(handle);
+    }
+    let _g = thread_state::GuardScope::enter();
+    // The object may be unmapped by this call: stop unwinding through it first.
+    crate::native::before_unload(handle);
+    let rc = (real().dlclose)(handle);
+    crate::native::refresh();
+    rc
 }
 
 unsafe extern "C" fn prctl_hook(option: c_int, a2: libc::c_ulong, a3: libc::c_ulong, a4: libc::c_ulong, a5: libc::c_ulong) -> c_int {
@@ -284,9 +311,9 @@ unsafe extern "C" fn prctl_hook(option: c_int, a2: libc::c_ulong, a3: libc::c_ul
     rc
 }
 
-/// The GOT redirections the tracker installs. (dlclose needs none: restoring only visits
-/// objects still loaded.)
-pub fn redirects() -> [Redirect; 14] {
+/// The GOT redirections the tracker installs. (dlclose is hooked for native traces only:
+/// restoring visits only objects still loaded.)
+pub fn redirects() -> [Redirect; 15] {
     macro_rules! r {
         ($name:literal, $f:expr) => {
             Redirect { name: $name, hook: $f as usize }
@@ -306,6 +333,7 @@ pub fn redirects() -> [Redirect; 14] {
         r!(c"mmap64", mmap64_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void),
         r!(c"munmap", munmap_hook as unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
         r!(c"dlopen", dlopen_hook as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
+        r!(c"dlclose", dlclose_hook as unsafe extern "C" fn(*mut c_void) -> c_int),
         r!(c"prctl", prctl_hook as unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int),
     ]
 }

@@ -13,6 +13,7 @@ mod compress;
 mod got;
 mod hooks;
 mod lock;
+mod native;
 mod pymem;
 pub mod python;
 mod rss;

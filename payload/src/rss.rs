@@ -68,19 +68,24 @@ fn sample() {
     let failure = match WRITER.lock().as_mut() {
         Some(w) => {
             w.write_memory_record(rss, now);
-            w.sink.error.take()
+            w.sink.error.take().map(|errno| (errno, w.sink.is_socket()))
         }
         None => None,
     };
-    if let Some(errno) = failure {
-        // A full disk or a closed socket: stop recording, keep the program running. The
+    if let Some((errno, socket)) = failure {
+        // A full disk or a live viewer that went away: stop recording, keep the program
+        // running, and take the GOT hooks out now (no GIL needed for that; the rest of
+        // the stop, PyMem wrappers included, happens when the session is stopped). The
         // capture stays readable up to the last successful flush.
         crate::hooks::ACTIVE.store(false, Ordering::Release);
         STOP.store(true, Ordering::Release);
-        eprintln!(
-            "memray: cannot write the capture ({}); tracking stopped",
-            std::io::Error::from_raw_os_error(errno)
-        );
+        crate::got::restore_all(&crate::hooks::redirects());
+        let err = std::io::Error::from_raw_os_error(errno);
+        if socket {
+            eprintln!("memray: the live viewer disconnected ({err}); tracking stopped and this process no longer streams (the program continues untracked)");
+        } else {
+            eprintln!("memray: cannot write the capture ({err}); tracking stopped");
+        }
     }
 }
 

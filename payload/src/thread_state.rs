@@ -51,6 +51,8 @@ pub struct ThreadState {
     pub written: Vec<RawFrame>,
     /// Scratch for the walker (always MAX_FRAMES long), innermost first.
     pub scratch: Vec<RawFrame>,
+    /// Native unwinding state, made on the first allocation of a `--native` capture.
+    pub native: Option<Box<crate::native::ThreadNative>>,
 }
 
 /// Runs `f` with the reentrancy guard set, unless it is already set on this thread (a
@@ -148,6 +150,7 @@ pub fn current() -> Option<&'static mut ThreadState> {
             name_written: false,
             written: Vec::with_capacity(64),
             scratch: vec![RawFrame::default(); MAX_FRAMES],
+            native: None,
         });
         ptr = Box::into_raw(state);
         tls().state = ptr as *mut libc::c_void;
@@ -162,6 +165,10 @@ pub fn current() -> Option<&'static mut ThreadState> {
         state.generation = generation;
         state.name_written = false;
         state.written.clear();
+        if let Some(native) = state.native.as_mut() {
+            // Node ids belong to the previous capture's frame tree.
+            native.prefix.clear();
+        }
     }
     Some(state)
 }

@@ -84,7 +84,7 @@ impl Config {
     fn header(&self, main_tid: u64) -> Header {
         Header {
             python_version: self.python_version,
-            native_traces: false,
+            native_traces: self.native_traces,
             file_format: if self.file_format == 1 { FileFormat::AggregatedAllocations } else { FileFormat::AllAllocations },
             n_allocations: 0,
             n_frames: 0,
@@ -129,6 +129,12 @@ pub fn start(config: Config) -> Result<(), StartError> {
     thread_state::reset_tids();
     let main_tid = thread_state::current_tid();
     *WRITER.lock() = Some(Writer::new(config.fd, config.header(main_tid), interp));
+    hooks::NATIVE_TRACES.store(config.native_traces, Ordering::Release);
+    if config.native_traces {
+        // The first memory map follows the header, and the unwind table must exist
+        // before the first hook runs.
+        crate::native::refresh();
+    }
 
     if config.trace_python_allocators {
         pymem::install();
@@ -159,6 +165,7 @@ pub fn stop() -> bool {
     ACTIVE.store(false, Ordering::Release);
     running.sampler.stop();
     got::restore_all(&hooks::redirects());
+    crate::native::stop();
     if running.config.trace_python_allocators {
         pymem::uninstall();
     }
@@ -167,7 +174,12 @@ pub fn stop() -> bool {
         w.finish(now_ms(), running.config.seekable);
         if let Some(errno) = w.sink.error {
             // Not reported by the sampler yet (the failure came after its last round).
-            eprintln!("memray: cannot write the capture ({}); tracking stopped", std::io::Error::from_raw_os_error(errno));
+            let err = std::io::Error::from_raw_os_error(errno);
+            if w.sink.is_socket() {
+                eprintln!("memray: the live viewer disconnected ({err}); tracking stopped");
+            } else {
+                eprintln!("memray: cannot write the capture ({err}); tracking stopped");
+            }
         }
         let failed = w.sink.failed;
         // SAFETY: the fd was handed to us at start and is closed exactly once, here.
@@ -265,6 +277,9 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     let main_tid = thread_state::current_tid();
     let interp = hooks::interpreter().ok_or_else(|| std::io::Error::other("no interpreter"))?;
     *WRITER.lock() = Some(Writer::new(fd, r.config.header(main_tid), interp));
+    if r.config.native_traces {
+        crate::native::refresh();
+    }
     r.sampler = Sampler::start(r.config.memory_interval_ms)?;
     Ok(())
 }

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use memray_capture::{Allocator, ByteSink, CodeObject, FileFormat, Header, PythonFrame, StreamEncoder};
+use memray_capture::{Allocator, ByteSink, CodeObject, FileFormat, Header, ImageSegments, NativeFrame, PythonFrame, Segment, StreamEncoder};
 
 use crate::aggregate::Aggregator;
+use crate::native::objects::LoadedObject;
+use crate::native::trie::{NativeTrie, Prefix};
 
 use crate::python::frames::RawFrame;
 
@@ -16,6 +18,9 @@ const BUFFER_SIZE: usize = 1 << 20;
 /// larger than the buffer is written straight through).
 pub struct FdSink {
     fd: i32,
+    /// A connected socket (live mode): written with send(MSG_NOSIGNAL), so a viewer that
+    /// went away gives EPIPE instead of a SIGPIPE that would kill the tracked process.
+    socket: bool,
     buf: Vec<u8>,
     /// The first write error (errno); nothing more is written after it.
     pub error: Option<i32>,
@@ -25,7 +30,12 @@ pub struct FdSink {
 
 impl FdSink {
     pub fn new(fd: i32) -> Self {
-        FdSink { fd, buf: Vec::with_capacity(BUFFER_SIZE), error: None, failed: false, bytes_written: 0 }
+        FdSink { fd, socket: is_socket(fd), buf: Vec::with_capacity(BUFFER_SIZE), error: None, failed: false, bytes_written: 0 }
+    }
+
+    /// Whether the output is a socket (a live viewer) rather than a file.
+    pub fn is_socket(&self) -> bool {
+        self.socket
     }
 
     pub fn fd(&self) -> i32 {
@@ -45,7 +55,13 @@ impl FdSink {
         }
         while !data.is_empty() {
             // SAFETY: writes from a valid slice to an fd we own.
-            let n = unsafe { libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len()) };
+            let n = unsafe {
+                if self.socket {
+                    libc::send(self.fd, data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL)
+                } else {
+                    libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len())
+                }
+            };
             if n < 0 {
                 let errno = std::io::Error::last_os_error().raw_os_error();
                 if errno == Some(libc::EINTR) {
@@ -58,6 +74,14 @@ impl FdSink {
             self.bytes_written += n as u64;
             data = &data[n as usize..];
         }
+    }
+}
+
+fn is_socket(fd: i32) -> bool {
+    // SAFETY: fstat into a zeroed stat buffer we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
     }
 }
 
@@ -122,6 +146,10 @@ pub struct Writer {
     pub n_allocations: u64,
     pub start_ms: i64,
     pub interp: &'static crate::python::Interpreter,
+    /// Native stacks: the frame tree and how many memory maps were written (the
+    /// "segment generation" a reader is in when it meets an allocation).
+    native: NativeTrie,
+    map_generation: u64,
 }
 
 impl Writer {
@@ -145,6 +173,8 @@ impl Writer {
             n_allocations: 0,
             start_ms,
             interp,
+            native: NativeTrie::default(),
+            map_generation: 0,
         };
         if matches!(w.out, Output::Stream(_)) {
             let mut bytes = Vec::new();
@@ -185,11 +215,18 @@ impl Writer {
         }
     }
 
-    pub fn write_allocation(&mut self, tid: u64, address: usize, size: usize, allocator: Allocator) {
+    /// `native_id` is the allocation's node in the native frame tree (0 without native
+    /// traces, and for deallocations).
+    pub fn write_allocation(&mut self, tid: u64, address: usize, size: usize, allocator: Allocator, native_id: u64) {
         self.switch_to(tid);
+        let native_traces = self.header.native_traces;
         match &mut self.out {
-            Output::Stream(enc) => enc.allocation(&mut self.sink, address as u64, size as u64, allocator, 0, false),
-            Output::Aggregate(agg) => agg.allocation(tid, address as u64, size as u64, allocator),
+            Output::Stream(enc) => {
+                enc.allocation(&mut self.sink, address as u64, size as u64, allocator, native_id, native_traces)
+            }
+            Output::Aggregate(agg) => {
+                agg.allocation(tid, address as u64, size as u64, allocator, native_id, self.map_generation)
+            }
         }
         // Memray's header count covers every ALLOCATION record, frees included.
         self.n_allocations += 1;
@@ -232,6 +269,43 @@ impl Writer {
                 self.sink.flush();
             }
             Output::Aggregate(agg) => agg.memory_snapshot(now_ms.max(0) as u64, rss),
+        }
+    }
+
+    /// The native frame tree node of `ips` (innermost first), writing a NATIVE_TRACE_INDEX
+    /// record for each new node. `prefix` is the calling thread's previous path.
+    pub fn native_frame_id(&mut self, ips: &[u64], prefix: &mut Prefix) -> u64 {
+        let Writer { native, out, sink, .. } = self;
+        native.intern(ips, prefix, |ip, parent| match out {
+            Output::Stream(enc) => enc.native_trace_index(sink, ip, parent),
+            Output::Aggregate(agg) => agg.native_frame(NativeFrame { ip, parent }),
+        })
+    }
+
+    /// MEMORY_MAP_START and the segments of every loaded object (the vdso excepted, which
+    /// nothing can symbolize), as Memray writes them at start and after dlopen/dlclose.
+    pub fn write_memory_map(&mut self, objects: &[LoadedObject]) {
+        self.map_generation += 1;
+        let images = objects.iter().filter(|o| !o.is_vdso);
+        match &mut self.out {
+            Output::Stream(enc) => {
+                enc.memory_map_start(&mut self.sink);
+                for o in images {
+                    enc.segment_header(&mut self.sink, o.name.as_bytes(), o.segments.len() as u64, o.bias);
+                    for &(vaddr, memsz) in &o.segments {
+                        enc.segment(&mut self.sink, vaddr, memsz);
+                    }
+                }
+            }
+            Output::Aggregate(agg) => agg.memory_map(
+                images
+                    .map(|o| ImageSegments {
+                        filename: o.name.clone(),
+                        load_addr: o.bias,
+                        segments: o.segments.iter().map(|&(vaddr, memsz)| Segment { vaddr, memsz }).collect(),
+                    })
+                    .collect(),
+            ),
         }
     }
 

@@ -55,9 +55,6 @@ class Tracker:
                 raise RuntimeError("follow_fork requires an output file")
             if file_format == FileFormat.AGGREGATED_ALLOCATIONS:
                 raise RuntimeError("AGGREGATED_ALLOCATIONS requires an output file")
-        if native_traces:
-            raise NotImplementedError("native_traces=True is not supported by this version of memray yet "
-                                      "(Python stacks are recorded; native stacks are not)")
         if memory_interval_ms < 1:
             raise ValueError("memory_interval_ms must be at least 1")
         self.destination = destination
