@@ -126,14 +126,7 @@ pub fn analyze_reader_over_time<R: Read>(
     analyze_options: AnalyzeOptions,
 ) -> Result<TimelineAnalysis, ReportError> {
     let mut t = TimelineAnalyzer::new(reader.header().clone(), options);
-    loop {
-        match reader.next_record() {
-            Ok(Some(record)) => t.feed(record)?,
-            Ok(None) => break,
-            Err(e) if e.is_truncation() && analyze_options.allow_truncated => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    reader.for_each_record(analyze_options.allow_truncated, #[inline(always)] |record| t.feed(record))?;
     Ok(t.finish(reader.reached_trailer()))
 }
 
@@ -188,6 +181,8 @@ impl TimelineAnalyzer {
         &self.header
     }
 
+    // Inlined into the read loop, as `Analyzer::feed` is.
+    #[inline(always)]
     pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
         match record {
             Record::Allocation { tid, address, size, allocator, .. } => {
