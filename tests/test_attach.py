@@ -659,8 +659,9 @@ def test_error_no_pid_without_terminal(cli):
     assert_clean_error(cli("attach", "-o", "x.bin"), "PID")
 
 
-def test_error_live_mode_needs_output(cli):
-    assert_clean_error(cli("attach", str(os.getpid())), "-o")
+def test_error_live_mode_needs_a_terminal(cli):
+    # Without -o attach shows a live view (tests/test_live.py), which needs a terminal.
+    assert_clean_error(cli("attach", str(os.getpid())), "terminal")
 
 
 def test_error_detach_not_tracked(interp, target, memray_cli):

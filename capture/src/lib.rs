@@ -13,6 +13,7 @@ mod encoder;
 mod error;
 mod header;
 mod input;
+mod progress;
 mod reader;
 mod types;
 mod varint;
@@ -23,6 +24,7 @@ pub use encoder::{
 };
 pub use error::CaptureError;
 pub use header::Header;
+pub use progress::{set_progress_sink, ProgressSink};
 pub use reader::{Reader, Record};
 pub use types::{
     AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot,

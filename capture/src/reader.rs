@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::encoder::AddressCache;
 use crate::header::Header;
 use crate::input::Input;
+use crate::progress::ProgressProbe;
 use crate::types::{
     AggregatedAllocation, Allocator, CodeObject, FileFormat, MemorySnapshot, NativeFrame,
     PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
@@ -211,6 +212,7 @@ pub struct Reader<R: Read> {
     state: DecodeState,
     done: bool,
     complete: bool,
+    progress: Option<ProgressProbe>,
 }
 
 /// Offset one past the last non-zero byte, or `None` if the file is all zeros.
@@ -257,7 +259,10 @@ impl Reader<File> {
             readable_size(&mut file)?
         };
         file.seek(SeekFrom::Start(0))?;
-        Reader::with_limit(file, limit)
+        let progress = ProgressProbe::new(&file, path);
+        let mut reader = Reader::with_limit(file, limit)?;
+        reader.progress = progress;
+        Ok(reader)
     }
 }
 
@@ -301,6 +306,7 @@ impl<R: Read> Reader<R> {
             state: DecodeState::default(),
             done: false,
             complete: false,
+            progress: None,
         })
     }
 
@@ -445,6 +451,11 @@ impl<R: Read> Reader<R> {
         if self.done {
             return Ok(None);
         }
+        // Here at least once per buffer refill (the fast path stops short of the
+        // buffer's end), which is often enough for a progress bar.
+        if let Some(p) = &mut self.progress {
+            p.tick();
+        }
         let result = match self.header.file_format {
             FileFormat::AllAllocations => self.next_stream_record(),
             FileFormat::AggregatedAllocations => self.next_aggregated_record(),
@@ -453,10 +464,16 @@ impl<R: Read> Reader<R> {
             Ok(Some(r)) => Ok(Some(r)),
             Ok(None) => {
                 self.done = true;
+                if let Some(p) = &mut self.progress {
+                    p.finish();
+                }
                 Ok(None)
             }
             Err(e) => {
                 self.done = true;
+                if let Some(p) = &mut self.progress {
+                    p.finish();
+                }
                 Err(e)
             }
         }

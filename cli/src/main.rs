@@ -3,6 +3,7 @@
 mod commands;
 mod content_hash;
 mod payload_file;
+mod progress_bar;
 
 use std::process::ExitCode;
 
@@ -23,10 +24,12 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Print every record of a capture as text (stdout must not be a terminal)
     Parse(commands::parse::ParseArgs),
-    /// Start tracking a running Python process (ptrace; writes a capture with -o)
+    /// Start tracking a running Python process (ptrace; a capture with -o, else a live view)
     Attach(commands::attach::AttachArgs),
     /// Stop tracking a process that `memray attach` is tracking
     Detach(commands::attach::DetachArgs),
+    /// Watch a process started with `memray run --live-remote` in a terminal view
+    Live(commands::live::LiveArgs),
     /// Write an HTML flame graph of the memory at the peak (or leaked, or temporary)
     Flamegraph(commands::flamegraph::FlamegraphArgs),
     /// Write an HTML table of the allocation sites at the peak (or leaked, or temporary)
@@ -44,12 +47,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(commands::run::normalize_argv(std::env::args().collect()));
+    if matches!(
+        cli.command,
+        Command::Stats(_)
+            | Command::Flamegraph(_)
+            | Command::Table(_)
+            | Command::Tree(_)
+            | Command::Summary(_)
+            | Command::Transform(_)
+    ) {
+        progress_bar::install();
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Parse(args) => commands::parse::run(args),
         Command::Attach(args) => commands::attach::attach(args),
         Command::Detach(args) => commands::attach::detach(args),
+        Command::Live(args) => commands::live::run(args),
         Command::Flamegraph(args) => commands::flamegraph::run(args),
         Command::Table(args) => commands::table::run(args),
         Command::Tree(args) => commands::tree::run(args),

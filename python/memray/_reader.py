@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -65,24 +66,74 @@ def _binary() -> str:
     return found
 
 
+def _is_eval_frame(function: str) -> bool:
+    """Whether a native function is one of the interpreter's eval loops."""
+    return "_PyEval_EvalFrameDefault" in function or function.startswith("_TAIL_CALL_")
+
+
 class _Tables:
-    """What one query's records refer to: frames, stack nodes, thread names."""
+    """What one query's records refer to: Python frames and stack nodes, symbolized
+    native frames and native stack nodes (per memory-map generation), thread names."""
 
     def __init__(self, main_tid: int, skipped_frames: int):
         self.main_tid = main_tid
         self.skipped_frames = skipped_frames
         self.frames: Dict[int, StackFrame] = {}
+        self.entry: Dict[int, bool] = {}
         self.nodes: Dict[int, Tuple[int, int]] = {}
+        self.native_frames: Dict[int, StackFrame] = {}
+        self.native_nodes: Dict[Tuple[int, int], Tuple[int, List[int]]] = {}
         self.thread_names: Dict[int, str] = {}
 
-    def frames_of(self, stack_id: int) -> List[StackFrame]:
+    def _python(self, stack_id: int) -> List[Tuple[StackFrame, bool]]:
         out = []
         seen = 0
         while stack_id and stack_id in self.nodes and seen <= len(self.nodes):
             parent, frame = self.nodes[stack_id]
-            out.append(self.frames.get(frame, ("", "", 0)))
+            out.append((self.frames.get(frame, ("", "", 0)), self.entry.get(frame, True)))
             stack_id = parent
             seen += 1
+        return out
+
+    def frames_of(self, stack_id: int) -> List[StackFrame]:
+        return [frame for frame, _ in self._python(stack_id)]
+
+    def native_of(self, node: int, generation: int, max_ips=None) -> List[StackFrame]:
+        """Native frames, innermost first; `max_ips` limits the addresses walked."""
+        out: List[StackFrame] = []
+        walked = 0
+        while node and (node, generation) in self.native_nodes:
+            if max_ips is not None and walked >= max_ips:
+                break
+            parent, ids = self.native_nodes[(node, generation)]
+            out.extend(self.native_frames[i] for i in ids)
+            walked += 1
+            node = parent if parent < node else 0
+        return out
+
+    def hybrid_of(self, tid: int, stack_id: int, node: int, generation: int) -> List[StackFrame]:
+        """The native stack with each eval-loop frame replaced by the Python frames it
+        ran (see reporter/src/native/hybrid.rs), innermost first."""
+        python = self._python(stack_id)
+        native = self.native_of(node, generation)
+        skip = self.skipped_frames if tid == self.main_tid else 0
+        out: List[StackFrame] = []
+        n_py = len(python)
+        nxt = 0  # outermost-first index of the next Python frame to place
+        for frame in reversed(native):
+            if nxt < n_py and _is_eval_frame(frame[0]):
+                while True:
+                    if skip and nxt == skip:
+                        out.clear()
+                    out.append(python[n_py - 1 - nxt][0])
+                    nxt += 1
+                    if nxt >= n_py or python[n_py - 1 - nxt][1]:
+                        break
+            else:
+                out.append(frame)
+        if nxt < n_py:
+            return [frame for frame, _ in python]
+        out.reverse()
         return out
 
 
@@ -163,18 +214,29 @@ class AllocationRecord:
         return self._cache[key]
 
     def native_stack_trace(self, max_stacks=None) -> List[StackFrame]:
-        """Native frames: empty, as this version records no native stacks."""
-        self._check_not_deallocation()
-        return []
+        """Native frames (captures made with native traces), innermost first, inlined
+        calls included, as (function, file, line); `max_stacks` counts addresses."""
+        key = ("native", max_stacks)
+        if key not in self._cache:
+            self._check_not_deallocation()
+            assert self._tables is not None, "Cannot get stack trace without reader."
+            self._cache[key] = self._tables.native_of(
+                self.native_stack_id, self.native_segment_generation, max_stacks
+            )
+        return self._cache[key]
 
     def hybrid_stack_trace(self, max_stacks=None) -> List[StackFrame]:
-        """Python and native frames merged. Without native frames to pair them with,
-        Memray returns the whole Python stack (nothing hidden); so does this."""
+        """Python and native frames merged in the order they ran: each interpreter
+        eval-loop frame is replaced by the Python frames it was running. Without native
+        frames to pair them with, the whole Python stack (nothing hidden)."""
         key = ("hybrid", max_stacks)
         if key not in self._cache:
             self._check_not_deallocation()
             assert self._tables is not None, "Cannot get stack trace without reader."
-            self._cache[key] = self._tables.frames_of(self.stack_id)
+            frames = self._tables.hybrid_of(
+                self.tid, self.stack_id, self.native_stack_id, self.native_segment_generation
+            )
+            self._cache[key] = frames if max_stacks is None else frames[:max_stacks]
         return self._cache[key]
 
     def __repr__(self):
@@ -261,6 +323,10 @@ class FileReader:
             stderr = proc.stderr.read() if proc.stderr is not None else b""
             if proc.wait() != 0:
                 raise OSError(_error_text(stderr).replace(self._path, self._name))
+            for line in stderr.decode(errors="replace").splitlines():
+                # e.g. object files named in the memory maps that could not be read
+                if line.startswith("memray: warning: "):
+                    warnings.warn(line[len("memray: warning: "):], RuntimeWarning, stacklevel=3)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -279,6 +345,11 @@ class FileReader:
                 tables.nodes[item[1]] = (item[2], item[3])
             elif tag == "F":
                 tables.frames[item[1]] = (item[2], item[3], item[4])
+                tables.entry[item[1]] = bool(item[5]) if len(item) > 5 else True
+            elif tag == "f":
+                tables.native_frames[item[1]] = (item[2], item[3], item[4])
+            elif tag == "X":
+                tables.native_nodes[(item[1], item[2])] = (item[3], item[4])
             elif tag == "T":
                 tables.thread_names[item[1]] = item[2]
 

@@ -105,20 +105,83 @@ def open_file_destination(path, overwrite):
         ) from None
 
 
-def open_socket_destination(port, address):
-    """The tracked process is the server: wait for one reader to connect."""
-    import socket
+# What `memray live` sends first. A connection that sends anything else is not a viewer
+# and is turned away; one that sends nothing within VIEWER_GREETING_WAIT seconds is taken
+# as a plain reader of the stream (Memray's own `memray live` sends nothing).
+VIEWER_GREETING = b"memray-live-viewer 1\n"
+VIEWER_GREETING_WAIT = 1.0
 
+
+def _check_viewer(conn):
+    """None if `conn` may receive the stream, else why it was turned away."""
+    conn.settimeout(VIEWER_GREETING_WAIT)
+    got = b""
+    try:
+        while len(got) < len(VIEWER_GREETING):
+            chunk = conn.recv(len(VIEWER_GREETING) - len(got))
+            if not chunk:
+                return "it closed the connection" if not got else "it sent %r" % got
+            got += chunk
+            if not VIEWER_GREETING.startswith(got):
+                return "it sent %r, not a memray viewer's greeting" % got[:32]
+    except OSError:  # timeout (a silent reader) or a reset
+        if got:
+            return "it sent %r and stopped" % got
+    return None
+
+
+def open_socket_destination(port, address="127.0.0.1", timeout=None, announce=None):
+    """The tracked process is the server: wait for one viewer to connect and return its
+    descriptor (blocking). `announce(port)` is called once listening (port 0 picks a
+    free one); `timeout` bounds the wait in seconds."""
+    import socket
+    import time
+
+    port = int(port)
+    if not 0 <= port <= 65535:
+        raise ValueError("port %d is out of range (0-65535)" % port)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
     try:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((address, port))
+        try:
+            server.bind((address, port))
+        except OSError as e:
+            raise OSError(e.errno, "cannot listen on %s:%d for a live viewer: %s"
+                          % (address, port, e.strerror or e)) from None
         server.listen(1)
-        conn, _ = server.accept()
+        port = server.getsockname()[1]
+        if announce is not None:
+            announce(address, port)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no live viewer connected to %s:%d within %g s" % (address, port, timeout))
+                server.settimeout(left)
+            try:
+                conn, peer = server.accept()
+            except socket.timeout:
+                continue
+            refused = _check_viewer(conn)
+            if refused is None:
+                break
+            conn.close()
+            sys.stderr.write("memray: turned away a connection to %s:%d from %s: %s; still waiting for a "
+                             "memray viewer\n" % (address, port, peer[0], refused))
+            sys.stderr.flush()
     finally:
         server.close()
+    conn.setblocking(True)
     return conn.detach()
+
+
+def _announce_live(address, port):
+    where = str(port) if address == "127.0.0.1" else "--address %s %d" % (address, port)
+    sys.stderr.write("memray: waiting for a live viewer on %s:%d. Run `memray live %s` in another shell "
+                     "to see the results.\n" % (address, port, where))
+    sys.stderr.flush()
 
 
 class Session:
@@ -243,6 +306,8 @@ def run_from_cli():
         aggregated=env.pop("MEMRAY_RUN_AGGREGATE", "0") == "1",
     )
     live_port = env.pop("MEMRAY_RUN_LIVE_PORT", "")
+    live_address = env.pop("MEMRAY_RUN_LIVE_ADDRESS", "") or "127.0.0.1"
+    live_announce = env.pop("MEMRAY_RUN_LIVE_ANNOUNCE", "0") == "1"
     args = sys.argv[1:]
 
     code = None
@@ -270,11 +335,16 @@ def run_from_cli():
 
     try:
         if live_port:
-            fd, seekable = open_socket_destination(int(live_port), "127.0.0.1"), False
+            announce = _announce_live if live_announce else None
+            fd, seekable = open_socket_destination(int(live_port), live_address, announce=announce), False
         else:
             fd, seekable = open_file_destination(output, force), True
+    except KeyboardInterrupt:
+        _fail("interrupted while waiting for a live viewer")
     except OSError as e:
-        _fail("cannot write %s: %s" % (output or "the live socket", e.strerror or e))
+        if live_port:
+            _fail(e.strerror or str(e))
+        _fail("cannot write %s: %s" % (output, e.strerror or e))
 
     # The bootstrap's own frames under the program: `python -c`'s <module> and run_from_cli.
     session = Session(fd, output or None, seekable, options.pop("compress") and seekable,

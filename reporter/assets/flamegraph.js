@@ -10,6 +10,7 @@
   const IMPORT = 2;
   const OTHER = 4;
   const TOO_DEEP = 8;
+  const NATIVE = 32;
   const ROW = 18;
   const MIN_PX = 1;
   const chartEl = document.getElementById('flamegraph');
@@ -18,6 +19,7 @@
   const searchInput = document.getElementById('search');
   const searchResult = document.getElementById('search-result');
   const hideIrrelevant = document.getElementById('hide-irrelevant');
+  if (D.stats.native_traces) document.getElementById('native-legend').hidden = false;
   const hideImports = document.getElementById('hide-imports');
   const threadSelect = document.getElementById('thread-filter');
   const selectionInfo = document.getElementById('selection-info');
@@ -125,7 +127,7 @@
     if (n === view) return 'all: ' + MR.formatBytes(n.value);
     if (n.flags & OTHER) return 'other: ' + n.folded + ' smaller frame' + (n.folded === 1 ? '' : 's');
     if (n.flags & TOO_DEEP) return '<STACK TOO DEEP>';
-    return n.fn + ' (' + n.file + ':' + n.line + ')';
+    return n.fn + ' (' + n.file + ':' + n.line + ')' + (n.flags & NATIVE ? ' [native]' : '');
   }
 
   function hash(s) {
@@ -143,6 +145,11 @@
     if (n.flags & TOO_DEEP) return 'hsl(0, 70%, 70%)';
     const h = hash(n.fn + n.file);
     if (n.flags & IMPORT) return 'hsl(' + (200 + h % 30) + ', 35%, ' + (72 + (h >> 8) % 10) + '%)';
+    if (n.flags & NATIVE) {
+      // Native frames: green-teal, dimmer when CPython's own.
+      const s = n.flags & INTERESTING ? 45 : 15;
+      return 'hsl(' + (150 + h % 30) + ', ' + s + '%, ' + (62 + (h >> 8) % 12) + '%)';
+    }
     if (!(n.flags & INTERESTING)) return 'hsl(45, 10%, ' + (72 + (h >> 8) % 10) + '%)';
     return 'hsl(' + (10 + h % 40) + ', ' + (70 + (h >> 6) % 20) + '%, ' + (60 + (h >> 12) % 14) + '%)';
   }

@@ -5,7 +5,10 @@
   const D = MR.data;
   const S = D.strings;
   const PAGE = 100;
-  const rows = D.rows.map((r) => ({ thread: S[r[0]], size: r[1], count: r[2], allocator: S[r[3]], location: S[r[4]] }));
+  const nativeLocations = new Set(D.native_locations || []);
+  const rows = D.rows.map((r) => ({ thread: S[r[0]], size: r[1], count: r[2], allocator: S[r[3]], location: S[r[4]],
+    native: nativeLocations.has(r[4]) }));
+  if (nativeLocations.size) document.getElementById('native-legend').hidden = false;
   const keys = ['thread', 'size', 'count', 'allocator', 'location'];
   const state = { col: 1, desc: true, filter: '', page: 0 };
   const tbody = document.querySelector('#allocations tbody');
@@ -57,7 +60,7 @@
       cell(MR.formatBytes(r.size), 'num', MR.formatCount(r.size) + ' bytes');
       cell(MR.formatCount(r.count), 'num');
       cell(r.allocator);
-      cell(r.location, 'location');
+      cell(r.location, r.native ? 'location native' : 'location', r.native ? 'native frame' : '');
       frag.appendChild(tr);
     }
     tbody.appendChild(frag);

@@ -22,6 +22,7 @@ use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, Memory
 
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
+use crate::native::{hybrid, NativeStacks};
 use crate::ranges::RangeSet;
 use crate::stacks::{FrameKey, Location, StackId, StackTable};
 use crate::stdhash::StdHashMap;
@@ -58,6 +59,8 @@ pub struct CaptureCursor<R: Read> {
     reader: Reader<R>,
     pub stacks: StackTable,
     pub thread_names: BTreeMap<u64, String>,
+    /// Native frame tree and memory maps (empty without `--native`).
+    pub native: NativeStacks,
     generation: u64,
     allow_truncated: bool,
 }
@@ -74,7 +77,14 @@ impl<R: Read> CaptureCursor<R> {
     pub fn new(reader: Reader<R>, allow_truncated: bool) -> Self {
         let h = reader.header();
         let stacks = StackTable::new(h.python_version, h.main_tid, h.skipped_frames_on_main_tid);
-        CaptureCursor { reader, stacks, thread_names: BTreeMap::new(), generation: 0, allow_truncated }
+        CaptureCursor {
+            reader,
+            stacks,
+            thread_names: BTreeMap::new(),
+            native: NativeStacks::new(),
+            generation: 0,
+            allow_truncated,
+        }
     }
 
     pub fn header(&self) -> &Header {
@@ -123,7 +133,13 @@ impl<R: Read> CaptureCursor<R> {
                     self.thread_names.insert(tid, name);
                 }
                 Record::CodeObject(code) => self.stacks.add_code_object(code),
-                Record::MemoryMapStart => self.generation += 1,
+                Record::MemoryMapStart => {
+                    self.generation += 1;
+                    self.native.observe(&record);
+                }
+                Record::NativeFrame(_) | Record::SegmentHeader { .. } | Record::Segment(_) => {
+                    self.native.observe(&record);
+                }
                 Record::MemorySnapshot(s) => return Ok(Some(Event::Snapshot(s))),
                 Record::AggregatedAllocation(row) => {
                     if !self.stacks.contains(row.frame_index) {
@@ -137,12 +153,7 @@ impl<R: Read> CaptureCursor<R> {
                 }
                 Record::PythonFrame { frame, .. } => self.stacks.add_indexed_frame(frame),
                 Record::PythonTraceNode(node) => self.stacks.add_indexed_node(node)?,
-                Record::ContextSwitch { .. }
-                | Record::Object { .. }
-                | Record::NativeFrame(_)
-                | Record::SegmentHeader { .. }
-                | Record::Segment(_)
-                | Record::SurvivingObject(_) => {}
+                Record::ContextSwitch { .. } | Record::Object { .. } | Record::SurvivingObject(_) => {}
             }
         }
     }
@@ -150,6 +161,27 @@ impl<R: Read> CaptureCursor<R> {
     /// Gives up the reader's state: stacks and thread names as of the last record read.
     pub fn into_tables(self) -> (Header, StackTable, BTreeMap<u64, String>) {
         (self.reader.header().clone(), self.stacks, self.thread_names)
+    }
+
+    /// `records` with what resolves their stacks (Python and native).
+    pub fn into_record_set(self, records: Vec<AllocationRecord>) -> RecordSet {
+        RecordSet {
+            header: self.reader.header().clone(),
+            stacks: self.stacks,
+            thread_names: self.thread_names,
+            native: self.native,
+            records,
+        }
+    }
+
+    /// `AllocationRecord.native_stack_trace()` / `hybrid_stack_trace()` of a record read
+    /// so far (see [`RecordSet`]).
+    pub fn native_stack_trace(&self, record: &AllocationRecord, max_stacks: Option<usize>) -> Vec<Location> {
+        native_stack_trace(&self.native, record, max_stacks)
+    }
+
+    pub fn hybrid_stack_trace(&self, record: &AllocationRecord, max_stacks: Option<usize>) -> Vec<Location> {
+        hybrid_stack_trace(&self.stacks, &self.native, self.header().native_traces, record, max_stacks)
     }
 }
 
@@ -414,6 +446,7 @@ pub struct RecordSet {
     pub header: Header,
     pub stacks: StackTable,
     pub thread_names: BTreeMap<u64, String>,
+    pub native: NativeStacks,
     /// In the order Memray's `FileReader` yields them.
     pub records: Vec<AllocationRecord>,
 }
@@ -479,8 +512,7 @@ pub fn snapshot_records(
         replay(&mut cursor, limit, |r, _| aggregator.add(r))?;
         aggregator.records(merge_threads)
     };
-    let (header, stacks, thread_names) = cursor.into_tables();
-    Ok(RecordSet { header, stacks, thread_names, records })
+    Ok(cursor.into_record_set(records))
 }
 
 impl RecordSet {
@@ -496,20 +528,64 @@ impl RecordSet {
         stack_trace(&self.stacks, record, max_stacks)
     }
 
-    /// `AllocationRecord.hybrid_stack_trace()` without native frames: Memray then pairs
-    /// no frame and returns the whole Python stack (nothing hidden).
-    pub fn hybrid_stack_trace(&self, record: &AllocationRecord) -> Vec<Location> {
-        self.stacks.frames(record.stack).map(|f| self.stacks.resolve(f)).collect()
+    /// `AllocationRecord.native_stack_trace(max_stacks)`: innermost first, inlined
+    /// frames included; `max_stacks` counts instruction pointers, as in Memray.
+    pub fn native_stack_trace(&self, record: &AllocationRecord, max_stacks: Option<usize>) -> Vec<Location> {
+        native_stack_trace(&self.native, record, max_stacks)
+    }
+
+    /// `AllocationRecord.hybrid_stack_trace(max_stacks)` (see [`hybrid::merge`]).
+    /// Without native frames Memray pairs none and returns the whole Python stack.
+    pub fn hybrid_stack_trace(&self, record: &AllocationRecord, max_stacks: Option<usize>) -> Vec<Location> {
+        hybrid_stack_trace(&self.stacks, &self.native, self.header.native_traces, record, max_stacks)
+    }
+
+    /// Symbolizes, in one batch, the native stacks of all records (reports call this
+    /// before walking their stacks; each distinct address is symbolized once).
+    pub fn prepare_native(&self) {
+        if self.header.native_traces {
+            self.native.prepare(self.records.iter().map(|r| (r.native_frame_id, r.native_segment_generation)));
+        }
     }
 
     /// The stack reporters use: hybrid with native traces, else Python.
     pub fn report_stack(&self, record: &AllocationRecord) -> Vec<Location> {
         if self.header.native_traces {
-            self.hybrid_stack_trace(record)
+            self.hybrid_stack_trace(record, None)
         } else {
             self.stack_trace(record, None)
         }
     }
+}
+
+/// See [`RecordSet::native_stack_trace`].
+pub fn native_stack_trace(native: &NativeStacks, record: &AllocationRecord, max_stacks: Option<usize>) -> Vec<Location> {
+    native.stack(record.native_frame_id, record.native_segment_generation, max_stacks)
+}
+
+/// See [`RecordSet::hybrid_stack_trace`].
+pub fn hybrid_stack_trace(
+    stacks: &StackTable,
+    native: &NativeStacks,
+    native_traces: bool,
+    record: &AllocationRecord,
+    max_stacks: Option<usize>,
+) -> Vec<Location> {
+    let python: Vec<(Location, bool)> = stacks
+        .frames(record.stack)
+        .map(|f| (stacks.resolve(f), stacks.frame(f).is_some_and(|k| k.is_entry)))
+        .collect();
+    let mut out = if native_traces {
+        let native = native.stack(record.native_frame_id, record.native_segment_generation, None);
+        let skip = if record.tid == stacks.main_tid() { stacks.skipped_frames_on_main_tid() as usize } else { 0 };
+        hybrid::merge(&python, &native, skip)
+    } else {
+        python.into_iter().map(|(l, _)| l).collect()
+    };
+    if let Some(n) = max_stacks {
+        out.truncate(n);
+    }
+    out
 }
 
 /// See [`RecordSet::stack_trace`].

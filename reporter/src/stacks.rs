@@ -46,6 +46,8 @@ pub struct Location {
     pub function: Rc<str>,
     pub filename: Rc<str>,
     pub lineno: i32,
+    /// A native (C, C++, Rust, interpreter) frame rather than a Python one.
+    pub native: bool,
 }
 
 struct CodeInfo {
@@ -224,15 +226,16 @@ impl StackTable {
     pub fn resolve(&self, frame: FrameId) -> Location {
         let key = match self.frames.get(frame as usize) {
             Some(k) => *k,
-            None => return Location { function: self.empty.clone(), filename: self.empty.clone(), lineno: 0 },
+            None => return Location { function: self.empty.clone(), filename: self.empty.clone(), lineno: 0, native: false },
         };
         match self.code_objects.get(&key.code_object_id) {
             Some(code) => Location {
                 function: code.function.clone(),
                 filename: code.filename.clone(),
                 lineno: line_number(self.python_version, &code.linetable, code.firstlineno, key.instruction_offset),
+                native: false,
             },
-            None => Location { function: self.empty.clone(), filename: self.empty.clone(), lineno: 0 },
+            None => Location { function: self.empty.clone(), filename: self.empty.clone(), lineno: 0, native: false },
         }
     }
 
@@ -271,6 +274,14 @@ impl StackTable {
 
     pub fn python_version(&self) -> u32 {
         self.python_version
+    }
+
+    pub fn main_tid(&self) -> u64 {
+        self.main_tid
+    }
+
+    pub fn skipped_frames_on_main_tid(&self) -> u64 {
+        self.skipped_frames_on_main_tid
     }
 }
 

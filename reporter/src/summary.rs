@@ -26,6 +26,8 @@ pub const N_COLUMNS: usize = 5;
 pub struct Entry {
     pub function: String,
     pub file: String,
+    /// A native frame (captures with native traces): marked in the table.
+    pub native: bool,
     pub own_memory: u64,
     pub total_memory: u64,
     pub n_allocations: u64,
@@ -54,6 +56,7 @@ impl Summary {
             })
         };
         let mut current_total = 0u64;
+        set.prepare_native();
         for record in &set.records {
             if current_total as f64 >= threshold {
                 break;
@@ -71,6 +74,7 @@ impl Summary {
             let mut visited: Vec<usize> = Vec::new();
             for (i, loc) in stack.iter().enumerate() {
                 let at = slot(&mut entries, &loc.function, &loc.filename);
+                entries[at].native |= loc.native;
                 if visited.contains(&at) {
                     continue;
                 }
@@ -123,7 +127,7 @@ impl Summary {
             let own_colour = size_colour(ratio(e.own_memory, base));
             let count_colour = size_colour(ratio(e.n_allocations, self.total_allocations));
             body.push(vec![
-                Cell::location(&e.function, &e.file),
+                Cell::location(&e.function, &e.file, e.native),
                 Cell::plain(size_fmt(e.total_memory), total_colour),
                 Cell::plain(format!("{:.2}%", pct(e.total_memory)), total_colour),
                 Cell::plain(size_fmt(e.own_memory), own_colour),
@@ -168,10 +172,17 @@ impl Cell {
         Cell { text, spans: vec![(0, n, sgr)] }
     }
 
-    fn location(function: &str, file: &str) -> Cell {
-        let text = format!("{function} at {file}");
+    fn location(function: &str, file: &str, native: bool) -> Cell {
+        let mut text = format!("{function} at {file}");
         let f = function.len();
-        Cell { spans: vec![(0, f, "1;35"), (f + 4, text.len(), "36")], text }
+        let mut spans = vec![(0, f, "1;35"), (f + 4, text.len(), "36")];
+        if native {
+            let start = text.len() + 1;
+            text.push(' ');
+            text.push_str(crate::tree::NATIVE_MARKER);
+            spans.push((start, text.len(), "33"));
+        }
+        Cell { spans, text }
     }
 }
 

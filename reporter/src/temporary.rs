@@ -84,8 +84,7 @@ pub fn temporary_allocations(
     let mut aggregator = TemporaryAggregator::new(threshold, merge_threads);
     replay(&mut cursor, None, |r, _| aggregator.add(r))?;
     let records = aggregator.records();
-    let (header, stacks, thread_names) = cursor.into_tables();
-    Ok(RecordSet { header, stacks, thread_names, records })
+    Ok(cursor.into_record_set(records))
 }
 
 #[cfg(test)]

@@ -35,10 +35,15 @@ pub struct Node {
     pub thread_id: String,
     pub interesting: bool,
     pub import_system: bool,
+    /// A native frame (captures with native traces): shown with [`NATIVE_MARKER`].
+    pub native: bool,
 }
 
+/// Follows a native frame's location in the terminal reports.
+pub const NATIVE_MARKER: &str = "[native]";
+
 impl Node {
-    fn child(&mut self, frame: &Frame) -> usize {
+    fn child(&mut self, frame: &Frame, native: bool) -> usize {
         if let Some(i) = self.children.iter().position(|c| c.location.as_ref() == Some(frame)) {
             return i;
         }
@@ -47,6 +52,7 @@ impl Node {
             location: Some(frame.clone()),
             interesting: !import_system && is_frame_interesting(frame),
             import_system,
+            native,
             ..Node::default()
         });
         self.children.len() - 1
@@ -80,6 +86,7 @@ fn split_point(len: usize, n: i64) -> usize {
 impl Tree {
     /// Builds the tree of the `biggest_allocs` largest records of `set`.
     pub fn build(set: &RecordSet, biggest_allocs: i64) -> Tree {
+        set.prepare_native();
         let mut sorted: Vec<&AllocationRecord> = set.records.iter().collect();
         // Stable, like Python's sort: equal sizes keep Memray's record order.
         sorted.sort_by_key(|r| std::cmp::Reverse(r.size));
@@ -101,7 +108,7 @@ impl Tree {
                 for &i in &node_ids {
                     node = &mut node.children[i];
                 }
-                let i = node.child(&frame);
+                let i = node.child(&frame, loc.native);
                 node_ids.push(i);
                 let node = &mut node.children[i];
                 node.value = node.value.wrapping_add(record.size);
@@ -195,6 +202,10 @@ impl Tree {
                 if !position.is_empty() {
                     s.push_str("  ");
                     s.push_str(&paint(&position, "2;36", styled));
+                }
+                if node.native {
+                    s.push(' ');
+                    s.push_str(&paint(NATIVE_MARKER, "33", styled));
                 }
             }
         }

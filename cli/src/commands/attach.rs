@@ -321,22 +321,33 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         Some(p) => p,
         None => pick_pid()?,
     };
-    if args.tracking.native {
-        bail!("--native is not supported yet (native stacks are tracked in a later release)");
-    }
-    let Some(output) = &args.output else {
-        if args.tracking.aggregate {
-            bail!("can't use aggregated mode without an output file: give -o FILE");
+    // Without -o: live mode, a terminal view of the process (the payload streams to a
+    // port we pick and connect to).
+    let live_port = match &args.output {
+        Some(_) => None,
+        None => {
+            if args.tracking.aggregate {
+                bail!("can't use aggregated mode without an output file: give -o FILE");
+            }
+            if args.tracking.follow_fork {
+                bail!("--follow-fork needs an output file: give -o FILE");
+            }
+            super::live::require_terminal()?;
+            Some(super::live::free_port(LIVE_ADDRESS)?)
         }
-        bail!("live mode (attach without -o) is not available yet: give -o FILE to write a capture");
     };
-    let output = std::env::current_dir().context("cannot read the current directory")?.join(output);
-    if output.exists() && !args.tracking.force {
-        bail!("output file {} already exists (use -f/--force to overwrite it)", output.display());
-    }
-    let parent = output.parent().unwrap_or(Path::new("/"));
-    if !parent.is_dir() {
-        bail!("cannot write {}: directory {} does not exist", output.display(), parent.display());
+    let output = match &args.output {
+        Some(o) => std::env::current_dir().context("cannot read the current directory")?.join(o),
+        None => PathBuf::new(),
+    };
+    if live_port.is_none() {
+        if output.exists() && !args.tracking.force {
+            bail!("output file {} already exists (use -f/--force to overwrite it)", output.display());
+        }
+        let parent = output.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            bail!("cannot write {}: directory {} does not exist", output.display(), parent.display());
+        }
     }
 
     let info = injector::inspect(pid)?;
@@ -386,10 +397,14 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         ("output", output.to_string_lossy().into_owned()),
         ("force", flag(args.tracking.force).into()),
         ("compress", flag(!args.tracking.no_compress).into()),
+        ("native", flag(args.tracking.native).into()),
         ("trace_python_allocators", flag(args.tracking.trace_python_allocators).into()),
         ("follow_fork", flag(args.tracking.follow_fork).into()),
         ("aggregate", flag(args.tracking.aggregate).into()),
         ("duration", args.duration.map(|d| d.to_string()).unwrap_or_default()),
+        ("live_port", live_port.map(|p| p.to_string()).unwrap_or_default()),
+        ("live_address", LIVE_ADDRESS.into()),
+        ("live_timeout", args.timeout.max(5.0).to_string()),
     ];
     let request: String = pairs.iter().map(|(k, v)| format!("{k}\x1f{}", v.replace(['\x1e', '\x1f'], " "))).collect::<Vec<_>>().join("\x1e");
 
@@ -429,6 +444,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         None if !injector::process_alive(pid) => return Err(exited()),
         None => bail!("the payload is not mapped in process {pid} after the injection"),
     };
+    if let Some(port) = live_port {
+        return watch_live(pid, addr, nonce, port, timeout, &log);
+    }
     let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
     loop {
         if !injector::process_alive(pid) {
@@ -476,6 +494,79 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// ---- live mode (no -o) ----------------------------------------------------------------
+
+const LIVE_ADDRESS: &str = "127.0.0.1";
+
+/// The payload's thread listens on `port` and starts tracking once we connect: connect,
+/// show the view, and when the user quits stop the session as `memray detach` does
+/// (hooks restored), leaving the process running untracked.
+fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log: &Log) -> Result<ExitCode> {
+    use super::live;
+
+    let sock = live::resolve(LIVE_ADDRESS, port)?;
+    let exited = || anyhow!("process {pid} exited during the attach");
+    let check = || -> Result<()> {
+        if !injector::process_alive(pid) {
+            return Err(exited());
+        }
+        let c = read_control(pid, addr)?;
+        if c.session == nonce && c.state == STATE_FAILED {
+            bail!("tracking could not start in process {pid}: {}", c.message);
+        }
+        if CANCEL.load(Ordering::SeqCst) {
+            bail!("interrupted before the view started (the process stops waiting for it by itself)");
+        }
+        Ok(())
+    };
+    let stream = live::connect(sock, Instant::now() + timeout.max(Duration::from_secs(2)), check)?;
+    log.step(&format!("connected to the payload's live stream on {sock}"));
+    // attach's own SIGINT/SIGTERM/SIGHUP handler sets CANCEL: it ends the view too.
+    let outcome = live::view(stream, sock, || CANCEL.load(Ordering::SeqCst) || super::live::terminal_gone());
+    // Whatever happened to the view, the process goes back to what it was.
+    let stopped = stop_live_session(pid, addr, nonce, timeout.max(Duration::from_secs(5)));
+    let outcome = outcome?;
+    match stopped {
+        Ok(true) => live::report_end(&outcome, Some(&format!(
+            "stopped tracking process {pid}: its hooks are removed and it continues running"
+        ))),
+        Ok(false) => eprintln!("memray: process {pid} has exited"),
+        Err(e) => return Err(e),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the attach session `nonce` to stop and waits until it has. Ok(false) if the
+/// process is gone.
+fn stop_live_session(pid: i32, addr: u64, nonce: u64, timeout: Duration) -> Result<bool> {
+    let request = new_nonce();
+    if !injector::process_alive(pid) {
+        return Ok(false);
+    }
+    let _ = injector::memory::write(pid, addr + OFF_REQUEST, &request.to_le_bytes());
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !injector::process_alive(pid) {
+            return Ok(false);
+        }
+        let c = match read_control(pid, addr) {
+            Ok(c) => c,
+            Err(_) if !injector::process_alive(pid) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if c.session != nonce || c.ack == request || c.state == STATE_STOPPED {
+            return Ok(true);
+        }
+        if c.state == STATE_FAILED {
+            bail!("process {pid} could not stop tracking cleanly: {}", c.message);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out waiting for process {pid} to stop tracking; run `memray detach {pid}`");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn elf_basename(path: &str) -> &str {

@@ -7,15 +7,19 @@
 //!   snapshot (strided down to `--max-memory-records`).
 //! * `all`, `hwm`, `leaks`, `temporary`: records, each preceded by what it refers to
 //!   that was not sent yet:
-//!   `["F", frame, function, file, line]` a frame, `["N", stack, parent, frame]` a
-//!   stack node (0 is the empty stack), `["T", tid, name]` a thread's name, then
+//!   `["F", frame, function, file, line, is_entry]` a Python frame, `["N", stack, parent,
+//!   frame]` a stack node (0 is the empty stack), `["T", tid, name]` a thread's name,
+//!   and with `--native` captures `["f", id, function, file, line]` a symbolized native
+//!   frame and `["X", node, generation, parent, [f ids]]` a native stack node in a
+//!   memory-map generation (its address's frames, innermost first: more than one when
+//!   calls were inlined); then
 //!   `["A", tid, address, size, allocator, stack, n_allocations, native_frame_id,
 //!   native_segment_generation]`.
 //!
 //! `all` streams as it reads (memory: stacks and threads); the others send Memray's
 //! aggregated records once the capture has been read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +30,8 @@ use memray_reporter::records::{scan, snapshot_records, AllocationRecord, Capture
 use memray_reporter::stats::python_allocator_label;
 use memray_reporter::temporary::temporary_allocations;
 use memray_reporter::transform::json_str;
-use memray_reporter::{ReportError, StackId, StackTable};
+use memray_reporter::native::NativeStacks;
+use memray_reporter::{Location, ReportError, StackId, StackTable};
 
 use super::stats::{capture_failure, check_capture_exists};
 
@@ -65,11 +70,55 @@ struct Sender<W: Write> {
     sent_nodes: Vec<bool>,
     sent_frames: Vec<bool>,
     sent_threads: BTreeMap<u64, String>,
+    native_traces: bool,
+    /// Native frames sent, by location.
+    native_frames: HashMap<Location, u32>,
+    /// (native node, generation) pairs sent.
+    native_nodes: HashSet<(u64, u64)>,
 }
 
 impl<W: Write> Sender<W> {
-    fn new(out: W) -> Self {
-        Sender { out, sent_nodes: vec![true], sent_frames: Vec::new(), sent_threads: BTreeMap::new() }
+    fn new(out: W, native_traces: bool) -> Self {
+        Sender {
+            out,
+            sent_nodes: vec![true],
+            sent_frames: Vec::new(),
+            sent_threads: BTreeMap::new(),
+            native_traces,
+            native_frames: HashMap::new(),
+            native_nodes: HashSet::new(),
+        }
+    }
+
+    /// The native stack `node` in `generation`, node by node from the first one not sent.
+    fn native(&mut self, native: &NativeStacks, node: u64, generation: u64) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut n = node;
+        while n != 0 && !self.native_nodes.contains(&(n, generation)) {
+            let Some(parent) = native.parent(n) else { break };
+            missing.push((n, parent));
+            n = parent;
+        }
+        for &(n, parent) in missing.iter().rev() {
+            let mut ids = Vec::new();
+            for l in native.node_frames(n, generation) {
+                let next = self.native_frames.len() as u32;
+                let id = *self.native_frames.entry(l.clone()).or_insert(next);
+                if id == next {
+                    writeln!(
+                        self.out,
+                        "[\"f\",{id},{},{},{}]",
+                        json_str(&l.function),
+                        json_str(&l.filename),
+                        l.lineno
+                    )?;
+                }
+                ids.push(id.to_string());
+            }
+            writeln!(self.out, "[\"X\",{n},{generation},{parent},[{}]]", ids.join(","))?;
+            self.native_nodes.insert((n, generation));
+        }
+        Ok(())
     }
 
     fn stack(&mut self, stacks: &StackTable, stack: StackId) -> std::io::Result<()> {
@@ -90,7 +139,14 @@ impl<W: Write> Sender<W> {
             }
             if !self.sent_frames[frame as usize] {
                 let l = stacks.resolve(frame);
-                writeln!(self.out, "[\"F\",{frame},{},{},{}]", json_str(&l.function), json_str(&l.filename), l.lineno)?;
+                let entry = stacks.frame(frame).is_some_and(|k| k.is_entry) as u8;
+                writeln!(
+                    self.out,
+                    "[\"F\",{frame},{},{},{},{entry}]",
+                    json_str(&l.function),
+                    json_str(&l.filename),
+                    l.lineno
+                )?;
                 self.sent_frames[frame as usize] = true;
             }
             writeln!(self.out, "[\"N\",{s},{parent},{frame}]")?;
@@ -102,7 +158,13 @@ impl<W: Write> Sender<W> {
         Ok(())
     }
 
-    fn record(&mut self, stacks: &StackTable, names: &BTreeMap<u64, String>, r: &AllocationRecord) -> std::io::Result<()> {
+    fn record(
+        &mut self,
+        stacks: &StackTable,
+        native: &NativeStacks,
+        names: &BTreeMap<u64, String>,
+        r: &AllocationRecord,
+    ) -> std::io::Result<()> {
         if let Some(name) = names.get(&r.tid) {
             if self.sent_threads.get(&r.tid) != Some(name) {
                 writeln!(self.out, "[\"T\",{},{}]", r.tid, json_str(name))?;
@@ -110,6 +172,9 @@ impl<W: Write> Sender<W> {
             }
         }
         self.stack(stacks, r.stack)?;
+        if self.native_traces && r.native_frame_id != 0 && !r.allocator.is_deallocator() {
+            self.native(native, r.native_frame_id, r.native_segment_generation)?;
+        }
         writeln!(
             self.out,
             "[\"A\",{},{},{},{},{},{},{},{}]",
@@ -182,12 +247,13 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
             if cursor.is_aggregated() {
                 return Err(ReportError::AggregatedAllRecords.into());
             }
-            let mut sender = Sender::new(out);
+            let mut sender = Sender::new(out, cursor.header().native_traces);
             while let Some(event) = cursor.next_event()? {
                 if let Event::Allocation(r) = event {
-                    sender.record(&cursor.stacks, &cursor.thread_names, &r)?;
+                    sender.record(&cursor.stacks, &cursor.native, &cursor.thread_names, &r)?;
                 }
             }
+            warn_missing(&cursor.native);
         }
         Query::Hwm | Query::Leaks | Query::Temporary => {
             let set = match args.query {
@@ -195,13 +261,22 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
                 Query::Leaks => snapshot_records(path, SnapshotKind::Leaks, merge, None, lenient)?,
                 _ => snapshot_records(path, SnapshotKind::HighWaterMark, merge, args.peak_index, lenient)?,
             };
-            let mut sender = Sender::new(out);
+            set.prepare_native();
+            let mut sender = Sender::new(out, set.header.native_traces);
             for r in &set.records {
-                sender.record(&set.stacks, &set.thread_names, r)?;
+                sender.record(&set.stacks, &set.native, &set.thread_names, r)?;
             }
+            warn_missing(&set.native);
         }
     }
     Ok(())
+}
+
+/// One line on stderr naming the object files that could not be read.
+fn warn_missing(native: &NativeStacks) {
+    if let Some(w) = native.missing_warning() {
+        eprintln!("memray: {w}");
+    }
 }
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {

@@ -112,6 +112,9 @@ pub fn write_report(
             out.results.display()
         );
     }
+    if let Some(w) = &page.warning {
+        eprintln!("memray: {w}");
+    }
     std::fs::write(&output, page.html).with_context(|| format!("{}: cannot write", output.display()))?;
     println!("Wrote {}", output.display());
     Ok(ExitCode::SUCCESS)

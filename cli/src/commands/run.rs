@@ -37,6 +37,21 @@ pub struct RunArgs {
     /// Interpreter to run the program with (default: $MEMRAY_PYTHON, else python3 on PATH)
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Show a live view of the program in this terminal instead of writing a capture
+    /// (the program's output goes to a log file)
+    #[arg(long, conflicts_with_all = ["output", "live_remote"])]
+    live: bool,
+    /// Stream to a `memray live PORT` viewer started in another shell instead of writing
+    /// a capture; the program waits for the viewer before it starts
+    #[arg(long, conflicts_with = "output")]
+    live_remote: bool,
+    /// Port to listen on with --live-remote (default: a free one, printed)
+    #[arg(short = 'p', long, requires = "live_remote")]
+    live_port: Option<u16>,
+    /// Address to listen on with --live-remote (default 127.0.0.1; any other exposes the
+    /// stream beyond this machine's loopback)
+    #[arg(long, requires = "live_remote")]
+    live_address: Option<String>,
     /// Run a library module as a script
     #[arg(long = "module", hide = true)]
     module: Option<String>,
@@ -55,7 +70,7 @@ pub fn normalize_argv(argv: Vec<String>) -> Vec<String> {
         return argv;
     }
     let run_at = 1;
-    let takes_value = ["-o", "--output", "--memory-interval-ms", "--python"];
+    let takes_value = ["-o", "--output", "--memory-interval-ms", "--python", "-p", "--live-port", "--live-address"];
     let mut out: Vec<String> = argv[..=run_at].to_vec();
     let mut i = run_at + 1;
     while i < argv.len() {
@@ -111,15 +126,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             bail!("no such script: {}", p.display());
         }
     }
-    if args.tracking.native {
-        bail!("--native is not supported yet (native stacks are tracked in a later release)");
-    }
 
     let payload = crate::payload_file::locate()?;
     let python = interpreter(args.python.as_deref())?;
 
+    let live = args.live || args.live_remote;
+    if live && (args.tracking.follow_fork || args.tracking.aggregate) {
+        bail!("--follow-fork and --aggregate need an output file: they can't be used with --live or --live-remote");
+    }
+    if args.live {
+        super::live::require_terminal()?;
+    }
+
     // The output name may hold {pid}: only the child knows its pid before tracking starts.
     let output_template = match &args.output {
+        _ if live => String::new(),
         Some(o) => {
             if o.exists() && !args.tracking.force {
                 bail!("output file {} already exists (use -f/--force to overwrite it)", o.display());
@@ -145,11 +166,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .env("MEMRAY_RUN_OUTPUT", &output_template)
         .env("MEMRAY_RUN_FORCE", flag(args.tracking.force))
         .env("MEMRAY_RUN_COMPRESS", flag(!args.tracking.no_compress))
+        .env("MEMRAY_RUN_NATIVE", flag(args.tracking.native))
         .env("MEMRAY_RUN_PYALLOC", flag(args.tracking.trace_python_allocators))
         .env("MEMRAY_RUN_FOLLOW_FORK", flag(args.tracking.follow_fork))
         .env("MEMRAY_RUN_AGGREGATE", flag(args.tracking.aggregate))
         .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string());
 
+    if live {
+        return run_live(&args, cmd, &python);
+    }
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?;
     let output = output_template.replace("{pid}", &child.id().to_string());
     if !args.quiet {
@@ -164,6 +189,79 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("memray flamegraph {output}");
     }
     Ok(ExitCode::from(code))
+}
+
+/// `--live-remote`: the program listens and waits for `memray live` (it prints the port);
+/// `--live`: the program streams to a view in this terminal, its output to a log file.
+fn run_live(args: &RunArgs, mut cmd: Command, python: &Path) -> Result<ExitCode> {
+    use super::live;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    if args.live_remote {
+        let address = args.live_address.as_deref().unwrap_or("127.0.0.1");
+        cmd.env("MEMRAY_RUN_LIVE_PORT", args.live_port.unwrap_or(0).to_string())
+            .env("MEMRAY_RUN_LIVE_ADDRESS", address)
+            .env("MEMRAY_RUN_LIVE_ANNOUNCE", "1");
+        let status = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?.wait().context("waiting for the program")?;
+        return Ok(ExitCode::from(exit_code(status)));
+    }
+
+    let address = "127.0.0.1";
+    let port = live::free_port(address)?;
+    let log_path = std::env::temp_dir().join(format!("memray-live-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    cmd.env("MEMRAY_RUN_LIVE_PORT", port.to_string())
+        .env("MEMRAY_RUN_LIVE_ADDRESS", address)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?;
+    let addr = live::resolve(address, port)?;
+    let log_text = log_path.display().to_string();
+    let connected = live::connect(addr, Instant::now() + Duration::from_secs(30), || match child.try_wait() {
+        Ok(Some(status)) => bail!(
+            "the program ended ({}) before tracking started; its output is in {log_text}:\n{}",
+            describe(status),
+            tail(&log_path)
+        ),
+        _ => Ok(()),
+    });
+    let outcome = connected.and_then(|stream| live::view(stream, addr, live::terminal_gone));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            if child.try_wait().ok().flatten().is_none() {
+                // We started it for a view that cannot be shown: don't leave it behind.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(e);
+        }
+    };
+    live::report_end(&outcome, Some("viewer closed; the program stops tracking and continues running"));
+    eprintln!("memray: the program's output is in {log_text}");
+    if child.try_wait().ok().flatten().is_none() {
+        eprintln!("memray: waiting for the program (pid {}) to exit; Ctrl-C interrupts it", child.id());
+    }
+    let status = child.wait().context("waiting for the program")?;
+    Ok(ExitCode::from(exit_code(status)))
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// The last lines of the program's log, for an error message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {

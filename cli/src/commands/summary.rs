@@ -49,6 +49,9 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
     // Memray merges threads for the peak but not for temporary allocations.
     let set = load_records(&args.results, threshold, threshold.is_none())?;
     let summary = Summary::build(&set);
+    if let Some(w) = set.native.missing_warning() {
+        eprintln!("memray: {w}");
+    }
     let stdout_is_terminal = std::io::stdout().is_terminal();
     // rich: COLUMNS, else the terminal on stdin/stdout/stderr, else 80.
     let size = terminal_size().filter(|(w, _)| *w > 0);

@@ -73,7 +73,11 @@ pub fn run(args: TransformArgs) -> Result<ExitCode> {
         (false, None) => snapshot_records(path, SnapshotKind::HighWaterMark, true, None, false),
     }
     .map_err(|e| capture_failure(path, e))?;
+    set.prepare_native();
     let text = render(&set, format, &set.header.command_line, env!("CARGO_PKG_VERSION"));
+    if let Some(w) = set.native.missing_warning() {
+        eprintln!("memray: {w}");
+    }
     std::fs::write(&output, text).with_context(|| format!("{}: cannot write", output.display()))?;
     println!("Wrote {}", output.display());
     if format == Format::Gprof2dot {

@@ -74,6 +74,9 @@ pub fn run(args: TreeArgs) -> Result<ExitCode> {
     let set = load_records(&args.results, args.temporary.threshold(), false)?;
     let tree = Tree::build(&set, args.biggest_allocs);
     let modules = ModuleNamer::from_sys_path(&set.header.sys_path);
+    if let Some(w) = set.native.missing_warning() {
+        eprintln!("memray: {w}");
+    }
     print_stdout(&tree.render(&modules, std::io::stdout().is_terminal()))?;
     Ok(ExitCode::SUCCESS)
 }

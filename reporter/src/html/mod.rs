@@ -18,7 +18,8 @@ use serde::Serialize;
 
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
-use crate::records::{snapshot_records, AllocationRecord, SnapshotKind};
+use crate::native::NativeStacks;
+use crate::records::{hybrid_stack_trace, snapshot_records, AllocationRecord, SnapshotKind};
 use crate::stacks::StackId;
 use crate::stats::python_allocator_label;
 use crate::temporal::{Interval, TemporalMode, TimelineAnalysis, TimelineAnalyzer, TimelineOptions};
@@ -79,6 +80,8 @@ pub struct HtmlReport {
     pub html: String,
     /// False: the capture has no trailer (the process was killed or is still running).
     pub reached_trailer: bool,
+    /// One line naming object files the native frames could not be symbolized from.
+    pub warning: Option<String>,
 }
 
 /// Allocations of one (thread, stack, allocator).
@@ -89,11 +92,31 @@ struct Row {
     allocator: Allocator,
     count: u64,
     bytes: u64,
+    native_frame_id: u64,
+    generation: u64,
+}
+
+impl Row {
+    /// The record whose hybrid stack this row shows.
+    fn record(&self) -> AllocationRecord {
+        AllocationRecord {
+            tid: self.tid,
+            address: 0,
+            size: self.bytes,
+            allocator: self.allocator,
+            stack: self.stack,
+            n_allocations: self.count,
+            native_frame_id: self.native_frame_id,
+            native_segment_generation: self.generation,
+        }
+    }
 }
 
 struct Collected {
     ta: TimelineAnalysis,
     rows: Vec<Row>,
+    /// Native frame tree and memory maps (captures with native traces).
+    native: NativeStacks,
 }
 
 /// One pass: the analysis, the timeline, and the rows `options.kind` asks for.
@@ -123,37 +146,44 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
         ReportKind::Temporary(threshold) => Some(TemporaryAggregator::new(threshold, !options.split_threads)),
         _ => None,
     };
-    loop {
-        match reader.next_record() {
-            Ok(Some(record)) => {
-                if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) =
-                    (&mut temporary, &record)
-                {
-                    let stack = if allocator.is_deallocator() { 0 } else { t.stacks().current(*tid) };
-                    agg.add(&AllocationRecord {
-                        tid: *tid,
-                        address: *address,
-                        size: *size,
-                        allocator: *allocator,
-                        stack,
-                        n_allocations: 1,
-                        native_frame_id: *native_frame_id,
-                        native_segment_generation: 0,
-                    });
-                }
-                t.feed(record)?;
-            }
-            Ok(None) => break,
-            Err(e) if e.is_truncation() && options.allow_truncated => break,
-            Err(e) => return Err(e.into()),
+    let mut native = NativeStacks::new();
+    let mut generation = 0u64;
+    // One pass; the closure is inlined so common records never go through memory.
+    reader.for_each_record(options.allow_truncated, #[inline(always)] |record| {
+        if native.observe(&record) && matches!(record, Record::MemoryMapStart) {
+            generation += 1;
         }
-    }
+        if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) =
+            (&mut temporary, &record)
+        {
+            let stack = if allocator.is_deallocator() { 0 } else { t.stacks().current(*tid) };
+            agg.add(&AllocationRecord {
+                tid: *tid,
+                address: *address,
+                size: *size,
+                allocator: *allocator,
+                stack,
+                n_allocations: 1,
+                native_frame_id: *native_frame_id,
+                native_segment_generation: generation,
+            });
+        }
+        t.feed(record)
+    })?;
     let ta = t.finish(reader.reached_trailer());
     let rows = match (options.kind, temporary) {
         (ReportKind::Temporary(_), Some(agg)) => agg
             .records()
             .into_iter()
-            .map(|r| Row { tid: r.tid, stack: r.stack, allocator: r.allocator, count: r.n_allocations, bytes: r.size })
+            .map(|r| Row {
+                tid: r.tid,
+                stack: r.stack,
+                allocator: r.allocator,
+                count: r.n_allocations,
+                bytes: r.size,
+                native_frame_id: r.native_frame_id,
+                generation: r.native_segment_generation,
+            })
             .collect(),
         (kind, _) if aggregated => {
             // Memray re-aggregates the file's rows per location (the allocator is not
@@ -179,6 +209,8 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
                             allocator: l.key.allocator,
                             count: u.count,
                             bytes: u.bytes,
+                            native_frame_id: l.key.native_frame_id,
+                            generation: l.key.native_segment_generation,
                         });
                     }
                 }
@@ -191,12 +223,20 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
             .iter()
             .map(|l| {
                 let u = if kind == ReportKind::Leaks { l.leaked } else { l.at_peak };
-                Row { tid: l.key.tid, stack: l.key.stack, allocator: l.key.allocator, count: u.count, bytes: u.bytes }
+                Row {
+                    tid: l.key.tid,
+                    stack: l.key.stack,
+                    allocator: l.key.allocator,
+                    count: u.count,
+                    bytes: u.bytes,
+                    native_frame_id: l.key.native_frame_id,
+                    generation: l.key.native_segment_generation,
+                }
             })
             .filter(|r| r.count != 0 || r.bytes != 0)
             .collect(),
     };
-    Ok(Collected { ta, rows })
+    Ok(Collected { ta, rows, native })
 }
 
 /// Memray's `format_thread_name`.
@@ -276,6 +316,8 @@ struct TableJson {
     strings: Vec<String>,
     /// [thread, bytes, allocations, allocator, location]
     rows: Vec<(u32, u64, u64, u32, u32)>,
+    /// Locations (string ids) that are native frames: coloured on the page.
+    native_locations: Vec<u32>,
     memory: MemoryJson,
     stats: StatsJson,
 }
@@ -359,8 +401,12 @@ fn intervals_json(intervals: &[Interval], leaf_of_site: &[u32], remap: &[u32]) -
 
 /// `memray flamegraph`.
 pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
-    let Collected { mut ta, rows } = collect(path.as_ref(), options)?;
+    let Collected { mut ta, rows, native } = collect(path.as_ref(), options)?;
     let merged = !options.split_threads;
+    let hybrid = ta.analysis.header.native_traces;
+    if hybrid {
+        native.prepare(rows.iter().map(|r| (r.native_frame_id, r.generation)));
+    }
     let mut strings = Strings::default();
     let names = ta.analysis.thread_names.clone();
     let mut threads = BTreeSet::new();
@@ -404,6 +450,15 @@ pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlR
     } else {
         for r in &rows {
             let th = thread_id(r.tid, &mut strings);
+            if hybrid {
+                // Memray's flame graph of a native capture: hybrid stacks.
+                let stack = hybrid_stack_trace(stacks, &native, true, &r.record(), None);
+                main.add_hybrid(&mut strings, &stack, th, r.count, r.bytes);
+                if let Some(b) = &mut no_imports {
+                    b.add_hybrid(&mut strings, &stack, th, r.count, r.bytes);
+                }
+                continue;
+            }
             main.add(stacks, &mut strings, r.stack, r.tid, th, r.count, r.bytes);
             if let Some(b) = &mut no_imports {
                 b.add(stacks, &mut strings, r.stack, r.tid, th, r.count, r.bytes);
@@ -435,7 +490,8 @@ pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlR
     };
     let json =
         serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
-    Ok(HtmlReport { html: page::flamegraph_page(&title, &json), reached_trailer: ta.analysis.reached_trailer })
+    let warning = native.missing_warning();
+    Ok(HtmlReport { html: page::flamegraph_page(&title, &json), reached_trailer: ta.analysis.reached_trailer, warning })
 }
 
 /// `memray table`: the rows of Memray's table reporter. Peak and leak rows are the
@@ -445,7 +501,7 @@ pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlR
 pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
     let path = path.as_ref();
     let options = HtmlOptions { temporal: false, inverted: false, ..*options };
-    let Collected { ta, rows } = collect(path, &options)?;
+    let Collected { ta, rows, native } = collect(path, &options)?;
     let merged = !options.split_threads;
     let memory = memory_json(&ta);
     let stats = stats_json(&ta);
@@ -455,7 +511,8 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
         ReportKind::Leaks => Some(SnapshotKind::Leaks),
         ReportKind::Temporary(_) => None,
     };
-    let (rows, stacks, names) = match snapshot {
+    let hybrid = ta.analysis.header.native_traces;
+    let (rows, stacks, names, native) = match snapshot {
         Some(kind) => {
             let set =
                 snapshot_records(path, kind, merged, Some(ta.analysis.peak_record_index), options.allow_truncated)?;
@@ -468,23 +525,38 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
                     allocator: r.allocator,
                     count: r.n_allocations,
                     bytes: r.size,
+                    native_frame_id: r.native_frame_id,
+                    generation: r.native_segment_generation,
                 })
                 .collect();
-            (rows, set.stacks, set.thread_names)
+            (rows, set.stacks, set.thread_names, set.native)
         }
-        None => (rows, ta.analysis.stacks, ta.analysis.thread_names),
+        None => (rows, ta.analysis.stacks, ta.analysis.thread_names, native),
     };
+    if hybrid {
+        native.prepare(rows.iter().map(|r: &Row| (r.native_frame_id, r.generation)));
+    }
     let mut strings = Strings::default();
     let mut index: FastMap<(u32, u32, u32), usize> = FastMap::default();
     let mut out: Vec<(u32, u64, u64, u32, u32)> = Vec::new();
+    let mut native_locations = BTreeSet::new();
     for r in &rows {
         let thread = strings.intern(&thread_label(r.tid, &names, merged));
         let allocator = strings.intern(r.allocator.name());
-        // Memray's `stack_trace(max_stacks=1)`: the innermost frame, hidden or not.
-        let location = match stacks.frames(r.stack).next() {
-            Some(f) => {
-                let l = stacks.resolve(f);
-                strings.intern(&format!("{} at {}:{}", l.function, l.filename, l.lineno))
+        // Memray's `stack_trace(max_stacks=1)` (`hybrid_stack_trace(max_stacks=1)`
+        // with native traces): the innermost frame, hidden or not.
+        let innermost = if hybrid {
+            hybrid_stack_trace(&stacks, &native, true, &r.record(), Some(1)).pop()
+        } else {
+            stacks.frames(r.stack).next().map(|f| stacks.resolve(f))
+        };
+        let location = match innermost {
+            Some(l) => {
+                let id = strings.intern(&format!("{} at {}:{}", l.function, l.filename, l.lineno));
+                if l.native {
+                    native_locations.insert(id);
+                }
+                id
             }
             None => strings.intern("???"),
         };
@@ -511,10 +583,11 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
         merge_threads: merged,
         strings: strings.into_vec(),
         rows: out,
+        native_locations: native_locations.into_iter().collect(),
         memory,
         stats,
     };
     let json =
         serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
-    Ok(HtmlReport { html: page::table_page(&title, &json), reached_trailer })
+    Ok(HtmlReport { html: page::table_page(&title, &json), reached_trailer, warning: native.missing_warning() })
 }

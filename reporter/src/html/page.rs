@@ -87,6 +87,7 @@ pub fn flamegraph_page(title: &str, json: &str) -> String {
   <label class="check"><input type="checkbox" id="hide-irrelevant" checked> Hide irrelevant frames</label>
   <label class="check"><input type="checkbox" id="hide-imports"> Hide import system frames</label>
   <label class="thread-filter" id="thread-filter-label" hidden>Thread <select id="thread-filter"></select></label>
+  <span id="native-legend" class="legend" hidden><span class="swatch python-swatch"></span>Python frame <span class="swatch native-swatch"></span>native frame</span>
 </section>
 <div id="selection-info" class="selection-info"></div>
 <div id="flamegraph" class="flamegraph" role="tree"></div>
@@ -101,6 +102,7 @@ pub fn table_page(title: &str, json: &str) -> String {
 {SIDE}
 <section class="toolbar">
   <input type="search" id="filter" placeholder="Filter rows" autocomplete="off" spellcheck="false">
+  <span id="native-legend" class="legend" hidden><span class="swatch native-swatch"></span>native location</span>
   <span id="row-count" class="hint"></span>
   <span class="pager">
     <button type="button" id="prev-page">Previous</button>

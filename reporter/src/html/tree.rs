@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::fasthash::FastMap;
-use crate::stacks::{FrameId, LocationId, StackId, StackTable};
+use crate::stacks::{FrameId, Location, LocationId, StackId, StackTable};
 
 /// Memray's `MAX_STACKS` with the default recursion limit (1000 // 2.5): deeper frames
 /// are cut and the last node shown is `<STACK TOO DEEP>`.
@@ -22,6 +22,8 @@ pub const INTERESTING: u8 = 1;
 pub const IMPORT_SYSTEM: u8 = 2;
 pub const OTHER: u8 = 4;
 pub const TOO_DEEP: u8 = 8;
+/// A native frame (C, C++, Rust, the interpreter) of a hybrid stack.
+pub const NATIVE: u8 = 32;
 
 /// Strings sent to the page, each once.
 #[derive(Default)]
@@ -101,6 +103,8 @@ pub struct TreeBuilder {
     drop_imports: bool,
     descs: Vec<Desc>,
     desc_of_location: FastMap<LocationId, u32>,
+    /// Hybrid stacks' frames (Python and native), by location.
+    desc_of_hybrid: HashMap<Location, u32>,
     too_deep_desc: u32,
     nodes: Vec<Node>,
     children: FastMap<(u32, u32, u32), u32>,
@@ -120,6 +124,7 @@ impl TreeBuilder {
             drop_imports,
             descs: vec![root, too_deep],
             desc_of_location: FastMap::default(),
+            desc_of_hybrid: HashMap::new(),
             too_deep_desc: 1,
             nodes: vec![Node {
                 parent: 0,
@@ -157,6 +162,86 @@ impl TreeBuilder {
         d
     }
 
+    fn hybrid_desc(&mut self, strings: &mut Strings, loc: &Location) -> u32 {
+        if let Some(&d) = self.desc_of_hybrid.get(loc) {
+            return d;
+        }
+        let mut flags = 0;
+        if loc.native {
+            flags |= NATIVE;
+            // Memray's `is_frame_interesting` for native frames: not CPython's own.
+            let frame = (loc.function.to_string(), loc.filename.to_string(), loc.lineno);
+            if crate::tree::is_frame_interesting(&frame) {
+                flags |= INTERESTING;
+            }
+        } else {
+            if is_interesting(&loc.function, &loc.filename) {
+                flags |= INTERESTING;
+            }
+            if is_import_system(&loc.filename) {
+                flags |= IMPORT_SYSTEM;
+            }
+        }
+        let d = self.descs.len() as u32;
+        self.descs.push(Desc {
+            function: strings.intern(&loc.function),
+            file: strings.intern(&loc.filename),
+            line: loc.lineno,
+            flags,
+        });
+        self.desc_of_hybrid.insert(loc.clone(), d);
+        d
+    }
+
+    /// Like [`TreeBuilder::add`] for a hybrid stack (Python and native frames,
+    /// innermost first, as [`crate::records::hybrid_stack_trace`] gives it).
+    pub fn add_hybrid(
+        &mut self,
+        strings: &mut Strings,
+        stack: &[Location],
+        thread: u32,
+        count: u64,
+        bytes: u64,
+    ) -> u32 {
+        let mut frames: Vec<&Location> = stack.iter().collect();
+        if self.drop_imports {
+            let keep = frames.iter().rev().take_while(|l| l.native || !is_import_system(&l.filename)).count();
+            frames.drain(..frames.len() - keep);
+        }
+        if !self.inverted {
+            frames.reverse();
+        }
+        let descs: Vec<u32> = frames.iter().map(|l| self.hybrid_desc(strings, l)).collect();
+        self.add_descs(&descs, thread, count, bytes)
+    }
+
+    fn add_descs(&mut self, descs: &[u32], thread: u32, count: u64, bytes: u64) -> u32 {
+        let mut node = 0u32;
+        self.bump(node, count, bytes);
+        let mut in_import = false;
+        for (depth, &desc) in descs.iter().enumerate() {
+            if depth >= MAX_DEPTH {
+                let d = self.too_deep_desc;
+                node = self.child(node, d, thread, TOO_DEEP);
+                self.bump(node, count, bytes);
+                break;
+            }
+            let mut flags = self.descs[desc as usize].flags;
+            // Memray marks a frame's whole subtree as import system (not when inverted).
+            if !self.inverted {
+                in_import |= flags & IMPORT_SYSTEM != 0;
+                if in_import {
+                    flags |= IMPORT_SYSTEM;
+                }
+            } else {
+                flags &= !IMPORT_SYSTEM;
+            }
+            node = self.child(node, desc, thread, flags);
+            self.bump(node, count, bytes);
+        }
+        node
+    }
+
     fn child(&mut self, parent: u32, desc: u32, thread: u32, flags: u8) -> u32 {
         let key = (parent, desc, thread);
         if let Some(&n) = self.children.get(&key) {
@@ -190,31 +275,10 @@ impl TreeBuilder {
         if !self.inverted {
             frames.reverse();
         }
-        let mut node = 0u32;
-        self.bump(node, count, bytes);
-        let mut in_import = false;
-        for (depth, &frame) in frames.iter().enumerate() {
-            let desc = self.desc(stacks, strings, frame);
-            if depth >= MAX_DEPTH {
-                let d = self.too_deep_desc;
-                node = self.child(node, d, thread, TOO_DEEP);
-                self.bump(node, count, bytes);
-                break;
-            }
-            let mut flags = self.descs[desc as usize].flags;
-            // Memray marks a frame's whole subtree as import system (not when inverted).
-            if !self.inverted {
-                in_import |= flags & IMPORT_SYSTEM != 0;
-                if in_import {
-                    flags |= IMPORT_SYSTEM;
-                }
-            } else {
-                flags &= !IMPORT_SYSTEM;
-            }
-            node = self.child(node, desc, thread, flags);
-            self.bump(node, count, bytes);
-        }
-        node
+        // Descriptions of frames past MAX_DEPTH are never shown: not resolved.
+        let descs: Vec<u32> =
+            frames.iter().take(MAX_DEPTH + 1).map(|&frame| self.desc(stacks, strings, frame)).collect();
+        self.add_descs(&descs, thread, count, bytes)
     }
 
     fn bump(&mut self, node: u32, count: u64, bytes: u64) {
@@ -431,6 +495,7 @@ mod tests {
             drop_imports: b.drop_imports,
             descs: b.descs.clone(),
             desc_of_location: b.desc_of_location.clone(),
+            desc_of_hybrid: b.desc_of_hybrid.clone(),
             too_deep_desc: b.too_deep_desc,
             nodes: b.nodes.clone(),
             children: b.children.clone(),
