@@ -154,8 +154,9 @@ def _check_stacks(dump, program_text, aggregated):
     assert _where(grow["native"], "nativeext_vector_grow") == ("nativeext_vector.cpp", marker_line("nativeext_vector_grow"))
 
 
-def _parse_check_38(memray_cli, capture):
-    """Without Memray (3.8): the frame tree is consistent and the leaf is in nativeext."""
+def _parse_native(memray_cli, capture):
+    """(frame tree nodes [(ip, parent)], memory maps [[file, load addr, [(vaddr, memsz)]]],
+    allocations [(size, native id)]) of a capture, read with our `memray parse`."""
     res = memray_cli("parse", capture)
     assert res.returncode == 0, res.describe()
     nodes, maps, allocs = [], [], []
@@ -164,14 +165,20 @@ def _parse_check_38(memray_cli, capture):
             m = re.search(r"ip=(0x[0-9a-f]+) index=(\d+)", line)
             nodes.append((int(m.group(1), 16), int(m.group(2))))
         elif line.startswith("SEGMENT_HEADER"):
-            m = re.search(r"filename=(.*) num_segments=(\d+) addr=(0x[0-9a-f]+)", line)
-            maps.append([m.group(1), int(m.group(3), 16), []])
+            m = re.search(r"filename=(.*) num_segments=(\d+) addr=(0x[0-9a-f]+|\(nil\))", line)
+            maps.append([m.group(1), 0 if m.group(3) == "(nil)" else int(m.group(3), 16), []])
         elif line.startswith("SEGMENT "):
             _, vaddr, memsz = line.split()  # "SEGMENT 0x1000 155" (hex; "(nil)" for 0)
             maps[-1][2].append((0 if vaddr == "(nil)" else int(vaddr, 16), int(memsz, 16)))
         elif line.startswith("ALLOCATION") and "native_frame_id=" in line:
             size = int(re.search(r"size=(\d+)", line).group(1))
             allocs.append((size, int(re.search(r"native_frame_id=(\d+)", line).group(1))))
+    return nodes, maps, allocs
+
+
+def _parse_check_38(memray_cli, capture):
+    """Without Memray (3.8): the frame tree is consistent and the leaf is in nativeext."""
+    nodes, maps, allocs = _parse_native(memray_cli, capture)
     assert nodes, "no NATIVE_TRACE_INDEX records"
     for i, (_, parent) in enumerate(nodes, 1):
         assert parent < i, "node %d has parent %d, not an earlier node" % (i, parent)
@@ -212,6 +219,33 @@ def test_run_native_stacks(interp, script, memray_run, memray_cli, native_env, w
             assert a[key] == b[key], "%s: ours %s != Memray %s" % (key, a[key], b[key])
         assert a["metadata"]["peak_memory"] == b["metadata"]["peak_memory"]
 
+
+
+def _nativeext_offsets(memray_cli, capture):
+    """The recorded addresses that fall in nativeext, relative to its load address."""
+    nodes, maps, _ = _parse_native(memray_cli, capture)
+    ext = [m for m in maps if "nativeext" in m[0]]
+    assert ext, "nativeext is not in any memory map of %s" % capture
+    return {ip - m[1] for ip, _ in nodes for m in ext if any(m[1] + v <= ip < m[1] + v + sz for v, sz in m[2])}
+
+
+def test_recorded_addresses_are_memrays(interp, script, memray_run, memray_cli, native_env, workdir):
+    """The same program under Memray 1.20 and under ours records the same addresses in
+    nativeext (return addresses minus one, as Memray stores them): same bytes, same
+    symbolization by any reader."""
+    if interp.minor < 9:
+        pytest.skip("3.8: Memray 1.20 cannot record the reference capture")
+    s = script("prog.py", PROGRAM)
+    ours, theirs = workdir / "ours.bin", workdir / "theirs.bin"
+    res = run(memray_run.cmd("--native", "-q", "-o", ours, s.path), cwd=workdir, env=native_env, timeout=300)
+    assert res.returncode == 0, res.describe()
+    py = Path(__file__).resolve().parent.parent / ".venvs" / ("oracle-3.%d" % interp.minor) / "bin" / "python"
+    env = dict(native_env)
+    env["PYTHONPATH"] = env["PYTHONPATH"].split(os.pathsep)[0]  # nativeext only, not our memray package
+    res = run([py, "-m", "memray", "run", "--native", "-q", "-o", theirs, s.path], cwd=workdir, env=env, timeout=300)
+    assert res.returncode == 0, res.describe()
+    a, b = _nativeext_offsets(memray_cli, ours), _nativeext_offsets(memray_cli, theirs)
+    assert a and a == b, "ours %s != Memray %s" % (sorted(map(hex, a)), sorted(map(hex, b)))
 
 TRACKER_PROGRAM = """
 import os, sys, time

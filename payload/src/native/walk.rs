@@ -40,7 +40,7 @@ fn registers() -> (u64, u64, u64) {
     (pc, sp, bp)
 }
 
-/// Fills `out` with the return addresses of the calling thread's native frames,
+/// Fills `out` with the return addresses (minus one) of the calling thread's native frames,
 /// innermost first, starting at the frame that called into the payload; the payload's
 /// own frames are left out. Returns how many were written.
 #[inline(never)]
@@ -65,8 +65,10 @@ pub fn walk(table: &Table, cache: &mut FrameCache, bounds: &mut StackBounds, out
     let mut frames = table.unwinder.iter_frames(pc, UnwindRegsX86_64::new(pc, sp, bp), cache, &mut read_stack);
     let mut n = 0;
     while n < out.len() {
+        // Memray stores a return address minus one (inside the call instruction), so
+        // that the line and inlined frames are those of the call, not of what follows.
         let address = match frames.next() {
-            Ok(Some(frame)) => frame.address(),
+            Ok(Some(frame)) => frame.address_for_lookup(),
             _ => break,
         };
         // The payload's frames: the hook's own on top, and intercepts the program called
