@@ -325,3 +325,149 @@ def test_reader_memory_follows_records_not_file(interp, script, memray_run, trac
     n, maxrss_kb = map(int, res.stdout.split())
     assert n >= 400000
     assert maxrss_kb < 100 * 1024, f"the reader held {maxrss_kb} kB for {n} records"
+
+
+# --------------------------------------------------------------------------- temporal records
+
+# Allocates and frees across several memory samples (every 5 ms; each step sleeps 30).
+TEMPORAL = """
+import sys, threading, time
+import memray
+import allochelper
+H = allochelper.load()
+fmt = memray.FileFormat.AGGREGATED_ALLOCATIONS if sys.argv[2] == "agg" else memray.FileFormat.ALL_ALLOCATIONS
+
+def step():
+    time.sleep(0.03)
+
+def keep(n):
+    return [H.helper_malloc(40000 + i) for i in range(n)]  # @keep
+
+with memray.Tracker(sys.argv[1], file_format=fmt, memory_interval_ms=5):
+    kept = keep(3)
+    step()
+    big = H.helper_malloc(500000)  # @big
+    step()
+    H.helper_free(big)
+    H.helper_free(H.helper_malloc(300000))  # @brief
+    c = H.helper_calloc(10, 1000)
+    step()
+    grown = H.helper_realloc(H.helper_malloc(100), 90001)
+    m = H.helper_mmap(4096 * 16)  # @mmap
+    step()
+    H.helper_munmap(m + 4096 * 4, 4096 * 4)
+    t = threading.Thread(target=keep, args=(2,), name="keeper")
+    t.start()
+    t.join()
+    step()
+    for p in kept[:2]:
+        H.helper_free(p)
+    step()
+"""
+
+# Prints what a FileReader says of a capture's history, as JSON.
+TEMPORAL_DUMP = r'''
+import json, sys
+import memray
+
+def outcome(f):
+    try:
+        return ["ok", f()]
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+
+def rec(r):
+    return [type(r).__name__, r.tid, r.thread_name, int(r.allocator), r.stack_id, r.native_stack_id,
+            r.native_segment_generation, [list(f) for f in r.stack_trace()], [list(f) for f in r.hybrid_stack_trace()],
+            [[type(i).__name__, i.allocated_before_snapshot, i.deallocated_before_snapshot, i.n_allocations, i.n_bytes]
+             for i in r.intervals]]
+
+out = {}
+with memray.FileReader(sys.argv[1], max_memory_records=int(sys.argv[2])) as rd:
+    for merge in (True, False):
+        lazy = rd.get_temporal_allocation_records(merge_threads=merge)
+        out["temporal-%s" % merge] = outcome(lambda: [rec(r) for r in lazy])
+        def hwm():
+            result = rd.get_temporal_high_water_mark_allocation_records(merge_threads=merge)
+            records, by_snapshot = result
+            return [type(result).__name__, len(result), type(by_snapshot).__name__, by_snapshot,
+                    [rec(r) for r in records]]
+        out["hwm-%s" % merge] = outcome(hwm)
+    out["interval"] = outcome(lambda: [repr(i) for r in rd.get_temporal_allocation_records() for i in r.intervals][:3])
+json.dump(out, sys.stdout)
+'''
+
+
+def _memray_zero_frame_lines(ours, theirs):
+    """As `_memray_zero_lines`, for the stacks of temporal records."""
+    for key in theirs:
+        a, b = ours.get(key), theirs[key]
+        if key == "interval" or not (a and a[0] == b[0] == "ok"):
+            continue
+        recs_a, recs_b = (a[1], b[1]) if key.startswith("temporal") else (a[1][-1], b[1][-1])
+        for x, y in zip(recs_a, recs_b):
+            for i in (7, 8):
+                for fx, fy in zip(x[i], y[i]):
+                    if fy[2] == 0 and fx[:2] == fy[:2]:
+                        fx[2] = 0
+
+
+def _temporal_compare(interp, tracked_env, workdir, capture, max_memory_records):
+    dump = workdir / "temporal_dump.py"
+    dump.write_text(TEMPORAL_DUMP)
+    outs = []
+    for python, env in ((interp.executable, tracked_env), (_oracle_python(interp), _oracle_env())):
+        res = run([python, dump, capture, max_memory_records], cwd=workdir, env=env, timeout=120)
+        assert res.returncode == 0, res.describe()
+        outs.append(json.loads(res.stdout))
+    ours, theirs = outs
+    if interp.minor <= 9:
+        _memray_zero_frame_lines(ours, theirs)
+    _assert_same(ours, theirs)
+    return ours
+
+
+@pytest.mark.parametrize("maker", ["ours", "memray"])
+def test_temporal_records_read_like_memray(interp, script, run_py, tracked_env, helper_lib, workdir, maker):
+    s = script("temporal.py", TEMPORAL)
+    out = workdir / "temporal.bin"
+    if maker == "ours":
+        assert_ok(run_py(s.path, out, "all"))
+    else:
+        if interp.minor < 9:
+            pytest.skip("Memray 1.20 does not run on Python 3.8")
+        helpers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+        env = dict(_oracle_env(), PYTHONPATH=helpers, ALLOC_HELPER_LIB=str(helper_lib))
+        assert_ok(run([_oracle_python(interp), s.path, out, "all"], cwd=workdir, env=env))
+    dump = _temporal_compare(interp, tracked_env, workdir, out, 10000)
+    # Strided memory records: snapshots are every n-th one, as Memray counts them.
+    _temporal_compare(interp, tracked_env, workdir, out, 4)
+
+    # The figures are the workload's, not just equal to Memray's.
+    def at(key, marker):
+        recs = dump[key][1] if key.startswith("temporal") else dump[key][1][-1]
+        # Any frame: up to 3.9 Memray gives a list comprehension's frame line 0.
+        return [r for r in recs if any(f[1] == str(s.path) and f[2] == s.line(marker) for f in r[7])]
+
+    [big] = at("temporal-True", "big")
+    assert [iv[3:] for iv in big[9]] == [[1, 500000]] and big[9][0][2] is not None
+    assert big[9][0][1] < big[9][0][2], "allocated and freed in different snapshots"
+    kept = at("temporal-False", "keep")
+    assert len({r[1] for r in kept}) == 2 and "keeper" in {r[2] for r in kept}
+    assert all(r[1] == 0 and r[2] == "" for r in dump["temporal-True"][1]), "merged: thread 0, unnamed"
+    status, (kind, n, by_kind, by_snapshot, recs) = dump["hwm-True"]
+    assert (kind, n, by_kind) == ("tuple", 2, "list") and len(by_snapshot) >= 4
+    assert max(by_snapshot) >= 500000 + 40000 * 3
+    [big_hwm] = at("hwm-True", "big")
+    # Part of the high-water mark of the snapshots it was live in, then of none.
+    assert [iv[3:] for iv in big_hwm[9]] == [[1, 500000], [0, 0]]
+    [mapped] = at("temporal-True", "mmap")
+    assert sum(iv[4] for iv in mapped[9]) == 4096 * 16 and sum(iv[3] for iv in mapped[9]) == 1
+
+
+def test_temporal_records_of_aggregated_capture_are_refused(interp, script, run_py, tracked_env, workdir):
+    s = script("temporal.py", TEMPORAL)
+    out = workdir / "agg.bin"
+    assert_ok(run_py(s.path, out, "agg"))
+    dump = _temporal_compare(interp, tracked_env, workdir, out, 10000)
+    assert dump["temporal-True"][0] == dump["hwm-False"][0] == "NotImplementedError"

@@ -9,6 +9,7 @@
 //! as Memray writes them.
 
 pub mod dump;
+mod decompress;
 mod encoder;
 mod error;
 mod header;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::encoder::AddressCache;
 use crate::header::Header;
+use crate::decompress::Decompressing;
 use crate::input::Input;
 use crate::progress::ProgressProbe;
 use crate::types::{
@@ -90,6 +91,8 @@ type Prefixed<R> = Chain<Cursor<Vec<u8>>, R>;
 enum Source<R: Read> {
     Plain(Prefixed<R>),
     Lz4(Box<lz4_flex::frame::FrameDecoder<Prefixed<R>>>),
+    /// LZ4 decompressed on a second thread (files).
+    Decompressing(Decompressing),
 }
 
 impl<R: Read> Read for Source<R> {
@@ -97,6 +100,7 @@ impl<R: Read> Read for Source<R> {
         match self {
             Source::Plain(r) => r.read(buf),
             Source::Lz4(r) => r.read(buf),
+            Source::Decompressing(r) => r.read(buf),
         }
     }
 }
@@ -253,14 +257,19 @@ impl Reader<File> {
                 Err(e) => return Err(CaptureError::Io(e)),
             }
         }
-        let limit = if got == 4 && magic == LZ4_MAGIC {
-            None
-        } else {
-            readable_size(&mut file)?
-        };
+        let compressed = got == 4 && magic == LZ4_MAGIC;
+        let limit = if compressed { None } else { readable_size(&mut file)? };
         file.seek(SeekFrom::Start(0))?;
         let progress = ProgressProbe::new(&file, path);
-        let mut reader = Reader::with_limit(file, limit)?;
+        let mut reader = if compressed {
+            // Compressed: decompress on a second thread when one can be started.
+            match Decompressing::start(file) {
+                Ok(stream) => Reader::from_source(Source::Decompressing(stream), true, None)?,
+                Err(file) => Reader::with_limit(file, limit)?,
+            }
+        } else {
+            Reader::with_limit(file, limit)?
+        };
         reader.progress = progress;
         Ok(reader)
     }
@@ -284,6 +293,10 @@ impl<R: Read> Reader<R> {
         } else {
             Source::Plain(prefixed)
         };
+        Reader::from_source(source, compressed, limit)
+    }
+
+    fn from_source(source: Source<R>, compressed: bool, limit: Option<u64>) -> Result<Self, CaptureError> {
         let mut input = Input::new(source, 64 * 1024);
         let header = match read_header(&mut input) {
             Err(CaptureError::Empty) if compressed => {
@@ -340,10 +353,11 @@ impl<R: Read> Reader<R> {
         self.next_record_checked()
     }
 
-    /// Hands every remaining record to `f`, in order, until the data ends, `f` fails or
-    /// the capture turns out truncated, corrupt or unreadable. A truncation ends the
-    /// records without an error when `stop_at_truncation` (Memray reads a cut capture up
-    /// to the cut); any other problem is returned as `E`.
+    /// Hands every remaining record to `f`, in order, until the data ends, `f` returns
+    /// `Ok(false)` (stop) or fails, or the capture turns out truncated, corrupt or
+    /// unreadable. A truncation ends the records without an error when
+    /// `stop_at_truncation` (Memray reads a cut capture up to the cut); any other problem
+    /// is returned as `E`.
     ///
     /// Faster than a `next_record` loop: with `f` inlined, the common records go from
     /// the buffer to `f` in registers.
@@ -351,15 +365,21 @@ impl<R: Read> Reader<R> {
     pub fn for_each_record<E: From<CaptureError>>(
         &mut self,
         stop_at_truncation: bool,
-        mut f: impl FnMut(Record) -> Result<(), E>,
+        mut f: impl FnMut(Record) -> Result<bool, E>,
     ) -> Result<(), E> {
         loop {
             if let Some(record) = self.fast_stream_record() {
-                f(record)?;
+                if !f(record)? {
+                    return Ok(());
+                }
                 continue;
             }
             match self.next_record_checked() {
-                Ok(Some(record)) => f(record)?,
+                Ok(Some(record)) => {
+                    if !f(record)? {
+                        return Ok(());
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(e) if stop_at_truncation && e.is_truncation() => return Ok(()),
                 Err(e) => return Err(e.into()),

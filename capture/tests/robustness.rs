@@ -339,3 +339,45 @@ fn header_roundtrip_and_rewrite_in_place() {
     later.end_time_ms = i64::MAX;
     assert_eq!(later.encoded_len(), h.encoded_len());
 }
+
+/// `Reader::open` decompresses LZ4 files on a second thread: every cut of a compressed
+/// capture (and every corrupted byte of its frame) gives the same records and the same
+/// error as decompressing inline from memory.
+#[test]
+fn threaded_decompression_matches_inline() {
+    let dir = std::env::temp_dir().join(format!("memray-capture-lz4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cut.bin");
+    let describe = |(records, err): (Vec<Record>, Option<CaptureError>)| (records, err.map(|e| e.to_string()));
+    for (name, bytes) in small_captures() {
+        let mut enc = lz4_frame_encoder(Vec::new());
+        enc.write_all(&bytes).unwrap();
+        let lz = enc.finish().unwrap();
+        let mut variants: Vec<Vec<u8>> = (0..=lz.len()).map(|cut| lz[..cut].to_vec()).collect();
+        variants.extend((4..lz.len()).map(|pos| {
+            let mut b = lz.clone();
+            b[pos] ^= 0x5a;
+            b
+        }));
+        for (i, data) in variants.iter().enumerate() {
+            std::fs::write(&path, data).unwrap();
+            let inline = describe(decode_all(data));
+            let opened = match Reader::open(&path) {
+                Ok(mut r) => {
+                    let mut records = Vec::new();
+                    let err = loop {
+                        match r.next_record() {
+                            Ok(Some(rec)) => records.push(rec),
+                            Ok(None) => break None,
+                            Err(e) => break Some(e),
+                        }
+                    };
+                    describe((records, err))
+                }
+                Err(e) => describe((Vec::new(), Some(e))),
+            };
+            assert_eq!(opened, inline, "{name}: variant {i} of {}", variants.len());
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -8,7 +8,8 @@ from ._api import (
     Tracker,
 )
 from ._allocators import AllocatorType
-from ._reader import AllocationRecord, FileReader, MemorySnapshot, Metadata
+# Interval and TemporalAllocationRecord are importable but, as in Memray, not in __all__.
+from ._reader import AllocationRecord, FileReader, Interval, MemorySnapshot, Metadata, TemporalAllocationRecord
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ from ._allocators import AllocatorType
 from ._api import FileFormat
 from ._binary import find_binary
 
-__all__ = ["AllocationRecord", "FileReader", "MemorySnapshot", "Metadata"]
+__all__ = ["AllocationRecord", "FileReader", "Interval", "MemorySnapshot", "Metadata", "TemporalAllocationRecord"]
 
 MemorySnapshot = collections.namedtuple("MemorySnapshot", "time rss heap")
 
@@ -247,6 +247,82 @@ class AllocationRecord:
         )
 
 
+class Interval:
+    """Blocks of a location live (or part of a high-water mark) from snapshot
+    `allocated_before_snapshot` until `deallocated_before_snapshot` (None: the end)."""
+
+    __slots__ = ("allocated_before_snapshot", "deallocated_before_snapshot", "n_allocations", "n_bytes")
+
+    def __init__(self, allocated_before_snapshot, deallocated_before_snapshot, n_allocations, n_bytes):
+        self.allocated_before_snapshot = allocated_before_snapshot
+        self.deallocated_before_snapshot = deallocated_before_snapshot
+        self.n_allocations = n_allocations
+        self.n_bytes = n_bytes
+
+    def _astuple(self):
+        return (self.allocated_before_snapshot, self.deallocated_before_snapshot, self.n_allocations, self.n_bytes)
+
+    def __eq__(self, other):
+        if type(other) is not Interval:
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    __hash__ = None  # mutable, like Memray's
+
+    def __repr__(self):
+        return (
+            f"Interval(allocated_before_snapshot={self.allocated_before_snapshot},"
+            f" deallocated_before_snapshot={self.deallocated_before_snapshot},"
+            f" n_allocations={self.n_allocations},"
+            f" n_bytes={self.n_bytes})"
+        )
+
+
+class TemporalAllocationRecord:
+    """A location's allocations over time: `intervals` of memory snapshots."""
+
+    __slots__ = ("_record", "intervals")
+
+    def __init__(self, key, tables: Optional[_Tables] = None, intervals=None):
+        tid, allocator, stack_id, native_id, generation = key
+        # Stack traces and thread names come from an AllocationRecord at the location.
+        self._record = AllocationRecord((tid, 0, 0, allocator, stack_id, 0, native_id, generation), tables)
+        self.intervals: List[Interval] = list(intervals or [])
+
+    def _key(self):
+        r = self._record
+        return (r.tid, r.allocator, r.stack_id, r.native_stack_id, r.native_segment_generation)
+
+    def __eq__(self, other):
+        if type(other) is not TemporalAllocationRecord:
+            return NotImplemented
+        return self._key() == other._key() and self.intervals == other.intervals
+
+    def __hash__(self):
+        return hash(self._key())
+
+    tid = property(lambda self: self._record.tid)
+    allocator = property(lambda self: self._record.allocator)
+    stack_id = property(lambda self: self._record.stack_id)
+    native_stack_id = property(lambda self: self._record.native_stack_id)
+    native_segment_generation = property(lambda self: self._record.native_segment_generation)
+
+    @property
+    def thread_name(self) -> str:
+        # Merged threads are thread 0 here, which Memray leaves unnamed.
+        assert self._record._tables is not None, "Cannot get thread name without reader."
+        return self._record._tables.thread_names.get(self.tid, "")
+
+    def stack_trace(self, max_stacks=None) -> List[StackFrame]:
+        return self._record.stack_trace(max_stacks)
+
+    def native_stack_trace(self, max_stacks=None) -> List[StackFrame]:
+        return self._record.native_stack_trace(max_stacks)
+
+    def hybrid_stack_trace(self, max_stacks=None) -> List[StackFrame]:
+        return self._record.hybrid_stack_trace(max_stacks)
+
+
 def _error_text(stderr: bytes) -> str:
     lines = [l.strip() for l in stderr.decode(errors="replace").splitlines() if l.strip()]
     text = lines[0] if lines else "the memray binary failed"
@@ -285,6 +361,7 @@ class FileReader:
             raise
         md = first["metadata"]
         self._peak_index = md["peak_index"]
+        self._snapshot_stride = md.get("snapshot_stride", 0)
         self._skipped_frames = md["skipped_frames_on_main_tid"]
         self._metadata = Metadata(
             start_time=_millis_to_dt(md["start_time"]),
@@ -335,12 +412,16 @@ class FileReader:
                 if stream is not None:
                     stream.close()
 
-    def _records(self, query: str, *args: str) -> Iterator[AllocationRecord]:
+    def _records(self, query: str, *args: str) -> Iterator[Any]:
+        """The query's records: AllocationRecord ("A" lines), TemporalAllocationRecord
+        ("R"), and any other line not about frames, stacks or threads, as it is."""
         tables = _Tables(self._metadata.main_thread_id, self._skipped_frames)
         for item in self._export(query, *args):
             tag = item[0]
             if tag == "A":
                 yield AllocationRecord(item[1:], tables)
+            elif tag == "R":
+                yield TemporalAllocationRecord(item[1:6], tables, (Interval(*i) for i in item[6]))
             elif tag == "N":
                 tables.nodes[item[1]] = (item[2], item[3])
             elif tag == "F":
@@ -352,6 +433,8 @@ class FileReader:
                 tables.native_nodes[(item[1], item[2])] = (item[3], item[4])
             elif tag == "T":
                 tables.thread_names[item[1]] = item[2]
+            else:
+                yield item
 
     def _ensure_not_closed(self):
         if self._file is None:
@@ -420,6 +503,33 @@ class FileReader:
         if threshold < 0:
             raise OverflowError("can't convert negative value to size_t")
         yield from self._records("temporary", "--threshold", str(threshold), *self._threads(merge_threads))
+
+    def _temporal_args(self, merge_threads) -> Tuple[str, ...]:
+        return ("--snapshot-stride", str(self._snapshot_stride), *self._threads(merge_threads))
+
+    def get_temporal_allocation_records(self, merge_threads=True) -> Iterator[TemporalAllocationRecord]:
+        """Per location, when its blocks were allocated and freed, in memory snapshots
+        (see `get_memory_snapshots`). Threads merged: thread 0."""
+        self._ensure_not_closed()
+        if self._is_aggregated():
+            raise NotImplementedError("Can't get allocation history using a pre-aggregated capture file.")
+        yield from self._records("temporal", *self._temporal_args(merge_threads))
+
+    def get_temporal_high_water_mark_allocation_records(
+        self, merge_threads=True
+    ) -> Tuple[Iterator[TemporalAllocationRecord], List[int]]:
+        """(records, the high-water mark of each snapshot's window): each record's
+        intervals say what it contributed to the high-water marks of which snapshots,
+        and last to what was left at the end."""
+        self._ensure_not_closed()
+        if self._is_aggregated():
+            raise NotImplementedError("Can't get allocation history using a pre-aggregated capture file.")
+        records = self._records("temporal-hwm", *self._temporal_args(merge_threads))
+        first = next(records, None)
+        if not (isinstance(first, list) and first[:1] == ["H"]):
+            records.close()
+            raise OSError(f"{self._name}: the memray binary gave no high-water marks")
+        return records, first[1]
 
     def get_memory_snapshots(self) -> Iterator[MemorySnapshot]:
         """(time in ms since the epoch, RSS, heap) samples taken while tracking."""

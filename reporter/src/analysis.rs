@@ -146,7 +146,7 @@ pub fn analyze_file(path: impl AsRef<Path>, options: AnalyzeOptions) -> Result<A
 /// Analyses a capture from an open reader, consuming all of its records.
 pub fn analyze<R: Read>(mut reader: Reader<R>, options: AnalyzeOptions) -> Result<Analysis, ReportError> {
     let mut analyzer = Analyzer::new(reader.header().clone());
-    reader.for_each_record(options.allow_truncated, #[inline(always)] |record| analyzer.feed(record))?;
+    reader.for_each_record(options.allow_truncated, #[inline(always)] |record| analyzer.feed(record).map(|()| true))?;
     Ok(analyzer.finish(reader.reached_trailer()))
 }
 

@@ -17,6 +17,9 @@ pub enum ReportError {
     #[error("can't get all allocations from a pre-aggregated capture file (it was written with --aggregate)")]
     AggregatedAllRecords,
 
+    #[error("can't get allocation history using a pre-aggregated capture file (it was written with --aggregate)")]
+    AggregatedTemporal,
+
     #[error("corrupt aggregated capture: {0}")]
     CorruptAggregated(String),
 

@@ -26,6 +26,7 @@ pub mod stdhash;
 pub mod stdorder;
 pub mod summary;
 pub mod temporal;
+pub mod temporal_records;
 pub mod temporary;
 pub mod transform;
 pub mod tree;

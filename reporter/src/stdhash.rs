@@ -32,6 +32,9 @@ impl StdHash for u64 {
 /// the list and the buckets touches little memory.
 pub struct StdHashMap<K: StdHash, V> {
     next: Vec<u32>,
+    /// Each node's bucket, kept so that walking a chain needs no division (the bucket
+    /// counts are primes: a modulo per step was most of a lookup's cost).
+    buckets: Vec<u32>,
     keys: Vec<K>,
     values: Vec<Option<V>>,
     free: Vec<u32>,
@@ -47,6 +50,7 @@ impl<K: StdHash, V> Default for StdHashMap<K, V> {
     fn default() -> Self {
         StdHashMap {
             next: Vec::new(),
+            buckets: Vec::new(),
             keys: Vec::new(),
             values: Vec::new(),
             free: Vec::new(),
@@ -78,7 +82,7 @@ impl<K: StdHash, V> StdHashMap<K, V> {
 
     #[inline]
     fn bucket_of_node(&self, n: u32) -> usize {
-        self.bucket_of(self.keys[n as usize].std_hash())
+        self.buckets[n as usize] as usize
     }
 
     /// The successor of `p`, where `p` may be the sentinel.
@@ -152,12 +156,14 @@ impl<K: StdHash, V> StdHashMap<K, V> {
             Some(i) => {
                 self.keys[i as usize] = key;
                 self.values[i as usize] = Some(value);
+                self.buckets[i as usize] = bkt as u32;
                 i
             }
             None => {
                 self.keys.push(key);
                 self.values.push(Some(value));
                 self.next.push(NIL);
+                self.buckets.push(bkt as u32);
                 (self.keys.len() - 1) as u32
             }
         };
@@ -186,7 +192,8 @@ impl<K: StdHash, V> StdHashMap<K, V> {
         let mut bbegin_bkt = 0usize;
         while p != NIL {
             let following = self.next[p as usize];
-            let bkt = self.bucket_of_node(p);
+            let bkt = self.bucket_of(self.keys[p as usize].std_hash());
+            self.buckets[p as usize] = bkt as u32;
             if self.before[bkt] == NIL {
                 self.next[p as usize] = self.head;
                 self.head = p;

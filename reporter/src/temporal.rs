@@ -45,11 +45,14 @@ pub struct TimelineOptions {
     /// Most units (and chart samples) kept; at least 2 are always kept.
     pub max_records: usize,
     pub temporal: Option<TemporalMode>,
+    /// Key sites as Memray's `FileReader` does: allocator, native stack and memory-map
+    /// generation too (the flame graph needs only thread and Python stack).
+    pub full_sites: bool,
 }
 
 impl Default for TimelineOptions {
     fn default() -> Self {
-        TimelineOptions { max_records: 10_000, temporal: None }
+        TimelineOptions { max_records: 10_000, temporal: None, full_sites: false }
     }
 }
 
@@ -78,6 +81,10 @@ pub struct Timeline {
 pub struct Site {
     pub tid: u64,
     pub stack: StackId,
+    /// With [`TimelineOptions::full_sites`] only (else 0).
+    pub allocator: u8,
+    pub native_frame_id: u64,
+    pub native_segment_generation: u64,
 }
 
 /// Blocks of one site live at points (or allocated in units) `from..to`.
@@ -126,7 +133,7 @@ pub fn analyze_reader_over_time<R: Read>(
     analyze_options: AnalyzeOptions,
 ) -> Result<TimelineAnalysis, ReportError> {
     let mut t = TimelineAnalyzer::new(reader.header().clone(), options);
-    reader.for_each_record(analyze_options.allow_truncated, #[inline(always)] |record| t.feed(record))?;
+    reader.for_each_record(analyze_options.allow_truncated, #[inline(always)] |record| t.feed(record).map(|()| true))?;
     Ok(t.finish(reader.reached_trailer()))
 }
 
@@ -156,6 +163,9 @@ pub struct TimelineAnalyzer {
     units: Units,
     tracker: Option<Tracker>,
     snapshots_seen: u64,
+    full_sites: bool,
+    /// Memory-map generation (MEMORY_MAP_START records seen).
+    generation: u64,
 }
 
 impl TimelineAnalyzer {
@@ -169,6 +179,8 @@ impl TimelineAnalyzer {
             units: Units::new(options.max_records),
             tracker,
             snapshots_seen: 0,
+            full_sites: options.full_sites,
+            generation: 0,
         }
     }
 
@@ -181,18 +193,38 @@ impl TimelineAnalyzer {
         &self.header
     }
 
+    /// The heap after the records fed so far.
+    pub fn heap(&self) -> u64 {
+        self.analyzer.heap()
+    }
+
     // Inlined into the read loop, as `Analyzer::feed` is.
     #[inline(always)]
     pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
         match record {
-            Record::Allocation { tid, address, size, allocator, .. } => {
+            Record::Allocation { tid, address, size, allocator, native_frame_id } => {
                 self.analyzer.feed(record)?;
                 let heap = self.analyzer.heap();
                 self.units.current_peak = self.units.current_peak.max(heap);
                 if let Some(t) = &mut self.tracker {
-                    let site = Site { tid, stack: self.analyzer.stacks().current(tid) };
+                    let stack = self.analyzer.stacks().current(tid);
+                    let site = if self.full_sites {
+                        Site {
+                            tid,
+                            stack,
+                            allocator: allocator as u8,
+                            native_frame_id,
+                            native_segment_generation: self.generation,
+                        }
+                    } else {
+                        Site { tid, stack, allocator: 0, native_frame_id: 0, native_segment_generation: 0 }
+                    };
                     t.allocation(address, size, allocator, site, heap);
                 }
+            }
+            Record::MemoryMapStart => {
+                self.generation += 1;
+                self.analyzer.feed(record)?;
             }
             Record::Memory { rss, ms_since_epoch } => {
                 self.analyzer.feed(record)?;
@@ -282,7 +314,11 @@ struct Tracker {
     site_ids: FastMap<Site, u32>,
     sites: Vec<Site>,
     live: FastMap<u64, Block>,
-    mappings: RangeSet<(u32, u64)>,
+    /// Owner: (site, mark, mapping id).
+    mappings: RangeSet<(u32, u64, u64)>,
+    mappings_made: u64,
+    /// Leaks: pieces left of each mapping (Memray counts a mapping once, see `unmap`).
+    pieces: FastMap<u64, u32>,
     intervals: FastMap<(u32, u32, u32), Usage>,
     // HighWaterMark state.
     g: u64,
@@ -301,6 +337,8 @@ impl Tracker {
             sites: Vec::new(),
             live: FastMap::default(),
             mappings: RangeSet::new(),
+            mappings_made: 0,
+            pieces: FastMap::default(),
             intervals: FastMap::default(),
             g: 1,
             unit_peak: 0,
@@ -400,7 +438,10 @@ impl Tracker {
         match (allocator.is_ranged(), allocator.is_deallocator()) {
             (false, false) => {
                 if let Some(old) = self.live.insert(address, Block { size, site, mark }) {
-                    self.release(old.site, old.mark, 1, old.size, mark);
+                    // A block replaced without a free: Memray's lifetimes forget it.
+                    if self.mode == TemporalMode::HighWaterMark {
+                        self.release(old.site, old.mark, 1, old.size, mark);
+                    }
                 }
             }
             (false, true) => {
@@ -408,16 +449,54 @@ impl Tracker {
                     self.release(old.site, old.mark, 1, old.size, mark);
                 }
             }
-            (true, false) => self.mappings.add(address, size, (site, mark)),
-            (true, true) => {
-                for r in self.mappings.remove(address, size) {
-                    let count = match r.cut {
-                        Cut::Freed => 1,
-                        Cut::Shrunk => 0,
-                        Cut::Split => 1u64.wrapping_neg(),
-                    };
-                    self.release(r.owner.0, r.owner.1, count, r.bytes, mark);
+            (true, false) => {
+                if size != 0 {
+                    self.mappings_made += 1;
+                    self.mappings.add(address, size, (site, mark, self.mappings_made));
+                    if self.mode == TemporalMode::Leaks {
+                        self.pieces.insert(self.mappings_made, 1);
+                    }
                 }
+            }
+            (true, true) => self.unmap(address, size, mark),
+        }
+    }
+
+    fn unmap(&mut self, address: u64, size: u64, mark: u64) {
+        let released = self.mappings.remove(address, size);
+        if self.mode == TemporalMode::HighWaterMark {
+            // Counts at each point: a split leaves two pieces that each count 1.
+            for r in released {
+                let count = match r.cut {
+                    Cut::Freed => 1,
+                    Cut::Shrunk => 0,
+                    Cut::Split => 1u64.wrapping_neg(),
+                };
+                self.release(r.owner.0, r.owner.1, count, r.bytes, mark);
+            }
+            return;
+        }
+        // Leaks, as Memray's lifetimes count: one allocation when the last piece of a
+        // mapping goes, unless the same munmap released other pieces of it too.
+        let mut hits: FastMap<u64, u32> = FastMap::default();
+        for r in &released {
+            *hits.entry(r.owner.2).or_default() += 1;
+            if let Some(p) = self.pieces.get_mut(&r.owner.2) {
+                match r.cut {
+                    Cut::Freed => *p -= 1,
+                    Cut::Shrunk => {}
+                    Cut::Split => *p += 1,
+                }
+            }
+        }
+        for r in released {
+            let id = r.owner.2;
+            let gone = self.pieces.get(&id) == Some(&0);
+            self.release(r.owner.0, r.owner.1, u64::from(gone && hits[&id] == 1), r.bytes, mark);
+        }
+        for id in hits.keys() {
+            if self.pieces.get(id) == Some(&0) {
+                self.pieces.remove(id);
             }
         }
     }
@@ -472,10 +551,10 @@ impl Tracker {
                 for b in self.live.values_mut() {
                     b.mark /= 2;
                 }
-                let pieces: Vec<(u64, u64, (u32, u64))> = self.mappings.iter().collect();
+                let pieces: Vec<(u64, u64, (u32, u64, u64))> = self.mappings.iter().collect();
                 let mut mappings = RangeSet::new();
-                for (begin, end, (site, unit)) in pieces {
-                    mappings.add(begin, end - begin, (site, unit / 2));
+                for (begin, end, (site, unit, id)) in pieces {
+                    mappings.add(begin, end - begin, (site, unit / 2, id));
                 }
                 self.mappings = mappings;
             }
@@ -500,23 +579,27 @@ impl Tracker {
             self.flush_pending(end);
         }
         let live: Vec<Block> = self.live.values().copied().collect();
-        let pieces: Vec<(u64, u64, (u32, u64))> = self.mappings.iter().collect();
-        let blocks = live
-            .into_iter()
-            .map(|b| (b.site, b.mark, b.size))
-            .chain(pieces.into_iter().map(|(begin, end, (site, mark))| (site, mark, end - begin)));
-        let mut rest: Vec<(u32, u32, u64)> = Vec::new();
-        for (site, mark, size) in blocks {
+        let pieces: Vec<(u64, u64, (u32, u64, u64))> = self.mappings.iter().collect();
+        // Leaks: a mapping split in pieces is still one allocation.
+        let mut counted = std::collections::HashSet::new();
+        let leaks = self.mode == TemporalMode::Leaks;
+        let blocks = live.into_iter().map(|b| (b.site, b.mark, 1, b.size)).chain(
+            pieces
+                .into_iter()
+                .map(|(begin, end, (site, mark, id))| (site, mark, u64::from(!leaks || counted.insert(id)), end - begin)),
+        );
+        let after_last_point = self.point_tokens.len() as u32;
+        let mut rest: Vec<(u32, u32, u64, u64)> = Vec::new();
+        for (site, mark, count, size) in blocks {
             let from = match self.mode {
-                TemporalMode::Leaks => Some(mark as u32),
-                TemporalMode::HighWaterMark => self.point(mark),
+                TemporalMode::Leaks => mark as u32,
+                // Allocated after the last point: live at no point, but leaked.
+                TemporalMode::HighWaterMark => self.point(mark).unwrap_or(after_last_point),
             };
-            if let Some(from) = from {
-                rest.push((site, from, size));
-            }
+            rest.push((site, from, count, size));
         }
-        for (site, from, size) in rest {
-            self.add((site, from, Interval::NEVER), 1, size);
+        for (site, from, count, size) in rest {
+            self.add((site, from, Interval::NEVER), count, size);
         }
         // Deterministic output order.
         let ordered: BTreeMap<(u32, u32, u32), Usage> =
@@ -567,7 +650,7 @@ mod tests {
     }
 
     fn run(records: Vec<Record>, max: usize, mode: TemporalMode) -> TimelineAnalysis {
-        let mut t = TimelineAnalyzer::new(header(), TimelineOptions { max_records: max, temporal: Some(mode) });
+        let mut t = TimelineAnalyzer::new(header(), TimelineOptions { max_records: max, temporal: Some(mode), full_sites: false });
         for code in 1..=3 {
             t.feed(Record::CodeObject(CodeObject {
                 id: code,

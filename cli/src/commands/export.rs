@@ -16,6 +16,12 @@
 //!   `["A", tid, address, size, allocator, stack, n_allocations, native_frame_id,
 //!   native_segment_generation]`.
 //!
+//! * `temporal`, `temporal-hwm`: the same references, then per location
+//!   `["R", tid, allocator, stack, native_frame_id, native_segment_generation,
+//!   [[allocated_before, deallocated_before or null, n_allocations, n_bytes], ...]]`;
+//!   `temporal-hwm` first sends `["H", [high-water mark bytes by snapshot]]`. Snapshots
+//!   are every `--snapshot-stride`-th memory record (the `metadata` line says which).
+//!
 //! `all` streams as it reads (memory: stacks and threads); the others send Memray's
 //! aggregated records once the capture has been read.
 
@@ -28,6 +34,8 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use memray_reporter::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, SnapshotKind};
 use memray_reporter::stats::python_allocator_label;
+use memray_reporter::temporal::TemporalMode;
+use memray_reporter::temporal_records::{temporal_records, LocationKey, Span};
 use memray_reporter::temporary::temporary_allocations;
 use memray_reporter::transform::json_str;
 use memray_reporter::native::NativeStacks;
@@ -42,6 +50,8 @@ pub enum Query {
     Hwm,
     Leaks,
     Temporary,
+    Temporal,
+    TemporalHwm,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +72,9 @@ pub struct ExportArgs {
     /// Most memory snapshots to send
     #[arg(long, default_value_t = 10000)]
     max_memory_records: usize,
+    /// Temporal queries: a snapshot every this many memory records (0: every one)
+    #[arg(long, default_value_t = 0)]
+    snapshot_stride: u64,
 }
 
 /// Sends frames, stack nodes and thread names once, before the first record needing them.
@@ -158,23 +171,25 @@ impl<W: Write> Sender<W> {
         Ok(())
     }
 
-    fn record(
-        &mut self,
-        stacks: &StackTable,
-        native: &NativeStacks,
-        names: &BTreeMap<u64, String>,
-        r: &AllocationRecord,
-    ) -> std::io::Result<()> {
-        if let Some(name) = names.get(&r.tid) {
-            if self.sent_threads.get(&r.tid) != Some(name) {
-                writeln!(self.out, "[\"T\",{},{}]", r.tid, json_str(name))?;
-                self.sent_threads.insert(r.tid, name.clone());
+    /// What a record refers to: its thread's name, Python stack and native stack.
+    fn references(&mut self, tables: Tables, tid: u64, stack: StackId, native_id: u64, generation: u64) -> std::io::Result<()> {
+        let (stacks, native, names) = tables;
+        if let Some(name) = names.get(&tid) {
+            if self.sent_threads.get(&tid) != Some(name) {
+                writeln!(self.out, "[\"T\",{},{}]", tid, json_str(name))?;
+                self.sent_threads.insert(tid, name.clone());
             }
         }
-        self.stack(stacks, r.stack)?;
-        if self.native_traces && r.native_frame_id != 0 && !r.allocator.is_deallocator() {
-            self.native(native, r.native_frame_id, r.native_segment_generation)?;
+        self.stack(stacks, stack)?;
+        if self.native_traces && native_id != 0 {
+            self.native(native, native_id, generation)?;
         }
+        Ok(())
+    }
+
+    fn record(&mut self, tables: Tables, r: &AllocationRecord) -> std::io::Result<()> {
+        let native_id = if r.allocator.is_deallocator() { 0 } else { r.native_frame_id };
+        self.references(tables, r.tid, r.stack, native_id, r.native_segment_generation)?;
         writeln!(
             self.out,
             "[\"A\",{},{},{},{},{},{},{},{}]",
@@ -188,6 +203,30 @@ impl<W: Write> Sender<W> {
             r.native_segment_generation
         )
     }
+}
+
+/// Stacks, native stacks and thread names, as a query's records refer to them.
+type Tables<'a> = (&'a StackTable, &'a NativeStacks, &'a BTreeMap<u64, String>);
+
+fn temporal_record(sender: &mut Sender<impl Write>, tables: Tables, key: &LocationKey, spans: &[Span]) -> std::io::Result<()> {
+    sender.references(tables, key.tid, key.stack, key.native_frame_id, key.native_segment_generation)?;
+    let spans: Vec<String> = spans
+        .iter()
+        .map(|s| match s.to {
+            Some(to) => format!("[{},{},{},{}]", s.from, to, s.count, s.bytes),
+            None => format!("[{},null,{},{}]", s.from, s.count, s.bytes),
+        })
+        .collect();
+    writeln!(
+        sender.out,
+        "[\"R\",{},{},{},{},{},[{}]]",
+        key.tid,
+        key.allocator,
+        key.stack,
+        key.native_frame_id,
+        key.native_segment_generation,
+        spans.join(",")
+    )
 }
 
 enum Failure {
@@ -221,7 +260,7 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
                 "{{\"metadata\": {{\"start_time\": {}, \"end_time\": {}, \"total_allocations\": {}, \"total_frames\": {}, \
                  \"peak_memory\": {}, \"command_line\": {}, \"pid\": {}, \"main_thread_id\": {}, \"python_allocator\": {}, \
                  \"has_native_traces\": {}, \"trace_python_allocators\": {}, \"file_format\": {}, \
-                 \"skipped_frames_on_main_tid\": {}, \"peak_index\": {}, \"python_version\": {}}}}}",
+                 \"skipped_frames_on_main_tid\": {}, \"peak_index\": {}, \"python_version\": {}, \"snapshot_stride\": {}}}}}",
                 h.start_time_ms,
                 h.end_time_ms,
                 s.n_records,
@@ -236,7 +275,8 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
                 h.file_format as u8,
                 h.skipped_frames_on_main_tid,
                 s.peak_index,
-                h.python_version
+                h.python_version,
+                s.snapshot_stride
             )?;
             for snap in &s.snapshots {
                 writeln!(out, "[\"S\",{},{},{}]", snap.ms_since_epoch, snap.rss, snap.heap)?;
@@ -250,7 +290,7 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
             let mut sender = Sender::new(out, cursor.header().native_traces);
             while let Some(event) = cursor.next_event()? {
                 if let Event::Allocation(r) = event {
-                    sender.record(&cursor.stacks, &cursor.native, &cursor.thread_names, &r)?;
+                    sender.record((&cursor.stacks, &cursor.native, &cursor.thread_names), &r)?;
                 }
             }
             warn_missing(&cursor.native);
@@ -264,9 +304,22 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
             set.prepare_native();
             let mut sender = Sender::new(out, set.header.native_traces);
             for r in &set.records {
-                sender.record(&set.stacks, &set.native, &set.thread_names, r)?;
+                sender.record((&set.stacks, &set.native, &set.thread_names), r)?;
             }
             warn_missing(&set.native);
+        }
+        Query::Temporal | Query::TemporalHwm => {
+            let mode = if args.query == Query::Temporal { TemporalMode::Leaks } else { TemporalMode::HighWaterMark };
+            let t = temporal_records(path, mode, merge, args.snapshot_stride, lenient)?;
+            if mode == TemporalMode::HighWaterMark {
+                let peaks: Vec<String> = t.high_water_mark_by_snapshot.iter().map(u64::to_string).collect();
+                writeln!(out, "[\"H\",[{}]]", peaks.join(","))?;
+            }
+            let mut sender = Sender::new(out, t.native_traces);
+            for (key, spans) in &t.records {
+                temporal_record(&mut sender, (&t.stacks, &t.native, &t.thread_names), key, spans)?;
+            }
+            warn_missing(&t.native);
         }
     }
     Ok(())

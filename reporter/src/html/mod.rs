@@ -140,7 +140,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
     });
     let mut t = TimelineAnalyzer::new(
         reader.header().clone(),
-        TimelineOptions { max_records: options.max_memory_records, temporal },
+        TimelineOptions { max_records: options.max_memory_records, temporal, full_sites: false },
     );
     let mut temporary = match options.kind {
         ReportKind::Temporary(threshold) => Some(TemporaryAggregator::new(threshold, !options.split_threads)),
@@ -168,7 +168,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
                 native_segment_generation: generation,
             });
         }
-        t.feed(record)
+        t.feed(record).map(|()| true)
     })?;
     let ta = t.finish(reader.reached_trailer());
     let rows = match (options.kind, temporary) {
