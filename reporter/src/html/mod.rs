@@ -96,6 +96,20 @@ struct Row {
     generation: u64,
 }
 
+impl From<&AllocationRecord> for Row {
+    fn from(r: &AllocationRecord) -> Row {
+        Row {
+            tid: r.tid,
+            stack: r.stack,
+            allocator: r.allocator,
+            count: r.n_allocations,
+            bytes: r.size,
+            native_frame_id: r.native_frame_id,
+            generation: r.native_segment_generation,
+        }
+    }
+}
+
 impl Row {
     /// The record whose hybrid stack this row shows.
     fn record(&self) -> AllocationRecord {
@@ -175,15 +189,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
         (ReportKind::Temporary(_), Some(agg)) => agg
             .records()
             .into_iter()
-            .map(|r| Row {
-                tid: r.tid,
-                stack: r.stack,
-                allocator: r.allocator,
-                count: r.n_allocations,
-                bytes: r.size,
-                native_frame_id: r.native_frame_id,
-                generation: r.native_segment_generation,
-            })
+            .map(|r| Row::from(&r))
             .collect(),
         (kind, _) if aggregated => {
             // Memray re-aggregates the file's rows per location (the allocator is not
@@ -519,15 +525,7 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
             let rows = set
                 .records
                 .iter()
-                .map(|r| Row {
-                    tid: r.tid,
-                    stack: r.stack,
-                    allocator: r.allocator,
-                    count: r.n_allocations,
-                    bytes: r.size,
-                    native_frame_id: r.native_frame_id,
-                    generation: r.native_segment_generation,
-                })
+                .map(Row::from)
                 .collect();
             (rows, set.stacks, set.thread_names, set.native)
         }

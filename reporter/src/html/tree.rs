@@ -25,6 +25,18 @@ pub const TOO_DEEP: u8 = 8;
 /// A native frame (C, C++, Rust, the interpreter) of a hybrid stack.
 pub const NATIVE: u8 = 32;
 
+/// The flags of a Python frame's location.
+fn python_flags(loc: &Location) -> u8 {
+    let mut flags = 0;
+    if is_interesting(&loc.function, &loc.filename) {
+        flags |= INTERESTING;
+    }
+    if is_import_system(&loc.filename) {
+        flags |= IMPORT_SYSTEM;
+    }
+    flags
+}
+
 /// Strings sent to the page, each once.
 #[derive(Default)]
 pub struct Strings {
@@ -138,19 +150,7 @@ impl TreeBuilder {
         }
     }
 
-    fn desc(&mut self, stacks: &mut StackTable, strings: &mut Strings, frame: FrameId) -> u32 {
-        let location = stacks.location_of_frame(frame);
-        if let Some(&d) = self.desc_of_location.get(&location) {
-            return d;
-        }
-        let loc = stacks.location(location).clone();
-        let mut flags = 0;
-        if is_interesting(&loc.function, &loc.filename) {
-            flags |= INTERESTING;
-        }
-        if is_import_system(&loc.filename) {
-            flags |= IMPORT_SYSTEM;
-        }
+    fn push_desc(&mut self, strings: &mut Strings, loc: &Location, flags: u8) -> u32 {
         let d = self.descs.len() as u32;
         self.descs.push(Desc {
             function: strings.intern(&loc.function),
@@ -158,6 +158,16 @@ impl TreeBuilder {
             line: loc.lineno,
             flags,
         });
+        d
+    }
+
+    fn desc(&mut self, stacks: &mut StackTable, strings: &mut Strings, frame: FrameId) -> u32 {
+        let location = stacks.location_of_frame(frame);
+        if let Some(&d) = self.desc_of_location.get(&location) {
+            return d;
+        }
+        let loc = stacks.location(location).clone();
+        let d = self.push_desc(strings, &loc, python_flags(&loc));
         self.desc_of_location.insert(location, d);
         d
     }
@@ -166,29 +176,14 @@ impl TreeBuilder {
         if let Some(&d) = self.desc_of_hybrid.get(loc) {
             return d;
         }
-        let mut flags = 0;
-        if loc.native {
-            flags |= NATIVE;
+        let flags = if loc.native {
             // Memray's `is_frame_interesting` for native frames: not CPython's own.
             let frame = (loc.function.to_string(), loc.filename.to_string(), loc.lineno);
-            if crate::tree::is_frame_interesting(&frame) {
-                flags |= INTERESTING;
-            }
+            NATIVE | if crate::tree::is_frame_interesting(&frame) { INTERESTING } else { 0 }
         } else {
-            if is_interesting(&loc.function, &loc.filename) {
-                flags |= INTERESTING;
-            }
-            if is_import_system(&loc.filename) {
-                flags |= IMPORT_SYSTEM;
-            }
-        }
-        let d = self.descs.len() as u32;
-        self.descs.push(Desc {
-            function: strings.intern(&loc.function),
-            file: strings.intern(&loc.filename),
-            line: loc.lineno,
-            flags,
-        });
+            python_flags(loc)
+        };
+        let d = self.push_desc(strings, loc, flags);
         self.desc_of_hybrid.insert(loc.clone(), d);
         d
     }
