@@ -309,30 +309,24 @@ def test_bin_path_and_prefix_keep_the_captures(pytest_run, build):
     assert stats.returncode == 0, stats.describe()
 
 
-def test_trace_python_allocators_passes_through(pytest_run, build):
+@pytest.mark.parametrize("flag, attribute", [("--trace-python-allocators", "trace_python_allocators"),
+                                             ("--native", "has_native_traces")])
+def test_tracking_flags_pass_through(pytest_run, build, flag, attribute):
     keep = pytest_run.dir / "captures"
     probe = """
         import memray, sys
-        for path in sys.argv[1:]:
-            print(path.rsplit("-", 1)[-1], memray.FileReader(path).metadata.trace_python_allocators)
+        for path in sys.argv[2:]:
+            print(path.rsplit("-", 1)[-1], getattr(memray.FileReader(path).metadata, sys.argv[1]))
     """
     (pytest_run.dir / "probe.py").write_text(textwrap.dedent(probe))
-    for flag, expected in (("--trace-python-allocators", "True"), (None, "False")):
-        args = ["--memray", "--memray-bin-path", keep, "--memray-bin-prefix", "p"] + ([flag] if flag else [])
+    for given, expected in ((flag, "True"), (None, "False")):
+        args = ["--memray", "--memray-bin-path", keep, "--memray-bin-prefix", "p"] + ([given] if given else [])
         res = pytest_run({"test_sum.py": SUMMARY}, *args)
         assert res.returncode == 0, res.describe()
         env = dict(os.environ, PYTHONPATH=str(REPO / "python"), MEMRAY_BIN=str(build.binary))
-        probe_res = run([sys.executable, pytest_run.dir / "probe.py", keep / "p-test_sum.py-test_big.bin"], env=env)
+        probe_res = run([sys.executable, pytest_run.dir / "probe.py", attribute,
+                         keep / "p-test_sum.py-test_big.bin"], env=env)
         assert probe_res.stdout.split() == ["test_big.bin", expected], probe_res.describe()
-
-
-def test_native_is_refused_clearly(pytest_run):
-    res = pytest_run({"test_sum.py": SUMMARY}, "--memray", "--native")
-    if res.returncode == 0:
-        pytest.skip("native stacks are supported now: nothing to refuse")
-    assert res.returncode == 4, res.describe()  # pytest's usage error
-    err = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(err) <= 2 and "--native is not supported" in err[0], res.describe()
 
 
 def test_async_test_functions_stay_async(pytest_run):

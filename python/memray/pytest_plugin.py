@@ -329,8 +329,6 @@ class Manager:
             except ValueError as e:
                 raise pytest.UsageError("--memray-default-limit: %s" % e)
         self.default_limit = default_limit
-        if self.native:
-            self._check_native()
 
         workerinput = getattr(config, "workerinput", None)
         self.is_worker = workerinput is not None
@@ -352,15 +350,6 @@ class Manager:
             self._bin_path = self._tmpdir.name
         os.makedirs(self._bin_path, exist_ok=True)
         return self._bin_path
-
-    @staticmethod
-    def _check_native():
-        from . import Tracker
-
-        try:
-            Tracker(os.devnull, native_traces=True)
-        except NotImplementedError as e:
-            raise pytest.UsageError("--native is not supported by this memray: %s" % e)
 
     # -- which tests, how
 
