@@ -16,6 +16,7 @@ use std::path::Path;
 use memray_capture::{Allocator, CaptureError, FileFormat, Reader, Record};
 use serde::Serialize;
 
+use crate::analysis::{LocationKey, Usage};
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
 use crate::native::NativeStacks;
@@ -111,6 +112,19 @@ impl From<&AllocationRecord> for Row {
 }
 
 impl Row {
+    /// A location's row with the given usage.
+    fn at(key: &LocationKey, u: Usage) -> Row {
+        Row {
+            tid: key.tid,
+            stack: key.stack,
+            allocator: key.allocator,
+            count: u.count,
+            bytes: u.bytes,
+            native_frame_id: key.native_frame_id,
+            generation: key.native_segment_generation,
+        }
+    }
+
     /// The record whose hybrid stack this row shows.
     fn record(&self) -> AllocationRecord {
         AllocationRecord {
@@ -209,15 +223,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
                     }
                     None => {
                         seen.insert((l.key.stack, l.key.native_frame_id, tid), rows.len());
-                        rows.push(Row {
-                            tid: l.key.tid,
-                            stack: l.key.stack,
-                            allocator: l.key.allocator,
-                            count: u.count,
-                            bytes: u.bytes,
-                            native_frame_id: l.key.native_frame_id,
-                            generation: l.key.native_segment_generation,
-                        });
+                        rows.push(Row::at(&l.key, u));
                     }
                 }
             }
@@ -228,16 +234,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
             .locations
             .iter()
             .map(|l| {
-                let u = if kind == ReportKind::Leaks { l.leaked } else { l.at_peak };
-                Row {
-                    tid: l.key.tid,
-                    stack: l.key.stack,
-                    allocator: l.key.allocator,
-                    count: u.count,
-                    bytes: u.bytes,
-                    native_frame_id: l.key.native_frame_id,
-                    generation: l.key.native_segment_generation,
-                }
+                Row::at(&l.key, if kind == ReportKind::Leaks { l.leaked } else { l.at_peak })
             })
             .filter(|r| r.count != 0 || r.bytes != 0)
             .collect(),
