@@ -99,7 +99,8 @@ impl ByteSink for FdSink {
     }
 }
 
-/// Fx-style hash for pointer keys: the std SipHash costs more than the rest of a lookup.
+/// Fx-style hash for integer keys (pointers, native frame tree nodes): the std SipHash
+/// costs more than the rest of a lookup.
 #[derive(Default)]
 pub struct PtrHasher(u64);
 impl Hasher for PtrHasher {
@@ -108,11 +109,14 @@ impl Hasher for PtrHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.write_u64(*b as u64);
         }
     }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
     fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.write_u64(n as u64);
     }
 }
 pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;

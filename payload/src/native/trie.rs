@@ -7,31 +7,16 @@
 //! thread share most of their outer frames, and those need no lookup.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
-/// Hashes a (parent, ip) key with two multiply-xor rounds.
-#[derive(Default)]
-pub struct PairHasher(u64);
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(*b as u64);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+use crate::writer::PtrHasher;
 
 /// A thread's previous stack as (ip, node id), outermost first.
 pub type Prefix = Vec<(u64, u64)>;
 
 #[derive(Default)]
 pub struct NativeTrie {
-    nodes: HashMap<(u64, u64), u64, BuildHasherDefault<PairHasher>>,
+    nodes: HashMap<(u64, u64), u64, BuildHasherDefault<PtrHasher>>,
 }
 
 impl NativeTrie {
