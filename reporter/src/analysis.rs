@@ -25,8 +25,10 @@ use std::path::Path;
 
 use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, MemorySnapshot, NativeFrame, Reader, Record};
 
+use crate::addrmap::AddressMap;
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
+use crate::pipeline;
 use crate::ranges::{Cut, RangeSet};
 use crate::stacks::{FrameKey, LocationId, StackId, StackTable};
 use crate::stdorder::StdUnorderedOrder;
@@ -49,6 +51,13 @@ pub struct LocationKey {
 pub struct Usage {
     pub count: u64,
     pub bytes: u64,
+}
+
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.count = self.count.wrapping_add(other.count);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
 }
 
 /// Live memory per location at the peak and at the end of the capture.
@@ -143,21 +152,21 @@ pub fn analyze_file(path: impl AsRef<Path>, options: AnalyzeOptions) -> Result<A
     analyze(Reader::open(path)?, options)
 }
 
-/// Analyses a capture from an open reader, consuming all of its records.
+/// Analyses a capture from an open reader, consuming all of its records. The heap's
+/// bookkeeping runs on a second thread (see [`crate::pipeline`]).
 pub fn analyze<R: Read>(mut reader: Reader<R>, options: AnalyzeOptions) -> Result<Analysis, ReportError> {
-    let mut analyzer = Analyzer::new(reader.header().clone());
-    reader.for_each_record(options.allow_truncated, #[inline(always)] |record| analyzer.feed(record).map(|()| true))?;
-    Ok(analyzer.finish(reader.reached_trailer()))
-}
-
-/// Where a location stood at the last peak it has seen (see `Analyzer::delta`).
-struct LocationState {
-    key: LocationKey,
-    /// The peak counter when this location last changed.
-    epoch: u64,
-    at_peak: Usage,
-    /// Changes since `epoch` (wrapping: they may be negative).
-    since: Usage,
+    let mut scanner = Scanner::new(reader.header().clone());
+    let ledger = if scanner.aggregated {
+        // A few rows and no heap events: nothing to share out.
+        let mut ledger = HeapLedger::new();
+        reader.for_each_record(options.allow_truncated, |record| scanner.feed(record, &mut ledger).map(|()| true))?;
+        ledger
+    } else {
+        pipeline::run(&mut reader, options.allow_truncated, HeapLedger::new(), #[inline(always)] |record, emit| {
+            scanner.feed(record, emit)
+        })?
+    };
+    Ok(scanner.finish(ledger, reader.reached_trailer()))
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -209,49 +218,45 @@ fn slot_for_count(v: &mut Vec<u64>, i: usize) -> &mut u64 {
     &mut v[i]
 }
 
-/// Where one Python stack's figures live.
-#[derive(Clone, Copy)]
-struct StackSlots {
-    /// Index into `by_location` (the stack's innermost location).
-    by_location: u32,
-    /// Index into `by_stack`; `NO_SLOT` until the stack's first allocation.
-    by_stack: u32,
-    /// The location state of the stack's latest allocation (`NO_SLOT`: none yet).
-    last_location: u32,
+/// What the heap's bookkeeping needs of a record. The [`Scanner`] turns records into
+/// these and a [`HeapSide`] applies them, on the same thread or on another
+/// ([`crate::pipeline`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HeapEvent {
+    /// An ALLOCATION record; `location` is `NO_SLOT` for deallocators.
+    Allocation { address: u64, size: u64, location: u32, allocator: Allocator },
+    /// A MEMORY_RECORD (timelines sample the heap there).
+    Memory { rss: u64, ms_since_epoch: u64 },
 }
 
-impl StackSlots {
-    const NONE: StackSlots = StackSlots { by_location: NO_SLOT, by_stack: NO_SLOT, last_location: NO_SLOT };
+// Events cross threads in batches: keep them small.
+const _: () = assert!(std::mem::size_of::<HeapEvent>() <= 24);
+
+/// Where [`HeapEvent`]s go: the heap's bookkeeping, or a batch bound for it.
+pub(crate) trait HeapSide {
+    fn apply(&mut self, event: HeapEvent);
+
+    /// A hint that `event` will be applied soon (see [`crate::pipeline`]).
+    #[inline(always)]
+    fn prefetch(&self, _event: &HeapEvent) {}
 }
 
-#[derive(Clone, Copy)]
-struct LiveBlock {
-    size: u64,
-    location: u32,
-}
-
-/// The streaming state behind [`analyze`]; feed it records in order.
-pub struct Analyzer {
+/// The record side of the analysis: stacks, locations, sizes, threads and everything
+/// else that does not depend on which blocks are live. Allocations are passed on as
+/// [`HeapEvent`]s carrying their location's dense index.
+pub(crate) struct Scanner {
     header: Header,
     aggregated: bool,
     stacks: StackTable,
     thread_names: BTreeMap<u64, String>,
     n_allocation_records: u64,
-    total_allocations: u64,
-    total_bytes_allocated: u64,
     count_by_size: SizeCounts,
     /// `tid`'s current stack, valid until the next FRAME_PUSH or FRAME_POP (runs of
     /// allocations between frame changes are the common case).
     current_stack: Option<(u64, StackId)>,
-    count_by_allocator: Vec<(Allocator, u64)>,
-    by_location: Vec<(Option<LocationId>, Usage)>,
-    /// Index into `by_location` per location id, plus one for "no stack" (dense ids:
-    /// vectors instead of hash maps on the per-record path).
-    location_slot: Vec<u32>,
-    no_stack_slot: u32,
-    by_stack: Vec<StackTotals>,
-    /// Per Python stack id: where its figures live (see [`StackSlots`]).
-    stack_slots: Vec<StackSlots>,
+    /// Per Python stack id: the location of its latest allocation (`NO_SLOT`: none
+    /// yet). Most allocations from a stack share the rest of the key with it.
+    last_location: Vec<u32>,
     generation: u64,
     native_frames: Vec<NativeFrame>,
     n_memory_records: u64,
@@ -259,39 +264,28 @@ pub struct Analyzer {
     memory_snapshots: Vec<MemorySnapshot>,
     n_object_records: u64,
     n_surviving_objects: u64,
-    // High-water mark bookkeeping.
-    heap: u64,
-    peak: u64,
-    peak_record_index: u64,
-    /// Incremented after each record that leaves the heap at a new (or equal) peak.
-    peak_epoch: u64,
-    live: FastMap<u64, LiveBlock>,
-    mappings: RangeSet<u32>,
     location_index: FastMap<LocationKey, u32>,
-    location_states: Vec<LocationState>,
+    /// Location keys by dense index, in order of first allocation.
+    locations: Vec<LocationKey>,
+    /// Aggregated captures: the stored rows, and the sum of their peak bytes (Memray's
+    /// high-water mark of such a capture).
     rows: Vec<AggregatedAllocation>,
+    rows_peak: u64,
 }
 
-impl Analyzer {
+impl Scanner {
     pub fn new(header: Header) -> Self {
         let stacks = StackTable::new(header.python_version, header.main_tid, header.skipped_frames_on_main_tid);
         let aggregated = header.file_format == FileFormat::AggregatedAllocations;
-        Analyzer {
+        Scanner {
             header,
             aggregated,
             stacks,
             thread_names: BTreeMap::new(),
             n_allocation_records: 0,
-            total_allocations: 0,
-            total_bytes_allocated: 0,
             count_by_size: SizeCounts::default(),
             current_stack: None,
-            count_by_allocator: Vec::new(),
-            by_location: Vec::new(),
-            location_slot: Vec::new(),
-            no_stack_slot: NO_SLOT,
-            by_stack: Vec::new(),
-            stack_slots: Vec::new(),
+            last_location: Vec::new(),
             generation: 0,
             native_frames: Vec::new(),
             n_memory_records: 0,
@@ -299,32 +293,26 @@ impl Analyzer {
             memory_snapshots: Vec::new(),
             n_object_records: 0,
             n_surviving_objects: 0,
-            heap: 0,
-            peak: 0,
-            peak_record_index: 0,
-            peak_epoch: 0,
-            live: FastMap::default(),
-            mappings: RangeSet::new(),
             location_index: FastMap::default(),
-            location_states: Vec::new(),
+            locations: Vec::new(),
             rows: Vec::new(),
+            rows_peak: 0,
         }
     }
 
-    /// The heap after the records fed so far (memory-over-time charts sample it).
-    pub fn heap(&self) -> u64 {
-        self.heap
-    }
-
-    /// The stacks read so far (each thread's current stack included).
     pub fn stacks(&self) -> &StackTable {
         &self.stacks
+    }
+
+    /// Memory-map generation (MEMORY_MAP_START records seen).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     // Inlined into the read loop: a record handed over in memory costs a store-forwarding
     // stall per field, more than the bookkeeping itself.
     #[inline(always)]
-    pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
+    pub fn feed(&mut self, record: Record, heap: &mut impl HeapSide) -> Result<(), ReportError> {
         match record {
             Record::ContextSwitch { .. } => {}
             Record::FramePush { tid, code_object_id, instruction_offset, is_entry } => {
@@ -336,12 +324,20 @@ impl Analyzer {
                 self.stacks.pop(tid, count)
             }
             Record::Allocation { tid, address, size, allocator, native_frame_id } => {
-                self.allocation(tid, address, size, allocator, native_frame_id)
+                self.n_allocation_records += 1;
+                let location = if allocator.is_deallocator() {
+                    NO_SLOT
+                } else {
+                    self.count_by_size.add(size);
+                    self.location(tid, native_frame_id, allocator)
+                };
+                heap.apply(HeapEvent::Allocation { address, size, location, allocator })
             }
             Record::Object { .. } => self.n_object_records += 1,
-            Record::Memory { rss, .. } => {
+            Record::Memory { rss, ms_since_epoch } => {
                 self.n_memory_records += 1;
                 self.max_rss = self.max_rss.max(rss);
+                heap.apply(HeapEvent::Memory { rss, ms_since_epoch })
             }
             Record::Thread { tid, name } => {
                 self.thread_names.insert(tid, name);
@@ -359,28 +355,250 @@ impl Analyzer {
         Ok(())
     }
 
-    fn allocation(&mut self, tid: u64, address: u64, size: u64, allocator: Allocator, native_frame_id: u64) {
+    /// The dense index of the location of an allocation by `tid` now.
+    #[inline]
+    fn location(&mut self, tid: u64, native_frame_id: u64, allocator: Allocator) -> u32 {
+        let stack = match self.current_stack {
+            Some((t, stack)) if t == tid => stack,
+            _ => {
+                let stack = self.stacks.current(tid);
+                self.current_stack = Some((tid, stack));
+                stack
+            }
+        };
+        let key = LocationKey { tid, stack, native_frame_id, native_segment_generation: self.generation, allocator };
+        let cached = self.last_location.get(stack as usize).copied().unwrap_or(NO_SLOT);
+        if cached != NO_SLOT && self.locations[cached as usize] == key {
+            return cached;
+        }
+        self.new_location(key)
+    }
+
+    #[cold]
+    fn new_location(&mut self, key: LocationKey) -> u32 {
+        let i = match self.location_index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.locations.len() as u32;
+                self.locations.push(key);
+                self.location_index.insert(key, i);
+                i
+            }
+        };
+        *slot_for(&mut self.last_location, key.stack as usize) = i;
+        i
+    }
+
+    fn aggregated_row(&mut self, row: AggregatedAllocation) -> Result<(), ReportError> {
+        if !self.stacks.contains(row.frame_index) {
+            return Err(ReportError::CorruptAggregated(format!(
+                "allocation row refers to Python stack {} but only {} exist",
+                row.frame_index,
+                self.stacks.n_stacks()
+            )));
+        }
+        self.n_allocation_records += 1;
+        // Memray's high-water mark of an aggregated capture adds up every row's
+        // contribution to the peak.
+        self.rows_peak = self.rows_peak.wrapping_add(row.bytes_in_high_water_mark);
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// The locations' totals summed per allocator, innermost location and stack, each in
+    /// order of first allocation (locations are numbered in that order).
+    fn totals(&mut self, counters: &[LocationCounters]) -> Totals {
+        let mut t = Totals::default();
+        // Dense ids: vectors indexed by stack and by location id, plus "no stack".
+        let mut stack_slot: Vec<u32> = Vec::new();
+        let mut location_slot: Vec<u32> = Vec::new();
+        let mut no_stack_slot = NO_SLOT;
+        // Per `by_stack` entry: its innermost location's index in `by_location`.
+        let mut stack_location: Vec<usize> = Vec::new();
+        for (key, counter) in self.locations.iter().zip(counters) {
+            let total = counter.total;
+            t.all.add(total);
+            match t.by_allocator.iter_mut().find(|(a, _)| *a == key.allocator) {
+                Some((_, n)) => *n += total.count,
+                None => t.by_allocator.push((key.allocator, total.count)),
+            }
+            let slot = slot_for(&mut stack_slot, key.stack as usize);
+            if *slot == NO_SLOT {
+                *slot = t.by_stack.len() as u32;
+                t.by_stack.push(StackTotals { stack: key.stack, count: 0, bytes: 0 });
+                let top = self.stacks.top_location(key.stack);
+                let location = match top {
+                    Some(id) => slot_for(&mut location_slot, id as usize),
+                    None => &mut no_stack_slot,
+                };
+                if *location == NO_SLOT {
+                    *location = t.by_location.len() as u32;
+                    t.by_location.push((top, Usage::default()));
+                }
+                stack_location.push(*location as usize);
+            }
+            let i = *slot as usize;
+            let by_stack = &mut t.by_stack[i];
+            by_stack.count += total.count;
+            by_stack.bytes = by_stack.bytes.wrapping_add(total.bytes);
+            t.by_location[stack_location[i]].1.add(total);
+        }
+        t
+    }
+
+    /// Everything the pass yields, from this side and the heap's.
+    pub fn finish(mut self, ledger: HeapLedger, reached_trailer: bool) -> Analysis {
+        let totals = self.totals(&ledger.counters);
+        let peak_epoch = ledger.peak_epoch;
+        let locations = if self.aggregated {
+            self.rows
+                .iter()
+                .map(|r| LocationUsage {
+                    key: LocationKey {
+                        tid: r.tid,
+                        stack: r.frame_index as StackId,
+                        native_frame_id: r.native_frame_id,
+                        native_segment_generation: r.native_segment_generation,
+                        allocator: r.allocator,
+                    },
+                    at_peak: Usage { count: r.n_allocations_in_high_water_mark, bytes: r.bytes_in_high_water_mark },
+                    leaked: Usage { count: r.n_allocations_leaked, bytes: r.bytes_leaked },
+                })
+                .collect()
+        } else {
+            self.locations
+                .iter()
+                .zip(&ledger.counters)
+                .map(|(key, c)| {
+                    let mut at_end = c.at_peak;
+                    at_end.add(c.since);
+                    // Changes made at or after the last peak are not part of it.
+                    let at_peak = if c.epoch != peak_epoch { at_end } else { c.at_peak };
+                    LocationUsage { key: *key, at_peak, leaked: at_end }
+                })
+                .filter(|u| u.at_peak != Usage::default() || u.leaked != Usage::default())
+                .collect()
+        };
+        let (peak_memory, final_heap) =
+            if self.aggregated { (self.rows_peak, self.rows_peak) } else { (ledger.peak, ledger.heap) };
+        Analysis {
+            header: self.header,
+            reached_trailer,
+            stacks: self.stacks,
+            thread_names: self.thread_names,
+            n_allocation_records: self.n_allocation_records,
+            total_allocations: totals.all.count,
+            total_bytes_allocated: totals.all.bytes,
+            peak_memory,
+            peak_record_index: ledger.peak_record_index,
+            final_heap,
+            count_by_size: self.count_by_size.into_sorted(),
+            count_by_allocator: totals.by_allocator,
+            by_location: totals.by_location,
+            by_stack: totals.by_stack,
+            locations,
+            native_segment_generations: self.generation,
+            native_frames: self.native_frames,
+            n_memory_records: self.n_memory_records,
+            max_rss: self.max_rss,
+            memory_snapshots: self.memory_snapshots,
+            n_object_records: self.n_object_records,
+            n_surviving_objects: self.n_surviving_objects,
+        }
+    }
+}
+
+/// Sums of the location counters (see [`Scanner::totals`]).
+#[derive(Default)]
+struct Totals {
+    all: Usage,
+    by_allocator: Vec<(Allocator, u64)>,
+    by_location: Vec<(Option<LocationId>, Usage)>,
+    by_stack: Vec<StackTotals>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct LiveBlock {
+    size: u64,
+    location: u32,
+}
+
+/// One location's figures on the heap side: everything it allocated, and where it stood
+/// at the last peak it has seen (see [`HeapLedger::delta`]). The per-stack,
+/// per-innermost-location and per-allocator totals are sums of `total` made at the end.
+#[derive(Clone, Copy)]
+pub(crate) struct LocationCounters {
+    total: Usage,
+    /// The peak counter when this location last changed.
+    epoch: u64,
+    at_peak: Usage,
+    /// Changes since `epoch` (wrapping: they may be negative).
+    since: Usage,
+}
+
+/// The heap side of the analysis: live blocks and mappings, the heap, its high-water
+/// mark, and each location's live memory at the peak.
+pub(crate) struct HeapLedger {
+    heap: u64,
+    peak: u64,
+    peak_record_index: u64,
+    /// Incremented after each record that leaves the heap at a new (or equal) peak.
+    peak_epoch: u64,
+    n_allocation_records: u64,
+    live: AddressMap<LiveBlock>,
+    mappings: RangeSet<u32>,
+    /// By location index.
+    counters: Vec<LocationCounters>,
+}
+
+impl HeapSide for HeapLedger {
+    #[inline(always)]
+    fn apply(&mut self, event: HeapEvent) {
+        if let HeapEvent::Allocation { address, size, location, allocator } = event {
+            self.allocation(address, size, location, allocator)
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, event: &HeapEvent) {
+        if let HeapEvent::Allocation { address, allocator, .. } = event {
+            if !allocator.is_ranged() {
+                self.live.prefetch(*address);
+            }
+        }
+    }
+}
+
+impl HeapLedger {
+    pub fn new() -> Self {
+        HeapLedger {
+            heap: 0,
+            peak: 0,
+            peak_record_index: 0,
+            peak_epoch: 0,
+            n_allocation_records: 0,
+            live: AddressMap::new(),
+            mappings: RangeSet::new(),
+            counters: Vec::new(),
+        }
+    }
+
+    /// The heap after the events applied so far.
+    pub fn heap(&self) -> u64 {
+        self.heap
+    }
+
+    #[inline]
+    fn allocation(&mut self, address: u64, size: u64, location: u32, allocator: Allocator) {
         let index = self.n_allocation_records;
         self.n_allocation_records += 1;
-        let mut location = u32::MAX;
-        if !allocator.is_deallocator() {
-            let stack = match self.current_stack {
-                Some((t, stack)) if t == tid => stack,
-                _ => {
-                    let stack = self.stacks.current(tid);
-                    self.current_stack = Some((tid, stack));
-                    stack
-                }
-            };
-            self.count_allocation(stack, size, allocator);
-            let key = LocationKey {
-                tid,
-                stack,
-                native_frame_id,
-                native_segment_generation: self.generation,
-                allocator,
-            };
-            location = self.location(key);
+        if location != NO_SLOT {
+            if location as usize >= self.counters.len() {
+                self.new_counters(location);
+            }
+            let total = &mut self.counters[location as usize].total;
+            total.count += 1;
+            total.bytes = total.bytes.wrapping_add(size);
         }
         match (allocator.is_ranged(), allocator.is_deallocator()) {
             (false, false) => {
@@ -392,7 +610,7 @@ impl Analyzer {
                 self.delta(location, 1, size);
             }
             (false, true) => {
-                if let Some(old) = self.live.remove(&address) {
+                if let Some(old) = self.live.remove(address) {
                     self.heap = self.heap.wrapping_sub(old.size);
                     self.delta(old.location, 1u64.wrapping_neg(), old.size.wrapping_neg());
                 }
@@ -423,167 +641,67 @@ impl Analyzer {
         }
     }
 
-    /// Totals, sizes, allocators, per-location and per-stack figures of one allocation.
-    fn count_allocation(&mut self, stack: StackId, size: u64, allocator: Allocator) {
-        self.total_allocations += 1;
-        self.total_bytes_allocated = self.total_bytes_allocated.wrapping_add(size);
-        self.count_by_size.add(size);
-        match self.count_by_allocator.iter_mut().find(|(a, _)| *a == allocator) {
-            Some((_, n)) => *n += 1,
-            None => self.count_by_allocator.push((allocator, 1)),
-        }
-        let slots = self.stack_slots(stack);
-        let usage = &mut self.by_location[slots.by_location as usize].1;
-        usage.count += 1;
-        usage.bytes = usage.bytes.wrapping_add(size);
-        let totals = &mut self.by_stack[slots.by_stack as usize];
-        totals.count += 1;
-        totals.bytes = totals.bytes.wrapping_add(size);
-    }
-
-    /// `stack`'s slots, assigned on its first allocation.
-    #[inline]
-    fn stack_slots(&mut self, stack: StackId) -> StackSlots {
-        if let Some(slots) = self.stack_slots.get(stack as usize) {
-            if slots.by_stack != NO_SLOT {
-                return *slots;
-            }
-        }
-        self.new_stack_slots(stack)
-    }
-
+    /// Counters for every location up to `location` (indices are handed out densely, in
+    /// order of first allocation, so this runs once per new location).
     #[cold]
-    fn new_stack_slots(&mut self, stack: StackId) -> StackSlots {
-        let top = self.stacks.top_location(stack);
-        let slot = match top {
-            Some(id) => slot_for(&mut self.location_slot, id as usize),
-            None => &mut self.no_stack_slot,
+    fn new_counters(&mut self, location: u32) {
+        let fresh = LocationCounters {
+            total: Usage::default(),
+            epoch: self.peak_epoch,
+            at_peak: Usage::default(),
+            since: Usage::default(),
         };
-        if *slot == NO_SLOT {
-            *slot = self.by_location.len() as u32;
-            self.by_location.push((top, Usage::default()));
-        }
-        let slots = StackSlots { by_location: *slot, by_stack: self.by_stack.len() as u32, last_location: NO_SLOT };
-        self.by_stack.push(StackTotals { stack, count: 0, bytes: 0 });
-        if stack as usize >= self.stack_slots.len() {
-            self.stack_slots.resize((stack as usize + 1).next_power_of_two(), StackSlots::NONE);
-        }
-        self.stack_slots[stack as usize] = slots;
-        slots
-    }
-
-    /// The location state of `key`; `key.stack` has its slots already.
-    fn location(&mut self, key: LocationKey) -> u32 {
-        // Most allocations from a stack share the rest of the key with the previous one.
-        let cached = self.stack_slots[key.stack as usize].last_location;
-        if cached != NO_SLOT && self.location_states[cached as usize].key == key {
-            return cached;
-        }
-        let i = match self.location_index.get(&key) {
-            Some(&i) => i,
-            None => {
-                let i = self.location_states.len() as u32;
-                self.location_states.push(LocationState {
-                    key,
-                    epoch: self.peak_epoch,
-                    at_peak: Usage::default(),
-                    since: Usage::default(),
-                });
-                self.location_index.insert(key, i);
-                i
-            }
-        };
-        self.stack_slots[key.stack as usize].last_location = i;
-        i
+        self.counters.resize(location as usize + 1, fresh);
     }
 
     /// Changes a location's live memory. Changes made before the latest peak belong to
     /// it: they are folded into `at_peak` lazily, the next time the location changes
     /// (or at the end), so each record costs O(1) whatever the number of locations.
+    #[inline]
     fn delta(&mut self, location: u32, count: u64, bytes: u64) {
-        let Some(state) = self.location_states.get_mut(location as usize) else { return };
-        if state.epoch != self.peak_epoch {
-            state.at_peak.count = state.at_peak.count.wrapping_add(state.since.count);
-            state.at_peak.bytes = state.at_peak.bytes.wrapping_add(state.since.bytes);
-            state.since = Usage::default();
-            state.epoch = self.peak_epoch;
+        let Some(c) = self.counters.get_mut(location as usize) else { return };
+        if c.epoch != self.peak_epoch {
+            let since = std::mem::take(&mut c.since);
+            c.at_peak.add(since);
+            c.epoch = self.peak_epoch;
         }
-        state.since.count = state.since.count.wrapping_add(count);
-        state.since.bytes = state.since.bytes.wrapping_add(bytes);
+        c.since.count = c.since.count.wrapping_add(count);
+        c.since.bytes = c.since.bytes.wrapping_add(bytes);
+    }
+}
+
+/// The whole analysis on one thread: feed it records in order. ([`analyze`] runs the
+/// same two halves on two threads.)
+pub struct Analyzer {
+    scanner: Scanner,
+    ledger: HeapLedger,
+}
+
+impl Analyzer {
+    pub fn new(header: Header) -> Self {
+        Analyzer { scanner: Scanner::new(header), ledger: HeapLedger::new() }
     }
 
-    fn aggregated_row(&mut self, row: AggregatedAllocation) -> Result<(), ReportError> {
-        if !self.stacks.contains(row.frame_index) {
-            return Err(ReportError::CorruptAggregated(format!(
-                "allocation row refers to Python stack {} but only {} exist",
-                row.frame_index,
-                self.stacks.n_stacks()
-            )));
+    /// The heap after the records fed so far (memory-over-time charts sample it).
+    pub fn heap(&self) -> u64 {
+        if self.scanner.aggregated {
+            self.scanner.rows_peak
+        } else {
+            self.ledger.heap
         }
-        self.n_allocation_records += 1;
-        // Memray's high-water mark of an aggregated capture adds up every row's
-        // contribution to the peak.
-        self.heap = self.heap.wrapping_add(row.bytes_in_high_water_mark);
-        self.peak = self.heap;
-        self.rows.push(row);
-        Ok(())
+    }
+
+    /// The stacks read so far (each thread's current stack included).
+    pub fn stacks(&self) -> &StackTable {
+        &self.scanner.stacks
+    }
+
+    #[inline(always)]
+    pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
+        self.scanner.feed(record, &mut self.ledger)
     }
 
     pub fn finish(self, reached_trailer: bool) -> Analysis {
-        let peak_epoch = self.peak_epoch;
-        let locations = if self.aggregated {
-            self.rows
-                .iter()
-                .map(|r| LocationUsage {
-                    key: LocationKey {
-                        tid: r.tid,
-                        stack: r.frame_index as StackId,
-                        native_frame_id: r.native_frame_id,
-                        native_segment_generation: r.native_segment_generation,
-                        allocator: r.allocator,
-                    },
-                    at_peak: Usage { count: r.n_allocations_in_high_water_mark, bytes: r.bytes_in_high_water_mark },
-                    leaked: Usage { count: r.n_allocations_leaked, bytes: r.bytes_leaked },
-                })
-                .collect()
-        } else {
-            self.location_states
-                .iter()
-                .map(|s| {
-                    let at_end = Usage {
-                        count: s.at_peak.count.wrapping_add(s.since.count),
-                        bytes: s.at_peak.bytes.wrapping_add(s.since.bytes),
-                    };
-                    // Changes made at or after the last peak are not part of it.
-                    let at_peak = if s.epoch != peak_epoch { at_end } else { s.at_peak };
-                    LocationUsage { key: s.key, at_peak, leaked: at_end }
-                })
-                .filter(|u| u.at_peak != Usage::default() || u.leaked != Usage::default())
-                .collect()
-        };
-        Analysis {
-            header: self.header,
-            reached_trailer,
-            stacks: self.stacks,
-            thread_names: self.thread_names,
-            n_allocation_records: self.n_allocation_records,
-            total_allocations: self.total_allocations,
-            total_bytes_allocated: self.total_bytes_allocated,
-            peak_memory: self.peak,
-            peak_record_index: self.peak_record_index,
-            final_heap: self.heap,
-            count_by_size: self.count_by_size.into_sorted(),
-            count_by_allocator: self.count_by_allocator,
-            by_location: self.by_location,
-            by_stack: self.by_stack,
-            locations,
-            native_segment_generations: self.generation,
-            native_frames: self.native_frames,
-            n_memory_records: self.n_memory_records,
-            max_rss: self.max_rss,
-            memory_snapshots: self.memory_snapshots,
-            n_object_records: self.n_object_records,
-            n_surviving_objects: self.n_surviving_objects,
-        }
+        self.scanner.finish(self.ledger, reached_trailer)
     }
 }

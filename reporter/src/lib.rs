@@ -8,6 +8,7 @@
 //!   trie; [`linetable`] turns code-object line tables into line numbers.
 //! * [`Stats`]: `memray stats`, text and JSON as Memray 1.20 writes them.
 
+mod addrmap;
 pub mod analysis;
 mod error;
 mod fasthash;
@@ -17,6 +18,7 @@ pub mod live;
 pub mod localtime;
 pub mod modules;
 pub mod native;
+mod pipeline;
 pub mod pyjson;
 pub mod ranges;
 pub mod records;

@@ -2,7 +2,8 @@
 //! time range, for the HTML reports.
 //!
 //! The capture's MEMORY_RECORDs (RSS samples, about every 10 ms) cut it into *units*.
-//! [`TimelineAnalyzer`] runs the one-pass [`Analyzer`] and, beside it:
+//! [`TimelineAnalyzer`] runs the one-pass analysis ([`crate::Analyzer`]'s two halves) and,
+//! beside it:
 //! * samples RSS and heap at the end of each unit, and the heap's maximum inside it;
 //! * with a [`TemporalMode`], records per allocation site the *intervals* of units in
 //!   which its blocks were live, so the page can recompute the flame graph for any range
@@ -27,7 +28,8 @@ use std::path::Path;
 
 use memray_capture::{Allocator, Header, Reader, Record};
 
-use crate::analysis::{Analysis, AnalyzeOptions, Analyzer, Usage};
+use crate::analysis::{Analysis, AnalyzeOptions, HeapEvent, HeapLedger, HeapSide, Scanner, Usage};
+use crate::pipeline;
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
 use crate::ranges::{Cut, RangeSet};
@@ -132,9 +134,8 @@ pub fn analyze_reader_over_time<R: Read>(
     options: TimelineOptions,
     analyze_options: AnalyzeOptions,
 ) -> Result<TimelineAnalysis, ReportError> {
-    let mut t = TimelineAnalyzer::new(reader.header().clone(), options);
-    reader.for_each_record(analyze_options.allow_truncated, #[inline(always)] |record| t.feed(record).map(|()| true))?;
-    Ok(t.finish(reader.reached_trailer()))
+    let t = TimelineAnalyzer::new(reader.header().clone(), options);
+    t.run(&mut reader, analyze_options.allow_truncated, |_, _| {})
 }
 
 /// Units closed so far, with their end samples and maxima.
@@ -155,95 +156,45 @@ impl Units {
     }
 }
 
-/// [`Analyzer`] plus the timeline and, optionally, the temporal intervals.
+/// The one-pass analysis plus the timeline and, optionally, the temporal intervals.
 pub struct TimelineAnalyzer {
     header: Header,
-    analyzer: Analyzer,
+    scanner: Scanner,
+    back: TimelineHeap,
     aggregated: bool,
-    units: Units,
-    tracker: Option<Tracker>,
     snapshots_seen: u64,
     full_sites: bool,
-    /// Memory-map generation (MEMORY_MAP_START records seen).
-    generation: u64,
 }
 
-impl TimelineAnalyzer {
-    pub fn new(header: Header, options: TimelineOptions) -> Self {
-        let aggregated = header.file_format == memray_capture::FileFormat::AggregatedAllocations;
-        let tracker = if aggregated { None } else { options.temporal.map(Tracker::new) };
-        TimelineAnalyzer {
-            header: header.clone(),
-            analyzer: Analyzer::new(header),
-            aggregated,
-            units: Units::new(options.max_records),
-            tracker,
-            snapshots_seen: 0,
-            full_sites: options.full_sites,
-            generation: 0,
-        }
-    }
+/// The heap side of a [`TimelineAnalyzer`]: the analysis's ledger, the units, and the
+/// intervals' tracker (fed from [`TimelineAnalyzer::feed`], which needs both sides).
+struct TimelineHeap {
+    ledger: HeapLedger,
+    units: Units,
+    tracker: Option<Tracker>,
+}
 
-    /// The stacks read so far (a thread's current stack is its next allocation's).
-    pub fn stacks(&self) -> &crate::stacks::StackTable {
-        self.analyzer.stacks()
-    }
-
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    /// The heap after the records fed so far.
-    pub fn heap(&self) -> u64 {
-        self.analyzer.heap()
-    }
-
-    // Inlined into the read loop, as `Analyzer::feed` is.
+impl HeapSide for TimelineHeap {
     #[inline(always)]
-    pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
-        match record {
-            Record::Allocation { tid, address, size, allocator, native_frame_id } => {
-                self.analyzer.feed(record)?;
-                let heap = self.analyzer.heap();
-                self.units.current_peak = self.units.current_peak.max(heap);
-                if let Some(t) = &mut self.tracker {
-                    let stack = self.analyzer.stacks().current(tid);
-                    let site = if self.full_sites {
-                        Site {
-                            tid,
-                            stack,
-                            allocator: allocator as u8,
-                            native_frame_id,
-                            native_segment_generation: self.generation,
-                        }
-                    } else {
-                        Site { tid, stack, allocator: 0, native_frame_id: 0, native_segment_generation: 0 }
-                    };
-                    t.allocation(address, size, allocator, site, heap);
-                }
+    fn apply(&mut self, event: HeapEvent) {
+        self.ledger.apply(event);
+        match event {
+            HeapEvent::Allocation { .. } => {
+                self.units.current_peak = self.units.current_peak.max(self.ledger.heap());
             }
-            Record::MemoryMapStart => {
-                self.generation += 1;
-                self.analyzer.feed(record)?;
+            HeapEvent::Memory { rss, ms_since_epoch } => {
+                self.memory_record(Sample { ms_since_epoch, rss, heap: self.ledger.heap() })
             }
-            Record::Memory { rss, ms_since_epoch } => {
-                self.analyzer.feed(record)?;
-                self.memory_record(Sample { ms_since_epoch, rss, heap: self.analyzer.heap() });
-            }
-            Record::MemorySnapshot(s) => {
-                self.snapshots_seen += 1;
-                self.analyzer.feed(record)?;
-                // Aggregated captures: the samples are the file's; only strided here.
-                self.units.samples.push(Sample { ms_since_epoch: s.ms_since_epoch, rss: s.rss, heap: s.heap });
-                if self.units.samples.len() >= self.units.cap {
-                    halve(&mut self.units.samples, |pair| pair[1]);
-                }
-            }
-            other => self.analyzer.feed(other)?,
         }
-        Ok(())
     }
 
+    #[inline(always)]
+    fn prefetch(&self, event: &HeapEvent) {
+        self.ledger.prefetch(event)
+    }
+}
+
+impl TimelineHeap {
     fn memory_record(&mut self, sample: Sample) {
         let u = &mut self.units;
         u.records_in_unit += 1;
@@ -268,20 +219,109 @@ impl TimelineAnalyzer {
             }
         }
     }
+}
+
+impl TimelineAnalyzer {
+    pub fn new(header: Header, options: TimelineOptions) -> Self {
+        let aggregated = header.file_format == memray_capture::FileFormat::AggregatedAllocations;
+        let tracker = if aggregated { None } else { options.temporal.map(Tracker::new) };
+        TimelineAnalyzer {
+            header: header.clone(),
+            scanner: Scanner::new(header),
+            back: TimelineHeap { ledger: HeapLedger::new(), units: Units::new(options.max_records), tracker },
+            aggregated,
+            snapshots_seen: 0,
+            full_sites: options.full_sites,
+        }
+    }
+
+    /// The stacks read so far (a thread's current stack is its next allocation's).
+    pub fn stacks(&self) -> &crate::stacks::StackTable {
+        self.scanner.stacks()
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The heap after the records fed so far.
+    pub fn heap(&self) -> u64 {
+        self.back.ledger.heap()
+    }
+
+    // Inlined into the read loop, as `Scanner::feed` is.
+    #[inline(always)]
+    pub fn feed(&mut self, record: Record) -> Result<(), ReportError> {
+        match record {
+            Record::Allocation { tid, address, size, allocator, native_frame_id } => {
+                self.scanner.feed(record, &mut self.back)?;
+                if let Some(t) = &mut self.back.tracker {
+                    let stack = self.scanner.stacks().current(tid);
+                    let site = if self.full_sites {
+                        Site {
+                            tid,
+                            stack,
+                            allocator: allocator as u8,
+                            native_frame_id,
+                            native_segment_generation: self.scanner.generation(),
+                        }
+                    } else {
+                        Site { tid, stack, allocator: 0, native_frame_id: 0, native_segment_generation: 0 }
+                    };
+                    t.allocation(address, size, allocator, site, self.back.ledger.heap());
+                }
+            }
+            Record::MemorySnapshot(s) => {
+                self.snapshots_seen += 1;
+                self.scanner.feed(record, &mut self.back)?;
+                // Aggregated captures: the samples are the file's; only strided here.
+                let units = &mut self.back.units;
+                units.samples.push(Sample { ms_since_epoch: s.ms_since_epoch, rss: s.rss, heap: s.heap });
+                if units.samples.len() >= units.cap {
+                    halve(&mut units.samples, |pair| pair[1]);
+                }
+            }
+            other => self.scanner.feed(other, &mut self.back)?,
+        }
+        Ok(())
+    }
+
+    /// Feeds every remaining record of `reader`, handing each to `observe` first (with
+    /// the stacks as they stand before it), and finishes. Without temporal intervals,
+    /// the heap's side runs on a second thread (see [`crate::pipeline`]).
+    pub fn run<R: Read>(
+        mut self,
+        reader: &mut Reader<R>,
+        allow_truncated: bool,
+        mut observe: impl FnMut(&Record, &crate::stacks::StackTable),
+    ) -> Result<TimelineAnalysis, ReportError> {
+        if self.aggregated || self.back.tracker.is_some() {
+            reader.for_each_record(allow_truncated, #[inline(always)] |record| {
+                observe(&record, self.scanner.stacks());
+                self.feed(record).map(|()| true)
+            })?;
+            return Ok(self.finish(reader.reached_trailer()));
+        }
+        let TimelineAnalyzer { header, mut scanner, back, aggregated, snapshots_seen, full_sites } = self;
+        let back = pipeline::run(reader, allow_truncated, back, #[inline(always)] |record, batcher| {
+            observe(&record, scanner.stacks());
+            scanner.feed(record, batcher)
+        })?;
+        let t = TimelineAnalyzer { header, scanner, back, aggregated, snapshots_seen, full_sites };
+        Ok(t.finish(reader.reached_trailer()))
+    }
 
     pub fn finish(mut self, reached_trailer: bool) -> TimelineAnalysis {
-        let mut timeline = Timeline {
-            samples: std::mem::take(&mut self.units.samples),
-            unit_peaks: Vec::new(),
-            stride: self.units.stride,
-        };
+        let units = &mut self.back.units;
+        let mut timeline =
+            Timeline { samples: std::mem::take(&mut units.samples), unit_peaks: Vec::new(), stride: units.stride };
         if !self.aggregated {
-            let mut peaks = std::mem::take(&mut self.units.peaks);
-            peaks.push(self.units.current_peak);
+            let mut peaks = std::mem::take(&mut units.peaks);
+            peaks.push(units.current_peak);
             timeline.unit_peaks = peaks;
         }
-        let temporal = self.tracker.take().map(|t| t.finish());
-        TimelineAnalysis { analysis: self.analyzer.finish(reached_trailer), timeline, temporal }
+        let temporal = self.back.tracker.take().map(|t| t.finish());
+        TimelineAnalysis { analysis: self.scanner.finish(self.back.ledger, reached_trailer), timeline, temporal }
     }
 }
 

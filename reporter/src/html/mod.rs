@@ -166,7 +166,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
         ReportKind::Leaks => TemporalMode::Leaks,
         _ => TemporalMode::HighWaterMark,
     });
-    let mut t = TimelineAnalyzer::new(
+    let t = TimelineAnalyzer::new(
         reader.header().clone(),
         TimelineOptions { max_records: options.max_memory_records, temporal, full_sites: false },
     );
@@ -177,14 +177,14 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
     let mut native = NativeStacks::new();
     let mut generation = 0u64;
     // One pass; the closure is inlined so common records never go through memory.
-    reader.for_each_record(options.allow_truncated, #[inline(always)] |record| {
-        if native.observe(&record) && matches!(record, Record::MemoryMapStart) {
+    let ta = t.run(&mut reader, options.allow_truncated, #[inline(always)] |record, stacks| {
+        if native.observe(record) && matches!(record, Record::MemoryMapStart) {
             generation += 1;
         }
         if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) =
-            (&mut temporary, &record)
+            (&mut temporary, record)
         {
-            let stack = if allocator.is_deallocator() { 0 } else { t.stacks().current(*tid) };
+            let stack = if allocator.is_deallocator() { 0 } else { stacks.current(*tid) };
             agg.add(&AllocationRecord {
                 tid: *tid,
                 address: *address,
@@ -196,9 +196,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
                 native_segment_generation: generation,
             });
         }
-        t.feed(record).map(|()| true)
     })?;
-    let ta = t.finish(reader.reached_trailer());
     let rows = match (options.kind, temporary) {
         (ReportKind::Temporary(_), Some(agg)) => agg
             .records()
