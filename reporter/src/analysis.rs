@@ -190,8 +190,16 @@ struct SizeCounts {
 impl SizeCounts {
     const SMALL: u64 = 1 << 16;
 
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, size: u64) {
+        match self.small.get_mut(size as usize) {
+            Some(n) => *n += 1,
+            None => self.add_new(size),
+        }
+    }
+
+    #[cold]
+    fn add_new(&mut self, size: u64) {
         if size < Self::SMALL {
             *slot_for_count(&mut self.small, size as usize) += 1;
         } else {
