@@ -326,6 +326,82 @@ def test_library_loaded_after_tracking_started(interp, script, run_py, reader, w
     assert top(rec) == [("<module>", s.path.name, s.line("late_calloc"))]
 
 
+NEIGHBOUR_C = "int neighbour_value(void) { return 42; }\n"
+CALLER_C = r"""
+#include <dlfcn.h>
+#include <stddef.h>
+/* Found only through this library's run path (deps/ beside it). */
+int open_neighbour(void) {
+    void *h = dlopen("libmemraytest_neighbour.so", RTLD_NOW);
+    if (h == NULL) return -1;
+    int (*f)(void) = (int (*)(void))dlsym(h, "neighbour_value");
+    return f ? f() : -2;
+}
+int open_missing(void) { return dlopen("libmemraytest_missing.so", RTLD_NOW) != NULL; }
+const char *last_error(void) { const char *e = dlerror(); return e ? e : ""; }
+"""
+
+
+def _build_dlopen_callers(workdir):
+    """libcaller_runpath.so (DT_RUNPATH) and libcaller_rpath.so (DT_RPATH), each finding
+    deps/libmemraytest_neighbour.so only through its own run path ($ORIGIN/deps)."""
+    import shutil
+    import subprocess
+
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    assert cc, "no C compiler: run scripts/setup-test-env"
+    src = workdir / "dlsrc"
+    (src / "deps").mkdir(parents=True, exist_ok=True)
+    (src / "neighbour.c").write_text(NEIGHBOUR_C)
+    (src / "caller.c").write_text(CALLER_C)
+    builds = [
+        [cc, "-shared", "-fPIC", "-o", str(src / "deps" / "libmemraytest_neighbour.so"), str(src / "neighbour.c")],
+        [cc, "-shared", "-fPIC", "-o", str(src / "libcaller_runpath.so"), str(src / "caller.c"),
+         "-Wl,-rpath,$ORIGIN/deps", "-Wl,--enable-new-dtags", "-ldl"],
+        [cc, "-shared", "-fPIC", "-o", str(src / "libcaller_rpath.so"), str(src / "caller.c"),
+         "-Wl,-rpath,$ORIGIN/deps", "-Wl,--disable-new-dtags", "-ldl"],
+    ]
+    for cmd in builds:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, " ".join(cmd) + "\n" + res.stderr
+    return src
+
+
+def test_dlopen_by_name_searches_the_callers_run_path(interp, script, run_py, reader, workdir):
+    """A library that dlopens a bare name found through its own RUNPATH/RPATH still finds
+    it while tracked, although the GOT sends its dlopen through the payload (glibc
+    searches the caller's run path, and the caller is then the payload)."""
+    src = _build_dlopen_callers(workdir)
+    s = script(
+        "dlopen_runpath.py",
+        PRELUDE,
+        """
+        import ctypes
+        SRC = %r
+        result = {}
+        with memray.Tracker(OUT):
+            for kind in ("runpath", "rpath"):
+                lib = ctypes.CDLL(os.path.join(SRC, "libcaller_%%s.so" %% kind))
+                result[kind] = lib.open_neighbour()
+            lib.last_error.restype = ctypes.c_char_p
+            result["missing"] = lib.open_missing()
+            result["error"] = lib.last_error().decode()
+            H.helper_malloc(770077)  # @after_dlopen
+        print(json.dumps(result))
+        """ % str(src),
+    )
+    out = workdir / "dlopen_runpath.bin"
+    result = last_json(assert_ok(run_py(s, out)))
+    assert result["runpath"] == 42, result
+    assert result["rpath"] == 42, result
+    # A name found nowhere still fails, and dlerror() names it, not a path we tried.
+    assert result["missing"] == 0
+    assert "libmemraytest_missing.so" in result["error"] and "/" not in result["error"].split(":")[0], result
+    cap = reader.read(out, "all")
+    rec = cap.one(size=770077, allocator=MALLOC)
+    assert top(rec) == [("<module>", s.path.name, s.line("after_dlopen"))]
+
+
 def test_trace_python_allocators(interp, script, run_py, reader, workdir):
     s = script(
         "pymalloc.py",

@@ -270,8 +270,10 @@ unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
     (real().munmap)(addr, len)
 }
 
-unsafe extern "C" fn dlopen_hook(filename: *const c_char, flags: c_int) -> *mut c_void {
-    let handle = (real().dlopen)(filename, flags);
+/// Reached through `dlopen::entry`, which adds the caller's return address.
+pub(crate) unsafe extern "C" fn dlopen_hook(filename: *const c_char, flags: c_int, caller: *const c_void) -> *mut c_void {
+    // SAFETY: the arguments are the program's own dlopen arguments, passed on.
+    let handle = unsafe { crate::dlopen::open_for(real().dlopen, filename, flags, caller) };
     if !handle.is_null() && ACTIVE.load(Ordering::Relaxed) {
         // Patch what this dlopen brought in; the guard keeps the walk's own allocations out.
         let _g = thread_state::GuardScope::enter();
@@ -332,7 +334,7 @@ pub fn redirects() -> [Redirect; 15] {
         r!(c"mmap", mmap_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void),
         r!(c"mmap64", mmap64_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void),
         r!(c"munmap", munmap_hook as unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
-        r!(c"dlopen", dlopen_hook as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
+        r!(c"dlopen", crate::dlopen::entry as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
         r!(c"dlclose", dlclose_hook as unsafe extern "C" fn(*mut c_void) -> c_int),
         r!(c"prctl", prctl_hook as unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int),
     ]

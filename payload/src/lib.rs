@@ -10,6 +10,7 @@
 mod aggregate;
 mod attach;
 mod compress;
+mod dlopen;
 mod got;
 mod hooks;
 mod lock;
