@@ -259,9 +259,6 @@ pub(crate) struct Scanner {
     thread_names: BTreeMap<u64, String>,
     n_allocation_records: u64,
     count_by_size: SizeCounts,
-    /// `tid`'s current stack, valid until the next FRAME_PUSH or FRAME_POP (runs of
-    /// allocations between frame changes are the common case).
-    current_stack: Option<(u64, StackId)>,
     /// Per Python stack id: the location of its latest allocation (`NO_SLOT`: none
     /// yet). Most allocations from a stack share the rest of the key with it.
     last_location: Vec<u32>,
@@ -292,7 +289,6 @@ impl Scanner {
             thread_names: BTreeMap::new(),
             n_allocation_records: 0,
             count_by_size: SizeCounts::default(),
-            current_stack: None,
             last_location: Vec::new(),
             generation: 0,
             native_frames: Vec::new(),
@@ -324,13 +320,9 @@ impl Scanner {
         match record {
             Record::ContextSwitch { .. } => {}
             Record::FramePush { tid, code_object_id, instruction_offset, is_entry } => {
-                self.current_stack = None;
                 self.stacks.push(tid, FrameKey { code_object_id, instruction_offset, is_entry })
             }
-            Record::FramePop { tid, count } => {
-                self.current_stack = None;
-                self.stacks.pop(tid, count)
-            }
+            Record::FramePop { tid, count } => self.stacks.pop(tid, count),
             Record::Allocation { tid, address, size, allocator, native_frame_id } => {
                 self.n_allocation_records += 1;
                 let location = if allocator.is_deallocator() {
@@ -366,14 +358,7 @@ impl Scanner {
     /// The dense index of the location of an allocation by `tid` now.
     #[inline]
     fn location(&mut self, tid: u64, native_frame_id: u64, allocator: Allocator) -> u32 {
-        let stack = match self.current_stack {
-            Some((t, stack)) if t == tid => stack,
-            _ => {
-                let stack = self.stacks.current(tid);
-                self.current_stack = Some((tid, stack));
-                stack
-            }
-        };
+        let stack = self.stacks.current(tid);
         let key = LocationKey { tid, stack, native_frame_id, native_segment_generation: self.generation, allocator };
         let cached = self.last_location.get(stack as usize).copied().unwrap_or(NO_SLOT);
         if cached != NO_SLOT && self.locations[cached as usize] == key {

@@ -78,6 +78,9 @@ pub struct StackTable {
     locations: Vec<Location>,
     location_ids: HashMap<Location, LocationId>,
     threads: FastMap<u64, Vec<StackId>>,
+    /// The thread whose stack changed last, and its current stack: runs of allocations
+    /// between frame changes ask for it again and again.
+    last: Option<(u64, StackId)>,
     empty: Rc<str>,
 }
 
@@ -100,6 +103,7 @@ impl StackTable {
             locations: Vec::new(),
             location_ids: HashMap::new(),
             threads: FastMap::default(),
+            last: None,
             empty: Rc::from(""),
         }
     }
@@ -129,6 +133,7 @@ impl StackTable {
             }
         };
         stack.push(node);
+        self.last = Some((tid, node));
     }
 
     /// FRAME_POP of `count` frames from `tid`'s stack (popping past empty is ignored).
@@ -136,12 +141,17 @@ impl StackTable {
         if let Some(stack) = self.threads.get_mut(&tid) {
             let keep = stack.len().saturating_sub(count as usize);
             stack.truncate(keep);
+            self.last = Some((tid, stack.last().copied().unwrap_or(0)));
         }
     }
 
     /// `tid`'s current stack.
+    #[inline]
     pub fn current(&self, tid: u64) -> StackId {
-        self.threads.get(&tid).and_then(|s| s.last().copied()).unwrap_or(0)
+        match self.last {
+            Some((t, stack)) if t == tid => stack,
+            _ => self.threads.get(&tid).and_then(|s| s.last().copied()).unwrap_or(0),
+        }
     }
 
     fn intern_frame(&mut self, frame: FrameKey) -> FrameId {
@@ -338,6 +348,37 @@ mod tests {
         let loc = t.top_location(s1).unwrap();
         assert_eq!(t.location(loc).lineno, 3);
         assert_eq!(&*t.location(loc).function, "f");
+    }
+
+    #[test]
+    fn current_follows_each_thread_through_interleaved_changes() {
+        // A model: each thread's stack as the list of pushed keys.
+        let mut t = StackTable::new(0x030c01f0, 1, 0);
+        let mut model: Vec<Vec<FrameKey>> = vec![Vec::new(); 3];
+        let mut ids: HashMap<Vec<FrameKey>, StackId> = HashMap::new();
+        let mut x = 7u64;
+        for _ in 0..2000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let tid = (x >> 60) % 3;
+            if (x >> 40) % 3 == 0 {
+                let n = 1 + (x >> 20) % 3;
+                t.pop(tid, n as u32);
+                let keep = model[tid as usize].len().saturating_sub(n as usize);
+                model[tid as usize].truncate(keep);
+            } else {
+                let k = key(1 + (x >> 30) % 3, 0);
+                t.push(tid, k);
+                model[tid as usize].push(k);
+                ids.entry(model[tid as usize].clone()).or_insert(t.current(tid));
+            }
+            for other in 0..3u64 {
+                let want = match model[other as usize].as_slice() {
+                    [] => 0,
+                    m => ids[m],
+                };
+                assert_eq!(t.current(other), want, "thread {other}");
+            }
+        }
     }
 
     #[test]
