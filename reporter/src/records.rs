@@ -20,6 +20,7 @@ use std::path::Path;
 
 use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, MemorySnapshot, Reader, Record};
 
+use crate::addrmap::AddressMap;
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
 use crate::native::{hybrid, NativeStacks};
@@ -258,7 +259,7 @@ pub struct Scan {
 /// Memray's `HighWatermarkFinder`: the heap after each record and where it peaked.
 #[derive(Default)]
 pub struct PeakFinder {
-    live: FastMap<u64, u64>,
+    live: AddressMap<u64>,
     mappings: RangeSet<()>,
     current: u64,
     peak: u64,
@@ -282,7 +283,7 @@ impl PeakFinder {
                 self.live.insert(record.address, record.size);
             }
             (false, true) => {
-                if let Some(size) = self.live.remove(&record.address) {
+                if let Some(size) = self.live.remove(record.address) {
                     self.current = self.current.wrapping_sub(size);
                 }
             }
