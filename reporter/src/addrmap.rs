@@ -53,29 +53,38 @@ impl<V: Copy + Default> AddressMap<V> {
         (key.wrapping_mul(MULTIPLIER) >> self.shift) as usize
     }
 
+    /// The slot holding `key` (`Ok`), or the empty slot ending its probe (`Err`).
+    /// `key` is not `EMPTY`.
+    #[inline(always)]
+    fn probe(&self, key: u64) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = self.home(key);
+        loop {
+            match self.slots[i].key {
+                k if k == key => return Ok(i),
+                EMPTY => return Err(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
     /// Sets `key`'s value, returning the one it replaces.
     #[inline]
     pub fn insert(&mut self, key: u64, value: V) -> Option<V> {
         if key == EMPTY {
             return self.sentinel.replace(value);
         }
-        let mask = self.mask();
-        let mut i = self.home(key);
-        loop {
-            let slot = &mut self.slots[i];
-            if slot.key == key {
-                return Some(std::mem::replace(&mut slot.value, value));
-            }
-            if slot.key == EMPTY {
-                *slot = Slot { key, value };
+        match self.probe(key) {
+            Ok(i) => Some(std::mem::replace(&mut self.slots[i].value, value)),
+            Err(i) => {
+                self.slots[i] = Slot { key, value };
                 self.len += 1;
                 // Grow past 5/8 full: linear probing stays short below that.
                 if self.len * 8 > self.slots.len() * 5 {
                     self.grow();
                 }
-                return None;
+                None
             }
-            i = (i + 1) & mask;
         }
     }
 
@@ -101,20 +110,11 @@ impl<V: Copy + Default> AddressMap<V> {
         if key == EMPTY {
             return self.sentinel.take();
         }
-        let mask = self.mask();
-        let mut i = self.home(key);
-        loop {
-            let slot = self.slots[i];
-            if slot.key == key {
-                self.len -= 1;
-                self.close_gap(i);
-                return Some(slot.value);
-            }
-            if slot.key == EMPTY {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
+        let i = self.probe(key).ok()?;
+        let value = self.slots[i].value;
+        self.len -= 1;
+        self.close_gap(i);
+        Some(value)
     }
 
     /// Empties slot `gap`, moving back later entries of its cluster whose probe
@@ -141,20 +141,14 @@ impl<V: Copy + Default> AddressMap<V> {
 
     #[cold]
     fn grow(&mut self) {
-        let old = std::mem::replace(&mut self.slots, vec![Slot { key: EMPTY, value: V::default() }; 0]);
         let bits = 64 - self.shift + 1;
-        self.slots = vec![Slot { key: EMPTY, value: V::default() }; 1 << bits];
+        let old = std::mem::replace(&mut self.slots, vec![Slot { key: EMPTY, value: V::default() }; 1 << bits]);
         self.shift = 64 - bits;
-        let mask = self.mask();
         for slot in old.into_iter().filter(|s| s.key != EMPTY) {
-            let mut i = self.home(slot.key);
-            while self.slots[i].key != EMPTY {
-                i = (i + 1) & mask;
-            }
+            let (Ok(i) | Err(i)) = self.probe(slot.key);
             self.slots[i] = slot;
         }
     }
-
 }
 
 // Lookups and iteration: what the tests check the table with.
@@ -168,17 +162,7 @@ impl<V: Copy + Default> AddressMap<V> {
         if key == EMPTY {
             return self.sentinel.as_ref();
         }
-        let mut i = self.home(key);
-        loop {
-            let slot = &self.slots[i];
-            if slot.key == key {
-                return Some(&slot.value);
-            }
-            if slot.key == EMPTY {
-                return None;
-            }
-            i = (i + 1) & self.mask();
-        }
+        self.probe(key).ok().map(|i| &self.slots[i].value)
     }
 
     fn iter(&self) -> impl Iterator<Item = (u64, &V)> {

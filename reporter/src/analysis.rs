@@ -520,7 +520,7 @@ struct LiveBlock {
 /// at the last peak it has seen (see [`HeapLedger::delta`]). The per-stack,
 /// per-innermost-location and per-allocator totals are sums of `total` made at the end.
 #[derive(Clone, Copy)]
-pub(crate) struct LocationCounters {
+struct LocationCounters {
     total: Usage,
     /// The peak counter when this location last changed.
     epoch: u64,
