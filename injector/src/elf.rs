@@ -69,6 +69,8 @@ pub struct Object {
     /// Load bias: a symbol's address is `base + st_value`.
     pub base: u64,
     map: FileMap,
+    /// Where each executable segment's content ends, as mapped in the target.
+    pub exec_ends: Vec<u64>,
 }
 
 impl Object {
@@ -106,7 +108,12 @@ impl Object {
         let seg_vaddr = first_load.p_vaddr & !(page - 1);
         let at = mine.iter().filter(|m| m.offset == seg_offset).map(|m| m.start).min().unwrap_or(start);
         let base = at.wrapping_sub(seg_vaddr);
-        Ok(Object { path: path.to_string(), base, map })
+        let exec_ends = phdrs
+            .iter()
+            .filter(|ph| ph.p_type == PT_LOAD && ph.p_flags & goblin::elf::program_header::PF_X != 0)
+            .map(|ph| base.wrapping_add(ph.p_vaddr).wrapping_add(ph.p_filesz.max(ph.p_memsz)))
+            .collect();
+        Ok(Object { path: path.to_string(), base, map, exec_ends })
     }
 
     /// Looks up several defined dynamic symbols at once. Where a name has several

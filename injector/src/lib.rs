@@ -25,6 +25,7 @@
 //! PEP 768 (CPython 3.14's `sys.remote_exec`) is the route to add next to this one: see
 //! [`Method`].
 
+mod cave;
 mod elf;
 mod error;
 mod inspect;

@@ -10,6 +10,8 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
+    /// "r-xp" and the like.
+    pub perms: String,
     pub inode: u64,
     /// The file as the target sees it (empty for anonymous mappings). A trailing
     /// " (deleted)" is kept.
@@ -47,7 +49,7 @@ pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut fields = line.splitn(6, ' ');
-        let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(inode)) =
+        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(inode)) =
             (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
@@ -59,7 +61,7 @@ pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
         else {
             continue;
         };
-        out.push(Mapping { start, end, offset, inode: inode.parse().unwrap_or(0), path });
+        out.push(Mapping { start, end, offset, perms: perms.to_string(), inode: inode.parse().unwrap_or(0), path });
     }
     Ok(out)
 }

@@ -34,7 +34,12 @@ pub const OPTIONS: libc::c_int = libc::PTRACE_O_TRACECLONE
     | libc::PTRACE_O_TRACEFORK
     | libc::PTRACE_O_TRACEVFORK
     | libc::PTRACE_O_TRACEVFORKDONE
-    | libc::PTRACE_O_TRACEEXEC;
+    | libc::PTRACE_O_TRACEEXEC
+    // System-call stops (only under PTRACE_SYSCALL) report SIGTRAP|0x80.
+    | libc::PTRACE_O_TRACESYSGOOD;
+
+/// The stop signal of a system-call stop.
+pub const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 
 pub fn seize(tid: i32) -> Result<()> {
     raw("SEIZE", libc::PTRACE_SEIZE, tid, 0, OPTIONS as usize).map(drop)
@@ -46,6 +51,11 @@ pub fn interrupt(tid: i32) -> Result<()> {
 
 pub fn cont(tid: i32, sig: i32) -> Result<()> {
     raw("CONT", libc::PTRACE_CONT, tid, 0, sig.max(0) as usize).map(drop)
+}
+
+/// Resumes until the next system-call entry or exit.
+pub fn cont_syscall(tid: i32, sig: i32) -> Result<()> {
+    raw("SYSCALL", libc::PTRACE_SYSCALL, tid, 0, sig.max(0) as usize).map(drop)
 }
 
 pub fn listen(tid: i32) -> Result<()> {

@@ -2,6 +2,10 @@
 //! put everything back, let go.
 //!
 //! Invariants, on every path (errors, timeouts, Ctrl-C, the process exiting):
+//! - from the first int3 to the detach, the process has a SIGTRAP handler of ours (see
+//!   [`crate::cave`]) that undoes whatever a dead tracer left behind; the program's own
+//!   disposition is back once every thread is stopped and none can still trap;
+//! - code runs in the target only from the cave, and puts the thread back by itself;
 //! - every int3 we wrote is replaced by its original byte before we detach, in the
 //!   process and in any child it forked meanwhile;
 //! - a thread that ran into one of our int3s gets its `rip` moved back onto the restored
@@ -14,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::cave::{self, Cave};
 use crate::error::{Error, Result};
 use crate::inspect::{ProcessInfo, Symbols};
 use crate::memory;
@@ -23,6 +28,7 @@ use crate::InjectOptions;
 
 const SI_KERNEL: i32 = 0x80;
 const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 const RED_ZONE: u64 = 128;
@@ -79,6 +85,8 @@ enum Ev {
     Interrupted { tid: i32 },
     /// The single step we asked for is done (left stopped).
     Stepped { tid: i32 },
+    /// The thread we run under PTRACE_SYSCALL is at a system-call entry or exit.
+    Syscall { tid: i32 },
     /// A thread exited.
     Gone,
     /// The process called exec: its memory is new, our breakpoints are gone with it.
@@ -121,6 +129,12 @@ pub struct Tracer<'a> {
     exited: bool,
     execed: bool,
     started: Instant,
+    cave: Option<Cave>,
+    /// The thread resumed with PTRACE_SYSCALL rather than PTRACE_CONT.
+    syscall_mode: Option<i32>,
+    /// Our SIGTRAP handler is installed; `program_act` is the disposition it replaced.
+    handler_installed: bool,
+    program_act: [u8; 32],
 }
 
 impl<'a> Tracer<'a> {
@@ -143,6 +157,10 @@ impl<'a> Tracer<'a> {
             exited: false,
             execed: false,
             started: Instant::now(),
+            cave: None,
+            syscall_mode: None,
+            handler_installed: false,
+            program_act: [0; 32],
         }
     }
 
@@ -174,53 +192,248 @@ impl<'a> Tracer<'a> {
 
     fn inject_inner(&mut self, library: &str, entry: &str, arg: &[u8]) -> Result<Injected> {
         let deadline = self.started + self.opts.timeout;
+        let cave = cave::find(self.pid)?;
         self.seize_all()?;
         self.log(&format!("seized {} threads of process {}", self.threads.len(), self.pid));
 
         // Breakpoints go in through one stopped thread; the main thread if it lives.
         let anchor = self.stop_any_thread(deadline)?;
+        self.place_cave(cave)?;
+        self.install_trap_handler(anchor)?;
         self.insert_breakpoints(anchor)?;
         self.bps_wanted = true;
         self.log(&format!("breakpoints set at {} function entries ({})", self.bps.len(), self.safe_point_names()));
-        if self.opts.wake_main_thread && anchor == self.pid {
-            self.maybe_wake(anchor)?;
-        }
         self.resume(anchor, 0)?;
+        self.test_pause("armed");
 
         let (tid, addr) = self.wait_for_safe_point(deadline)?;
         let to_safe_point = self.started.elapsed();
-        let name = self.syms.safe_points.iter().find(|(a, _)| *a == addr).map(|(_, n)| n.clone()).unwrap_or_default();
+        let name = name_of(&self.syms, addr);
         self.log(&format!("safe point: thread {tid} at the entry of {name} ({:.1} ms)", to_safe_point.as_secs_f64() * 1e3));
         self.focus = Some(tid);
         self.bps_wanted = false;
         self.remove_breakpoints(tid)?;
 
-        let mut regs = sys::getregs(tid)?;
-        regs.rip = addr;
-        let fp = sys::save_fp(tid)?;
-        self.saved = Some((tid, regs, fp));
-
-        let path = c_string(library.as_bytes());
-        let handle = self.call(tid, self.syms.dlopen, &[0, libc::RTLD_NOW as u64], &[&path], "dlopen")?;
-        if handle == 0 {
-            let text = self.call(tid, self.syms.dlerror, &[], &[], "dlerror")?;
-            let reason = if text == 0 { "unknown error".to_string() } else { memory::read_cstr(self.pid, text, 1024).unwrap_or_default() };
+        let done = self.call_sequence(tid, addr, library, entry, arg)?;
+        if done.handle == 0 {
+            let reason = if done.error == 0 {
+                "unknown error".to_string()
+            } else {
+                memory::read_cstr(self.pid, done.error, 1024).unwrap_or_default()
+            };
             return Err(Error::DlopenFailed { path: library.into(), reason });
         }
-        self.log(&format!("library mapped: dlopen(\"{library}\") = {handle:#x}"));
-        let name = c_string(entry.as_bytes());
-        let entry_addr = self.call(tid, self.syms.dlsym, &[handle, 0], &[&name], "dlsym")?;
-        if entry_addr == 0 {
+        self.log(&format!("library mapped: dlopen(\"{library}\") = {:#x}", done.handle));
+        if done.entry == 0 {
             return Err(Error::SymbolNotFound { pid: self.pid, symbol: entry.into(), detail: format!("not exported by {library}") });
         }
-        if self.cancelled() {
-            return Err(Error::Interrupted(self.pid));
+        self.log(&format!("{entry} returned {}", done.result));
+        Ok(Injected { entry_return: done.result, safe_point: name, thread: tid, to_safe_point, total: self.started.elapsed() })
+    }
+
+    /// For tests of the attacher's death: stops here for a minute when
+    /// MEMRAY_ATTACH_TEST_PAUSE names this phase, so a test can kill us at that instant.
+    fn test_pause(&self, phase: &str) {
+        if std::env::var("MEMRAY_ATTACH_TEST_PAUSE").is_ok_and(|p| p == phase) {
+            eprintln!("memray attach: test pause at {phase}");
+            std::thread::sleep(Duration::from_secs(60));
         }
-        let arg = c_string(arg);
-        let ret = self.call(tid, entry_addr, &[0], &[&arg], entry)?;
-        self.log(&format!("{entry} returned {ret}"));
+    }
+
+    // ---- the cave ------------------------------------------------------------------
+
+    /// Writes our code into the cave. If an earlier attacher died with its handler still
+    /// installed, its record of the program's own disposition is kept.
+    fn place_cave(&mut self, cave: Cave) -> Result<()> {
+        let earlier = memory::read(self.pid, cave.old_act(), 32).ok();
+        cave.install(self.pid)?;
+        if let Some(bytes) = earlier {
+            self.program_act.copy_from_slice(&bytes);
+        }
+        self.cave = Some(cave);
+        self.log(&format!("attach code placed at {:#x} ({} bytes)", cave.addr, Cave::len()));
+        Ok(())
+    }
+
+    fn cave(&self) -> Result<Cave> {
+        self.cave.ok_or_else(|| Error::RemoteCall { pid: self.pid, function: "the attach code".into(), detail: "is not placed".into() })
+    }
+
+    /// Installs the cave's SIGTRAP handler, through `tid` stopped anywhere.
+    fn install_trap_handler(&mut self, tid: i32) -> Result<()> {
+        let cave = self.cave()?;
+        let mut act = [0u8; 32];
+        act[0..8].copy_from_slice(&cave.handler().to_le_bytes());
+        let flags = (libc::SA_SIGINFO | libc::SA_RESTART) as u64 | 0x0400_0000; // SA_RESTORER
+        act[8..16].copy_from_slice(&flags.to_le_bytes());
+        act[16..24].copy_from_slice(&cave.restorer().to_le_bytes());
+        let wake = self.opts.wake_main_thread && tid == self.pid;
+        // Our handler first in the cave's record, so a death right now leaves a handler
+        // that at worst falls back to the default action.
+        cave.write(self.pid, cave.old_act(), &[0u8; 32])?;
+        let old = self.remote_sigaction(tid, &act, wake)?;
+        let old_handler = u64::from_le_bytes(old[0..8].try_into().unwrap_or_default());
+        if !cave.contains(old_handler) {
+            self.program_act = old;
+        } else if cave.contains(u64::from_le_bytes(self.program_act[0..8].try_into().unwrap_or_default())) {
+            self.program_act = [0; 32];
+        }
+        cave.write(self.pid, cave.old_act(), &self.program_act)?;
+        self.handler_installed = true;
+        self.log("SIGTRAP handler installed (undoes the breakpoints if we die)");
+        Ok(())
+    }
+
+    /// Runs `rt_sigaction(SIGTRAP, act, &old)` in stopped thread `tid` through the cave's
+    /// self-restoring stub and puts the thread back (woken from a PEP 475 call if `wake`).
+    /// Returns the previous action.
+    fn remote_sigaction(&mut self, tid: i32, act: &[u8; 32], wake: bool) -> Result<[u8; 32]> {
+        let cave = self.cave()?;
+        let regs0 = sys::getregs(tid)?;
+        let (back, woken) = resume_point(regs0, wake);
+        if let Some(nr) = woken {
+            self.log(&format!("main thread was blocked in system call {nr}: woken with EINTR (Python retries it)"));
+        }
+        let fp = sys::save_fp(tid)?;
+        // Below the red zone: [saved registers][act][old].
+        let area = (regs0.rsp - RED_ZONE - 0x200) & !15;
+        let mut block = saved_area(&back, back.rsp);
+        block.extend_from_slice(act);
+        block.extend_from_slice(&[0u8; 32]);
+        self.write_mem(tid, area, &block)?;
+        cave.write(self.pid, cave.resume_rip(), &back.rip.to_le_bytes())?;
+        let mut regs = regs0;
+        regs.rax = libc::SYS_rt_sigaction as u64;
+        regs.rdi = libc::SIGTRAP as u64;
+        regs.rsi = area + cave::SAVED_LEN as u64;
+        regs.rdx = area + cave::SAVED_LEN as u64 + 32;
+        regs.r10 = 8;
+        regs.rip = cave.syscall();
+        regs.rsp = area;
+        regs.orig_rax = u64::MAX;
+        regs.eflags &= !((1 << 10) | (1 << 8));
+        self.saved = Some((tid, back, fp));
+        sys::setregs(tid, regs)?;
+        self.test_pause("sigaction");
+        let mut stops = 0;
+        let rax = self.run_until(tid, "rt_sigaction", |r| {
+            if r.rip == cave.syscall_done() {
+                stops += 1;
+            }
+            stops == 2
+        })?;
+        if (rax as i64) < 0 {
+            return Err(Error::RemoteCall { pid: self.pid, function: "rt_sigaction".into(), detail: format!("failed with errno {}", -(rax as i64)) });
+        }
+        let old = memory::read(self.pid, area + cave::SAVED_LEN as u64 + 32, 32)?;
         self.restore_focus()?;
-        Ok(Injected { entry_return: ret, safe_point: name_of(&self.syms, addr), thread: tid, to_safe_point, total: self.started.elapsed() })
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&old);
+        Ok(out)
+    }
+
+    /// Runs dlopen, dlsym and the entry in `tid`, stopped at the entry of a function
+    /// (`addr`), through the cave's call sequence, and puts the thread back.
+    fn call_sequence(&mut self, tid: i32, addr: u64, library: &str, entry: &str, arg: &[u8]) -> Result<CallResults> {
+        use cave::block as b;
+        let cave = self.cave()?;
+        let mut regs0 = sys::getregs(tid)?;
+        regs0.rip = addr;
+        let fp = sys::save_fp(tid)?;
+        let path = c_string(library.as_bytes());
+        let arg = c_string(arg);
+        let symbol = c_string(entry.as_bytes());
+        if symbol.len() > b::SYMBOL_MAX {
+            return Err(Error::SymbolNotFound { pid: self.pid, symbol: entry.into(), detail: "name too long".into() });
+        }
+        let len = b::STRINGS + path.len() + arg.len();
+        // At a function's entry nothing below rsp is in use: the return slot for the
+        // cave's `ret` goes at rsp - 8, the block below the red zone.
+        let base = (regs0.rsp - 8 - RED_ZONE - len as u64) & !15;
+        let mut block = vec![0u8; len];
+        let mut put = |at: usize, v: u64| block[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(b::DLOPEN, self.syms.dlopen);
+        put(b::DLSYM, self.syms.dlsym);
+        put(b::DLERROR, self.syms.dlerror);
+        put(b::PATH, base + b::STRINGS as u64);
+        put(b::FLAGS, libc::RTLD_NOW as u64);
+        put(b::ARG, base + (b::STRINGS + path.len()) as u64);
+        block[b::SAVED..b::SAVED + cave::SAVED_LEN].copy_from_slice(&saved_area(&regs0, regs0.rsp - 8));
+        block[b::SYMBOL..b::SYMBOL + symbol.len()].copy_from_slice(&symbol);
+        block[b::STRINGS..b::STRINGS + path.len()].copy_from_slice(&path);
+        block[b::STRINGS + path.len()..].copy_from_slice(&arg);
+        self.write_mem(tid, base, &block)?;
+        self.write_mem(tid, regs0.rsp - 8, &addr.to_le_bytes())?;
+        let mut regs = regs0;
+        regs.rip = cave.call();
+        regs.rsp = base;
+        regs.rbx = base;
+        // Not in a system call: no restart logic may touch rip/rax on resume.
+        regs.orig_rax = u64::MAX;
+        // Direction flag and trap flag clear, as the ABI requires at a call.
+        regs.eflags &= !((1 << 10) | (1 << 8));
+        self.saved = Some((tid, regs0, fp));
+        sys::setregs(tid, regs)?;
+        self.test_pause("call");
+        self.run_until(tid, "dlopen", |r| r.rip == cave.call_done() && r.orig_rax == libc::SYS_getpid as u64)?;
+        let out = memory::read(self.pid, base, b::SAVED)?;
+        let get = |at: usize| u64::from_le_bytes(out[at..at + 8].try_into().unwrap_or_default());
+        let done = CallResults { handle: get(b::HANDLE), entry: get(b::ENTRY), result: get(b::RESULT), error: get(b::ERROR) };
+        self.restore_focus()?;
+        Ok(done)
+    }
+
+    /// Resumes `tid` under PTRACE_SYSCALL until `done` holds at one of its system-call
+    /// stops (left stopped there); returns rax at that stop. Code running in the target
+    /// cannot be abandoned (it may hold the loader lock): this waits for as long as it
+    /// takes, telling the user after 5 s.
+    fn run_until(&mut self, tid: i32, what: &str, mut done: impl FnMut(&Regs) -> bool) -> Result<u64> {
+        self.syscall_mode = Some(tid);
+        let result = self.run_until_inner(tid, what, &mut done);
+        self.syscall_mode = None;
+        result
+    }
+
+    fn run_until_inner(&mut self, tid: i32, what: &str, done: &mut dyn FnMut(&Regs) -> bool) -> Result<u64> {
+        self.resume(tid, 0)?;
+        let mut warned = false;
+        let started = Instant::now();
+        loop {
+            match self.next(Some(Instant::now() + Duration::from_millis(500)), false)? {
+                Some(Ev::Syscall { tid: t }) if t == tid => {
+                    let regs = sys::getregs(tid)?;
+                    if done(&regs) {
+                        return Ok(regs.rax);
+                    }
+                    self.resume(tid, 0)?;
+                }
+                Some(Ev::Signal { tid: t, sig }) if t == tid => {
+                    if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP) {
+                        let regs = sys::getregs(tid)?;
+                        return Err(Error::RemoteCall {
+                            pid: self.pid,
+                            function: what.into(),
+                            detail: format!("crashed with signal {sig} at {:#x}", regs.rip),
+                        });
+                    }
+                    // An asynchronous signal: hold it until the thread is back where it was.
+                    self.deferred.push((tid, sig));
+                    self.resume(tid, 0)?;
+                }
+                Some(Ev::Interrupted { tid: t }) | Some(Ev::Stepped { tid: t }) | Some(Ev::Signal { tid: t, .. }) | Some(Ev::Syscall { tid: t }) => {
+                    self.resume(t, 0)?
+                }
+                Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
+                Some(Ev::Exec) => return Err(self.exited_error()),
+                Some(Ev::Gone) => {}
+                None => {
+                    if !warned && started.elapsed() > Duration::from_secs(5) {
+                        warned = true;
+                        self.log(&format!("still waiting for {what} to return in the target"));
+                    }
+                }
+            }
+        }
     }
 
     fn safe_point_names(&self) -> String {
@@ -322,7 +535,8 @@ impl<'a> Tracer<'a> {
     }
 
     fn resume(&mut self, tid: i32, sig: i32) -> Result<()> {
-        match sys::cont(tid, sig) {
+        let resumed = if self.syscall_mode == Some(tid) { sys::cont_syscall(tid, sig) } else { sys::cont(tid, sig) };
+        match resumed {
             Ok(()) => {
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.state = State::Running;
@@ -342,27 +556,13 @@ impl<'a> Tracer<'a> {
         self.resume(tid, 0)
     }
 
-    /// If the main thread sleeps in a call Python retries after EINTR, make the call
-    /// return EINTR: Python runs PyErr_CheckSignals (a safe point) and goes back to sleep.
-    fn maybe_wake(&mut self, tid: i32) -> Result<()> {
-        let mut regs = sys::getregs(tid)?;
-        let nr = regs.orig_rax as i64;
-        let ret = regs.rax as i64;
-        let interrupted = ret == -ERESTARTSYS || ret == -ERESTARTNOHAND || ret == -ERESTART_RESTARTBLOCK;
-        if nr >= 0 && interrupted && WAKEABLE_SYSCALLS.contains(&nr) {
-            regs.rax = (-libc::EINTR as i64) as u64;
-            sys::setregs(tid, regs)?;
-            self.log(&format!("main thread was blocked in system call {nr}: woken with EINTR (Python retries it)"));
-        }
-        Ok(())
-    }
-
     // ---- breakpoints ---------------------------------------------------------------
 
     fn insert_breakpoints(&mut self, via: i32) -> Result<()> {
         let points: Vec<u64> = self.syms.safe_points.iter().map(|(a, _)| *a).collect();
+        let mut arm = Vec::new();
         for addr in points {
-            if self.bps.iter().any(|b| b.addr == addr) {
+            if self.bps.iter().any(|b| b.addr == addr) || arm.iter().any(|&(a, _)| a == addr) {
                 continue;
             }
             let original = match self.known.get(&addr) {
@@ -373,7 +573,17 @@ impl<'a> Tracer<'a> {
                 // Someone else's breakpoint (or a function starting with int3): leave it.
                 continue;
             }
+            if !self.known.contains_key(&addr) && self.known.len() >= cave::MAX_BREAKPOINTS {
+                // The handler knows only so many: an int3 it could not undo is never armed.
+                continue;
+            }
             self.known.insert(addr, original);
+            arm.push((addr, original));
+        }
+        // The handler learns of every int3 before it exists.
+        let table: Vec<(u64, u8)> = self.known.iter().map(|(&a, &b)| (a, b)).collect();
+        self.cave()?.set_breakpoints(self.pid, &table)?;
+        for (addr, original) in arm {
             // Record first, so a failure between the two leaves nothing unrecorded.
             self.bps.push(Breakpoint { addr, original });
             if let Err(e) = sys::poke_byte(via, addr, 0xCC) {
@@ -501,6 +711,14 @@ impl<'a> Tracer<'a> {
     fn absorb_thread(&mut self, tid: i32, sig: i32, event: i32) -> Result<Option<Ev>> {
         match event {
             0 => {
+                if sig == sys::SYSCALL_STOP {
+                    if self.syscall_mode == Some(tid) {
+                        return Ok(Some(Ev::Syscall { tid }));
+                    }
+                    // A stop left over from a PTRACE_SYSCALL resume: nothing to deliver.
+                    self.resume(tid, 0)?;
+                    return Ok(None);
+                }
                 if sig == libc::SIGTRAP {
                     if self.stepping == Some(tid) && sys::si_code(tid)? != SI_KERNEL {
                         self.stepping = None;
@@ -606,7 +824,7 @@ impl<'a> Tracer<'a> {
                     return Ok((tid, addr));
                 }
                 Some(Ev::Exec) => return Err(self.exited_error()),
-                Some(Ev::Interrupted { tid }) | Some(Ev::Stepped { tid }) | Some(Ev::Signal { tid, .. }) => {
+                Some(Ev::Interrupted { tid }) | Some(Ev::Stepped { tid }) | Some(Ev::Signal { tid, .. }) | Some(Ev::Syscall { tid }) => {
                     self.resume(tid, 0)?;
                 }
                 Some(Ev::Gone) => {}
@@ -661,79 +879,7 @@ impl<'a> Tracer<'a> {
         self.resume(tid, 0)
     }
 
-    // ---- remote calls --------------------------------------------------------------
-
-    /// Calls `func` in stopped thread `tid` with integer arguments; each `data` block is
-    /// copied below the red zone and its address replaces the next 0 argument. Returns
-    /// rax. The call ends by returning to address 0, which faults and stops the thread.
-    fn call(&mut self, tid: i32, func: u64, args: &[u64], data: &[&[u8]], what: &str) -> Result<u64> {
-        let base = self.saved.as_ref().map(|(_, r, _)| *r).ok_or_else(|| Error::RemoteCall {
-            pid: self.pid,
-            function: what.into(),
-            detail: "has no saved registers".into(),
-        })?;
-        let mut sp = base.rsp - RED_ZONE;
-        let mut addrs = Vec::new();
-        for block in data {
-            sp = (sp - block.len() as u64) & !15;
-            self.write_mem(tid, sp, block)?;
-            addrs.push(sp);
-        }
-        // At a function's entry rsp % 16 == 8: the return address was just pushed.
-        sp = (sp & !15) - 8;
-        self.write_mem(tid, sp, &0u64.to_le_bytes())?;
-        let mut regs = base;
-        let mut addrs = addrs.into_iter();
-        let mut filled = args.iter().map(|&a| if a == 0 { addrs.next().unwrap_or(0) } else { a });
-        regs.rdi = filled.next().unwrap_or(0);
-        regs.rsi = filled.next().unwrap_or(0);
-        regs.rdx = filled.next().unwrap_or(0);
-        regs.rcx = filled.next().unwrap_or(0);
-        regs.r8 = filled.next().unwrap_or(0);
-        regs.r9 = filled.next().unwrap_or(0);
-        regs.rax = 0;
-        regs.rip = func;
-        regs.rsp = sp;
-        // Not in a system call: no restart logic may touch rip/rax on resume.
-        regs.orig_rax = u64::MAX;
-        // Direction flag and trap flag clear, as the ABI requires at a call.
-        regs.eflags &= !((1 << 10) | (1 << 8));
-        sys::setregs(tid, regs)?;
-        self.resume(tid, 0)?;
-        let mut warned = false;
-        let started = Instant::now();
-        loop {
-            // A call in flight cannot be abandoned (it may hold the loader lock): wait.
-            match self.next(Some(Instant::now() + Duration::from_millis(500)), false)? {
-                Some(Ev::Signal { tid: t, sig }) if t == tid => {
-                    let regs = sys::getregs(tid)?;
-                    if sig == libc::SIGSEGV && regs.rip == 0 {
-                        return Ok(regs.rax);
-                    }
-                    if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP) {
-                        return Err(Error::RemoteCall {
-                            pid: self.pid,
-                            function: what.into(),
-                            detail: format!("crashed with signal {sig} at {:#x}", regs.rip),
-                        });
-                    }
-                    // An asynchronous signal: hold it until the thread is back where it was.
-                    self.deferred.push((tid, sig));
-                    self.resume(tid, 0)?;
-                }
-                Some(Ev::Interrupted { tid: t }) | Some(Ev::Stepped { tid: t }) | Some(Ev::Signal { tid: t, .. }) => self.resume(t, 0)?,
-                Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
-                Some(Ev::Exec) => return Err(self.exited_error()),
-                Some(Ev::Gone) => {}
-                None => {
-                    if !warned && started.elapsed() > Duration::from_secs(5) {
-                        warned = true;
-                        self.log(&format!("still waiting for {what} to return in the target"));
-                    }
-                }
-            }
-        }
-    }
+    // ---- remote memory and registers -----------------------------------------------
 
     /// Writes into the stopped thread's stack: process_vm_writev, else word by word.
     fn write_mem(&self, tid: i32, addr: u64, data: &[u8]) -> Result<()> {
@@ -792,8 +938,11 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// Stops every thread, puts the program's SIGTRAP disposition back once none of them
+    /// can still run into an int3 of ours, then detaches them all.
     fn detach_all(&mut self) -> Result<()> {
-        // Ask every running thread to stop; detach each as soon as it is stopped.
+        // Signals to deliver to each parked thread when it is let go.
+        let mut parked: BTreeMap<i32, i32> = BTreeMap::new();
         let running: Vec<i32> = self.threads.iter().filter(|(_, t)| t.state == State::Running && !t.interrupt_pending).map(|(&k, _)| k).collect();
         for tid in running {
             if let Some(t) = self.threads.get_mut(&tid) {
@@ -803,28 +952,35 @@ impl<'a> Tracer<'a> {
                 self.threads.remove(&tid);
             }
         }
-        let stopped: Vec<i32> = self.threads.iter().filter(|(_, t)| t.state == State::Stopped).map(|(&k, _)| k).collect();
-        for tid in stopped {
-            self.detach_one(tid, 0);
+        for (&tid, t) in &self.threads {
+            if t.state == State::Stopped {
+                parked.insert(tid, 0);
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.threads.is_empty() || !self.children.is_empty() {
+        let mut all_stopped = true;
+        while self.threads.keys().any(|t| !parked.contains_key(t)) || !self.children.is_empty() {
             let w = match sys::wait_any() {
                 Ok(Some(w)) => w,
                 Ok(None) => {
                     if Instant::now() >= deadline {
                         // Threads in uninterruptible sleep: our exit detaches them.
-                        return Ok(());
+                        all_stopped = false;
+                        break;
                     }
                     std::thread::sleep(Duration::from_micros(200));
                     continue;
                 }
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    all_stopped = false;
+                    break;
+                }
             };
             match w {
                 Wait::Exited(tid) => {
                     self.threads.remove(&tid);
                     self.children.remove(&tid);
+                    parked.remove(&tid);
                 }
                 Wait::Stopped { tid, sig, event } => {
                     if let Some(&vfork) = self.children.get(&tid) {
@@ -840,19 +996,28 @@ impl<'a> Tracer<'a> {
                         }
                         continue;
                     }
-                    if !self.threads.contains_key(&tid) && !self.is_thread_of_target(tid) {
-                        // A child forked just now, first stop before its parent's event.
-                        self.clean_child(tid);
-                        let _ = sys::detach(tid, 0);
-                        self.released.insert(tid);
+                    if !self.threads.contains_key(&tid) {
+                        if self.is_thread_of_target(tid) {
+                            // A new thread whose first stop came before its parent's event.
+                            self.threads.insert(tid, Thread { state: State::Stopped, interrupt_pending: false });
+                            parked.insert(tid, 0);
+                        } else {
+                            // A child forked just now, first stop before its parent's event.
+                            self.clean_child(tid);
+                            let _ = sys::detach(tid, 0);
+                            self.released.insert(tid);
+                        }
                         continue;
                     }
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.state = State::Stopped;
+                    }
+                    let mut deliver = 0;
                     match event {
                         libc::PTRACE_EVENT_CLONE => {
                             if let Ok(new) = sys::event_msg(tid) {
                                 self.threads.entry(new as i32).or_insert(Thread { state: State::Running, interrupt_pending: true });
                             }
-                            self.detach_one(tid, 0);
                         }
                         libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                             if let Ok(child) = sys::event_msg(tid) {
@@ -860,10 +1025,10 @@ impl<'a> Tracer<'a> {
                                     self.children.entry(child as i32).or_insert(event == libc::PTRACE_EVENT_VFORK);
                                 }
                             }
-                            self.detach_one(tid, 0);
                         }
+                        0 if sig == sys::SYSCALL_STOP => {}
                         0 => {
-                            let mut deliver = sig;
+                            deliver = sig;
                             if sig == libc::SIGTRAP {
                                 if let Ok(mut regs) = sys::getregs(tid) {
                                     let addr = regs.rip.wrapping_sub(1);
@@ -876,14 +1041,44 @@ impl<'a> Tracer<'a> {
                                     }
                                 }
                             }
-                            self.detach_one(tid, deliver);
                         }
-                        _ => self.detach_one(tid, 0),
+                        _ => {}
                     }
+                    parked.insert(tid, deliver);
                 }
             }
         }
+        if self.handler_installed && all_stopped {
+            self.restore_trap_disposition(&parked);
+        }
+        for (tid, sig) in parked {
+            self.detach_one(tid, sig);
+        }
+        for tid in self.threads.keys().copied().collect::<Vec<_>>() {
+            self.detach_one(tid, 0);
+        }
         Ok(())
+    }
+
+    /// Every thread is stopped and none has a trap of ours pending: the handler is no
+    /// longer needed. Run in a thread that is not in a system call if there is one, so no
+    /// restart needs emulating.
+    fn restore_trap_disposition(&mut self, parked: &BTreeMap<i32, i32>) {
+        let in_user_mode = |tid: &i32| sys::getregs(*tid).is_ok_and(|r| (r.orig_rax as i64) < 0);
+        let Some(tid) = parked.keys().copied().find(in_user_mode).or_else(|| parked.keys().copied().next()) else { return };
+        self.test_pause("restore");
+        let act = self.program_act;
+        // Other threads are parked: only `tid` runs, and only the stub.
+        match self.remote_sigaction(tid, &act, false) {
+            Ok(_) => {
+                self.handler_installed = false;
+                self.log("SIGTRAP disposition put back");
+            }
+            Err(e) => self.log(&format!("could not put the SIGTRAP disposition back ({e}); our handler stays, harmless")),
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.state = State::Stopped;
+        }
     }
 
     fn detach_one(&mut self, tid: i32, sig: i32) {
@@ -902,3 +1097,52 @@ fn name_of(syms: &Symbols, addr: u64) -> String {
     syms.safe_points.iter().find(|(a, _)| *a == addr).map(|(_, n)| n.clone()).unwrap_or_else(|| format!("{addr:#x}"))
 }
 
+
+/// What the call sequence left in its block.
+struct CallResults {
+    handle: u64,
+    entry: u64,
+    result: u64,
+    /// dlerror()'s text, when dlopen failed.
+    error: u64,
+}
+
+/// The registers as the cave's tails pop them: r15..rax, rflags, then the rsp to load.
+fn saved_area(regs: &Regs, rsp: u64) -> Vec<u8> {
+    let words = [
+        regs.r15, regs.r14, regs.r13, regs.r12, regs.r11, regs.r10, regs.r9, regs.r8, regs.rdi, regs.rsi, regs.rbp, regs.rbx,
+        regs.rdx, regs.rcx, regs.rax, regs.eflags & !(1 << 8), rsp,
+    ];
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// The registers with which a thread stopped at `regs` carries on as the kernel would have
+/// let it: a system call it was interrupted in is restarted (the kernel does that only on
+/// the way out of the stop, which code we run first would skip), or, with `wake` and one
+/// of the calls Python retries after EINTR (PEP 475), it returns EINTR so the thread
+/// passes `PyErr_CheckSignals`, a safe point. Returns the system call woken, if any.
+fn resume_point(regs: Regs, wake: bool) -> (Regs, Option<i64>) {
+    let mut out = regs;
+    let nr = regs.orig_rax as i64;
+    let ret = regs.rax as i64;
+    let mut woken = None;
+    if nr >= 0 {
+        match -ret {
+            ERESTARTSYS | ERESTARTNOHAND | ERESTART_RESTARTBLOCK if wake && WAKEABLE_SYSCALLS.contains(&nr) => {
+                out.rax = (-libc::EINTR as i64) as u64;
+                woken = Some(nr);
+            }
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                out.rax = regs.orig_rax;
+                out.rip = regs.rip - 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                out.rax = libc::SYS_restart_syscall as u64;
+                out.rip = regs.rip - 2;
+            }
+            _ => {}
+        }
+    }
+    out.orig_rax = u64::MAX;
+    (out, woken)
+}
