@@ -669,3 +669,105 @@ def test_error_detach_not_tracked(interp, target, memray_cli):
     t.wait_for("ready")
     assert_clean_error(memray_cli("detach", str(t.pid)), "not being tracked")
     assert t.finish() == 0
+
+
+# --------------------------------------------------------------------------- the attacher's death
+#
+# When `memray attach` dies (SIGKILL, OOM, a closed terminal) the kernel lets the target's
+# threads run on exactly as they are. Each phase of the injection is reached on purpose
+# (MEMRAY_ATTACH_TEST_PAUSE makes the injector stop there for a minute) and the attacher
+# is killed there; the target must run on unharmed, not be left stopped, and take a later
+# attach and detach. Random instants are covered by scripts/attach-kill-trials.
+
+WAITER = """
+import os, sys, threading, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+open(os.path.join(WORK, "ready"), "w").close()
+threading.Event().wait(float(sys.argv[2]))   # blocked: no Python code, no allocation
+for i in range(200):
+    H.helper_free(H.helper_malloc(1000 + i))
+while not os.path.exists(os.path.join(WORK, "stop")):
+    time.sleep(0.01)
+open(os.path.join(WORK, "done"), "w").close()
+"""
+
+# phase -> the target kind that reaches it: the busy one passes a safe point at once, the
+# waiting one keeps our int3s armed until its wait ends, long after the attacher died.
+KILL_PHASES = [("armed", "waiting"), ("sigaction", "busy"), ("call", "busy"), ("restore", "busy"), ("sigaction", "waiting")]
+
+
+def _state(pid):
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("State:"):
+            return line.split()[1]
+    return "?"
+
+
+def _sigtrap_caught(pid):
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
+    return False
+
+
+@needs_ptrace
+@pytest.mark.parametrize("phase,kind", KILL_PHASES, ids=["%s-%s" % p for p in KILL_PHASES])
+def test_attacher_killed_mid_attach_leaves_target_unharmed(interp, target, build, tracked_env, memray_cli, reader, workdir, phase, kind):
+    t = target(TARGET, 2) if kind == "busy" else target(WAITER, 3)
+    t.wait_for("ready")
+    env = dict(tracked_env, MEMRAY_ATTACH_TEST_PAUSE=phase)
+    err_path = workdir / "attacher.err"
+    with open(err_path, "wb") as err:
+        attacher = subprocess.Popen([str(build.binary), "attach", "-o", str(workdir / "killed.bin"), str(t.pid)],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 30
+    while b"test pause at " + phase.encode() not in err_path.read_bytes():
+        assert attacher.poll() is None, err_path.read_text()
+        assert time.time() < deadline, "the attacher never reached %s\n%s" % (phase, err_path.read_text())
+        time.sleep(0.01)
+    attacher.kill()
+    attacher.wait()
+    time.sleep(0.2)
+    assert t.alive(), t.output()
+    assert _state(t.pid) not in ("t", "T"), "target left stopped"
+    if kind == "waiting":
+        # Its wait ends now: it runs into whatever the dead attacher left.
+        time.sleep(3.5)
+        assert t.alive(), "target died after its wait (%s)\n%s" % (t.proc.returncode, t.output())
+    # A later attach works and puts the program's SIGTRAP disposition back.
+    # Where the dead attacher's call sequence finished by itself, tracking had started.
+    memray_cli("detach", str(t.pid))
+    res = memray_cli("attach", "-o", str(workdir / "later.bin"), str(t.pid))
+    assert_ok(res)
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert not _sigtrap_caught(t.pid), "our SIGTRAP handler was left installed"
+    assert t.finish() == 0, t.output()
+    assert_no_crash_output(t.output())
+    if kind == "busy":
+        assert reader.read(workdir / "later.bin", "all", "sizes=%d" % MAIN_SIZE).find(size=MAIN_SIZE)
+
+
+@needs_ptrace
+@pytest.mark.parametrize("option,values", [
+    ("--duration", ["0", "-1", "nan", "inf", "1e30", "1e19", "18446744073709551616"]),
+    ("--timeout", ["0", "-1", "nan", "inf", "1e30", "18446744073709551616"]),
+])
+def test_attach_numeric_options_are_checked_before_the_target_is_touched(interp, target, memray_cli, workdir, option, values):
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    for value in values:
+        res = memray_cli("attach", "%s=%s" % (option, value), "-o", str(workdir / "n.bin"), str(t.pid))
+        assert_clean_error(res, value)
+        assert not (workdir / "n.bin").exists()
+    for value in ["0", "-1", "nan", "inf", "1e30"]:
+        assert_clean_error(memray_cli("detach", "--timeout=" + value, str(t.pid)), value)
+    # The longest duration allowed is a duration like any other.
+    assert_ok(memray_cli("attach", "--duration", "1e9", "-o", str(workdir / "long.bin"), str(t.pid)))
+    time.sleep(0.3)
+    assert t.alive()
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0, t.output()
+    assert_no_crash_output(t.output())

@@ -121,11 +121,7 @@ pub fn check_permissions(pid: i32) -> Result<proc::Status> {
         proc::tasks(pid)?.into_iter().find_map(|t| proc::task_status(pid, t).ok().map(|s| s.tracer_pid).filter(|&p| p != 0)).unwrap_or(0)
     };
     if tracer != 0 {
-        let name = proc::status(tracer).map(|s| s.name).unwrap_or_default();
-        return Err(Error::PermissionDenied {
-            pid,
-            cause: format!("it is already being traced by process {tracer} ({name}); detach that debugger first"),
-        });
+        return Err(Error::PermissionDenied { pid, cause: proc::describe_tracer(tracer) });
     }
     if status.state == 'T' || status.state == 't' {
         return Err(Error::ProcessStopped(pid));

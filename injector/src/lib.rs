@@ -75,9 +75,34 @@ impl Default for InjectOptions<'_> {
 /// `entry(arg)` there, where `arg` is passed as a NUL-terminated string that lives until
 /// the call returns.
 pub fn inject(info: &ProcessInfo, library: &str, entry: &str, arg: &[u8], opts: &InjectOptions) -> Result<Injected> {
-    match opts.method {
+    let result = match opts.method {
         Method::Ptrace => tracer::Tracer::new(info, opts).inject(library, entry, arg),
+    };
+    result.map_err(|e| explain_exit(info.pid, e))
+}
+
+/// A process that exits while we work on it makes whatever we were doing fail (ESRCH from
+/// ptrace, EFAULT or ESRCH from its memory, a vanished /proc file): the exit is the
+/// real story. A thread that got ESRCH may be ahead of the process's own exit, so that
+/// case waits a moment for it.
+fn explain_exit(pid: i32, e: Error) -> Error {
+    if matches!(e, Error::ProcessExited { .. }) {
+        return e;
     }
+    let vanished = matches!(
+        e,
+        Error::Ptrace { errno: nix::errno::Errno::ESRCH, .. }
+            | Error::Memory { errno: nix::errno::Errno::ESRCH | nix::errno::Errno::EFAULT | nix::errno::Errno::EIO, .. }
+            | Error::NoSuchProcess(_)
+    );
+    let patience = if vanished { 50 } else { 1 };
+    for _ in 0..patience {
+        if !process_alive(pid) {
+            return Error::ProcessExited { pid, detail: String::new() };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    e
 }
 
 /// An object mapped in the process whose file name contains `needle`: its path and the

@@ -24,11 +24,45 @@ impl Mapping {
     }
 }
 
+pub const NOT_DUMPABLE: &str =
+    "it is not dumpable (it called prctl(PR_SET_DUMPABLE, 0), or it changed user or runs a setuid program): \
+     only root (CAP_SYS_PTRACE) can attach to it";
+
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Who traces a process, for a message: another `memray attach`, or a debugger.
+pub fn describe_tracer(tracer: i32) -> String {
+    let name = status(tracer).map(|s| s.name).unwrap_or_default();
+    if name == "memray" {
+        format!("another `memray attach` (process {tracer}) is attaching to it right now; try again when it is done")
+    } else {
+        format!("it is already being traced by process {tracer} ({name}); detach that debugger first")
+    }
+}
+
+/// False when the kernel hides the process's memory from its own user: a process that
+/// is not dumpable (its /proc/PID/mem and maps are root's then).
+pub fn dumpable_by_us(pid: i32) -> bool {
+    match std::fs::File::open(format!("/proc/{pid}/maps")) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::PermissionDenied,
+    }
+}
+
 fn not_found_or(pid: i32, what: &str, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::NoSuchProcess(pid),
         std::io::ErrorKind::PermissionDenied => {
-            Error::PermissionDenied { pid, cause: format!("cannot read /proc/{pid}/{what} (run as root or as the process's user)") }
+            let ours = status(pid).is_ok_and(|s| s.uid == euid());
+            let cause = if ours {
+                NOT_DUMPABLE.to_string()
+            } else {
+                format!("cannot read /proc/{pid}/{what} (run as root or as the process's user)")
+            };
+            Error::PermissionDenied { pid, cause }
         }
         _ => Error::io(format!("cannot read /proc/{pid}/{what}"), e),
     }

@@ -460,8 +460,11 @@ impl<'a> Tracer<'a> {
                     }
                     Err(Error::Ptrace { errno: nix::errno::Errno::ESRCH, .. }) => {}
                     Err(Error::Ptrace { errno: nix::errno::Errno::EPERM, .. }) if self.threads.is_empty() => {
-                        let cause = if proc::status(self.pid).map(|s| s.tracer_pid).unwrap_or(0) != 0 {
-                            "it is already being traced (a debugger?)".to_string()
+                        let tracer = proc::status(self.pid).map(|s| s.tracer_pid).unwrap_or(0);
+                        let cause = if tracer != 0 {
+                            proc::describe_tracer(tracer)
+                        } else if proc::status(self.pid).is_ok_and(|s| s.uid == proc::euid()) && !proc::dumpable_by_us(self.pid) {
+                            proc::NOT_DUMPABLE.to_string()
                         } else {
                             "the kernel refused ptrace (no CAP_SYS_PTRACE in this container, a security module, \
                              or a non-dumpable process)"

@@ -124,7 +124,8 @@ impl Args {
         self.get("nonce").and_then(|v| v.parse().ok()).unwrap_or(0)
     }
     fn duration(&self) -> Option<Duration> {
-        self.get("duration").and_then(|v| v.parse::<f64>().ok()).filter(|d| *d > 0.0).map(Duration::from_secs_f64)
+        // Never panics on what it is handed: NaN, negative or absurdly long means none.
+        self.get("duration").and_then(|v| v.parse::<f64>().ok()).filter(|d| *d > 0.0).and_then(|d| Duration::try_from_secs_f64(d).ok())
     }
 }
 
@@ -214,7 +215,7 @@ extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
 /// stopped by someone else (the program exiting, a fork without follow_fork...).
 fn supervise(nonce: u64, duration: Option<Duration>) {
     let c = control();
-    let deadline = duration.map(|d| Instant::now() + d);
+    let deadline = duration.and_then(|d| Instant::now().checked_add(d));
     let path = message_text();
     loop {
         std::thread::sleep(Duration::from_millis(5));

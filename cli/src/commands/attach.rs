@@ -48,10 +48,10 @@ pub struct AttachArgs {
     #[command(flatten)]
     tracking: super::tracking_options::TrackingOptions,
     /// Stop tracking by itself after this many seconds
-    #[arg(long, value_parser = positive_seconds)]
+    #[arg(long, value_parser = super::seconds::positive_seconds)]
     duration: Option<f64>,
     /// Give up if the process reaches no safe point (or does not confirm) within this many seconds
-    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::seconds::positive_seconds)]
     timeout: f64,
     /// Print each step
     #[arg(short, long)]
@@ -63,7 +63,7 @@ pub struct AttachArgs {
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     /// Give up if the process does not stop tracking within this many seconds
-    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::seconds::positive_seconds)]
     timeout: f64,
     /// Print each step
     #[arg(short, long)]
@@ -72,12 +72,6 @@ pub struct DetachArgs {
     pid: i32,
 }
 
-fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
-}
 
 // ---- Ctrl-C ---------------------------------------------------------------------------
 

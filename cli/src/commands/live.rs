@@ -30,16 +30,10 @@ pub struct LiveArgs {
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
     /// Keep trying to connect for this many seconds
-    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::seconds::positive_seconds)]
     timeout: f64,
 }
 
-fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
-}
 
 pub fn run(args: LiveArgs) -> Result<ExitCode> {
     require_terminal()?;

@@ -4,6 +4,7 @@ pub mod flamegraph;
 pub mod live;
 pub mod parse;
 pub mod run;
+pub mod seconds;
 pub mod stats;
 pub mod summary;
 pub mod table;

@@ -17,6 +17,10 @@ m=types.ModuleType('_memray_run');sys.modules['_memray_run']=m\n\
 exec(compile(os.environ.pop('MEMRAY_BOOTSTRAP_SRC'),'<memray>','exec'),m.__dict__)\n\
 m.run_from_cli()\n";
 
+/// A day: an interval longer than any run is pointless, and the payload's sampler
+/// sleeps in a `Duration` that must not overflow.
+const MAX_INTERVAL_MS: u64 = 86_400_000;
+
 #[derive(Args, Debug)]
 #[command(
     override_usage = "memray run [OPTIONS] (SCRIPT | -m MODULE | -c CODE) [ARGS]...",
@@ -32,7 +36,7 @@ pub struct RunArgs {
     #[command(flatten)]
     tracking: super::tracking_options::TrackingOptions,
     /// How often to sample the resident set size, in milliseconds
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_MS))]
     memory_interval_ms: u64,
     /// Interpreter to run the program with (default: $MEMRAY_PYTHON, else python3 on PATH)
     #[arg(long)]
