@@ -771,3 +771,75 @@ def test_attach_numeric_options_are_checked_before_the_target_is_touched(interp,
     assert_ok(memray_cli("detach", str(t.pid)))
     assert t.finish() == 0, t.output()
     assert_no_crash_output(t.output())
+
+
+def _kill_trials_module():
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "bench" / "attach_kill_trials.py"
+    spec = importlib.util.spec_from_file_location("attach_kill_trials", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_ptrace
+@pytest.mark.parametrize("kind,n", [("busy", 15), ("waiting", 5)])
+def test_attacher_killed_at_random_instants(interp, build, workdir, kind, n):
+    """A sample of scripts/bench attach-kill (which runs hundreds): SIGKILL at a random
+    instant of the attach, the target survives every time and ends normally."""
+    import random
+    trials = _kill_trials_module().trials
+    seed = random.randrange(1 << 30)
+    tally = trials(str(build.binary), interp.executable, kind, n, str(workdir), random.Random(seed))
+    assert tally["died"] == 0 and tally["stopped"] == 0, (seed, tally)
+    assert tally["later_attach_ok"] and tally["exit"] == 0, (seed, tally)
+
+
+FORKER = """
+import os, sys, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+
+def flag(name):
+    return os.path.exists(os.path.join(WORK, name))
+
+def loop(tag):
+    while not flag("stop"):
+        H.helper_free(H.helper_malloc(%(MAIN_SIZE)d))
+        time.sleep(0.002)
+
+open(os.path.join(WORK, "ready"), "w").close()
+while not flag("fork"):
+    time.sleep(0.005)
+pid = os.fork()
+if pid == 0:
+    with open(os.path.join(WORK, "child"), "w") as f:
+        f.write(str(os.getpid()))
+    loop("child")
+    os._exit(0)
+loop("parent")
+os.waitpid(pid, 0)
+""" % dict(MAIN_SIZE=MAIN_SIZE)
+
+
+@needs_ptrace
+def test_child_forked_after_an_attach_can_be_attached(interp, target, memray_cli, reader, workdir):
+    t = target(FORKER)
+    t.wait_for("ready")
+    assert_ok(memray_cli("attach", "-o", str(workdir / "parent.bin"), str(t.pid)))
+    t.touch("fork")
+    t.wait_for("child")
+    child = int((workdir / "child").read_text())
+    time.sleep(0.1)
+    # The child came out of the fork untracked: attachable and detachable like any process.
+    assert_ok(memray_cli("attach", "-o", str(workdir / "child.bin"), str(child)))
+    time.sleep(0.2)
+    assert_ok(memray_cli("detach", str(child)))
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0, t.output()
+    assert_no_crash_output(t.output())
+    for name in ("parent.bin", "child.bin"):
+        cap = reader.read(workdir / name, "all", "sizes=%d" % MAIN_SIZE)
+        assert cap.find(size=MAIN_SIZE), name

@@ -330,3 +330,65 @@ def test_memory_interval_option(interp, script, memray_run, reader, workdir):
     assert_ok(memray_run("--memory-interval-ms", "5", "-q", "-o", out, s.path))
     snaps = reader.read(out, "snapshots").snapshots
     assert len(snaps) >= 10, f"expected RSS samples every 5 ms over 0.6 s, got {len(snaps)}"
+
+
+SUPERVISED = """
+import os, signal, sys, time
+import allochelper
+H = allochelper.load()
+got = []
+def on_signal(sig, frame):
+    got.append(sig)
+    if sig == signal.SIGTERM:
+        H.helper_malloc(424242)  # @on_term
+        print("terminated by %d" % sig, flush=True)
+        sys.exit(7)
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(s, on_signal)
+print("pid %d" % os.getpid(), flush=True)
+while True:
+    H.helper_free(H.helper_malloc(1234))
+    time.sleep(0.005)
+    if got and got[-1] != signal.SIGTERM:
+        print("got %d" % got.pop(), flush=True)
+"""
+
+
+@pytest.mark.ours_only
+def test_supervisor_signals_reach_the_program(interp, build, script, tracked_env, reader, workdir):
+    """systemd, `docker stop`, Kubernetes signal the PID they started: `memray run`'s. The
+    program must get each signal (once) and `memray run` exit with the program's status,
+    leaving a complete capture."""
+    import signal
+    import subprocess
+    import time
+    s = script("service.py", SUPERVISED)
+    out = workdir / "service.bin"
+    env = dict(tracked_env)
+    proc = subprocess.Popen([str(build.binary), "run", "--python", interp.executable, "-o", str(out), str(s.path)],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    def expect(prefix):
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            assert line, "program ended early: %s" % proc.stderr.read()
+            lines.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError("no %r line in %s" % (prefix, lines))
+    child_pid = int(expect("pid ").split()[1])
+    assert child_pid != proc.pid
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        proc.send_signal(sig)
+        assert expect("got ") == "got %d\n" % sig
+    proc.send_signal(signal.SIGTERM)
+    expect("terminated by %d" % signal.SIGTERM)
+    assert proc.wait(timeout=30) == 7, proc.stderr.read()
+    # The program, not just `memray run`, is gone: no orphan left tracking.
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
+    # Its handler's allocation and the capture's end are there.
+    cap = reader.read(out, "all", "sizes=424242")
+    (rec,) = cap.find(size=424242, allocator=MALLOC)
+    assert rec["stack"][0][0] == "on_signal"

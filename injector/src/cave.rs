@@ -289,12 +289,6 @@ impl Cave {
         (self.addr..self.addr + Cave::len()).contains(&addr)
     }
 
-    /// Writes the whole image, keeping the program's saved SIGTRAP disposition if an
-    /// earlier attacher's image is already there (it died with its handler installed).
-    pub fn install(&self, pid: i32) -> Result<()> {
-        memory::write_forced(pid, self.addr, image())
-    }
-
     pub fn write(&self, pid: i32, addr: u64, bytes: &[u8]) -> Result<()> {
         memory::write_forced(pid, addr, bytes)
     }
@@ -311,6 +305,29 @@ impl Cave {
         self.write(pid, self.bp_table(), &table)?;
         self.write(pid, self.bp_count(), &(n as u64).to_le_bytes())
     }
+}
+
+/// What an earlier attacher left in the cave's data.
+pub struct EarlierData {
+    pub program_act: [u8; 32],
+    pub breakpoints: Vec<(u64, u8)>,
+}
+
+/// The data of `bytes` read from the cave, if they hold our code (an earlier attach of
+/// this same build).
+pub fn earlier_data(bytes: &[u8]) -> Option<EarlierData> {
+    let c = Cave { addr: 0 };
+    let code = c.resume_rip() as usize;
+    let img = image();
+    if bytes.len() != img.len() || bytes[..code] != img[..code] {
+        return None;
+    }
+    let word = |at: u64| u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
+    let mut program_act = [0u8; 32];
+    program_act.copy_from_slice(&bytes[c.old_act() as usize..c.old_act() as usize + 32]);
+    let n = (word(c.bp_count()) as usize).min(MAX_BREAKPOINTS);
+    let breakpoints = (0..n as u64).map(|i| (word(c.bp_table() + 16 * i), word(c.bp_table() + 16 * i + 8) as u8)).collect();
+    Some(EarlierData { program_act, breakpoints })
 }
 
 /// Finds room for the image: the tail of the last page of an executable segment, in the
@@ -376,6 +393,29 @@ mod tests {
         assert_eq!(&img[done - 2..done], &[0x0f, 0x05]);
         let done = (c.syscall_done() - c.addr) as usize;
         assert_eq!(&img[done - 2..done], &[0x0f, 0x05]);
+    }
+
+    #[test]
+    fn earlier_data_is_read_back_only_from_our_own_code() {
+        let c = Cave { addr: 0 };
+        let mut bytes = image().to_vec();
+        let put = |bytes: &mut Vec<u8>, at: u64, v: u64| bytes[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+        put(&mut bytes, c.old_act(), 0x1234);
+        put(&mut bytes, c.bp_count(), 2);
+        put(&mut bytes, c.bp_table(), 0x7000);
+        put(&mut bytes, c.bp_table() + 8, 0xf3);
+        put(&mut bytes, c.bp_table() + 16, 0x7100);
+        put(&mut bytes, c.bp_table() + 24, 0x55);
+        let data = earlier_data(&bytes).expect("our image");
+        assert_eq!(data.breakpoints, vec![(0x7000, 0xf3), (0x7100, 0x55)]);
+        assert_eq!(u64::from_le_bytes(data.program_act[..8].try_into().unwrap()), 0x1234);
+        // A count past the table's end is clamped, not trusted.
+        put(&mut bytes, c.bp_count(), u64::MAX);
+        assert_eq!(earlier_data(&bytes).expect("our image").breakpoints.len(), MAX_BREAKPOINTS);
+        // Anything else in the cave (zeros, another build's code) is not ours.
+        assert!(earlier_data(&vec![0u8; bytes.len()]).is_none());
+        bytes[0] ^= 1;
+        assert!(earlier_data(&bytes).is_none());
     }
 
     #[test]

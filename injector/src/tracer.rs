@@ -242,14 +242,26 @@ impl<'a> Tracer<'a> {
 
     // ---- the cave ------------------------------------------------------------------
 
-    /// Writes our code into the cave. If an earlier attacher died with its handler still
-    /// installed, its record of the program's own disposition is kept.
+    /// Writes our code into the cave. An earlier attacher of ours may have died there
+    /// with its handler installed and its int3s still armed: its data (the program's own
+    /// disposition, the breakpoint table) is kept, byte for byte, and its armed int3s
+    /// become ours to remove.
     fn place_cave(&mut self, cave: Cave) -> Result<()> {
-        let earlier = memory::read(self.pid, cave.old_act(), 32).ok();
-        cave.install(self.pid)?;
-        if let Some(bytes) = earlier {
-            self.program_act.copy_from_slice(&bytes);
+        let mut image = cave::image().to_vec();
+        if let Ok(earlier) = memory::read(self.pid, cave.addr, image.len()) {
+            if let Some(data) = cave::earlier_data(&earlier) {
+                image = earlier;
+                self.program_act = data.program_act;
+                for (addr, original) in data.breakpoints {
+                    self.known.insert(addr, original);
+                    if memory::read(self.pid, addr, 1).is_ok_and(|b| b[0] == 0xCC) {
+                        self.bps.push(Breakpoint { addr, original });
+                    }
+                }
+                self.log(&format!("an earlier attach's code is in place ({} of its int3s still armed)", self.bps.len()));
+            }
         }
+        cave.write(self.pid, cave.addr, &image)?;
         self.cave = Some(cave);
         self.log(&format!("attach code placed at {:#x} ({} bytes)", cave.addr, Cave::len()));
         Ok(())
@@ -268,9 +280,6 @@ impl<'a> Tracer<'a> {
         act[8..16].copy_from_slice(&flags.to_le_bytes());
         act[16..24].copy_from_slice(&cave.restorer().to_le_bytes());
         let wake = self.opts.wake_main_thread && tid == self.pid;
-        // Our handler first in the cave's record, so a death right now leaves a handler
-        // that at worst falls back to the default action.
-        cave.write(self.pid, cave.old_act(), &[0u8; 32])?;
         let old = self.remote_sigaction(tid, &act, wake)?;
         let old_handler = u64::from_le_bytes(old[0..8].try_into().unwrap_or_default());
         if !cave.contains(old_handler) {

@@ -410,11 +410,17 @@ def _memray_main(action, args_text, src, module_src):
 /// Added to the `_memray_attach` module, next to _tracking.py's Session.
 const BOOTSTRAP_MODULE: &str = r#"
 _attach_session = None
+_attach_pid = None
 _attach_registered = False
 _attach_lib = None
 
 def _attach_start(opts):
-    global _attach_session, _attach_registered, _attach_lib, _lib, payload_path, threading
+    global _attach_session, _attach_pid, _attach_registered, _attach_lib, _lib, payload_path, threading
+    if _attach_session is not None and _attach_pid != os.getpid():
+        # A fork child's copy of its parent's session: the payload stopped tracking in
+        # the child at the fork (or follows it into a capture of the child's own, which
+        # the CLI refuses to attach over), so this process is free to attach.
+        _attach_session = None
     if 'threading' in sys.modules and not hasattr(threading, 'Thread'):
         threading = sys.modules['threading']
     lib_path = opts['payload']
@@ -456,6 +462,7 @@ def _attach_start(opts):
                 pass
         raise
     _attach_session = session
+    _attach_pid = os.getpid()
     if not _attach_registered:
         import atexit
         atexit.register(_attach_stop)

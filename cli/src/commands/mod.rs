@@ -1,6 +1,7 @@
 pub mod attach;
 pub mod export;
 pub mod flamegraph;
+pub mod forward_signals;
 pub mod live;
 pub mod parse;
 pub mod run;

@@ -180,13 +180,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         return run_live(&args, cmd, &python);
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?;
+    super::forward_signals::to_child(child.id());
     let output = output_template.replace("{pid}", &child.id().to_string());
     if !args.quiet {
         eprintln!("Writing profile results into {output}");
     }
     let status = child.wait().context("waiting for the program")?;
     let code = exit_code(status);
-    if Path::new(&output).is_file() && !args.quiet {
+    if let (Some(sig), false) = (std::os::unix::process::ExitStatusExt::signal(&status), args.quiet) {
+        eprintln!("[memray] The program was killed by signal {sig}: the capture {output} holds what was recorded until then.");
+    } else if Path::new(&output).is_file() && !args.quiet {
         eprintln!("[memray] Successfully generated profile results.\n");
         eprintln!("You can now generate reports from the stored allocation records.");
         eprintln!("Some example commands to generate reports:\n");
