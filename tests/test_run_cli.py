@@ -392,3 +392,42 @@ def test_supervisor_signals_reach_the_program(interp, build, script, tracked_env
     cap = reader.read(out, "all", "sizes=424242")
     (rec,) = cap.find(size=424242, allocator=MALLOC)
     assert rec["stack"][0][0] == "on_signal"
+
+
+DEATHS = [
+    ("segfault", "import ctypes; ctypes.string_at(0)", 128 + 11),
+    ("os_exit", "os._exit(3)", 3),
+    ("sigkill", "import signal; os.kill(os.getpid(), signal.SIGKILL)", 128 + 9),
+    ("abort", "os.abort()", 128 + 6),
+]
+
+
+@pytest.mark.ours_only
+@pytest.mark.parametrize("ending,code", [d[1:] for d in DEATHS], ids=[d[0] for d in DEATHS])
+def test_records_before_an_abrupt_death_are_kept(interp, script, memray_run, reader, workdir, ending, code):
+    """Every record written before the instant the process died is in the capture: the
+    file is written through shared mappings whose pages the kernel keeps."""
+    s = script(
+        "dying.py",
+        """
+        import os, sys
+        import allochelper
+        H = allochelper.load()
+        for i in range(100):
+            H.helper_malloc(77777)  # @alloc
+        H.helper_malloc(88888)  # @last
+        """,
+        ending + "\n",
+    )
+    out = workdir / "death.bin"
+    res = memray_run("-o", out, s.path)
+    assert res.returncode == code, res.describe()
+    # The end message tells the truth.
+    assert "Successfully generated" not in res.stderr, res.describe()
+    if code > 128:
+        assert "killed by signal %d" % (code - 128) in res.stderr, res.describe()
+    else:
+        assert "without finishing the capture" in res.stderr, res.describe()
+    cap = reader.read(out, "all", "sizes=77777,88888")
+    assert len(cap.find(size=77777, allocator=MALLOC)) == 100
+    assert top(cap.one(size=88888, allocator=MALLOC)) == [("<module>", "dying.py", s.line("last"))]

@@ -77,7 +77,7 @@ fn write_embedded(bytes: &[u8], hash: &str) -> Result<PathBuf> {
 
 /// Writes `libmemray_payload-<hash>.so` (0644, ours) into `dir`, which must be a directory
 /// owned by us that nobody else can write into; an existing identical file is reused.
-fn write_into(dir: &Path, uid: u32, bytes: &[u8], hash: &str) -> Result<PathBuf> {
+pub fn write_into(dir: &Path, uid: u32, bytes: &[u8], hash: &str) -> Result<PathBuf> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -101,6 +101,8 @@ fn write_into(dir: &Path, uid: u32, bytes: &[u8], hash: &str) -> Result<PathBuf>
             && m.len() == bytes.len() as u64
             && std::fs::read(&dest).map(|b| b == bytes).unwrap_or(false)
         {
+            // Fresh again: older copies are cleaned up by age, and this one is in use.
+            let _ = std::fs::OpenOptions::new().write(true).open(&dest).and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(dest);
         }
     }

@@ -18,6 +18,7 @@ mod native;
 mod pymem;
 pub mod python;
 mod rss;
+mod sink;
 mod stack;
 mod thread_state;
 mod tracker;

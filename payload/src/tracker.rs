@@ -261,7 +261,7 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     let path = format!("{base}.{pid}");
     let cpath = std::ffi::CString::new(path.clone()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: open with a valid NUL-terminated path.
-    let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644) };
+    let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

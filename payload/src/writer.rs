@@ -1,5 +1,5 @@
-//! The record writer: one per capture, behind one lock. Owns the output file descriptor,
-//! a buffer flushed with write(2), the stream encoder's state and the code-object ids.
+//! The record writer: one per capture, behind one lock. Owns the output (`sink.rs`), the
+//! stream encoder's state and the code-object ids.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -11,93 +11,7 @@ use crate::native::objects::LoadedObject;
 use crate::native::trie::{NativeTrie, Prefix};
 
 use crate::python::frames::RawFrame;
-
-const BUFFER_SIZE: usize = 1 << 20;
-
-/// Buffered output to a file or a connected socket. Never allocates once created (a put
-/// larger than the buffer is written straight through).
-pub struct FdSink {
-    fd: i32,
-    /// A connected socket (live mode): written with send(MSG_NOSIGNAL), so a viewer that
-    /// went away gives EPIPE instead of a SIGPIPE that would kill the tracked process.
-    socket: bool,
-    buf: Vec<u8>,
-    /// The first write error (errno); nothing more is written after it.
-    pub error: Option<i32>,
-    pub failed: bool,
-    pub bytes_written: u64,
-}
-
-impl FdSink {
-    pub fn new(fd: i32) -> Self {
-        FdSink { fd, socket: is_socket(fd), buf: Vec::with_capacity(BUFFER_SIZE), error: None, failed: false, bytes_written: 0 }
-    }
-
-    /// Whether the output is a socket (a live viewer) rather than a file.
-    pub fn is_socket(&self) -> bool {
-        self.socket
-    }
-
-    pub fn fd(&self) -> i32 {
-        self.fd
-    }
-
-    pub fn flush(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        self.write_all(&buf);
-        self.buf = buf;
-        self.buf.clear();
-    }
-
-    fn write_all(&mut self, mut data: &[u8]) {
-        if self.failed {
-            return;
-        }
-        while !data.is_empty() {
-            // SAFETY: writes from a valid slice to an fd we own.
-            let n = unsafe {
-                if self.socket {
-                    libc::send(self.fd, data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL)
-                } else {
-                    libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len())
-                }
-            };
-            if n < 0 {
-                let errno = std::io::Error::last_os_error().raw_os_error();
-                if errno == Some(libc::EINTR) {
-                    continue;
-                }
-                self.failed = true;
-                self.error = errno;
-                return;
-            }
-            self.bytes_written += n as u64;
-            data = &data[n as usize..];
-        }
-    }
-}
-
-fn is_socket(fd: i32) -> bool {
-    // SAFETY: fstat into a zeroed stat buffer we own.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-    }
-}
-
-impl ByteSink for FdSink {
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        if self.buf.len() + bytes.len() > BUFFER_SIZE {
-            self.flush();
-            if bytes.len() > BUFFER_SIZE {
-                self.write_all(bytes);
-                return;
-            }
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-}
+use crate::sink::FdSink;
 
 /// Fx-style hash for integer keys (pointers, native frame tree nodes): the std SipHash
 /// costs more than the rest of a lookup.
@@ -360,7 +274,7 @@ impl Writer {
             self.header.end_time_ms = end_ms;
             let capture = agg.into_capture(self.header.clone());
             capture.encode(&mut self.sink);
-            self.sink.flush();
+            self.sink.finish();
             return;
         }
         if let Output::Stream(enc) = &mut self.out {
@@ -373,7 +287,9 @@ impl Writer {
             let mut bytes = Vec::new();
             self.header.encode(&mut bytes);
             // SAFETY: pwrite from a valid buffer to our own fd; the header keeps its length.
+            // (A mapped window over the header sees the same page cache.)
             unsafe { libc::pwrite(self.sink.fd(), bytes.as_ptr() as *const libc::c_void, bytes.len(), 0) };
         }
+        self.sink.finish();
     }
 }

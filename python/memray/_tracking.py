@@ -95,7 +95,9 @@ def _encode(pairs):
 
 def open_file_destination(path, overwrite):
     """Opens the capture file; an existing one is an error unless overwrite is true."""
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    # Read and write: the payload writes the file through shared mappings of it, whose
+    # pages outlive the process if it dies.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
     flags |= os.O_TRUNC if overwrite else os.O_EXCL
     try:
         return os.open(path, flags, 0o644)

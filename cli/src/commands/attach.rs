@@ -9,8 +9,6 @@
 //! attach thread stops tracking with the GIL (restoring every GOT slot and the PyMem
 //! allocators, finishing the capture) and acknowledges. No ptrace stop is needed.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,7 +154,11 @@ fn payload_controls(pid: i32) -> Result<Vec<(String, Control)>> {
     let mut out = Vec::new();
     for obj in injector::find_mapped(pid, PAYLOAD_MATCH, &[CONTROL_SYMBOL])? {
         if let Some(&addr) = obj.symbols.get(CONTROL_SYMBOL) {
-            out.push((obj.path.clone(), read_control(pid, addr)?));
+            // A copy that is mapped but not loaded (what a failed dlopen can leave behind)
+            // has no control block to read: it is no session, and no reason to refuse.
+            if let Ok(control) = read_control(pid, addr) {
+                out.push((obj.path.clone(), control));
+            }
         }
     }
     Ok(out)
@@ -170,51 +172,62 @@ fn new_nonce() -> u64 {
 
 // ---- the payload copy -----------------------------------------------------------------
 
-/// Copies the payload to /tmp/memray-<uid>/libmemray_payload-<hash>.so: a directory of
-/// ours (0755, not writable by others) and a 0644 file, so any target user can map it and
-/// nobody else can change what it maps.
+/// Copies the payload to `<base>/memray-<uid>/libmemray_payload-<hash>.so`, a directory of
+/// ours (0755, not writable by others) holding a 0644 file, so any target user can map it
+/// and nobody else can change what it maps. The base is the first of /tmp, /dev/shm and
+/// /var/tmp whose file system lets the target map code from it: hardened hosts mount
+/// /tmp `noexec` (a library there fails to load) or read-only. Older copies there go:
+/// a process that mapped one keeps its mapping.
 fn stage_payload(src: &Path) -> Result<PathBuf> {
     let bytes = std::fs::read(src).with_context(|| format!("cannot read the payload {}", src.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    let dir = PathBuf::from(format!("/tmp/memray-{uid}"));
-    match std::fs::create_dir(&dir) {
-        Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("cannot set the permissions of {}", dir.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
-    }
-    let meta = std::fs::symlink_metadata(&dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        bail!("{} is not a directory owned by uid {uid} and closed to others: remove it and retry", dir.display());
-    }
-    if meta.mode() & 0o005 != 0o005 {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("cannot set the permissions of {}", dir.display()))?;
-    }
-    let dest = dir.join(format!("libmemray_payload-{:016x}.so", content_hash(&bytes)));
-    // Only we can write in `dir`: a file of ours with the right name and size is the copy.
-    if let Ok(m) = std::fs::symlink_metadata(&dest) {
-        if m.is_file() && m.uid() == uid && m.mode() & 0o7777 == 0o644 && m.len() == bytes.len() as u64 {
-            return Ok(dest);
+    let uid = rustix::process::geteuid().as_raw();
+    let hash = format!("{:016x}", content_hash(&bytes));
+    let mut refused = Vec::new();
+    for base in PAYLOAD_BASES {
+        match rustix::fs::statvfs(*base) {
+            Ok(st) if st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC) => {
+                refused.push(format!("{base} is mounted noexec"));
+                continue;
+            }
+            Ok(st) if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) => {
+                refused.push(format!("{base} is read-only"));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                refused.push(format!("{base}: {e}"));
+                continue;
+            }
+        }
+        let dir = Path::new(base).join(format!("memray-{uid}"));
+        match crate::payload_file::write_into(&dir, uid, &bytes, &hash) {
+            Ok(dest) => {
+                remove_older_copies(&dir, &dest);
+                return Ok(dest);
+            }
+            Err(e) => refused.push(format!("{e:#}")),
         }
     }
-    let tmp = dir.join(format!(".payload-{}-{:x}", std::process::id(), new_nonce()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let written = f.write_all(&bytes).and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o644)));
-    drop(f);
-    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, &dest)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
-    }
-    Ok(dest)
+    bail!("no directory the target could load the payload from: {}", refused.join("; "))
 }
 
+const PAYLOAD_BASES: &[&str] = &["/tmp", "/dev/shm", "/var/tmp"];
+
+/// Removes copies of other builds of the payload left in `dir`, unless written in the
+/// last minute (a concurrent attach of another build may be about to map its copy).
+fn remove_older_copies(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with("libmemray_payload-") && name.ends_with(".so");
+        let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(60));
+        if ours && old && path != keep {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
 
 // ---- attach ---------------------------------------------------------------------------
 

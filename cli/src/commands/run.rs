@@ -189,6 +189,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let code = exit_code(status);
     if let (Some(sig), false) = (std::os::unix::process::ExitStatusExt::signal(&status), args.quiet) {
         eprintln!("[memray] The program was killed by signal {sig}: the capture {output} holds what was recorded until then.");
+    } else if capture_finished(Path::new(&output)) == Some(false) && !args.quiet {
+        eprintln!(
+            "[memray] The program ended without finishing the capture (os._exit, or a crash): {output} holds what was recorded until then."
+        );
     } else if Path::new(&output).is_file() && !args.quiet {
         eprintln!("[memray] Successfully generated profile results.\n");
         eprintln!("You can now generate reports from the stored allocation records.");
@@ -269,6 +273,19 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// Whether the tracker finished the capture (compressed it, or rewrote its header with
+/// an end time); None if there is no readable capture there.
+fn capture_finished(path: &Path) -> Option<bool> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path).ok()?.take(64 * 1024).read_to_end(&mut head).ok()?;
+    if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
+        return Some(true);
+    }
+    let (header, _) = memray_capture::Header::decode(&head).ok()?;
+    Some(header.end_time_ms != 0)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {

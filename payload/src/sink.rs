@@ -1,0 +1,303 @@
+//! Where the encoded records go: a capture file, written through shared mappings of
+//! itself, or a socket or pipe, written from a buffer.
+//!
+//! **Files.** Records are copied into a `MAP_SHARED` window of the file: they are in the
+//! page cache the moment they are encoded, and the kernel keeps those pages when the
+//! process dies (SIGKILL, SIGSEGV, `os._exit`, `abort`), so a capture holds every record
+//! written before the instant of death, with no flush and no system call per record.
+//! Each window is reserved with `posix_fallocate` before it is mapped, so a full disk is
+//! an error when a window is opened (as it is for `write(2)`), never a SIGBUS on a page
+//! fault. Past the data the file reads as zeros, which readers (ours and Memray's, which
+//! writes its files the same way) take as the end; a clean finish truncates them away.
+//! A file opened write-only, or one the kernel will not map, falls back to the buffer.
+//!
+//! **Sockets and pipes** (live mode): a 1 MiB buffer, written out with `send`/`write` on
+//! flush (every RSS sample) or when full.
+
+use memray_capture::ByteSink;
+
+const BUFFER_SIZE: usize = 1 << 20;
+/// The size of one mapped window of a capture file.
+const WINDOW: usize = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// A mapped stretch of the capture file: `len` bytes at `file_offset`, written up to `pos`.
+struct Window {
+    base: *mut u8,
+    file_offset: u64,
+    len: usize,
+    pos: usize,
+}
+
+/// Output to a file, a socket or a pipe. Never allocates once created.
+pub struct FdSink {
+    fd: i32,
+    /// A connected socket (live mode): written with send(MSG_NOSIGNAL), so a viewer that
+    /// went away gives EPIPE instead of a SIGPIPE that would kill the tracked process.
+    socket: bool,
+    /// A regular file open for reading and writing: written through `window`.
+    mappable: bool,
+    window: Option<Window>,
+    buf: Vec<u8>,
+    /// The first write error (errno); nothing more is written after it.
+    pub error: Option<i32>,
+    pub failed: bool,
+    pub bytes_written: u64,
+}
+
+// SAFETY: the window's pointer is only used by whoever holds the sink (the writer lock).
+unsafe impl Send for FdSink {}
+
+impl FdSink {
+    pub fn new(fd: i32) -> Self {
+        let (socket, mappable) = kind(fd);
+        let buf = if mappable { Vec::new() } else { Vec::with_capacity(BUFFER_SIZE) };
+        FdSink { fd, socket, mappable, window: None, buf, error: None, failed: false, bytes_written: 0 }
+    }
+
+    /// Whether the output is a socket (a live viewer) rather than a file.
+    pub fn is_socket(&self) -> bool {
+        self.socket
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Makes everything put so far reach the destination. A mapped file needs nothing:
+    /// its pages are the file's.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.write_all(&buf);
+        self.buf = buf;
+        self.buf.clear();
+    }
+
+    /// The capture is complete: unmaps the last window and cuts the file at the end of
+    /// the data (the reserved zeros after it go).
+    pub fn finish(&mut self) {
+        self.flush();
+        if let Some(w) = self.window.take() {
+            let end = w.file_offset + w.pos as u64;
+            unmap(&w);
+            // SAFETY: ftruncate on our own fd with a length inside the file.
+            if unsafe { libc::ftruncate(self.fd, end as libc::off_t) } != 0 {
+                self.fail(last_errno());
+            }
+        }
+    }
+
+    fn fail(&mut self, errno: i32) {
+        if !self.failed {
+            self.failed = true;
+            self.error = Some(errno);
+        }
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) {
+        if self.failed {
+            return;
+        }
+        while !data.is_empty() {
+            // SAFETY: writes from a valid slice to an fd we own.
+            let n = unsafe {
+                if self.socket {
+                    libc::send(self.fd, data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL)
+                } else {
+                    libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len())
+                }
+            };
+            if n < 0 {
+                let errno = last_errno();
+                if errno == libc::EINTR {
+                    continue;
+                }
+                self.fail(errno);
+                return;
+            }
+            self.bytes_written += n as u64;
+            data = &data[n as usize..];
+        }
+    }
+
+    /// Copies into the mapped windows, opening the next one as each fills. False if
+    /// the file cannot be mapped at all (the caller buffers instead).
+    #[inline]
+    fn put_mapped(&mut self, mut data: &[u8]) -> bool {
+        loop {
+            let Some(w) = self.window.as_mut() else {
+                if self.failed {
+                    return true;
+                }
+                match self.open_first_window() {
+                    Ok(()) => continue,
+                    Err(_) if self.bytes_written == 0 && self.window.is_none() => {
+                        // Not mappable after all (a file system without shared mappings):
+                        // buffered writes from here on.
+                        self.mappable = false;
+                        self.buf.reserve(BUFFER_SIZE);
+                        return false;
+                    }
+                    Err(errno) => {
+                        self.fail(errno);
+                        return true;
+                    }
+                }
+            };
+            let n = (w.len - w.pos).min(data.len());
+            // SAFETY: `base..base + len` is our live writable mapping and
+            // `pos + n <= len`; `data` is a separate slice of ours.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), w.base.add(w.pos), n) };
+            w.pos += n;
+            self.bytes_written += n as u64;
+            data = &data[n..];
+            if data.is_empty() {
+                return true;
+            }
+            let next = w.file_offset + w.len as u64;
+            if let Some(old) = self.window.take() {
+                unmap(&old);
+            }
+            match open_window(self.fd, next) {
+                Ok(w) => self.window = Some(w),
+                Err(errno) => {
+                    self.fail(errno);
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn open_first_window(&mut self) -> Result<(), i32> {
+        // SAFETY: lseek on our own fd.
+        let at = unsafe { libc::lseek(self.fd, 0, libc::SEEK_CUR) };
+        if at < 0 {
+            return Err(last_errno());
+        }
+        self.window = Some(open_window(self.fd, at as u64)?);
+        Ok(())
+    }
+}
+
+impl ByteSink for FdSink {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if self.mappable && self.put_mapped(bytes) {
+            return;
+        }
+        if self.buf.len() + bytes.len() > BUFFER_SIZE {
+            self.flush();
+            if bytes.len() > BUFFER_SIZE {
+                self.write_all(bytes);
+                return;
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+impl Drop for FdSink {
+    /// Unmaps only: the file is cut by `finish` alone, never by a fork child dropping its
+    /// copy of the parent's writer.
+    fn drop(&mut self) {
+        if let Some(w) = self.window.take() {
+            unmap(&w);
+        }
+    }
+}
+
+/// (socket, mappable): a regular file open for reading and writing can be mapped.
+fn kind(fd: i32) -> (bool, bool) {
+    // SAFETY: fstat into a zeroed stat buffer we own; fcntl(F_GETFL) takes no pointer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return (false, false);
+        }
+        let format = st.st_mode & libc::S_IFMT;
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let read_write = flags >= 0 && flags & libc::O_ACCMODE == libc::O_RDWR && flags & libc::O_APPEND == 0;
+        (format == libc::S_IFSOCK, format == libc::S_IFREG && read_write)
+    }
+}
+
+/// Reserves and maps the window holding file offset `at` (its page start onwards).
+fn open_window(fd: i32, at: u64) -> Result<Window, i32> {
+    let start = at & !(PAGE - 1);
+    // SAFETY: posix_fallocate and mmap on our own fd; the mapping is checked and owned by
+    // the returned Window.
+    unsafe {
+        let rc = libc::posix_fallocate(fd, start as libc::off_t, WINDOW as libc::off_t);
+        if rc != 0 {
+            return Err(rc);
+        }
+        let base = libc::mmap(std::ptr::null_mut(), WINDOW, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, start as libc::off_t);
+        if base == libc::MAP_FAILED {
+            return Err(last_errno());
+        }
+        Ok(Window { base: base as *mut u8, file_offset: start, len: WINDOW, pos: (at - start) as usize })
+    }
+}
+
+fn unmap(w: &Window) {
+    // SAFETY: unmaps exactly the mapping open_window made; nothing refers to it after.
+    unsafe { libc::munmap(w.base as *mut libc::c_void, w.len) };
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    fn temp(name: &str) -> (std::path::PathBuf, std::fs::File) {
+        let path = std::env::temp_dir().join(format!("memray-sink-{name}-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn mapped_file_holds_every_byte_before_finish_and_exactly_them_after() {
+        let (path, file) = temp("mapped");
+        let mut sink = FdSink::new(file.as_raw_fd());
+        assert!(sink.mappable);
+        // Across several windows, in odd-sized pieces.
+        let mut expected = Vec::new();
+        let mut i = 0u32;
+        while expected.len() < 3 * WINDOW + 12345 {
+            let piece: Vec<u8> = (0..(i % 300 + 1)).map(|k| (k as u8).wrapping_add(i as u8) | 1).collect();
+            sink.put(&piece);
+            expected.extend_from_slice(&piece);
+            i += 1;
+        }
+        // Before finish (as after a crash): the data, then zeros.
+        let mut on_disk = Vec::new();
+        std::fs::File::open(&path).unwrap().read_to_end(&mut on_disk).unwrap();
+        assert!(on_disk.len() > expected.len());
+        assert_eq!(&on_disk[..expected.len()], &expected[..]);
+        assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
+        sink.finish();
+        assert!(!sink.failed);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn write_only_file_is_buffered() {
+        let path = std::env::temp_dir().join(format!("memray-sink-wo-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
+        let mut sink = FdSink::new(file.as_raw_fd());
+        assert!(!sink.mappable);
+        sink.put(b"abc");
+        sink.finish();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+        std::fs::remove_file(&path).ok();
+    }
+}
