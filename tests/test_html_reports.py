@@ -315,7 +315,7 @@ def test_truncated_capture_still_reports(mrun, cli, workdir):
         res = cli("flamegraph", "-f", "-o", workdir / "cut.html", cut)
         assert "panicked" not in res.stderr
         if res.returncode == 0:
-            assert "no trailer" in res.stderr
+            assert "no trailer" in res.stderr or "cut inside" in res.stderr, res.stderr
             page_data(workdir / "cut.html")
         else:
             assert_clean_error(res, "cut.bin")

@@ -403,3 +403,40 @@ def test_option_errors(interp, script, memray_run, memray_cli, workdir):
     assert res.returncode != 0 and "cannot be used with" in res.output
     res = memray_cli("transform", "csv", "--leaks", "--temporary-allocations", out)
     assert res.returncode != 0 and "cannot be used with" in res.output
+
+
+CUT_REPORTS = [("stats",), ("parse",), ("tree",), ("summary",), ("transform", "csv", "-f", "-o", "cut.csv"),
+               ("flamegraph", "-f", "-o", "cut.html"), ("table", "-f", "-o", "cut-table.html")]
+
+
+@pytest.mark.ours_only
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "lz4"])
+def test_a_cut_capture_reads_to_the_cut_in_every_reporter(interp, script, memray_run, memray_cli, workdir, compressed):
+    """A capture cut anywhere past its header (the process died mid-record, or the file
+    was copied mid-write) reads up to its last complete record in every reporter, each
+    saying once, in one line, where it was cut."""
+    import random
+    # Large enough that an LZ4 file has many blocks: a cut in the first one is a cut
+    # header, which stays an error.
+    s = script("many.py", "import os\ndef f(i):\n    return os.urandom(600 + i % 5000)\n\nkeep = [f(i) for i in range(60000)]\n")
+    out = workdir / "many.bin"
+    assert_ok(memray_run(*([] if compressed else ["--no-compress"]), "-q", "-o", out, s.path))
+    data = out.read_bytes()
+    cut = workdir / "cut.bin"
+    rng = random.Random(len(data))
+    cuts_inside = 0
+    for n in sorted(rng.sample(range(len(data) // 4, len(data) - 1), 6)):
+        cut.write_bytes(data[:n])
+        for report in CUT_REPORTS:
+            res = memray_cli(*report, cut)
+            assert res.returncode == 0, res.describe()
+            assert "panicked" not in res.output
+            warnings = [l for l in res.stderr.splitlines() if "warning" in l]
+            assert len(warnings) <= 1, res.describe()
+            said_cut = [l for l in warnings if "cut inside" in l and "cut.bin" in l]
+            cuts_inside += bool(said_cut)
+            # Every reporter saw the same cut (or the same clean end).
+            if report[0] == "stats":
+                first = bool(said_cut)
+            assert bool(said_cut) == first, (n, report, res.stderr)
+    assert cuts_inside > 0, "no cut landed inside a record: the test checked nothing about cuts"

@@ -9,6 +9,7 @@
 //! as Memray writes them.
 
 pub mod dump;
+pub mod cut;
 mod decompress;
 mod encoder;
 mod error;

@@ -217,6 +217,8 @@ pub struct Reader<R: Read> {
     done: bool,
     complete: bool,
     progress: Option<ProgressProbe>,
+    /// The file read, for messages.
+    source: Option<std::path::PathBuf>,
 }
 
 /// Offset one past the last non-zero byte, or `None` if the file is all zeros.
@@ -271,6 +273,7 @@ impl Reader<File> {
             Reader::with_limit(file, limit)?
         };
         reader.progress = progress;
+        reader.source = Some(path.to_path_buf());
         Ok(reader)
     }
 }
@@ -320,6 +323,7 @@ impl<R: Read> Reader<R> {
             done: false,
             complete: false,
             progress: None,
+            source: None,
         })
     }
 
@@ -493,6 +497,9 @@ impl<R: Read> Reader<R> {
                 self.done = true;
                 if let Some(p) = &mut self.progress {
                     p.finish();
+                }
+                if crate::cut::take_as_end(self.source.as_deref(), &e) {
+                    return Ok(None);
                 }
                 Err(e)
             }

@@ -58,6 +58,19 @@ fn main() -> ExitCode {
     ) {
         progress_bar::install();
     }
+    if matches!(
+        cli.command,
+        Command::Stats(_)
+            | Command::Parse(_)
+            | Command::Flamegraph(_)
+            | Command::Table(_)
+            | Command::Tree(_)
+            | Command::Summary(_)
+            | Command::Transform(_)
+    ) {
+        // As Memray's reporters do: a capture cut inside a record reads up to the cut.
+        memray_capture::cut::read_cut_captures_to_the_end(|msg| eprintln!("memray: warning: {msg}"));
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Stats(args) => commands::stats::run(args),

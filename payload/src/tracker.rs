@@ -260,11 +260,7 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     let base = parent_path.strip_suffix(&format!(".{ppid}")).unwrap_or(&parent_path);
     let path = format!("{base}.{pid}");
     let cpath = std::ffi::CString::new(path.clone()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: open with a valid NUL-terminated path.
-    let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = create_exclusive(&cpath)?;
     if let Some(old) = WRITER.lock().take() {
         // SAFETY: the child's copy of the parent's fd.
         unsafe { libc::close(old.sink.fd()) };
@@ -282,4 +278,25 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     }
     r.sampler = Sampler::start(r.config.memory_interval_ms)?;
     Ok(())
+}
+
+/// Creates a capture file that nothing else names: a stale file of that name goes first
+/// (a link planted there is removed, never followed), then `O_CREAT|O_EXCL|O_NOFOLLOW`.
+fn create_exclusive(path: &std::ffi::CStr) -> std::io::Result<i32> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+    for _ in 0..3 {
+        // SAFETY: unlink and open with a valid NUL-terminated path.
+        let fd = unsafe {
+            libc::unlink(path.as_ptr());
+            libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644)
+        };
+        if fd >= 0 {
+            return Ok(fd);
+        }
+        last = std::io::Error::last_os_error();
+        if last.kind() != std::io::ErrorKind::AlreadyExists {
+            break;
+        }
+    }
+    Err(last)
 }

@@ -94,17 +94,28 @@ def _encode(pairs):
 
 
 def open_file_destination(path, overwrite):
-    """Opens the capture file; an existing one is an error unless overwrite is true."""
+    """Opens the capture file; an existing one is an error unless overwrite is true.
+
+    The file is always a new one, created exclusively and never through a link
+    (O_EXCL|O_NOFOLLOW): with overwrite, whatever had the name goes first (a planted link
+    is removed, not followed)."""
     # Read and write: the payload writes the file through shared mappings of it, whose
     # pages outlive the process if it dies.
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    flags |= os.O_TRUNC if overwrite else os.O_EXCL
-    try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise FileExistsError(
-            17, "Output file %s already exists (use overwrite=True or --force to replace it)" % path, path
-        ) from None
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(3):
+        if overwrite:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        try:
+            return os.open(path, flags, 0o644)
+        except FileExistsError:
+            if not overwrite:
+                break
+    raise FileExistsError(
+        17, "Output file %s already exists (use overwrite=True or --force to replace it)" % path, path
+    ) from None
 
 
 # What `memray live` sends first. A connection that sends anything else is not a viewer

@@ -105,7 +105,7 @@ pub fn write_report(
         HtmlError::Report(e) => capture_failure(&out.results, e),
         HtmlError::Unsupported(msg) => anyhow!("{}: {msg}", out.results.display()),
     })?;
-    if !page.reached_trailer {
+    if !page.reached_trailer && !memray_capture::cut::cut_seen() {
         eprintln!(
             "memray: warning: {}: the capture has no trailer (the tracked process was killed or is \
              still running); the report covers the records written so far",

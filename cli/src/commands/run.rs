@@ -5,6 +5,7 @@
 //! payload with ctypes, opens the capture and starts the tracker before the program's
 //! first line.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -221,7 +222,15 @@ fn run_live(args: &RunArgs, mut cmd: Command, python: &Path) -> Result<ExitCode>
     let address = "127.0.0.1";
     let port = live::free_port(address)?;
     let log_path = std::env::temp_dir().join(format!("memray-live-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    // A new file of ours, never one planted in the shared temporary directory (or a link).
+    let _ = std::fs::remove_file(&log_path);
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     cmd.env("MEMRAY_RUN_LIVE_PORT", port.to_string())
         .env("MEMRAY_RUN_LIVE_ADDRESS", address)
         .stdin(Stdio::null())

@@ -73,7 +73,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
     }
     let analysis = analyze_file(&args.results, AnalyzeOptions::default())
         .map_err(|e| capture_failure(&args.results, e))?;
-    if !analysis.reached_trailer {
+    if !analysis.reached_trailer && !memray_capture::cut::cut_seen() {
         eprintln!(
             "memray: warning: {}: the capture has no trailer (the tracked process was killed or is \
              still running); the statistics cover the records written so far",
