@@ -218,6 +218,23 @@ def test_syntax_error_in_script(interp, script, memray_run, workdir):
     assert not out.exists()
 
 
+@pytest.mark.ours_only  # Memray leaves an empty capture behind
+def test_missing_module_is_one_line(interp, memray_run, workdir):
+    res = memray_run("-m", "no_such_module_here", cwd=workdir)
+    assert_clean_error(res, "No module named no_such_module_here")
+    assert "Successfully generated" not in res.stderr
+    assert capture_files(workdir) == []
+
+
+def test_binary_file_as_script_is_one_line(interp, memray_run, workdir):
+    binary = workdir / "binary.py"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)))
+    res = memray_run("-o", workdir / "b.bin", binary, cwd=workdir)
+    assert_clean_error(res)
+    assert "line None" not in res.stderr
+    assert not (workdir / "b.bin").exists()
+
+
 @pytest.mark.parametrize("where", ["missing_dir", "under_a_file"])
 def test_unwritable_output(interp, script, memray_run, workdir, where):
     s = script("prog.py", PROG)

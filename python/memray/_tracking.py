@@ -302,6 +302,12 @@ def _fail(message):
     os._exit(1)
 
 
+def _syntax_problem(e):
+    msg = getattr(e, "msg", None) or str(e)
+    line = getattr(e, "lineno", None)
+    return "%s (line %d)" % (msg, line) if line else msg
+
+
 def run_from_cli():
     import runpy
 
@@ -329,8 +335,9 @@ def run_from_cli():
             with open(target, "rb") as f:
                 source = f.read()
             code = compile(source, target, "exec")
-        except SyntaxError as e:
-            _fail("%s is not valid Python: %s (line %s)" % (target, e.msg, e.lineno))
+        except (SyntaxError, ValueError) as e:
+            # ValueError: null bytes, before 3.12 (a binary, say).
+            _fail("%s is not valid Python: %s" % (target, _syntax_problem(e)))
         except OSError as e:
             _fail("cannot read %s: %s" % (target, e.strerror))
         sys.argv = [target] + args
@@ -338,11 +345,21 @@ def run_from_cli():
     elif mode == "module":
         sys.argv = [target] + args
         sys.path[0] = os.getcwd()
+        # As Memray: a module that cannot be found is one line, not runpy's traceback.
+        import importlib.util
+        try:
+            found = importlib.util.find_spec(target) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            sys.stderr.write("memray: No module named %s\n" % target)
+            sys.stderr.flush()
+            os._exit(1)
     else:
         try:
             code = compile(target, "<string>", "exec")
-        except SyntaxError as e:
-            _fail("the code given with -c is not valid Python: %s (line %s)" % (e.msg, e.lineno))
+        except (SyntaxError, ValueError) as e:
+            _fail("the code given with -c is not valid Python: %s" % _syntax_problem(e))
         sys.argv = ["-c"] + args
         sys.path[0] = ""
 
