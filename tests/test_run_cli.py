@@ -478,3 +478,39 @@ def test_capture_never_written_through_a_planted_file(interp, script, memray_run
     assert victim.read_text() == "precious"
     assert not out.is_symlink() and out.stat().st_uid == os.geteuid()
     assert reader.read(out, "all").one(size=31415, allocator=MALLOC)
+
+
+@pytest.mark.ours_only
+def test_follow_fork_pool_workers_lose_nothing(interp, script, memray_run, reader, workdir):
+    """multiprocessing.Pool workers are killed (SIGTERM) when the pool closes: every
+    allocation they made is still in their captures, each with its `work` frame."""
+    s = script(
+        "pool.py",
+        """
+        import multiprocessing, os, sys
+        import allochelper
+        H = allochelper.load()
+
+        def work(i):
+            for _ in range(50):
+                H.helper_malloc(60606)  # @work
+            return os.getpid()
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("fork").Pool(4) as pool:
+                pids = pool.map(work, range(40), chunksize=1)
+            print("workers", " ".join(map(str, sorted(set(pids)))))
+        """,
+    )
+    out = workdir / "pool.bin"
+    res = memray_run("--follow-fork", "-q", "-o", out, s.path)
+    assert_ok(res)
+    workers = [l for l in res.stdout.splitlines() if l.startswith("workers")][-1].split()[1:]
+    total = 0
+    for pid in workers:
+        cap = reader.read("%s.%s" % (out, pid), "all", "sizes=60606")
+        recs = cap.find(size=60606, allocator=MALLOC)
+        assert recs, "worker %s has no work() allocation" % pid
+        assert all(top(r) == [("work", "pool.py", s.line("work"))] for r in recs)
+        total += len(recs)
+    assert total == 40 * 50

@@ -5,9 +5,9 @@
 //! page cache the moment they are encoded, and the kernel keeps those pages when the
 //! process dies (SIGKILL, SIGSEGV, `os._exit`, `abort`), so a capture holds every record
 //! written before the instant of death, with no flush and no system call per record.
-//! Each window is reserved with `posix_fallocate` before it is mapped, so a full disk is
-//! an error when a window is opened (as it is for `write(2)`), never a SIGBUS on a page
-//! fault. Past the data the file reads as zeros, which readers (ours and Memray's, which
+//! The file is reserved with `posix_fallocate` 64 KiB ahead of the data, so a full disk
+//! is an error when the data reaches the reserve (as it is for `write(2)`), never a
+//! SIGBUS on a page fault. Past the data the file reads as zeros, which readers (ours and Memray's, which
 //! writes its files the same way) take as the end; a clean finish truncates them away.
 //! A file opened write-only, or one the kernel will not map, falls back to the buffer.
 //!
@@ -19,14 +19,22 @@ use memray_capture::ByteSink;
 const BUFFER_SIZE: usize = 1 << 20;
 /// The size of one mapped window of a capture file.
 const WINDOW: usize = 1 << 20;
+/// The file is reserved (and grown) this much at a time inside a window, so a capture
+/// whose process died ends in at most this many zeros: Memray's reader finds the end of
+/// the data by reading backwards a byte at a time, which over a whole window of zeros
+/// takes seconds.
+const GRAIN: u64 = 64 << 10;
 const PAGE: u64 = 4096;
 
-/// A mapped stretch of the capture file: `len` bytes at `file_offset`, written up to `pos`.
+/// A mapped stretch of the capture file: `len` bytes at `file_offset`, written up to
+/// `pos`; the file is reserved up to `reserved_end` (never touched past it: a page past
+/// the end of the file would be a SIGBUS).
 struct Window {
     base: *mut u8,
     file_offset: u64,
     len: usize,
     pos: usize,
+    reserved_end: u64,
 }
 
 /// Output to a file, a socket or a pipe. Never allocates once created.
@@ -148,6 +156,16 @@ impl FdSink {
                 }
             };
             let n = (w.len - w.pos).min(data.len());
+            let end = w.file_offset + (w.pos + n) as u64;
+            if end > w.reserved_end {
+                let window_end = w.file_offset + w.len as u64;
+                let grow_to = end.div_ceil(GRAIN).saturating_mul(GRAIN).min(window_end);
+                if let Err(errno) = reserve(self.fd, w.reserved_end, grow_to) {
+                    self.fail(errno);
+                    return true;
+                }
+                w.reserved_end = grow_to;
+            }
             // SAFETY: `base..base + len` is our live writable mapping and
             // `pos + n <= len`; `data` is a separate slice of ours.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), w.base.add(w.pos), n) };
@@ -224,22 +242,30 @@ fn kind(fd: i32) -> (bool, bool) {
     }
 }
 
-/// Reserves and maps the window holding file offset `at` (its page start onwards).
+/// Maps the window holding file offset `at` (its page start onwards). Nothing past `at`
+/// is reserved yet: `put_mapped` reserves before it writes.
 fn open_window(fd: i32, at: u64) -> Result<Window, i32> {
     let start = at & !(PAGE - 1);
-    // SAFETY: posix_fallocate and mmap on our own fd; the mapping is checked and owned by
-    // the returned Window.
+    // SAFETY: mmap on our own fd; the mapping is checked and owned by the returned
+    // Window. Mapping past the end of the file is allowed; only touching it is not.
     unsafe {
-        let rc = libc::posix_fallocate(fd, start as libc::off_t, WINDOW as libc::off_t);
-        if rc != 0 {
-            return Err(rc);
-        }
         let base = libc::mmap(std::ptr::null_mut(), WINDOW, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, start as libc::off_t);
         if base == libc::MAP_FAILED {
             return Err(last_errno());
         }
-        Ok(Window { base: base as *mut u8, file_offset: start, len: WINDOW, pos: (at - start) as usize })
+        Ok(Window { base: base as *mut u8, file_offset: start, len: WINDOW, pos: (at - start) as usize, reserved_end: at })
     }
+}
+
+/// Reserves the file's blocks from `from` to `to` (growing it to `to`): a full disk is
+/// an error here, never a SIGBUS when the page is written.
+fn reserve(fd: i32, from: u64, to: u64) -> Result<(), i32> {
+    // SAFETY: posix_fallocate on our own fd with a non-negative range.
+    let rc = unsafe { libc::posix_fallocate(fd, from as libc::off_t, (to - from) as libc::off_t) };
+    if rc != 0 {
+        return Err(rc);
+    }
+    Ok(())
 }
 
 fn unmap(w: &Window) {
@@ -280,7 +306,7 @@ mod tests {
         // Before finish (as after a crash): the data, then zeros.
         let mut on_disk = Vec::new();
         std::fs::File::open(&path).unwrap().read_to_end(&mut on_disk).unwrap();
-        assert!(on_disk.len() > expected.len());
+        assert!(on_disk.len() > expected.len() && on_disk.len() as u64 <= expected.len() as u64 + GRAIN);
         assert_eq!(&on_disk[..expected.len()], &expected[..]);
         assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
         sink.finish();
