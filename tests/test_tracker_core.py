@@ -597,6 +597,9 @@ def test_full_disk_stops_tracking_with_one_line(interp, script, run_py, workdir)
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, res.describe()
     assert "No space left on device" in lines[0] and "tracking stopped" in lines[0]
+    # overwrite=True replaces files and links, never a device.
+    import stat
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode), "/dev/full was replaced"
 
 
 # --------------------------------------------------------------------------- API errors

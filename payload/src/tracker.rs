@@ -1,6 +1,7 @@
 //! Tracker lifecycle: start (open the capture, patch the GOT, start the sampler), stop
 //! (restore, finish and compress the capture), and fork.
 
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
@@ -280,16 +281,18 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Creates a capture file that nothing else names: a stale file of that name goes first
-/// (a link planted there is removed, never followed), then `O_CREAT|O_EXCL|O_NOFOLLOW`.
+/// Creates a capture file that nothing else names: a stale file or a link of that name
+/// goes first (a planted link is removed, never followed; anything else stays and makes
+/// this fail), then `O_CREAT|O_EXCL|O_NOFOLLOW`.
 fn create_exclusive(path: &std::ffi::CStr) -> std::io::Result<i32> {
     let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+    let as_path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
     for _ in 0..3 {
-        // SAFETY: unlink and open with a valid NUL-terminated path.
-        let fd = unsafe {
-            libc::unlink(path.as_ptr());
-            libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644)
-        };
+        if std::fs::symlink_metadata(as_path).is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file(as_path);
+        }
+        // SAFETY: open with a valid NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
         if fd >= 0 {
             return Ok(fd);
         }

@@ -96,18 +96,30 @@ def _encode(pairs):
 def open_file_destination(path, overwrite):
     """Opens the capture file; an existing one is an error unless overwrite is true.
 
-    The file is always a new one, created exclusively and never through a link
-    (O_EXCL|O_NOFOLLOW): with overwrite, whatever had the name goes first (a planted link
-    is removed, not followed)."""
-    # Read and write: the payload writes the file through shared mappings of it, whose
+    A capture file is always a new one, created exclusively and never through a link
+    (O_EXCL|O_NOFOLLOW). With overwrite, a regular file or a link that has the name is
+    removed first (a planted link goes, what it points to is never touched); a device
+    or a pipe (/dev/null, /dev/full, a FIFO) is opened as it is."""
+    import stat
+
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    cloexec = getattr(os, "O_CLOEXEC", 0)
+    # Read and write: the payload writes a file through shared mappings of it, whose
     # pages outlive the process if it dies.
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec | nofollow
     for _ in range(3):
         if overwrite:
             try:
-                os.unlink(path)
+                mode = os.lstat(path).st_mode
             except FileNotFoundError:
-                pass
+                mode = None
+            if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+                return os.open(path, os.O_WRONLY | cloexec | nofollow)
+            if mode is not None and not stat.S_ISDIR(mode):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         try:
             return os.open(path, flags, 0o644)
         except FileExistsError:
