@@ -47,18 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(commands::run::normalize_argv(std::env::args().collect()));
-    if matches!(
-        cli.command,
-        Command::Stats(_)
-            | Command::Flamegraph(_)
-            | Command::Table(_)
-            | Command::Tree(_)
-            | Command::Summary(_)
-            | Command::Transform(_)
-    ) {
-        progress_bar::install();
-    }
-    if matches!(
+    let report = matches!(
         cli.command,
         Command::Stats(_)
             | Command::Parse(_)
@@ -67,9 +56,14 @@ fn main() -> ExitCode {
             | Command::Tree(_)
             | Command::Summary(_)
             | Command::Transform(_)
-    ) {
+    );
+    if report {
         // As Memray's reporters do: a capture cut inside a record reads up to the cut.
         memray_capture::cut::read_cut_captures_to_the_end(|msg| eprintln!("memray: warning: {msg}"));
+        // `parse` streams its records to stdout: no bar over them.
+        if !matches!(cli.command, Command::Parse(_)) {
+            progress_bar::install();
+        }
     }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),

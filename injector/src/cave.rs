@@ -57,6 +57,15 @@ pub mod block {
 /// The saved-register area both tails pop: 15 general registers, rflags, rsp.
 pub const SAVED_LEN: usize = 17 * 8;
 
+/// Pops what `tracer::saved_area` lays out: 15 general registers and rflags (the rsp to
+/// load comes next, popped by the caller of this macro).
+macro_rules! restore_registers {
+    () => {
+        "pop r15\npop r14\npop r13\npop r12\npop r11\npop r10\npop r9\npop r8\n\
+         pop rdi\npop rsi\npop rbp\npop rbx\npop rdx\npop rcx\npop rax\npopfq"
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
     ".pushsection .rodata.memray_cave,\"a\",@progbits",
@@ -94,9 +103,7 @@ std::arch::global_asm!(
     ".hidden memray_cave_call_done",
     "memray_cave_call_done:",
     "lea rsp, [rbx + 0x60]",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
-    "pop rdi", "pop rsi", "pop rbp", "pop rbx", "pop rdx", "pop rcx", "pop rax",
-    "popfq",
+    restore_registers!(),
     // rsp = the entry's rsp - 8, where the entry's own address was stored: ret lands there
     // with rsp exactly as it was.
     "pop rsp",
@@ -109,9 +116,7 @@ std::arch::global_asm!(
     ".globl memray_cave_syscall_done",
     ".hidden memray_cave_syscall_done",
     "memray_cave_syscall_done:",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
-    "pop rdi", "pop rsi", "pop rbp", "pop rbx", "pop rdx", "pop rcx", "pop rax",
-    "popfq",
+    restore_registers!(),
     "pop rsp",
     "jmp qword ptr [rip + memray_cave_resume_rip]",
     // ---- SIGTRAP handler (rdi = signo, rsi = siginfo, rdx = ucontext) ----
