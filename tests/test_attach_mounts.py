@@ -24,6 +24,11 @@ while not os.path.exists(os.path.join(work, "stop")):
 
 SCRIPT = """
 set -e
+# The checkout (and so the memray binary) may itself live under /tmp: run a copy from a
+# private tmpfs, which none of the mounts below touches.
+mount -t tmpfs tmpfs /mnt
+cp "$MEMRAY" /mnt/memray
+MEMRAY=/mnt/memray
 {mounts}
 "$PY" "$WORK/target.py" "$WORK" &
 T=$!
