@@ -9,7 +9,8 @@ the target is alive and not stopped, and detaches any session that had started. 
 the trials a normal attach and detach must still work and the target must exit 0.
 
     python bench/attach_kill_trials.py --memray target/release/memray --trials 200 \
-        --python /root/.pyenv/versions/3.12.1/bin/python3.12 [--python ...]
+        --python "$(pyenv root)/versions/3.12.1/bin/python3" [--python ...]
+(`scripts/bench attach-kill` finds every interpreter itself.)
 """
 import argparse
 import os
@@ -122,6 +123,14 @@ def trials(memray, python, kind, n, work, rng):
     return tally
 
 
+def pyenv_root():
+    """Where pyenv keeps its interpreters, so the tally can tell them from the system's."""
+    try:
+        return subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip() or "/nonexistent"
+    except OSError:
+        return "/nonexistent"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--memray", required=True)
@@ -139,8 +148,8 @@ def main():
             for kind in ("busy", "waiting"):
                 t = trials(args.memray, python, kind, args.trials, work, rng)
                 bad_end = not t["later_attach_ok"] or t["exit"] != 0
-                print("%-30s %-8s trials %4d  died %d  left stopped %d  attach finished first %3d  later attach %s  exit %s  (attach %.0f ms)" % (
-                    "%s (%s)" % (version, python), kind, t["trials"], t["died"], t["stopped"], t["completed"],
+                print("%-14s %-8s trials %4d  died %d  left stopped %d  attach finished first %3d  later attach %s  exit %s  (attach %.0f ms)" % (
+                    "%s%s" % (version, "" if python.startswith(pyenv_root()) else " (system)"), kind, t["trials"], t["died"], t["stopped"], t["completed"],
                     "ok" if t["later_attach_ok"] else "FAILED", t["exit"], t["latency_ms"]), flush=True)
                 total["trials"] += t["trials"]
                 total["died"] += t["died"]
