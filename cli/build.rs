@@ -21,32 +21,20 @@ const LIB: &str = "libmemray_payload.so";
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let payload_dir = workspace.join("payload");
     let generated = out_dir.join("embedded_payload.rs");
 
     println!("cargo:rerun-if-env-changed=MEMRAY_EMBED_PAYLOAD");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let disabled = env::var("MEMRAY_EMBED_PAYLOAD")
-        .map(|v| v == "0")
-        .unwrap_or(false);
+    let disabled = env::var("MEMRAY_EMBED_PAYLOAD").map(|v| v == "0").unwrap_or(false);
     if disabled || !payload_dir.join("Cargo.toml").is_file() {
         if !disabled {
-            println!(
-                "cargo:warning=memray: {} not found: the payload is not embedded",
-                payload_dir.display()
-            );
+            println!("cargo:warning=memray: {} not found: the payload is not embedded", payload_dir.display());
         }
-        write_if_changed(
-            &generated,
-            "pub const EMBEDDED: Option<(&[u8], &str)> = None;\n",
-        );
+        write_if_changed(&generated, "pub const EMBEDDED: Option<(&[u8], &str)> = None;\n");
         return;
     }
     // Everything the payload is built from (it embeds python/memray/_tracking.py for attach).
@@ -81,46 +69,28 @@ fn main() {
     }
     // The outer build's settings for the memray binary must not leak into the nested one
     // (a CARGO_TARGET_DIR would point it at the locked directory).
-    for var in [
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_PRIMARY_PACKAGE",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
+    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_PRIMARY_PACKAGE", "RUSTC_WORKSPACE_WRAPPER"] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("memray: cannot run cargo to build the payload: {e}"));
+    let status = cmd.status().unwrap_or_else(|e| panic!("memray: cannot run cargo to build the payload: {e}"));
     if !status.success() {
         panic!("memray: building the payload to embed failed ({status}); set MEMRAY_EMBED_PAYLOAD=0 to skip embedding");
     }
-    let built = target_dir
-        .join(if release { "release" } else { "debug" })
-        .join(LIB);
-    let bytes =
-        fs::read(&built).unwrap_or_else(|e| panic!("memray: cannot read {}: {e}", built.display()));
+    let built = target_dir.join(if release { "release" } else { "debug" }).join(LIB);
+    let bytes = fs::read(&built).unwrap_or_else(|e| panic!("memray: cannot read {}: {e}", built.display()));
     let hash = format!("{:016x}", content_hash(&bytes));
     let copy = out_dir.join(LIB);
     if fs::read(&copy).ok().as_deref() != Some(&bytes[..]) {
-        fs::write(&copy, &bytes)
-            .unwrap_or_else(|e| panic!("memray: cannot write {}: {e}", copy.display()));
+        fs::write(&copy, &bytes).unwrap_or_else(|e| panic!("memray: cannot write {}: {e}", copy.display()));
     }
     write_if_changed(
         &generated,
-        &format!(
-            "pub const EMBEDDED: Option<(&[u8], &str)> = Some((include_bytes!({:?}), {:?}));\n",
-            copy.display().to_string(),
-            hash
-        ),
+        &format!("pub const EMBEDDED: Option<(&[u8], &str)> = Some((include_bytes!({:?}), {:?}));\n", copy.display().to_string(), hash),
     );
 }
 
 fn write_if_changed(path: &Path, text: &str) {
     if fs::read_to_string(path).ok().as_deref() != Some(text) {
-        fs::write(path, text)
-            .unwrap_or_else(|e| panic!("memray: cannot write {}: {e}", path.display()));
+        fs::write(path, text).unwrap_or_else(|e| panic!("memray: cannot write {}: {e}", path.display()));
     }
 }
-

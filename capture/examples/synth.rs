@@ -14,8 +14,7 @@ fn main() -> std::io::Result<()> {
     std::fs::write(dir.join("stream.bin"), &plain)?;
     let (native, _) = synth::stream_capture(true);
     std::fs::write(dir.join("stream_native.bin"), &native)?;
-    let mut enc =
-        memray_capture::lz4_frame_encoder(std::fs::File::create(dir.join("stream_lz4.bin"))?);
+    let mut enc = memray_capture::lz4_frame_encoder(std::fs::File::create(dir.join("stream_lz4.bin"))?);
     enc.write_all(&plain)?;
     enc.finish().map_err(std::io::Error::other)?;
     for (name, native) in [("aggregated.bin", false), ("aggregated_native.bin", true)] {

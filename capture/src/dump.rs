@@ -17,10 +17,7 @@ fn ptr(v: u64) -> String {
 /// Writes the header line and one line per record, as `memray parse` prints them
 /// (including its quirks: `malloc` as the Python allocator prints as "pymalloc"). On a
 /// read error, everything before it has been written and the error is returned.
-pub fn memray_parse_dump<R: Read>(
-    reader: &mut Reader<R>,
-    out: &mut impl Write,
-) -> Result<(), CaptureError> {
+pub fn memray_parse_dump<R: Read>(reader: &mut Reader<R>, out: &mut impl Write) -> Result<(), CaptureError> {
     let h = reader.header().clone();
     let python_allocator = match h.python_allocator {
         PythonAllocator::Malloc => "pymalloc",
@@ -58,15 +55,7 @@ pub fn memray_parse_dump<R: Read>(
         write_record(out, &record, aggregated)?;
     }
     if reader.reached_trailer() {
-        writeln!(
-            out,
-            "{}",
-            if aggregated {
-                "AGGREGATED_TRAILER"
-            } else {
-                "TRAILER"
-            }
-        )?;
+        writeln!(out, "{}", if aggregated { "AGGREGATED_TRAILER" } else { "TRAILER" })?;
     }
     Ok(())
 }
@@ -74,51 +63,27 @@ pub fn memray_parse_dump<R: Read>(
 fn write_record(out: &mut impl Write, record: &Record, aggregated: bool) -> std::io::Result<()> {
     match *record {
         Record::ContextSwitch { tid } => writeln!(out, "CONTEXT_SWITCH tid={tid}"),
-        Record::FramePush {
-            code_object_id,
-            instruction_offset,
-            is_entry,
-            ..
-        } => writeln!(
+        Record::FramePush { code_object_id, instruction_offset, is_entry, .. } => writeln!(
             out,
             "FRAME_PUSH code_object_id={code_object_id} instruction_offset={instruction_offset} \
              is_entry_frame={}",
             is_entry as u8
         ),
         Record::FramePop { count, .. } => writeln!(out, "FRAME_POP count={count}"),
-        Record::Allocation {
-            address,
-            size,
-            allocator,
-            native_frame_id,
-            ..
-        } => writeln!(
+        Record::Allocation { address, size, allocator, native_frame_id, .. } => writeln!(
             out,
             "ALLOCATION address={} size={size} allocator={} native_frame_id={native_frame_id}",
             ptr(address),
             allocator.name()
         ),
-        Record::Object {
-            address,
-            native_frame_id,
-            ..
-        } => writeln!(
-            out,
-            "OBJECT_RECORD address={} native_frame_id={native_frame_id}",
-            ptr(address)
-        ),
-        Record::Memory {
-            rss,
-            ms_since_epoch,
-        } => {
+        Record::Object { address, native_frame_id, .. } => {
+            writeln!(out, "OBJECT_RECORD address={} native_frame_id={native_frame_id}", ptr(address))
+        }
+        Record::Memory { rss, ms_since_epoch } => {
             writeln!(out, "MEMORY_RECORD time={ms_since_epoch} memory={rss}")
         }
         Record::Thread { ref name, .. } => {
-            let label = if aggregated {
-                "THREAD_RECORD"
-            } else {
-                "THREAD"
-            };
+            let label = if aggregated { "THREAD_RECORD" } else { "THREAD" };
             writeln!(out, "{label} {name}")
         }
         Record::CodeObject(ref c) => writeln!(
@@ -131,29 +96,15 @@ fn write_record(out: &mut impl Write, record: &Record, aggregated: bool) -> std:
             c.linetable.len()
         ),
         Record::NativeFrame(f) => {
-            let label = if aggregated {
-                "NATIVE_TRACE_INDEX"
-            } else {
-                "NATIVE_FRAME_ID"
-            };
+            let label = if aggregated { "NATIVE_TRACE_INDEX" } else { "NATIVE_FRAME_ID" };
             writeln!(out, "{label} ip={} index={}", ptr(f.ip), f.parent)
         }
         Record::MemoryMapStart => writeln!(out, "MEMORY_MAP_START"),
-        Record::SegmentHeader {
-            ref filename,
-            num_segments,
-            load_addr,
-        } => writeln!(
-            out,
-            "SEGMENT_HEADER filename={filename} num_segments={num_segments} addr={}",
-            ptr(load_addr)
-        ),
+        Record::SegmentHeader { ref filename, num_segments, load_addr } => {
+            writeln!(out, "SEGMENT_HEADER filename={filename} num_segments={num_segments} addr={}", ptr(load_addr))
+        }
         Record::Segment(s) => writeln!(out, "SEGMENT {} {:x}", ptr(s.vaddr), s.memsz),
-        Record::MemorySnapshot(m) => writeln!(
-            out,
-            "MEMORY_SNAPSHOT time={} rss={} heap={}",
-            m.ms_since_epoch, m.rss, m.heap
-        ),
+        Record::MemorySnapshot(m) => writeln!(out, "MEMORY_SNAPSHOT time={} rss={} heap={}", m.ms_since_epoch, m.rss, m.heap),
         Record::AggregatedAllocation(a) => writeln!(
             out,
             "AGGREGATED_ALLOCATION tid={} allocator={} native_frame_id={} python_frame_id={} \
@@ -175,17 +126,8 @@ fn write_record(out: &mut impl Write, record: &Record, aggregated: bool) -> std:
              is_entry_frame={}",
             frame.code_object_id, frame.instruction_offset, frame.is_entry as u8
         ),
-        Record::PythonTraceNode(n) => writeln!(
-            out,
-            "PYTHON_TRACE_INDEX frame_id={} parent_index={}",
-            n.frame_id, n.parent_index
-        ),
+        Record::PythonTraceNode(n) => writeln!(out, "PYTHON_TRACE_INDEX frame_id={} parent_index={}", n.frame_id, n.parent_index),
         // Memray's format string has "0x%p", hence the doubled prefix.
-        Record::SurvivingObject(o) => writeln!(
-            out,
-            "SURVIVING_OBJECT address=0x{} native_frame_id={}",
-            ptr(o.address),
-            o.native_frame_id
-        ),
+        Record::SurvivingObject(o) => writeln!(out, "SURVIVING_OBJECT address=0x{} native_frame_id={}", ptr(o.address), o.native_frame_id),
     }
 }

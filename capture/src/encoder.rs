@@ -3,8 +3,8 @@
 
 use crate::header::Header;
 use crate::types::{
-    AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot,
-    NativeFrame, PythonFrame, SurvivingObject, TraceNode,
+    AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot, NativeFrame, PythonFrame, SurvivingObject,
+    TraceNode,
 };
 use crate::varint::Scratch;
 use crate::{agg_tag, tag};
@@ -161,13 +161,7 @@ impl StreamEncoder {
     }
 
     /// FRAME_PUSH onto the current thread's Python stack.
-    pub fn frame_push(
-        &mut self,
-        s: &mut impl ByteSink,
-        code_object_id: u64,
-        instruction_offset: i32,
-        is_entry: bool,
-    ) {
+    pub fn frame_push(&mut self, s: &mut impl ByteSink, code_object_id: u64, instruction_offset: i32, is_entry: bool) {
         let mut r = Scratch::<21>::new();
         r.byte(tag::FRAME_PUSH | is_entry as u8);
         r.varint(code_object_id);
@@ -219,14 +213,7 @@ impl StreamEncoder {
     }
 
     /// OBJECT_RECORD (object lifetime tracking): a PyObject created or destroyed.
-    pub fn object_record(
-        &mut self,
-        s: &mut impl ByteSink,
-        address: u64,
-        is_created: bool,
-        native_frame_id: u64,
-        native_traces: bool,
-    ) {
+    pub fn object_record(&mut self, s: &mut impl ByteSink, address: u64, is_created: bool, native_frame_id: u64, native_traces: bool) {
         let mut r = Scratch::<21>::new();
         let cached = self.recent.lookup_or_insert(address);
         r.byte(tag::OBJECT_RECORD | ((cached.unwrap_or(15) as u8) << 1) | is_created as u8);
@@ -255,15 +242,7 @@ impl StreamEncoder {
     }
 
     /// CODE_OBJECT, written once per id before the first FRAME_PUSH that uses it.
-    pub fn code_object(
-        &mut self,
-        s: &mut impl ByteSink,
-        id: u64,
-        function: &[u8],
-        filename: &[u8],
-        firstlineno: i32,
-        linetable: &[u8],
-    ) {
+    pub fn code_object(&mut self, s: &mut impl ByteSink, id: u64, function: &[u8], filename: &[u8], firstlineno: i32, linetable: &[u8]) {
         let mut r = Scratch::<11>::new();
         r.byte(tag::CODE_OBJECT);
         r.varint(id);
@@ -293,13 +272,7 @@ impl StreamEncoder {
     }
 
     /// SEGMENT_HEADER; exactly `num_segments` [`StreamEncoder::segment`] calls must follow.
-    pub fn segment_header(
-        &mut self,
-        s: &mut impl ByteSink,
-        filename: &[u8],
-        num_segments: u64,
-        load_addr: u64,
-    ) {
+    pub fn segment_header(&mut self, s: &mut impl ByteSink, filename: &[u8], num_segments: u64, load_addr: u64) {
         s.put_u8(tag::SEGMENT_HEADER);
         put_cstr(s, filename);
         let mut r = Scratch::<18>::new();
@@ -333,11 +306,7 @@ pub struct AggregatedEncoder {
 
 impl AggregatedEncoder {
     pub const fn new() -> Self {
-        AggregatedEncoder {
-            last_firstlineno: 0,
-            last_ip: 0,
-            last_parent: 0,
-        }
+        AggregatedEncoder { last_firstlineno: 0, last_ip: 0, last_parent: 0 }
     }
 
     /// MEMORY_SNAPSHOT: raw `{u64 ms, u64 rss, u64 heap}`.
@@ -365,12 +334,7 @@ impl AggregatedEncoder {
         let mut enc = StreamEncoder::new();
         enc.memory_map_start(s);
         for image in images {
-            enc.segment_header(
-                s,
-                image.filename.as_bytes(),
-                image.segments.len() as u64,
-                image.load_addr,
-            );
+            enc.segment_header(s, image.filename.as_bytes(), image.segments.len() as u64, image.load_addr);
             for seg in &image.segments {
                 enc.segment(s, seg.vaddr, seg.memsz);
             }
@@ -421,12 +385,7 @@ impl AggregatedEncoder {
     }
 
     /// SURVIVING_OBJECT: plain varints (address >> 3, then the native id if native traces).
-    pub fn surviving_object(
-        &mut self,
-        s: &mut impl ByteSink,
-        obj: &SurvivingObject,
-        native_traces: bool,
-    ) {
+    pub fn surviving_object(&mut self, s: &mut impl ByteSink, obj: &SurvivingObject, native_traces: bool) {
         let mut r = Scratch::<21>::new();
         r.byte(agg_tag::SURVIVING_OBJECT);
         r.varint(obj.address >> 3);
@@ -581,10 +540,7 @@ mod tests {
     fn allocator_kinds() {
         for a in Allocator::ALL {
             assert_eq!(Allocator::from_u8(a as u8), Some(a));
-            assert_eq!(
-                a.is_simple_deallocator(),
-                matches!(a, Allocator::Free | Allocator::PymallocFree)
-            );
+            assert_eq!(a.is_simple_deallocator(), matches!(a, Allocator::Free | Allocator::PymallocFree));
         }
         assert!(Allocator::Munmap.is_deallocator() && Allocator::Munmap.is_ranged());
         assert!(!Allocator::Mmap.is_deallocator());

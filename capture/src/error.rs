@@ -7,10 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("cannot open capture file {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
 
     #[error("I/O error while reading capture: {0}")]
     Io(#[from] std::io::Error),

@@ -88,10 +88,7 @@ impl Header {
         s.put_u8(self.track_object_lifetimes as u8);
         put_cstr(s, self.libdest.as_bytes());
         for list in [&self.site_packages, &self.sys_path] {
-            for entry in list
-                .iter()
-                .filter(|e| !e.is_empty() && e.as_bytes()[0] != 0)
-            {
+            for entry in list.iter().filter(|e| !e.is_empty() && e.as_bytes()[0] != 0) {
                 put_cstr(s, entry.as_bytes());
             }
             s.put_u8(0);

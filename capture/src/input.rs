@@ -23,25 +23,12 @@ pub(crate) struct Input<S> {
 
 /// An I/O error from the source: a short LZ4 frame is a truncation, a bad one is a
 /// decompression error, anything else is passed on.
-fn map_io_error(
-    e: io::Error,
-    record_start: u64,
-    record: &'static str,
-    offset: u64,
-) -> CaptureError {
+fn map_io_error(e: io::Error, record_start: u64, record: &'static str, offset: u64) -> CaptureError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        return CaptureError::Truncated {
-            offset: record_start,
-            record,
-        };
+        return CaptureError::Truncated { offset: record_start, record };
     }
-    if e.get_ref()
-        .is_some_and(|inner| inner.is::<lz4_flex::frame::Error>())
-    {
-        return CaptureError::Decompression {
-            offset,
-            message: e.to_string(),
-        };
+    if e.get_ref().is_some_and(|inner| inner.is::<lz4_flex::frame::Error>()) {
+        return CaptureError::Decompression { offset, message: e.to_string() };
     }
     CaptureError::Io(e)
 }
@@ -82,17 +69,11 @@ impl<S: Read> Input<S> {
     }
 
     pub(crate) fn truncated(&self) -> CaptureError {
-        CaptureError::Truncated {
-            offset: self.record_start,
-            record: self.record,
-        }
+        CaptureError::Truncated { offset: self.record_start, record: self.record }
     }
 
     pub(crate) fn corrupt(&self, what: impl Into<String>) -> CaptureError {
-        CaptureError::Corrupt {
-            offset: self.record_start,
-            what: what.into(),
-        }
+        CaptureError::Corrupt { offset: self.record_start, what: what.into() }
     }
 
     /// The bytes buffered past the current position (all within the data's end).
@@ -115,10 +96,7 @@ impl<S: Read> Input<S> {
         self.base += self.end as u64;
         self.pos = 0;
         self.end = 0;
-        let room = self
-            .limit
-            .saturating_sub(self.base)
-            .min(self.buf.len() as u64) as usize;
+        let room = self.limit.saturating_sub(self.base).min(self.buf.len() as u64) as usize;
         if self.eof || room == 0 {
             return Ok(false);
         }

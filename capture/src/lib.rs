@@ -8,9 +8,9 @@
 //! The format is described in `docs/format.md`. Multi-byte raw fields are native-endian,
 //! as Memray writes them.
 
-pub mod dump;
 pub mod cut;
 mod decompress;
+pub mod dump;
 mod encoder;
 mod error;
 mod header;
@@ -20,17 +20,14 @@ mod reader;
 mod types;
 mod varint;
 
-pub use encoder::{
-    lz4_frame_encoder, AggregatedCapture, AggregatedEncoder, ByteSink, StreamEncoder,
-    ADDRESS_CACHE_LEN,
-};
+pub use encoder::{lz4_frame_encoder, AggregatedCapture, AggregatedEncoder, ByteSink, StreamEncoder, ADDRESS_CACHE_LEN};
 pub use error::CaptureError;
 pub use header::Header;
 pub use progress::{set_progress_sink, ProgressSink};
 pub use reader::{Reader, Record};
 pub use types::{
-    AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot,
-    NativeFrame, PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
+    AggregatedAllocation, Allocator, CodeObject, FileFormat, ImageSegments, MemorySnapshot, NativeFrame, PythonAllocator, PythonFrame,
+    Segment, SurvivingObject, TraceNode,
 };
 pub use varint::{unzigzag, zigzag};
 

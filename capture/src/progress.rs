@@ -44,14 +44,7 @@ impl ProgressProbe {
     pub(crate) fn new(file: &File, path: &Path) -> Option<ProgressProbe> {
         let sink = SINK.get()?.as_ref();
         let total = file.metadata().ok()?.len();
-        Some(ProgressProbe {
-            sink,
-            file: file.try_clone().ok()?,
-            path: path.to_path_buf(),
-            total,
-            last: None,
-            finished: false,
-        })
+        Some(ProgressProbe { sink, file: file.try_clone().ok()?, path: path.to_path_buf(), total, last: None, finished: false })
     }
 
     /// Reports the position if the last report is old enough.

@@ -4,14 +4,14 @@ use std::fs::File;
 use std::io::{self, Chain, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use crate::decompress::Decompressing;
 use crate::encoder::AddressCache;
 use crate::header::Header;
-use crate::decompress::Decompressing;
 use crate::input::Input;
 use crate::progress::ProgressProbe;
 use crate::types::{
-    AggregatedAllocation, Allocator, CodeObject, FileFormat, MemorySnapshot, NativeFrame,
-    PythonAllocator, PythonFrame, Segment, SurvivingObject, TraceNode,
+    AggregatedAllocation, Allocator, CodeObject, FileFormat, MemorySnapshot, NativeFrame, PythonAllocator, PythonFrame, Segment,
+    SurvivingObject, TraceNode,
 };
 use crate::varint::{unzigzag, MAX_VARINT_LEN};
 use crate::{agg_tag, tag, CaptureError, LZ4_MAGIC, MAGIC, MAX_STRING_LEN, VERSION};
@@ -125,8 +125,8 @@ pub(crate) fn read_header<S: Read>(input: &mut Input<S>) -> Result<Header, Captu
     let python_version = u32::from_ne_bytes(input.array()?);
     let native_traces = input.u8()? != 0;
     let format_byte = input.u8()?;
-    let file_format = FileFormat::from_u8(format_byte)
-        .ok_or_else(|| input.corrupt(format!("unknown file format {format_byte} in header")))?;
+    let file_format =
+        FileFormat::from_u8(format_byte).ok_or_else(|| input.corrupt(format!("unknown file format {format_byte} in header")))?;
     let n_allocations = input.u64()?;
     let n_frames = input.u64()?;
     let start_time_ms = input.u64()? as i64;
@@ -244,10 +244,7 @@ impl Reader<File> {
     /// past the end of the data are excluded (as `FileSource::findReadableSize` does).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CaptureError> {
         let path = path.as_ref();
-        let open_err = |source| CaptureError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| CaptureError::Open { path: path.to_path_buf(), source };
         let mut file = File::open(path).map_err(open_err)?;
         let mut magic = [0u8; 4];
         let mut got = 0;
@@ -291,23 +288,14 @@ impl<R: Read> Reader<R> {
         (&mut inner).take(4).read_to_end(&mut magic)?;
         let compressed = magic == LZ4_MAGIC;
         let prefixed = Cursor::new(magic).chain(inner);
-        let source = if compressed {
-            Source::Lz4(Box::new(lz4_flex::frame::FrameDecoder::new(prefixed)))
-        } else {
-            Source::Plain(prefixed)
-        };
+        let source = if compressed { Source::Lz4(Box::new(lz4_flex::frame::FrameDecoder::new(prefixed))) } else { Source::Plain(prefixed) };
         Reader::from_source(source, compressed, limit)
     }
 
     fn from_source(source: Source<R>, compressed: bool, limit: Option<u64>) -> Result<Self, CaptureError> {
         let mut input = Input::new(source, 64 * 1024);
         let header = match read_header(&mut input) {
-            Err(CaptureError::Empty) if compressed => {
-                return Err(CaptureError::Truncated {
-                    offset: 0,
-                    record: "LZ4 frame (no data)",
-                })
-            }
+            Err(CaptureError::Empty) if compressed => return Err(CaptureError::Truncated { offset: 0, record: "LZ4 frame (no data)" }),
             other => other?,
         };
         // The limit only applies to records: the header's own trailing NULs may have
@@ -315,16 +303,7 @@ impl<R: Read> Reader<R> {
         if let Some(limit) = limit {
             input.set_limit(limit);
         }
-        Ok(Reader {
-            input,
-            header,
-            compressed,
-            state: DecodeState::default(),
-            done: false,
-            complete: false,
-            progress: None,
-            source: None,
-        })
+        Ok(Reader { input, header, compressed, state: DecodeState::default(), done: false, complete: false, progress: None, source: None })
     }
 
     pub fn header(&self) -> &Header {
@@ -442,27 +421,13 @@ impl<R: Read> Reader<R> {
             if let Some(id) = native {
                 self.state.last_native_frame_id = id;
             }
-            Record::Allocation {
-                tid,
-                address,
-                size,
-                allocator,
-                native_frame_id: native.unwrap_or(0),
-            }
+            Record::Allocation { tid, address, size, allocator, native_frame_id: native.unwrap_or(0) }
         } else if t & tag::FRAME_PUSH != 0 {
             let code_object_id = slice_varint(b, &mut at)?;
             let instruction_offset = unzigzag(slice_varint(b, &mut at)?) as i32;
-            Record::FramePush {
-                tid,
-                code_object_id,
-                instruction_offset,
-                is_entry: t & 1 != 0,
-            }
+            Record::FramePush { tid, code_object_id, instruction_offset, is_entry: t & 1 != 0 }
         } else if t & tag::OBJECT_RECORD == 0 && t & tag::FRAME_POP != 0 {
-            Record::FramePop {
-                tid,
-                count: (t & 0x0f) as u32 + 1,
-            }
+            Record::FramePop { tid, count: (t & 0x0f) as u32 + 1 }
         } else {
             return None;
         };
@@ -517,9 +482,7 @@ impl<R: Read> Reader<R> {
             if self.input.rest_is_zero()? {
                 return self.end_of_data();
             }
-            return Err(self
-                .input
-                .corrupt("zero record type (FILLER) followed by more data"));
+            return Err(self.input.corrupt("zero record type (FILLER) followed by more data"));
         }
         if t == trailer {
             self.complete = true;
@@ -527,10 +490,7 @@ impl<R: Read> Reader<R> {
         }
         if self.state.pending_segments > 0 && t != tag::SEGMENT {
             let (left, total) = (self.state.pending_segments, self.state.segments_expected);
-            return Err(self.input.corrupt(format!(
-                "record type {t:#04x} where SEGMENT {} of {total} was expected",
-                total - left + 1
-            )));
+            return Err(self.input.corrupt(format!("record type {t:#04x} where SEGMENT {} of {total} was expected", total - left + 1)));
         }
         Ok(Some(t))
     }
@@ -552,10 +512,7 @@ impl<R: Read> Reader<R> {
     }
 
     fn current_tid(&self, what: &str) -> Result<u64, CaptureError> {
-        self.state.tid.ok_or_else(|| {
-            self.input
-                .corrupt(format!("{what} before any CONTEXT_SWITCH"))
-        })
+        self.state.tid.ok_or_else(|| self.input.corrupt(format!("{what} before any CONTEXT_SWITCH")))
     }
 
     /// Undoes the address cache: index 15 is a miss carrying a delta of `address >> 3`.
@@ -588,8 +545,7 @@ impl<R: Read> Reader<R> {
                 0 => self.input.u8()?,
                 id => id,
             };
-            let allocator = Allocator::from_u8(id)
-                .ok_or_else(|| self.input.corrupt(format!("unknown allocator {id}")))?;
+            let allocator = Allocator::from_u8(id).ok_or_else(|| self.input.corrupt(format!("unknown allocator {id}")))?;
             let (mut size, mut native_frame_id) = (0, 0);
             if !allocator.is_simple_deallocator() {
                 if self.header.native_traces {
@@ -597,56 +553,30 @@ impl<R: Read> Reader<R> {
                 }
                 size = self.input.varint()?;
             }
-            Record::Allocation {
-                tid,
-                address,
-                size,
-                allocator,
-                native_frame_id,
-            }
+            Record::Allocation { tid, address, size, allocator, native_frame_id }
         } else if t & tag::FRAME_PUSH != 0 {
             self.input.record = "FRAME_PUSH record";
             let tid = self.current_tid("FRAME_PUSH")?;
             let code_object_id = self.input.varint()?;
             let instruction_offset = self.input.svarint()? as i32;
-            Record::FramePush {
-                tid,
-                code_object_id,
-                instruction_offset,
-                is_entry: t & 1 != 0,
-            }
+            Record::FramePush { tid, code_object_id, instruction_offset, is_entry: t & 1 != 0 }
         } else if t & tag::OBJECT_RECORD != 0 {
             self.input.record = "OBJECT_RECORD record";
             let tid = self.state.tid.unwrap_or(0);
             let address = self.cached_address((t >> 1) & 0x0f)?;
             let is_created = t & 1 != 0;
-            let native_frame_id = if self.header.native_traces && is_created {
-                self.native_delta()?
-            } else {
-                0
-            };
-            Record::Object {
-                tid,
-                address,
-                is_created,
-                native_frame_id,
-            }
+            let native_frame_id = if self.header.native_traces && is_created { self.native_delta()? } else { 0 };
+            Record::Object { tid, address, is_created, native_frame_id }
         } else if t & tag::FRAME_POP != 0 {
             let tid = self.current_tid("FRAME_POP")?;
-            Record::FramePop {
-                tid,
-                count: (t & 0x0f) as u32 + 1,
-            }
+            Record::FramePop { tid, count: (t & 0x0f) as u32 + 1 }
         } else {
             match t {
                 tag::MEMORY_RECORD => {
                     self.input.record = "MEMORY_RECORD record";
                     let rss = self.input.varint()?;
                     let since = self.input.varint()?;
-                    Record::Memory {
-                        rss,
-                        ms_since_epoch: since.wrapping_add(self.header.start_time_ms as u64),
-                    }
+                    Record::Memory { rss, ms_since_epoch: since.wrapping_add(self.header.start_time_ms as u64) }
                 }
                 tag::CONTEXT_SWITCH => self.context_switch()?,
                 tag::THREAD_RECORD => self.thread_record()?,
@@ -671,29 +601,20 @@ impl<R: Read> Reader<R> {
                 let ms_since_epoch = self.input.u64()?;
                 let rss = self.input.u64()?;
                 let heap = self.input.u64()?;
-                Record::MemorySnapshot(MemorySnapshot {
-                    ms_since_epoch,
-                    rss,
-                    heap,
-                })
+                Record::MemorySnapshot(MemorySnapshot { ms_since_epoch, rss, heap })
             }
             agg_tag::AGGREGATED_ALLOCATION => {
                 self.input.record = "AGGREGATED_ALLOCATION record";
-                let raw = self
-                    .input
-                    .array::<{ AggregatedAllocation::ENCODED_LEN }>()?;
-                let row = AggregatedAllocation::from_bytes(&raw)
-                    .ok_or_else(|| self.input.corrupt(format!("unknown allocator {}", raw[8])))?;
+                let raw = self.input.array::<{ AggregatedAllocation::ENCODED_LEN }>()?;
+                let row =
+                    AggregatedAllocation::from_bytes(&raw).ok_or_else(|| self.input.corrupt(format!("unknown allocator {}", raw[8])))?;
                 Record::AggregatedAllocation(row)
             }
             agg_tag::PYTHON_TRACE_INDEX => {
                 self.input.record = "PYTHON_TRACE_INDEX record";
                 let frame_id = self.input.varint()?;
                 let parent_index = self.input.varint()?;
-                Record::PythonTraceNode(TraceNode {
-                    frame_id,
-                    parent_index,
-                })
+                Record::PythonTraceNode(TraceNode { frame_id, parent_index })
             }
             agg_tag::PYTHON_FRAME_INDEX => {
                 self.input.record = "PYTHON_FRAME_INDEX record";
@@ -703,32 +624,16 @@ impl<R: Read> Reader<R> {
                 let is_entry = self.input.u8()? != 0;
                 let expected = self.state.next_python_frame_id;
                 if frame_id != expected {
-                    return Err(self.input.corrupt(format!(
-                        "Python frame id {frame_id} out of order (expected {expected})"
-                    )));
+                    return Err(self.input.corrupt(format!("Python frame id {frame_id} out of order (expected {expected})")));
                 }
                 self.state.next_python_frame_id += 1;
-                Record::PythonFrame {
-                    frame_id,
-                    frame: PythonFrame {
-                        code_object_id,
-                        instruction_offset,
-                        is_entry,
-                    },
-                }
+                Record::PythonFrame { frame_id, frame: PythonFrame { code_object_id, instruction_offset, is_entry } }
             }
             agg_tag::SURVIVING_OBJECT => {
                 self.input.record = "SURVIVING_OBJECT record";
                 let address = self.input.varint()? << 3;
-                let native_frame_id = if self.header.native_traces {
-                    self.input.varint()?
-                } else {
-                    0
-                };
-                Record::SurvivingObject(SurvivingObject {
-                    address,
-                    native_frame_id,
-                })
+                let native_frame_id = if self.header.native_traces { self.input.varint()? } else { 0 };
+                Record::SurvivingObject(SurvivingObject { address, native_frame_id })
             }
             agg_tag::CONTEXT_SWITCH => self.context_switch()?,
             agg_tag::THREAD_RECORD => self.thread_record()?,
@@ -737,11 +642,7 @@ impl<R: Read> Reader<R> {
             agg_tag::MEMORY_MAP_START => Record::MemoryMapStart,
             agg_tag::SEGMENT_HEADER => self.segment_header()?,
             agg_tag::SEGMENT => self.segment()?,
-            _ => {
-                return Err(self
-                    .input
-                    .corrupt(format!("unknown aggregated record type {t:#04x}")))
-            }
+            _ => return Err(self.input.corrupt(format!("unknown aggregated record type {t:#04x}"))),
         };
         Ok(Some(record))
     }
@@ -756,10 +657,7 @@ impl<R: Read> Reader<R> {
     fn thread_record(&mut self) -> Result<Record, CaptureError> {
         self.input.record = "THREAD_RECORD record";
         let name = self.input.cstr()?;
-        Ok(Record::Thread {
-            tid: self.state.tid.unwrap_or(0),
-            name,
-        })
+        Ok(Record::Thread { tid: self.state.tid.unwrap_or(0), name })
     }
 
     fn code_object(&mut self) -> Result<Record, CaptureError> {
@@ -771,18 +669,10 @@ impl<R: Read> Reader<R> {
         self.state.last_firstlineno = (self.state.last_firstlineno as i64).wrapping_add(d) as i32;
         let len = self.input.varint()?;
         if len > MAX_STRING_LEN as u64 {
-            return Err(self.input.corrupt(format!(
-                "line table of {len} bytes exceeds {MAX_STRING_LEN}"
-            )));
+            return Err(self.input.corrupt(format!("line table of {len} bytes exceeds {MAX_STRING_LEN}")));
         }
         let linetable = self.input.bytes(len)?;
-        Ok(Record::CodeObject(CodeObject {
-            id,
-            function,
-            filename,
-            firstlineno: self.state.last_firstlineno,
-            linetable,
-        }))
+        Ok(Record::CodeObject(CodeObject { id, function, filename, firstlineno: self.state.last_firstlineno, linetable }))
     }
 
     fn native_frame(&mut self) -> Result<Record, CaptureError> {
@@ -790,10 +680,7 @@ impl<R: Read> Reader<R> {
         let d = self.input.svarint()?;
         self.state.last_ip = self.state.last_ip.wrapping_add(d as u64);
         let parent = self.native_delta()?;
-        Ok(Record::NativeFrame(NativeFrame {
-            ip: self.state.last_ip,
-            parent,
-        }))
+        Ok(Record::NativeFrame(NativeFrame { ip: self.state.last_ip, parent }))
     }
 
     fn segment_header(&mut self) -> Result<Record, CaptureError> {
@@ -803,19 +690,13 @@ impl<R: Read> Reader<R> {
         let load_addr = self.input.u64()?;
         self.state.pending_segments = num_segments;
         self.state.segments_expected = num_segments;
-        Ok(Record::SegmentHeader {
-            filename,
-            num_segments,
-            load_addr,
-        })
+        Ok(Record::SegmentHeader { filename, num_segments, load_addr })
     }
 
     fn segment(&mut self) -> Result<Record, CaptureError> {
         self.input.record = "SEGMENT record";
         if self.state.pending_segments == 0 {
-            return Err(self
-                .input
-                .corrupt("SEGMENT record outside a SEGMENT_HEADER"));
+            return Err(self.input.corrupt("SEGMENT record outside a SEGMENT_HEADER"));
         }
         let vaddr = self.input.u64()?;
         let memsz = self.input.varint()?;

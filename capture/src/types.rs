@@ -57,10 +57,7 @@ impl Allocator {
     /// Releases memory (simple deallocators and `munmap`).
     #[inline]
     pub const fn is_deallocator(self) -> bool {
-        matches!(
-            self,
-            Allocator::Free | Allocator::PymallocFree | Allocator::Munmap
-        )
+        matches!(self, Allocator::Free | Allocator::PymallocFree | Allocator::Munmap)
     }
 
     /// `mmap`/`munmap`: an address range, which may be released piecewise.

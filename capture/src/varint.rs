@@ -22,10 +22,7 @@ pub(crate) struct Scratch<const N: usize> {
 impl<const N: usize> Scratch<N> {
     #[inline]
     pub const fn new() -> Self {
-        Scratch {
-            buf: [0; N],
-            len: 0,
-        }
+        Scratch { buf: [0; N], len: 0 }
     }
 
     #[inline]
@@ -66,16 +63,7 @@ mod tests {
 
     #[test]
     fn zigzag_matches_protobuf() {
-        for (v, z) in [
-            (0i64, 0u64),
-            (-1, 1),
-            (1, 2),
-            (-2, 3),
-            (63, 126),
-            (-64, 127),
-            (i64::MAX, u64::MAX - 1),
-            (i64::MIN, u64::MAX),
-        ] {
+        for (v, z) in [(0i64, 0u64), (-1, 1), (1, 2), (-2, 3), (63, 126), (-64, 127), (i64::MAX, u64::MAX - 1), (i64::MIN, u64::MAX)] {
             assert_eq!(zigzag(v), z);
             assert_eq!(unzigzag(z), v);
         }

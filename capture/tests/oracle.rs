@@ -15,15 +15,8 @@ fn oracle() -> Option<PathBuf> {
 }
 
 fn run(memray: &Path, args: &[&str]) -> String {
-    let out = Command::new(memray)
-        .args(args)
-        .output()
-        .expect("run memray");
-    assert!(
-        out.status.success(),
-        "memray {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(memray).args(args).output().expect("run memray");
+    assert!(out.status.success(), "memray {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -63,59 +56,25 @@ fn memray_reads_our_captures() {
         std::fs::write(&path, bytes).unwrap();
         let theirs = run(&memray, &["parse", path.to_str().unwrap()]);
         assert_eq!(theirs, our_dump(&path), "{name}: memray parse disagrees");
-        assert!(
-            theirs.lines().last().unwrap().ends_with("TRAILER"),
-            "{name}: read to the end"
-        );
+        assert!(theirs.lines().last().unwrap().ends_with("TRAILER"), "{name}: read to the end");
     }
 
     // The stats reporter replays every allocation with its stack.
     for name in ["stream.bin", "stream_native.bin", "stream_lz4.bin"] {
         let path = dir.join(name);
         let json = dir.join(format!("{name}.json"));
-        run(
-            &memray,
-            &[
-                "stats",
-                "--json",
-                "-f",
-                "-o",
-                json.to_str().unwrap(),
-                path.to_str().unwrap(),
-            ],
-        );
+        run(&memray, &["stats", "--json", "-f", "-o", json.to_str().unwrap(), path.to_str().unwrap()]);
         let stats = std::fs::read_to_string(&json).unwrap();
-        assert!(
-            stats.contains("\"total_num_allocations\": 50"),
-            "{name}: {stats}"
-        );
-        assert!(
-            stats.contains(&format!("\"total_bytes_allocated\": {allocated}")),
-            "{name}: {stats}"
-        );
-        assert!(
-            stats.contains("\"location\": \"allocate:/src/synthetic.py:5\""),
-            "{name}: line from our linetable"
-        );
-        assert!(
-            stats.contains("\"total_allocations\": 53"),
-            "{name}: header n_allocations"
-        );
+        assert!(stats.contains("\"total_num_allocations\": 50"), "{name}: {stats}");
+        assert!(stats.contains(&format!("\"total_bytes_allocated\": {allocated}")), "{name}: {stats}");
+        assert!(stats.contains("\"location\": \"allocate:/src/synthetic.py:5\""), "{name}: line from our linetable");
+        assert!(stats.contains("\"total_allocations\": 53"), "{name}: header n_allocations");
     }
     // Reporters that rebuild the Python trace tree from an aggregated file.
     for name in ["aggregated.bin", "aggregated_native.bin"] {
         let path = dir.join(name);
         let html = dir.join(format!("{name}.html"));
-        run(
-            &memray,
-            &[
-                "flamegraph",
-                "-f",
-                "-o",
-                html.to_str().unwrap(),
-                path.to_str().unwrap(),
-            ],
-        );
+        run(&memray, &["flamegraph", "-f", "-o", html.to_str().unwrap(), path.to_str().unwrap()]);
         let summary = run(&memray, &["summary", path.to_str().unwrap()]);
         assert!(summary.contains("worker_main"), "{name}: {summary}");
     }

@@ -57,37 +57,23 @@ fn decode_all_from(source: impl std::io::Read) -> (Vec<Record>, Option<CaptureEr
 fn small_captures() -> Vec<(&'static str, Vec<u8>)> {
     let mut agg = Vec::new();
     synth::aggregated_capture(true).encode(&mut agg);
-    vec![
-        ("stream", synth::stream_capture(false).0),
-        ("stream_native", synth::stream_capture(true).0),
-        ("aggregated", agg),
-    ]
+    vec![("stream", synth::stream_capture(false).0), ("stream_native", synth::stream_capture(true).0), ("aggregated", agg)]
 }
 
 #[test]
 fn truncation_at_every_offset() {
-    for (name, bytes) in small_captures()
-        .into_iter()
-        .chain([("plain.bin", raw_bytes("plain.bin"))])
-    {
+    for (name, bytes) in small_captures().into_iter().chain([("plain.bin", raw_bytes("plain.bin"))]) {
         let (full, err) = decode_all(&bytes);
         assert!(err.is_none(), "{name}");
         let header_len = Header::decode(&bytes).unwrap().1;
         for cut in 0..bytes.len() {
             let (records, err) = decode_all(&bytes[..cut]);
-            assert_eq!(
-                records[..],
-                full[..records.len()],
-                "{name} cut at {cut}: a prefix of the records"
-            );
+            assert_eq!(records[..], full[..records.len()], "{name} cut at {cut}: a prefix of the records");
             match err {
                 None => assert!(cut >= header_len, "{name} cut at {cut}"),
                 Some(CaptureError::Empty) => assert_eq!(cut, 0),
                 Some(CaptureError::Truncated { offset, .. }) => {
-                    assert!(
-                        offset as usize <= cut,
-                        "{name} cut at {cut}: offset {offset}"
-                    );
+                    assert!(offset as usize <= cut, "{name} cut at {cut}: offset {offset}");
                     if cut < header_len {
                         assert_eq!(offset, 0);
                     }
@@ -114,16 +100,10 @@ fn truncated_lz4_at_every_offset() {
             Some(CaptureError::Decompression { .. }) => kinds[1] += 1,
             Some(other) => panic!("cut at {cut}: unexpected {other}"),
             // Only the end mark (or the zero padding's blocks) after the trailer was cut.
-            None => assert_eq!(
-                records, full,
-                "cut at {cut}: a cut LZ4 frame must not look complete"
-            ),
+            None => assert_eq!(records, full, "cut at {cut}: a cut LZ4 frame must not look complete"),
         }
     }
-    eprintln!(
-        "truncated: {}, decompression errors: {}",
-        kinds[0], kinds[1]
-    );
+    eprintln!("truncated: {}, decompression errors: {}", kinds[0], kinds[1]);
 }
 
 #[test]
@@ -138,11 +118,7 @@ fn corruption_at_every_offset_never_panics() {
                 let (fast, fast_err) = decode_all(&b);
                 let (checked, checked_err) = decode_all_from(ByteByByte(&b));
                 assert_eq!(fast, checked, "{name}: byte {pos} set to {v:#x}");
-                assert_eq!(
-                    fast_err.map(|e| e.to_string()),
-                    checked_err.map(|e| e.to_string()),
-                    "{name}: byte {pos} set to {v:#x}"
-                );
+                assert_eq!(fast_err.map(|e| e.to_string()), checked_err.map(|e| e.to_string()), "{name}: byte {pos} set to {v:#x}");
             }
         }
         // And compressed: corrupt the LZ4 stream itself.
@@ -167,59 +143,31 @@ fn huge_lengths_are_refused_without_allocating() {
     bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]);
     let (_, err) = decode_all(&bytes);
     let msg = err.unwrap().to_string();
-    assert!(
-        msg.contains("line table of 1152921504606846976 bytes exceeds"),
-        "{msg}"
-    );
+    assert!(msg.contains("line table of 1152921504606846976 bytes exceeds"), "{msg}");
     // An over-long varint.
     let mut bytes = Vec::new();
     Header::default().encode(&mut bytes);
     bytes.push(tag::MEMORY_RECORD);
     bytes.extend_from_slice(&[0xff; 11]);
     let (_, err) = decode_all(&bytes);
-    assert!(err
-        .unwrap()
-        .to_string()
-        .contains("varint longer than 10 bytes"));
+    assert!(err.unwrap().to_string().contains("varint longer than 10 bytes"));
 }
 
 #[test]
 fn error_messages() {
     let msg = |bytes: &[u8]| Reader::new(bytes).err().expect("an error").to_string();
-    assert_eq!(
-        msg(b"PK\x03\x04 this is a zip file"),
-        "not a memray capture file"
-    );
-    assert_eq!(
-        msg(b""),
-        "capture file is empty (the tracked process may have been killed before writing it)"
-    );
+    assert_eq!(msg(b"PK\x03\x04 this is a zip file"), "not a memray capture file");
+    assert_eq!(msg(b""), "capture file is empty (the tracked process may have been killed before writing it)");
     let mut v12 = Vec::new();
-    Header {
-        version: 12,
-        ..Header::default()
-    }
-    .encode(&mut v12);
-    assert_eq!(
-        msg(&v12),
-        "capture format version 12 is not supported (expected 13)"
-    );
+    Header { version: 12, ..Header::default() }.encode(&mut v12);
+    assert_eq!(msg(&v12), "capture format version 12 is not supported (expected 13)");
     let mut h = Vec::new();
     Header::default().encode(&mut h);
-    assert_eq!(
-        msg(&h[..20]),
-        "capture is truncated: incomplete header at byte offset 0"
-    );
-    assert_eq!(
-        msg(b"memr"),
-        "capture is truncated: incomplete header at byte offset 0"
-    );
+    assert_eq!(msg(&h[..20]), "capture is truncated: incomplete header at byte offset 0");
+    assert_eq!(msg(b"memr"), "capture is truncated: incomplete header at byte offset 0");
     let mut bad_format = h.clone();
     bad_format[16] = 7;
-    assert_eq!(
-        msg(&bad_format),
-        "corrupt capture at byte offset 0: unknown file format 7 in header"
-    );
+    assert_eq!(msg(&bad_format), "corrupt capture at byte offset 0: unknown file format 7 in header");
 
     // Cut inside the 9-byte CONTEXT_SWITCH that follows the header.
     let (bytes, _) = synth::stream_capture(false);
@@ -236,36 +184,19 @@ fn error_messages() {
     let (_, err) = decode_all(cut);
     let err = err.unwrap();
     assert!(err.is_truncation());
-    assert_eq!(
-        err.to_string(),
-        format!("capture is truncated: incomplete CONTEXT_SWITCH record at byte offset {offset}")
-    );
+    assert_eq!(err.to_string(), format!("capture is truncated: incomplete CONTEXT_SWITCH record at byte offset {offset}"));
     assert!(offset as usize > header_len);
 
     // Unknown record type, and records that need a thread before any CONTEXT_SWITCH.
     let mut b = h.clone();
     b.push(3);
-    assert_eq!(
-        decode_all(&b).1.unwrap().to_string(),
-        format!(
-            "corrupt capture at byte offset {}: unknown record type 0x03",
-            h.len()
-        )
-    );
+    assert_eq!(decode_all(&b).1.unwrap().to_string(), format!("corrupt capture at byte offset {}: unknown record type 0x03", h.len()));
     let mut b = h.clone();
     b.extend_from_slice(&[tag::ALLOCATION | 6 | (15 << 3), 2, 16]);
-    assert!(decode_all(&b)
-        .1
-        .unwrap()
-        .to_string()
-        .ends_with("ALLOCATION before any CONTEXT_SWITCH"));
+    assert!(decode_all(&b).1.unwrap().to_string().ends_with("ALLOCATION before any CONTEXT_SWITCH"));
     let mut b = h.clone();
     b.extend_from_slice(&[tag::SEGMENT, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    assert!(decode_all(&b)
-        .1
-        .unwrap()
-        .to_string()
-        .ends_with("SEGMENT record outside a SEGMENT_HEADER"));
+    assert!(decode_all(&b).1.unwrap().to_string().ends_with("SEGMENT record outside a SEGMENT_HEADER"));
 }
 
 #[test]
@@ -281,11 +212,7 @@ fn zero_padding_ends_the_stream() {
     assert_eq!(records, full);
     // But zeros followed by data are corruption.
     padded.push(1);
-    assert!(decode_all(&padded)
-        .1
-        .unwrap()
-        .to_string()
-        .contains("FILLER"));
+    assert!(decode_all(&padded).1.unwrap().to_string().contains("FILLER"));
 
     // From a file, the padding is cut off before reading, as Memray does.
     let dir = std::env::temp_dir().join(format!("memray-capture-test-{}", std::process::id()));
@@ -314,9 +241,7 @@ fn zero_padding_ends_the_stream() {
 #[test]
 fn open_reports_missing_file() {
     let err = Reader::open("/nonexistent/capture.bin").err().unwrap();
-    assert!(err
-        .to_string()
-        .starts_with("cannot open capture file /nonexistent/capture.bin:"));
+    assert!(err.to_string().starts_with("cannot open capture file /nonexistent/capture.bin:"));
 }
 
 #[test]
@@ -330,10 +255,7 @@ fn header_roundtrip_and_rewrite_in_place() {
     let (back, len) = Header::decode(&bytes).unwrap();
     assert_eq!(len, bytes.len());
     assert_eq!(back.command_line, "a");
-    assert_eq!(
-        back.site_packages,
-        vec!["/usr/lib/python3.12/site-packages".to_string()]
-    );
+    assert_eq!(back.site_packages, vec!["/usr/lib/python3.12/site-packages".to_string()]);
     let mut later = h.clone();
     later.n_allocations = u64::MAX;
     later.end_time_ms = i64::MAX;

@@ -10,17 +10,8 @@ enum Op {
     Switch(u64),
     Push(u64, i32, bool),
     Pop(u32),
-    Alloc {
-        address: u64,
-        size: u64,
-        allocator: Allocator,
-        native_id: u64,
-    },
-    Object {
-        address: u64,
-        created: bool,
-        native_id: u64,
-    },
+    Alloc { address: u64, size: u64, allocator: Allocator, native_id: u64 },
+    Object { address: u64, created: bool, native_id: u64 },
     Memory(u64, u64),
     Thread(String),
     Code(CodeObject),
@@ -34,10 +25,7 @@ fn allocator() -> impl Strategy<Value = Allocator> {
 
 /// 8-byte aligned addresses, often repeated so the 15-entry cache both hits and misses.
 fn address() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        (0u64..40).prop_map(|i| 0x7f00_0000_0000 + 8 * i),
-        any::<u64>().prop_map(|a| a & !7),
-    ]
+    prop_oneof![(0u64..40).prop_map(|i| 0x7f00_0000_0000 + 8 * i), any::<u64>().prop_map(|a| a & !7),]
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -49,54 +37,27 @@ fn op() -> impl Strategy<Value = Op> {
         (1u64..6).prop_map(Op::Switch),
         (any::<u64>(), any::<i32>(), any::<bool>()).prop_map(|(c, o, e)| Op::Push(c, o, e)),
         (1u32..40).prop_map(Op::Pop),
-        (address(), any::<u64>(), allocator(), any::<u64>()).prop_map(
-            |(address, size, allocator, native_id)| Op::Alloc {
-                address,
-                size,
-                allocator,
-                native_id
-            }
-        ),
-        (address(), any::<bool>(), any::<u64>()).prop_map(|(address, created, native_id)| {
-            Op::Object {
-                address,
-                created,
-                native_id,
-            }
+        (address(), any::<u64>(), allocator(), any::<u64>()).prop_map(|(address, size, allocator, native_id)| Op::Alloc {
+            address,
+            size,
+            allocator,
+            native_id
         }),
+        (address(), any::<bool>(), any::<u64>()).prop_map(|(address, created, native_id)| { Op::Object { address, created, native_id } }),
         (any::<u64>(), any::<u64>()).prop_map(|(r, t)| Op::Memory(r, t)),
         text().prop_map(Op::Thread),
-        (
-            any::<u64>(),
-            text(),
-            text(),
-            any::<i32>(),
-            prop::collection::vec(any::<u8>(), 0..40)
-        )
-            .prop_map(|(id, function, filename, firstlineno, linetable)| Op::Code(
-                CodeObject {
-                    id,
-                    function,
-                    filename,
-                    firstlineno,
-                    linetable
-                }
-            )),
+        (any::<u64>(), text(), text(), any::<i32>(), prop::collection::vec(any::<u8>(), 0..40)).prop_map(
+            |(id, function, filename, firstlineno, linetable)| Op::Code(CodeObject { id, function, filename, firstlineno, linetable })
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(ip, p)| Op::Native(ip, p)),
         prop::collection::vec(
-            (
-                "/[a-z/]{1,20}",
-                any::<u64>(),
-                prop::collection::vec((any::<u64>(), any::<u64>()), 0..4)
-            )
-                .prop_map(|(filename, load_addr, segs)| ImageSegments {
+            ("/[a-z/]{1,20}", any::<u64>(), prop::collection::vec((any::<u64>(), any::<u64>()), 0..4)).prop_map(
+                |(filename, load_addr, segs)| ImageSegments {
                     filename,
                     load_addr,
-                    segments: segs
-                        .into_iter()
-                        .map(|(vaddr, memsz)| Segment { vaddr, memsz })
-                        .collect(),
-                }),
+                    segments: segs.into_iter().map(|(vaddr, memsz)| Segment { vaddr, memsz }).collect(),
+                }
+            ),
             0..3
         )
         .prop_map(Op::Map),
@@ -104,31 +65,23 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn header() -> impl Strategy<Value = Header> {
-    (
-        any::<bool>(),
-        any::<i64>(),
-        text(),
-        prop::collection::vec("/[a-z]{1,8}", 0..3),
-        1u8..=6,
-        any::<u64>(),
+    (any::<bool>(), any::<i64>(), text(), prop::collection::vec("/[a-z]{1,8}", 0..3), 1u8..=6, any::<u64>()).prop_map(
+        |(native_traces, start, command_line, sys_path, pa, n)| Header {
+            python_version: 0x030d00f0,
+            native_traces,
+            start_time_ms: start,
+            end_time_ms: start,
+            n_allocations: n,
+            command_line,
+            pid: 77,
+            main_tid: 1,
+            python_allocator: PythonAllocator::from_u8(pa).unwrap(),
+            libdest: "/lib".into(),
+            site_packages: sys_path.clone(),
+            sys_path,
+            ..Header::default()
+        },
     )
-        .prop_map(
-            |(native_traces, start, command_line, sys_path, pa, n)| Header {
-                python_version: 0x030d00f0,
-                native_traces,
-                start_time_ms: start,
-                end_time_ms: start,
-                n_allocations: n,
-                command_line,
-                pid: 77,
-                main_tid: 1,
-                python_allocator: PythonAllocator::from_u8(pa).unwrap(),
-                libdest: "/lib".into(),
-                site_packages: sys_path.clone(),
-                sys_path,
-                ..Header::default()
-            },
-        )
 }
 
 /// Encodes `ops` and returns the bytes and the records a reader must yield.
@@ -151,12 +104,7 @@ fn encode(header: &Header, ops: &[Op]) -> (Vec<u8>, Vec<Record>) {
             }
             Op::Push(c, o, is_entry) => {
                 e.frame_push(s, c, o, is_entry);
-                expected.push(Record::FramePush {
-                    tid,
-                    code_object_id: c,
-                    instruction_offset: o,
-                    is_entry,
-                });
+                expected.push(Record::FramePush { tid, code_object_id: c, instruction_offset: o, is_entry });
             }
             Op::Pop(n) => {
                 e.frame_pop(s, n);
@@ -167,12 +115,7 @@ fn encode(header: &Header, ops: &[Op]) -> (Vec<u8>, Vec<Record>) {
                     left -= k;
                 }
             }
-            Op::Alloc {
-                address,
-                size,
-                allocator,
-                native_id,
-            } => {
+            Op::Alloc { address, size, allocator, native_id } => {
                 e.allocation(s, address, size, allocator, native_id, native);
                 let simple_free = allocator.is_simple_deallocator();
                 expected.push(Record::Allocation {
@@ -183,11 +126,7 @@ fn encode(header: &Header, ops: &[Op]) -> (Vec<u8>, Vec<Record>) {
                     native_frame_id: if native && !simple_free { native_id } else { 0 },
                 });
             }
-            Op::Object {
-                address,
-                created,
-                native_id,
-            } => {
+            Op::Object { address, created, native_id } => {
                 e.object_record(s, address, created, native_id, native);
                 expected.push(Record::Object {
                     tid,
@@ -198,24 +137,14 @@ fn encode(header: &Header, ops: &[Op]) -> (Vec<u8>, Vec<Record>) {
             }
             Op::Memory(rss, ms) => {
                 e.memory_record(s, rss, ms);
-                expected.push(Record::Memory {
-                    rss,
-                    ms_since_epoch: ms.wrapping_add(header.start_time_ms as u64),
-                });
+                expected.push(Record::Memory { rss, ms_since_epoch: ms.wrapping_add(header.start_time_ms as u64) });
             }
             Op::Thread(name) => {
                 e.thread_record(s, name.as_bytes());
                 expected.push(Record::Thread { tid, name });
             }
             Op::Code(c) => {
-                e.code_object(
-                    s,
-                    c.id,
-                    c.function.as_bytes(),
-                    c.filename.as_bytes(),
-                    c.firstlineno,
-                    &c.linetable,
-                );
+                e.code_object(s, c.id, c.function.as_bytes(), c.filename.as_bytes(), c.firstlineno, &c.linetable);
                 expected.push(Record::CodeObject(c));
             }
             Op::Native(ip, parent) => {
@@ -226,12 +155,7 @@ fn encode(header: &Header, ops: &[Op]) -> (Vec<u8>, Vec<Record>) {
                 e.memory_map_start(s);
                 expected.push(Record::MemoryMapStart);
                 for im in images {
-                    e.segment_header(
-                        s,
-                        im.filename.as_bytes(),
-                        im.segments.len() as u64,
-                        im.load_addr,
-                    );
+                    e.segment_header(s, im.filename.as_bytes(), im.segments.len() as u64, im.load_addr);
                     expected.push(Record::SegmentHeader {
                         filename: im.filename.clone(),
                         num_segments: im.segments.len() as u64,

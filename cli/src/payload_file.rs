@@ -22,18 +22,11 @@ pub fn locate() -> Result<PathBuf> {
         if p.is_file() {
             return Ok(p);
         }
-        bail!(
-            "MEMRAY_PAYLOAD points to {}, which does not exist",
-            p.display()
-        );
+        bail!("MEMRAY_PAYLOAD points to {}, which does not exist", p.display());
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    let candidates = [
-        dir.join(NAME),
-        dir.join("../_payload").join(NAME),
-        dir.join("../lib/memray").join(NAME),
-    ];
+    let candidates = [dir.join(NAME), dir.join("../_payload").join(NAME), dir.join("../lib/memray").join(NAME)];
     for c in &candidates {
         if c.is_file() {
             return Ok(c.canonicalize().unwrap_or_else(|_| c.clone()));
@@ -69,29 +62,18 @@ fn write_embedded(bytes: &[u8], hash: &str) -> Result<PathBuf> {
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
-    bail!(
-        "cannot write the embedded payload to a cache directory: {}",
-        errors.join("; ")
-    )
+    bail!("cannot write the embedded payload to a cache directory: {}", errors.join("; "))
 }
 
 /// Writes `libmemray_payload-<hash>.so` (0644, ours) into `dir`, which must be a directory
 /// owned by us that nobody else can write into; an existing identical file is reused.
 pub fn write_into(dir: &Path, uid: u32, bytes: &[u8], hash: &str) -> Result<PathBuf> {
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let meta = std::fs::symlink_metadata(dir)
-        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
     if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        bail!(
-            "{} is not a directory owned by uid {uid} and closed to others",
-            dir.display()
-        );
+        bail!("{} is not a directory owned by uid {uid} and closed to others", dir.display());
     }
     let dest = dir.join(format!("libmemray_payload-{hash}.so"));
     if let Ok(m) = std::fs::symlink_metadata(&dest) {
@@ -108,17 +90,10 @@ pub fn write_into(dir: &Path, uid: u32, bytes: &[u8], hash: &str) -> Result<Path
     }
     // Write a private temporary file, then rename: a concurrent reader never sees a
     // partial library.
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let tmp = dir.join(format!(".payload-{}-{nonce:x}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
         f.write_all(bytes)?;
         f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.sync_all()?;

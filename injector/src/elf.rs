@@ -77,10 +77,10 @@ impl Object {
     /// Opens the object that the target mapped from `path`.
     pub fn open(pid: i32, path: &str, maps: &[Mapping]) -> Result<Object> {
         let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == path).collect();
-        let first = mine.iter().min_by_key(|m| m.start).ok_or_else(|| Error::Elf {
-            path: PathBuf::from(path),
-            detail: "not mapped by the process".into(),
-        })?;
+        let first = mine
+            .iter()
+            .min_by_key(|m| m.start)
+            .ok_or_else(|| Error::Elf { path: PathBuf::from(path), detail: "not mapped by the process".into() })?;
         let start = first.start;
         let clean = path.strip_suffix(" (deleted)").unwrap_or(path);
         let map = FileMap::open(&proc::target_path(pid, clean))

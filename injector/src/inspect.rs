@@ -51,15 +51,8 @@ const PYTHON_ENTRIES: &[&str] = &[
     "Py_MakePendingCalls",
 ];
 /// Symbols that tell CPython versions apart when `Py_Version` (3.11+) is absent.
-const VERSION_PROBES: &[&str] = &[
-    "Py_Initialize",
-    "Py_Version",
-    "Py_IsNone",
-    "PyFrame_GetCode",
-    "PyCode_NewWithPosOnlyArgs",
-    "_Py_DecRefShared",
-    "PyGILState_Ensure",
-];
+const VERSION_PROBES: &[&str] =
+    &["Py_Initialize", "Py_Version", "Py_IsNone", "PyFrame_GetCode", "PyCode_NewWithPosOnlyArgs", "_Py_DecRefShared", "PyGILState_Ensure"];
 
 fn is_loader(path: &str) -> bool {
     let b = elf::basename(path);
@@ -169,11 +162,8 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     let mut symbols = Symbols::default();
     // dlopen/dlerror/dlsym: libc (glibc >= 2.34, musl), else libdl.
     let mut dl_object = String::new();
-    let dl_candidates: Vec<&String> = paths
-        .iter()
-        .filter(|p| is_libc(p))
-        .chain(paths.iter().filter(|p| elf::basename(p).starts_with("libdl.so")))
-        .collect();
+    let dl_candidates: Vec<&String> =
+        paths.iter().filter(|p| is_libc(p)).chain(paths.iter().filter(|p| elf::basename(p).starts_with("libdl.so"))).collect();
     for path in dl_candidates {
         let Ok(obj) = Object::open(pid, path, &maps) else { continue };
         let Ok(s) = obj.lookup(&["dlopen", "dlerror", "dlsym"]) else { continue };

@@ -51,10 +51,14 @@ pub fn write(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
 /// as code pages, the way PTRACE_POKEDATA does, in one call.
 pub fn write_forced(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/mem"))
-        .map_err(|e| Error::Memory { pid, addr, errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) })?;
-    file.write_all_at(data, addr)
-        .map_err(|e| Error::Memory { pid, addr, errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) })
+    let file = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).map_err(|e| Error::Memory {
+        pid,
+        addr,
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    file.write_all_at(data, addr).map_err(|e| Error::Memory {
+        pid,
+        addr,
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
 }

@@ -24,8 +24,7 @@ impl Mapping {
     }
 }
 
-pub const NOT_DUMPABLE: &str =
-    "it is not dumpable (it called prctl(PR_SET_DUMPABLE, 0), or it changed user or runs a setuid program): \
+pub const NOT_DUMPABLE: &str = "it is not dumpable (it called prctl(PR_SET_DUMPABLE, 0), or it changed user or runs a setuid program): \
      only root (CAP_SYS_PTRACE) can attach to it";
 
 pub fn euid() -> u32 {
@@ -69,9 +68,7 @@ fn not_found_or(pid: i32, what: &str, e: std::io::Error) -> Error {
 }
 
 pub fn read_text(pid: i32, what: &str) -> Result<String> {
-    std::fs::read(format!("/proc/{pid}/{what}"))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .map_err(|e| not_found_or(pid, what, e))
+    std::fs::read(format!("/proc/{pid}/{what}")).map(|b| String::from_utf8_lossy(&b).into_owned()).map_err(|e| not_found_or(pid, what, e))
 }
 
 pub fn exists(pid: i32) -> bool {
@@ -90,8 +87,7 @@ pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
         };
         let path = fields.next().unwrap_or("").trim_start().to_string();
         let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end), Ok(offset)) =
-            (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16), u64::from_str_radix(offset, 16))
+        let (Ok(start), Ok(end), Ok(offset)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16), u64::from_str_radix(offset, 16))
         else {
             continue;
         };

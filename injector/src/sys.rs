@@ -88,14 +88,19 @@ pub fn setregs(tid: i32, regs: Regs) -> Result<()> {
 }
 
 pub fn peek(tid: i32, addr: u64) -> Result<u64> {
-    ptrace::read(Pid::from_raw(tid), addr as ptrace::AddressType)
-        .map(|w| w as u64)
-        .map_err(|errno| Error::Ptrace { op: "PEEKDATA", tid, errno })
+    ptrace::read(Pid::from_raw(tid), addr as ptrace::AddressType).map(|w| w as u64).map_err(|errno| Error::Ptrace {
+        op: "PEEKDATA",
+        tid,
+        errno,
+    })
 }
 
 pub fn poke(tid: i32, addr: u64, word: u64) -> Result<()> {
-    ptrace::write(Pid::from_raw(tid), addr as ptrace::AddressType, word as libc::c_long)
-        .map_err(|errno| Error::Ptrace { op: "POKEDATA", tid, errno })
+    ptrace::write(Pid::from_raw(tid), addr as ptrace::AddressType, word as libc::c_long).map_err(|errno| Error::Ptrace {
+        op: "POKEDATA",
+        tid,
+        errno,
+    })
 }
 
 /// Reads the byte at `addr` through a stopped thread (an aligned word, so the read never
@@ -158,7 +163,11 @@ pub enum Wait {
     Exited(i32),
     /// Stopped with a signal; `event` is the PTRACE_EVENT_* number, 0 for a plain
     /// signal-delivery-stop.
-    Stopped { tid: i32, sig: i32, event: i32 },
+    Stopped {
+        tid: i32,
+        sig: i32,
+        event: i32,
+    },
 }
 
 /// Collects one pending status of any traced thread without blocking.

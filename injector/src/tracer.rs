@@ -332,7 +332,11 @@ impl<'a> Tracer<'a> {
             stops == 2
         })?;
         if (rax as i64) < 0 {
-            return Err(Error::RemoteCall { pid: self.pid, function: "rt_sigaction".into(), detail: format!("failed with errno {}", -(rax as i64)) });
+            return Err(Error::RemoteCall {
+                pid: self.pid,
+                function: "rt_sigaction".into(),
+                detail: format!("failed with errno {}", -(rax as i64)),
+            });
         }
         let old = memory::read(self.pid, area + cave::SAVED_LEN as u64 + 32, 32)?;
         self.restore_focus()?;
@@ -429,9 +433,10 @@ impl<'a> Tracer<'a> {
                     self.deferred.push((tid, sig));
                     self.resume(tid, 0)?;
                 }
-                Some(Ev::Interrupted { tid: t }) | Some(Ev::Stepped { tid: t }) | Some(Ev::Signal { tid: t, .. }) | Some(Ev::Syscall { tid: t }) => {
-                    self.resume(t, 0)?
-                }
+                Some(Ev::Interrupted { tid: t })
+                | Some(Ev::Stepped { tid: t })
+                | Some(Ev::Signal { tid: t, .. })
+                | Some(Ev::Syscall { tid: t }) => self.resume(t, 0)?,
                 Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
                 Some(Ev::Exec) => return Err(self.exited_error()),
                 Some(Ev::Gone) => {}
@@ -955,7 +960,8 @@ impl<'a> Tracer<'a> {
     fn detach_all(&mut self) -> Result<()> {
         // Signals to deliver to each parked thread when it is let go.
         let mut parked: BTreeMap<i32, i32> = BTreeMap::new();
-        let running: Vec<i32> = self.threads.iter().filter(|(_, t)| t.state == State::Running && !t.interrupt_pending).map(|(&k, _)| k).collect();
+        let running: Vec<i32> =
+            self.threads.iter().filter(|(_, t)| t.state == State::Running && !t.interrupt_pending).map(|(&k, _)| k).collect();
         for tid in running {
             if let Some(t) = self.threads.get_mut(&tid) {
                 t.interrupt_pending = true;
@@ -1109,7 +1115,6 @@ fn name_of(syms: &Symbols, addr: u64) -> String {
     syms.safe_points.iter().find(|(a, _)| *a == addr).map(|(_, n)| n.clone()).unwrap_or_else(|| format!("{addr:#x}"))
 }
 
-
 /// What the call sequence left in its block.
 struct CallResults {
     handle: u64,
@@ -1122,8 +1127,23 @@ struct CallResults {
 /// The registers as the cave's tails pop them: r15..rax, rflags, then the rsp to load.
 fn saved_area(regs: &Regs, rsp: u64) -> Vec<u8> {
     let words = [
-        regs.r15, regs.r14, regs.r13, regs.r12, regs.r11, regs.r10, regs.r9, regs.r8, regs.rdi, regs.rsi, regs.rbp, regs.rbx,
-        regs.rdx, regs.rcx, regs.rax, regs.eflags & !(1 << 8), rsp,
+        regs.r15,
+        regs.r14,
+        regs.r13,
+        regs.r12,
+        regs.r11,
+        regs.r10,
+        regs.r9,
+        regs.r8,
+        regs.rdi,
+        regs.rsi,
+        regs.rbp,
+        regs.rbx,
+        regs.rdx,
+        regs.rcx,
+        regs.rax,
+        regs.eflags & !(1 << 8),
+        rsp,
     ];
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }

@@ -314,7 +314,10 @@ impl Api {
             builtins: api_fn!(c"PyEval_GetBuiltins", unsafe extern "C" fn() -> *mut PyObject),
             unicode_from: api_fn!(c"PyUnicode_FromStringAndSize", unsafe extern "C" fn(*const c_char, isize) -> *mut PyObject),
             unicode_utf8: api_fn!(c"PyUnicode_AsUTF8", unsafe extern "C" fn(*mut PyObject) -> *const c_char),
-            run_string: api_fn!(c"PyRun_StringFlags", unsafe extern "C" fn(*const c_char, c_int, *mut PyObject, *mut PyObject, *mut c_void) -> *mut PyObject),
+            run_string: api_fn!(
+                c"PyRun_StringFlags",
+                unsafe extern "C" fn(*const c_char, c_int, *mut PyObject, *mut PyObject, *mut c_void) -> *mut PyObject
+            ),
             decref: api_fn!(c"Py_DecRef", unsafe extern "C" fn(*mut PyObject)),
             err_clear: api_fn!(c"PyErr_Clear", unsafe extern "C" fn()),
         })

@@ -14,7 +14,8 @@ pub fn compress_in_place(path: &str) -> std::io::Result<()> {
     let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
     let result = (|| {
         let mut input = BufReader::new(File::open(path)?);
-        let file = OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&tmp)?;
+        let file =
+            OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&tmp)?;
         let out = BufWriter::new(file);
         let mut enc = memray_capture::lz4_frame_encoder(out);
         std::io::copy(&mut input, &mut enc)?;

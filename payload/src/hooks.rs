@@ -169,7 +169,11 @@ pub fn resolve_real_functions() {
         munmap: find!(c"munmap", libc::munmap, unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
         dlopen: find!(c"dlopen", libc::dlopen, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
         dlclose: find!(c"dlclose", libc::dlclose, unsafe extern "C" fn(*mut c_void) -> c_int),
-        prctl: find!(c"prctl", prctl_fallback, unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int),
+        prctl: find!(
+            c"prctl",
+            prctl_fallback,
+            unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int
+        ),
     };
     REAL.store(Box::leak(Box::new(real)), Ordering::Release);
 }

@@ -21,8 +21,7 @@ struct PyMemAllocatorEx {
     free: Option<unsafe extern "C" fn(*mut c_void, *mut c_void)>,
 }
 
-const EMPTY: PyMemAllocatorEx =
-    PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None };
+const EMPTY: PyMemAllocatorEx = PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None };
 
 /// The allocators we replaced, one per domain; our wrappers receive a pointer to their
 /// domain's entry as `ctx`. Written only by install/uninstall, which run under the GIL.

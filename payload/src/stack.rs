@@ -40,12 +40,7 @@ pub struct StackDelta {
 /// (outermost first), returns the delta, and makes `written` the fresh stack.
 pub fn diff_and_update(state: &mut ThreadState, n: usize) -> StackDelta {
     let fresh = &state.scratch[..n.min(state.scratch.len())];
-    let common = state
-        .written
-        .iter()
-        .zip(fresh.iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
+    let common = state.written.iter().zip(fresh.iter().rev()).take_while(|(a, b)| a == b).count();
     let pops = state.written.len() - common;
     state.written.truncate(common);
     state.written.extend(fresh[..fresh.len() - common].iter().rev().copied());

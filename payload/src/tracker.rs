@@ -292,7 +292,8 @@ fn create_exclusive(path: &std::ffi::CStr) -> std::io::Result<i32> {
             let _ = std::fs::remove_file(as_path);
         }
         // SAFETY: open with a valid NUL-terminated path.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
+        let fd =
+            unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
         if fd >= 0 {
             return Ok(fd);
         }

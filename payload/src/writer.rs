@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use memray_capture::{Allocator, ByteSink, CodeObject, FileFormat, Header, ImageSegments, NativeFrame, PythonFrame, Segment, StreamEncoder};
+use memray_capture::{
+    Allocator, ByteSink, CodeObject, FileFormat, Header, ImageSegments, NativeFrame, PythonFrame, Segment, StreamEncoder,
+};
 
 use crate::aggregate::Aggregator;
 use crate::native::objects::LoadedObject;
@@ -139,12 +141,8 @@ impl Writer {
         self.switch_to(tid);
         let native_traces = self.header.native_traces;
         match &mut self.out {
-            Output::Stream(enc) => {
-                enc.allocation(&mut self.sink, address as u64, size as u64, allocator, native_id, native_traces)
-            }
-            Output::Aggregate(agg) => {
-                agg.allocation(tid, address as u64, size as u64, allocator, native_id, self.map_generation)
-            }
+            Output::Stream(enc) => enc.allocation(&mut self.sink, address as u64, size as u64, allocator, native_id, native_traces),
+            Output::Aggregate(agg) => agg.allocation(tid, address as u64, size as u64, allocator, native_id, self.map_generation),
         }
         // Memray's header count covers every ALLOCATION record, frees included.
         self.n_allocations += 1;

@@ -35,12 +35,7 @@ impl<V: Copy + Default> Default for AddressMap<V> {
 
 impl<V: Copy + Default> AddressMap<V> {
     pub fn new() -> Self {
-        AddressMap {
-            slots: vec![Slot { key: EMPTY, value: V::default() }; 1 << MIN_BITS],
-            shift: 64 - MIN_BITS,
-            len: 0,
-            sentinel: None,
-        }
+        AddressMap { slots: vec![Slot { key: EMPTY, value: V::default() }; 1 << MIN_BITS], shift: 64 - MIN_BITS, len: 0, sentinel: None }
     }
 
     #[inline(always)]

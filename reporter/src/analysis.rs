@@ -162,9 +162,13 @@ pub fn analyze<R: Read>(mut reader: Reader<R>, options: AnalyzeOptions) -> Resul
         reader.for_each_record(options.allow_truncated, |record| scanner.feed(record, &mut ledger).map(|()| true))?;
         ledger
     } else {
-        pipeline::run(&mut reader, options.allow_truncated, HeapLedger::new(), #[inline(always)] |record, emit| {
-            scanner.feed(record, emit)
-        })?
+        pipeline::run(
+            &mut reader,
+            options.allow_truncated,
+            HeapLedger::new(),
+            #[inline(always)]
+            |record, emit| scanner.feed(record, emit),
+        )?
     };
     Ok(scanner.finish(ledger, reader.reached_trailer()))
 }
@@ -208,8 +212,7 @@ impl SizeCounts {
     }
 
     fn into_sorted(self) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> =
-            self.small.iter().enumerate().filter(|(_, &n)| n > 0).map(|(s, &n)| (s as u64, n)).collect();
+        let mut out: Vec<(u64, u64)> = self.small.iter().enumerate().filter(|(_, &n)| n > 0).map(|(s, &n)| (s as u64, n)).collect();
         let mut large: Vec<(u64, u64)> = self.large.into_iter().collect();
         large.sort_unstable();
         out.extend(large);
@@ -472,8 +475,7 @@ impl Scanner {
                 .filter(|u| u.at_peak != Usage::default() || u.leaked != Usage::default())
                 .collect()
         };
-        let (peak_memory, final_heap) =
-            if self.aggregated { (self.rows_peak, self.rows_peak) } else { (ledger.peak, ledger.heap) };
+        let (peak_memory, final_heap) = if self.aggregated { (self.rows_peak, self.rows_peak) } else { (ledger.peak, ledger.heap) };
         Analysis {
             header: self.header,
             reached_trailer,
@@ -638,12 +640,8 @@ impl HeapLedger {
     /// order of first allocation, so this runs once per new location).
     #[cold]
     fn new_counters(&mut self, location: u32) {
-        let fresh = LocationCounters {
-            total: Usage::default(),
-            epoch: self.peak_epoch,
-            at_peak: Usage::default(),
-            since: Usage::default(),
-        };
+        let fresh =
+            LocationCounters { total: Usage::default(), epoch: self.peak_epoch, at_peak: Usage::default(), since: Usage::default() };
         self.counters.resize(location as usize + 1, fresh);
     }
 

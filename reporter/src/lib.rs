@@ -33,9 +33,7 @@ pub mod temporary;
 pub mod transform;
 pub mod tree;
 
-pub use analysis::{
-    analyze, analyze_file, Analysis, AnalyzeOptions, Analyzer, LocationKey, LocationUsage, StackTotals, Usage,
-};
+pub use analysis::{analyze, analyze_file, Analysis, AnalyzeOptions, Analyzer, LocationKey, LocationUsage, StackTotals, Usage};
 pub use error::ReportError;
 pub use modules::{ModuleKind, ModuleResolver};
 pub use stacks::{FrameId, FrameKey, Location, LocationId, StackId, StackTable};

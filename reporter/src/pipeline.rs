@@ -81,8 +81,11 @@ pub(crate) fn run<R: Read, B: HeapSide + Send>(
             })
             .map_err(|e| ReportError::Io(std::io::Error::new(e.kind(), format!("cannot start a thread: {e}"))))?;
         let mut batcher = Batcher { batch: Vec::with_capacity(BATCH), full: Some(full_tx), empty: empty_rx };
-        let result = reader
-            .for_each_record(stop_at_truncation, #[inline(always)] |record| front(record, &mut batcher).map(|()| true));
+        let result = reader.for_each_record(
+            stop_at_truncation,
+            #[inline(always)]
+            |record| front(record, &mut batcher).map(|()| true),
+        );
         batcher.close();
         let back = worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         result.map(|()| back)

@@ -65,12 +65,8 @@ impl<T: Copy> RangeSet<T> {
         }
         let end = begin.saturating_add(size);
         let lo = begin.saturating_sub(self.max_len);
-        let hits: Vec<((u64, u64), (u64, T))> = self
-            .by_begin
-            .range((lo, 0)..(end, 0))
-            .filter(|(&(b, _), &(e, _))| b.max(begin) < e.min(end))
-            .map(|(&k, &v)| (k, v))
-            .collect();
+        let hits: Vec<((u64, u64), (u64, T))> =
+            self.by_begin.range((lo, 0)..(end, 0)).filter(|(&(b, _), &(e, _))| b.max(begin) < e.min(end)).map(|(&k, &v)| (k, v)).collect();
         for ((b, seq), (e, owner)) in hits {
             self.by_begin.remove(&(b, seq));
             let (cut_begin, cut_end) = (b.max(begin), e.min(end));
@@ -126,10 +122,7 @@ mod tests {
         got.sort_by_key(|x| x.owner);
         assert_eq!(
             got,
-            vec![
-                Released { owner: 'a', bytes: 0x2000, cut: Cut::Freed },
-                Released { owner: 'b', bytes: 0x1000, cut: Cut::Freed },
-            ]
+            vec![Released { owner: 'a', bytes: 0x2000, cut: Cut::Freed }, Released { owner: 'b', bytes: 0x1000, cut: Cut::Freed },]
         );
         assert_eq!(r.iter().collect::<Vec<_>>(), vec![(0x1800, 0x2000, 'a')]);
         assert!(r.remove(0x9000_0000, 10).is_empty());

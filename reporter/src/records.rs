@@ -47,7 +47,10 @@ pub struct AllocationRecord {
 pub enum Event {
     Allocation(AllocationRecord),
     /// An RSS sample (ALL_ALLOCATIONS captures).
-    Memory { ms_since_epoch: u64, rss: u64 },
+    Memory {
+        ms_since_epoch: u64,
+        rss: u64,
+    },
     /// An RSS and heap sample (aggregated captures).
     Snapshot(MemorySnapshot),
     /// A row of an aggregated capture.
@@ -155,14 +158,7 @@ impl<R: Read> CaptureCursor<R> {
     pub fn new(reader: Reader<R>, allow_truncated: bool) -> Self {
         let h = reader.header();
         let stacks = StackTable::new(h.python_version, h.main_tid, h.skipped_frames_on_main_tid);
-        CaptureCursor {
-            reader,
-            stacks,
-            thread_names: BTreeMap::new(),
-            native: NativeStacks::new(),
-            generation: 0,
-            allow_truncated,
-        }
+        CaptureCursor { reader, stacks, thread_names: BTreeMap::new(), native: NativeStacks::new(), generation: 0, allow_truncated }
     }
 
     pub fn header(&self) -> &Header {
@@ -206,10 +202,14 @@ impl<R: Read> CaptureCursor<R> {
     pub fn for_each_event(&mut self, mut f: impl FnMut(Event) -> Result<bool, ReportError>) -> Result<(), ReportError> {
         let allow_truncated = self.allow_truncated;
         let (reader, mut tables) = self.split();
-        reader.for_each_record(allow_truncated, #[inline(always)] |record| match tables.fold(record)? {
-            Some(event) => f(event),
-            None => Ok(true),
-        })
+        reader.for_each_record(
+            allow_truncated,
+            #[inline(always)]
+            |record| match tables.fold(record)? {
+                Some(event) => f(event),
+                None => Ok(true),
+            },
+        )
     }
 
     /// Gives up the reader's state: stacks and thread names as of the last record read.
@@ -318,25 +318,26 @@ pub fn scan(path: impl AsRef<Path>, max_memory_records: usize, allow_truncated: 
     let mut finder = PeakFinder::new();
     let mut snapshots = Vec::new();
     let mut n_records = 0u64;
-    cursor.for_each_event(#[inline(always)] |event| {
-        match event {
-            Event::Allocation(r) => {
-                finder.process(&r);
-                n_records += 1;
+    cursor.for_each_event(
+        #[inline(always)]
+        |event| {
+            match event {
+                Event::Allocation(r) => {
+                    finder.process(&r);
+                    n_records += 1;
+                }
+                Event::Aggregated(row) => {
+                    // The finder sees each row's contribution to the peak as one allocation
+                    // at address 0, so Memray's peak of such a file is the sum of them.
+                    finder.process(&contribution(&row, false));
+                    n_records += 1;
+                }
+                Event::Memory { ms_since_epoch, rss } => snapshots.push(MemorySnapshot { ms_since_epoch, rss, heap: finder.current() }),
+                Event::Snapshot(s) => snapshots.push(s),
             }
-            Event::Aggregated(row) => {
-                // The finder sees each row's contribution to the peak as one allocation
-                // at address 0, so Memray's peak of such a file is the sum of them.
-                finder.process(&contribution(&row, false));
-                n_records += 1;
-            }
-            Event::Memory { ms_since_epoch, rss } => {
-                snapshots.push(MemorySnapshot { ms_since_epoch, rss, heap: finder.current() })
-            }
-            Event::Snapshot(s) => snapshots.push(s),
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     let max = max_memory_records.max(1);
     let mut snapshot_stride = 0;
     if snapshots.len() > max {
@@ -521,13 +522,16 @@ pub(crate) fn replay<R: Read>(
     if limit == 0 {
         return Ok(());
     }
-    cursor.for_each_event(#[inline(always)] |event| {
-        if let Event::Allocation(r) = event {
-            aggregate(&r, seq);
-            seq += 1;
-        }
-        Ok(seq < limit)
-    })
+    cursor.for_each_event(
+        #[inline(always)]
+        |event| {
+            if let Event::Allocation(r) = event {
+                aggregate(&r, seq);
+                seq += 1;
+            }
+            Ok(seq < limit)
+        },
+    )
 }
 
 /// High-water-mark or leaked records of a capture, as `FileReader`'s
@@ -628,10 +632,8 @@ pub fn hybrid_stack_trace(
     record: &AllocationRecord,
     max_stacks: Option<usize>,
 ) -> Vec<Location> {
-    let python: Vec<(Location, bool)> = stacks
-        .frames(record.stack)
-        .map(|f| (stacks.resolve(f), stacks.frame(f).is_some_and(|k| k.is_entry)))
-        .collect();
+    let python: Vec<(Location, bool)> =
+        stacks.frames(record.stack).map(|f| (stacks.resolve(f), stacks.frame(f).is_some_and(|k| k.is_entry))).collect();
     let mut out = if native_traces {
         let native = native.stack(record.native_frame_id, record.native_segment_generation, None);
         let skip = if record.tid == stacks.main_tid() { stacks.skipped_frames_on_main_tid() as usize } else { 0 };
@@ -675,16 +677,7 @@ mod tests {
     use super::*;
 
     fn alloc(address: u64, size: u64, allocator: Allocator, stack: StackId) -> AllocationRecord {
-        AllocationRecord {
-            tid: 1,
-            address,
-            size,
-            allocator,
-            stack,
-            n_allocations: 1,
-            native_frame_id: 0,
-            native_segment_generation: 0,
-        }
+        AllocationRecord { tid: 1, address, size, allocator, stack, n_allocations: 1, native_frame_id: 0, native_segment_generation: 0 }
     }
 
     #[test]

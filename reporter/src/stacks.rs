@@ -323,13 +323,7 @@ mod tests {
     #[test]
     fn trie_interns_stacks_per_thread() {
         let mut t = StackTable::new(0x030c01f0, 1, 1);
-        t.add_code_object(CodeObject {
-            id: 1,
-            function: "f".into(),
-            filename: "a.py".into(),
-            firstlineno: 3,
-            linetable: vec![],
-        });
+        t.add_code_object(CodeObject { id: 1, function: "f".into(), filename: "a.py".into(), firstlineno: 3, linetable: vec![] });
         t.push(1, key(1, 0));
         t.push(1, key(1, 4));
         let s1 = t.current(1);

@@ -167,17 +167,13 @@ impl Stats {
             line(format!("\t- {} -> {}", format_location(location.as_ref()), size_fmt(*size)));
         }
         line(String::new());
-        line(format!(
-            "🥇 {}",
-            heading(&format!("Top {} largest allocating locations (by number of allocations):", self.num_largest))
-        ));
+        line(format!("🥇 {}", heading(&format!("Top {} largest allocating locations (by number of allocations):", self.num_largest))));
         for (location, count) in &self.top_allocations_by_count {
             line(format!("\t- {} -> {count}", format_location(location.as_ref())));
         }
-        for (modules, label) in [
-            (&self.top_modules_by_allocation_size, "by size"),
-            (&self.top_modules_by_allocation_count, "by number of allocations"),
-        ] {
+        for (modules, label) in
+            [(&self.top_modules_by_allocation_size, "by size"), (&self.top_modules_by_allocation_count, "by number of allocations")]
+        {
             if modules.is_empty() {
                 continue;
             }
@@ -201,11 +197,7 @@ impl Stats {
                     .map(|(i, &(end, count))| {
                         // The last bin's upper bound is inclusive.
                         let max = if i == last { end } else { end.wrapping_sub(1) };
-                        let bin = Json::dict([
-                            ("min_bytes", Json::int(start)),
-                            ("max_bytes", Json::int(max)),
-                            ("count", Json::int(count)),
-                        ]);
+                        let bin = Json::dict([("min_bytes", Json::int(start)), ("max_bytes", Json::int(max)), ("count", Json::int(count))]);
                         start = end;
                         bin
                     })
@@ -239,9 +231,7 @@ impl Stats {
                 Json::List(
                     self.top_allocations_by_size
                         .iter()
-                        .map(|(l, n)| {
-                            Json::dict([("location", Json::str(format_location(l.as_ref()))), ("size", Json::int(*n))])
-                        })
+                        .map(|(l, n)| Json::dict([("location", Json::str(format_location(l.as_ref()))), ("size", Json::int(*n))]))
                         .collect(),
                 ),
             ),
@@ -250,9 +240,7 @@ impl Stats {
                 Json::List(
                     self.top_allocations_by_count
                         .iter()
-                        .map(|(l, n)| {
-                            Json::dict([("location", Json::str(format_location(l.as_ref()))), ("count", Json::int(*n))])
-                        })
+                        .map(|(l, n)| Json::dict([("location", Json::str(format_location(l.as_ref()))), ("count", Json::int(*n))]))
                         .collect(),
                 ),
             ),

@@ -111,11 +111,10 @@ impl Summary {
 
     /// The table for a console `width` cells wide; `styled` adds terminal colours.
     pub fn render(&self, sort_column: usize, max_rows: i64, width: usize, styled: bool) -> String {
-        let mut headers: Vec<String> =
-            ["Location", "Total Memory", "Total Memory %", "Own Memory", "Own Memory % ", "Allocation Count"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let mut headers: Vec<String> = ["Location", "Total Memory", "Total Memory %", "Own Memory", "Own Memory % ", "Allocation Count"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if (1..=N_COLUMNS).contains(&sort_column) {
             headers[sort_column] = format!("<{}>", headers[sort_column]);
         }
@@ -410,10 +409,7 @@ fn render_table(headers: &[String], body: &[Vec<Cell>], console_width: usize, st
             .enumerate()
             .map(|(i, c)| {
                 let j = if i == 0 { Justify::Left } else { Justify::Right };
-                wrap(&c.text, widths[i] - 2, j)
-                    .into_iter()
-                    .map(|(start, l)| if styled { style_line(c, start, &l) } else { l })
-                    .collect()
+                wrap(&c.text, widths[i] - 2, j).into_iter().map(|(start, l)| if styled { style_line(c, start, &l) } else { l }).collect()
             })
             .collect();
         let height = cells.iter().map(Vec::len).max().unwrap_or(1);

@@ -29,9 +29,9 @@ use std::path::Path;
 use memray_capture::{Allocator, Header, Reader, Record};
 
 use crate::analysis::{Analysis, AnalyzeOptions, HeapEvent, HeapLedger, HeapSide, Scanner, Usage};
-use crate::pipeline;
 use crate::error::ReportError;
 use crate::fasthash::FastMap;
+use crate::pipeline;
 use crate::ranges::{Cut, RangeSet};
 use crate::stacks::StackId;
 
@@ -182,9 +182,7 @@ impl HeapSide for TimelineHeap {
             HeapEvent::Allocation { .. } => {
                 self.units.current_peak = self.units.current_peak.max(self.ledger.heap());
             }
-            HeapEvent::Memory { rss, ms_since_epoch } => {
-                self.memory_record(Sample { ms_since_epoch, rss, heap: self.ledger.heap() })
-            }
+            HeapEvent::Memory { rss, ms_since_epoch } => self.memory_record(Sample { ms_since_epoch, rss, heap: self.ledger.heap() }),
         }
     }
 
@@ -296,25 +294,34 @@ impl TimelineAnalyzer {
         mut observe: impl FnMut(&Record, &crate::stacks::StackTable),
     ) -> Result<TimelineAnalysis, ReportError> {
         if self.aggregated || self.back.tracker.is_some() {
-            reader.for_each_record(allow_truncated, #[inline(always)] |record| {
-                observe(&record, self.scanner.stacks());
-                self.feed(record).map(|()| true)
-            })?;
+            reader.for_each_record(
+                allow_truncated,
+                #[inline(always)]
+                |record| {
+                    observe(&record, self.scanner.stacks());
+                    self.feed(record).map(|()| true)
+                },
+            )?;
             return Ok(self.finish(reader.reached_trailer()));
         }
         let TimelineAnalyzer { header, mut scanner, back, aggregated, snapshots_seen, full_sites } = self;
-        let back = pipeline::run(reader, allow_truncated, back, #[inline(always)] |record, batcher| {
-            observe(&record, scanner.stacks());
-            scanner.feed(record, batcher)
-        })?;
+        let back = pipeline::run(
+            reader,
+            allow_truncated,
+            back,
+            #[inline(always)]
+            |record, batcher| {
+                observe(&record, scanner.stacks());
+                scanner.feed(record, batcher)
+            },
+        )?;
         let t = TimelineAnalyzer { header, scanner, back, aggregated, snapshots_seen, full_sites };
         Ok(t.finish(reader.reached_trailer()))
     }
 
     pub fn finish(mut self, reached_trailer: bool) -> TimelineAnalysis {
         let units = &mut self.back.units;
-        let mut timeline =
-            Timeline { samples: std::mem::take(&mut units.samples), unit_peaks: Vec::new(), stride: units.stride };
+        let mut timeline = Timeline { samples: std::mem::take(&mut units.samples), unit_peaks: Vec::new(), stride: units.stride };
         if !self.aggregated {
             let mut peaks = std::mem::take(&mut units.peaks);
             peaks.push(units.current_peak);
@@ -624,9 +631,7 @@ impl Tracker {
         let mut counted = std::collections::HashSet::new();
         let leaks = self.mode == TemporalMode::Leaks;
         let blocks = live.into_iter().map(|b| (b.site, b.mark, 1, b.size)).chain(
-            pieces
-                .into_iter()
-                .map(|(begin, end, (site, mark, id))| (site, mark, u64::from(!leaks || counted.insert(id)), end - begin)),
+            pieces.into_iter().map(|(begin, end, (site, mark, id))| (site, mark, u64::from(!leaks || counted.insert(id)), end - begin)),
         );
         let after_last_point = self.point_tokens.len() as u32;
         let mut rest: Vec<(u32, u32, u64, u64)> = Vec::new();
@@ -642,12 +647,9 @@ impl Tracker {
             self.add((site, from, Interval::NEVER), count, size);
         }
         // Deterministic output order.
-        let ordered: BTreeMap<(u32, u32, u32), Usage> =
-            self.intervals.into_iter().filter(|(_, u)| *u != Usage::default()).collect();
-        let intervals = ordered
-            .into_iter()
-            .map(|((site, from, to), u)| Interval { site, from, to, count: u.count, bytes: u.bytes })
-            .collect();
+        let ordered: BTreeMap<(u32, u32, u32), Usage> = self.intervals.into_iter().filter(|(_, u)| *u != Usage::default()).collect();
+        let intervals =
+            ordered.into_iter().map(|((site, from, to), u)| Interval { site, from, to, count: u.count, bytes: u.bytes }).collect();
         TemporalData { mode: self.mode, sites: self.sites, intervals }
     }
 }
@@ -726,24 +728,12 @@ mod tests {
             if r == 10 {
                 // A mapping, later cut in its middle, at its start or whole.
                 addr += 0x10_000;
-                v.push(Record::Allocation {
-                    tid: 1,
-                    address: addr,
-                    size: 0x4000,
-                    allocator: Allocator::Mmap,
-                    native_frame_id: 0,
-                });
+                v.push(Record::Allocation { tid: 1, address: addr, size: 0x4000, allocator: Allocator::Mmap, native_frame_id: 0 });
                 let (off, len) = [(0x1000, 0x1000), (0, 0x800), (0, 0x4000)][(next() % 3) as usize];
                 maps.push((addr + off, len));
             } else if r == 11 && !maps.is_empty() {
                 let (a, len) = maps.swap_remove((next() as usize) % maps.len());
-                v.push(Record::Allocation {
-                    tid: 1,
-                    address: a,
-                    size: len,
-                    allocator: Allocator::Munmap,
-                    native_frame_id: 0,
-                });
+                v.push(Record::Allocation { tid: 1, address: a, size: len, allocator: Allocator::Munmap, native_frame_id: 0 });
             } else if r < 5 || live.is_empty() {
                 v.push(push(1 + next() % 3));
                 addr += 16;
@@ -776,8 +766,7 @@ mod tests {
                 *expected.entry(l.key.stack).or_default() += l.at_peak.bytes;
             }
             expected.retain(|_, v| *v != 0);
-            let got: BTreeMap<StackId, u64> =
-                live_at(d, best as u32).into_iter().map(|(s, b)| (d.sites[s as usize].stack, b)).collect();
+            let got: BTreeMap<StackId, u64> = live_at(d, best as u32).into_iter().map(|(s, b)| (d.sites[s as usize].stack, b)).collect();
             assert_eq!(got, expected, "seed {seed} max {max}");
             // Each unit's point holds exactly its maximum (no replaced blocks here).
             for (u, &p) in peaks.iter().enumerate() {

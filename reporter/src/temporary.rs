@@ -93,16 +93,7 @@ mod tests {
     use memray_capture::Allocator;
 
     fn rec(tid: u64, address: u64, size: u64, allocator: Allocator, stack: u32) -> AllocationRecord {
-        AllocationRecord {
-            tid,
-            address,
-            size,
-            allocator,
-            stack,
-            n_allocations: 1,
-            native_frame_id: 0,
-            native_segment_generation: 0,
-        }
+        AllocationRecord { tid, address, size, allocator, stack, n_allocations: 1, native_frame_id: 0, native_segment_generation: 0 }
     }
 
     fn run(threshold: u64, records: &[AllocationRecord]) -> Vec<(u32, u64, u64)> {

@@ -173,10 +173,8 @@ fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
     let profile = |name: &str, unit: &str, weight: &dyn Fn(&Sample) -> u64| {
         let kept: Vec<&Sample> = weights.iter().filter(|w| weight(w) > 0).collect();
         let total: u128 = kept.iter().map(|w| weight(w) as u128).sum();
-        let samples: Vec<String> = kept
-            .iter()
-            .map(|w| format!("[{}]", w.0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")))
-            .collect();
+        let samples: Vec<String> =
+            kept.iter().map(|w| format!("[{}]", w.0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))).collect();
         let values: Vec<String> = kept.iter().map(|w| weight(w).to_string()).collect();
         format!(
             "{{\"type\": \"sampled\", \"name\": {}, \"unit\": {}, \"startValue\": 0, \"endValue\": {total}, \"samples\": [{}], \"weights\": [{}]}}",

@@ -161,15 +161,7 @@ impl Tree {
 
     /// Memray's `add_children` with the "hide uninteresting" filter on: an
     /// uninteresting node is not shown and its children are added in its place.
-    fn add_children(
-        &self,
-        lines: &mut Vec<Line>,
-        depth: usize,
-        children: &[Node],
-        total: u64,
-        modules: &ModuleNamer,
-        styled: bool,
-    ) {
+    fn add_children(&self, lines: &mut Vec<Line>, depth: usize, children: &[Node], total: u64, modules: &ModuleNamer, styled: bool) {
         let mut sorted: Vec<&Node> = children.iter().collect();
         sorted.sort_by_key(|n| std::cmp::Reverse(n.value));
         for child in sorted {
@@ -197,8 +189,7 @@ impl Tree {
             None => s.push_str(&paint("<ROOT>", "1", styled)),
             Some((function, file, lineno)) => {
                 s.push_str(&paint(function, "1", styled));
-                let position =
-                    if *lineno != 0 { format!("{}:{lineno}", modules.module_name(file)) } else { file.clone() };
+                let position = if *lineno != 0 { format!("{}:{lineno}", modules.module_name(file)) } else { file.clone() };
                 if !position.is_empty() {
                     s.push_str("  ");
                     s.push_str(&paint(&position, "2;36", styled));
@@ -224,10 +215,7 @@ fn render_guides(lines: &[Line], out: &mut String) {
     // For each line, whether a later sibling follows at each depth up to its own.
     let mut more_at: Vec<bool> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        let has_next_sibling = lines[i + 1..]
-            .iter()
-            .take_while(|l| l.depth >= line.depth)
-            .any(|l| l.depth == line.depth);
+        let has_next_sibling = lines[i + 1..].iter().take_while(|l| l.depth >= line.depth).any(|l| l.depth == line.depth);
         more_at.truncate(line.depth);
         for &more in &more_at {
             out.push_str(if more { "│   " } else { "    " });
@@ -349,9 +337,9 @@ fn is_cpython_path(file: &str) -> bool {
         return false;
     }
     let dot = b.len() - 2;
-    ["Include", "Objects", "Modules", "Python", "cpython"].iter().any(|w| {
-        body.match_indices(w).any(|(i, _)| i + w.len() <= dot && !body[i + w.len()..dot].contains('\n'))
-    })
+    ["Include", "Objects", "Modules", "Python", "cpython"]
+        .iter()
+        .any(|w| body.match_indices(w).any(|(i, _)| i + w.len() <= dot && !body[i + w.len()..dot].contains('\n')))
 }
 
 /// Memray's `_is_cpython_internal_symbol`.

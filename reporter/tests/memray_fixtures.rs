@@ -215,12 +215,8 @@ fn plain_bytes(name: &str) -> Vec<u8> {
             Record::Allocation { address, size, allocator, native_frame_id, .. } => {
                 e.allocation(s, address, size, allocator, native_frame_id, native)
             }
-            Record::Object { address, is_created, native_frame_id, .. } => {
-                e.object_record(s, address, is_created, native_frame_id, native)
-            }
-            Record::Memory { rss, ms_since_epoch } => {
-                e.memory_record(s, rss, ms_since_epoch.wrapping_sub(header.start_time_ms as u64))
-            }
+            Record::Object { address, is_created, native_frame_id, .. } => e.object_record(s, address, is_created, native_frame_id, native),
+            Record::Memory { rss, ms_since_epoch } => e.memory_record(s, rss, ms_since_epoch.wrapping_sub(header.start_time_ms as u64)),
             Record::Thread { name, .. } => e.thread_record(s, name.as_bytes()),
             Record::CodeObject(c) => e.code_object(s, c.id, c.function.as_bytes(), c.filename.as_bytes(), c.firstlineno, &c.linetable),
             Record::NativeFrame(f) => e.native_trace_index(s, f.ip, f.parent),

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use memray_capture::*;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 pub struct Decoded {
@@ -24,11 +22,7 @@ pub fn decode_file(name: &str) -> Decoded {
     while let Some(rec) = r.next_record().unwrap_or_else(|e| panic!("{name}: {e}")) {
         records.push(rec);
     }
-    Decoded {
-        header: r.header().clone(),
-        records,
-        reached_trailer: r.reached_trailer(),
-    }
+    Decoded { header: r.header().clone(), records, reached_trailer: r.reached_trailer() }
 }
 
 pub fn decode_bytes(bytes: &[u8]) -> Result<(Header, Vec<Record>, bool), CaptureError> {
@@ -41,9 +35,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<(Header, Vec<Record>, bool), Capture
 }
 
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// The capture's bytes with any LZ4 framing removed.
@@ -51,8 +43,7 @@ pub fn raw_bytes(name: &str) -> Vec<u8> {
     let data = std::fs::read(fixture(name)).unwrap();
     if data.starts_with(&LZ4_MAGIC) {
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&data[..]), &mut out)
-            .unwrap();
+        std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&data[..]), &mut out).unwrap();
         out
     } else {
         data
@@ -69,50 +60,24 @@ pub fn encode_stream(header: &Header, records: &[Record], trailer: bool) -> Vec<
     for r in records {
         match r {
             Record::ContextSwitch { tid } => e.context_switch(s, *tid),
-            Record::FramePush {
-                code_object_id,
-                instruction_offset,
-                is_entry,
-                ..
-            } => e.frame_push(s, *code_object_id, *instruction_offset, *is_entry),
+            Record::FramePush { code_object_id, instruction_offset, is_entry, .. } => {
+                e.frame_push(s, *code_object_id, *instruction_offset, *is_entry)
+            }
             Record::FramePop { count, .. } => e.frame_pop(s, *count),
-            Record::Allocation {
-                address,
-                size,
-                allocator,
-                native_frame_id,
-                ..
-            } => e.allocation(s, *address, *size, *allocator, *native_frame_id, native),
-            Record::Object {
-                address,
-                is_created,
-                native_frame_id,
-                ..
-            } => e.object_record(s, *address, *is_created, *native_frame_id, native),
-            Record::Memory {
-                rss,
-                ms_since_epoch,
-            } => e.memory_record(
-                s,
-                *rss,
-                ms_since_epoch.wrapping_sub(header.start_time_ms as u64),
-            ),
+            Record::Allocation { address, size, allocator, native_frame_id, .. } => {
+                e.allocation(s, *address, *size, *allocator, *native_frame_id, native)
+            }
+            Record::Object { address, is_created, native_frame_id, .. } => {
+                e.object_record(s, *address, *is_created, *native_frame_id, native)
+            }
+            Record::Memory { rss, ms_since_epoch } => e.memory_record(s, *rss, ms_since_epoch.wrapping_sub(header.start_time_ms as u64)),
             Record::Thread { name, .. } => e.thread_record(s, name.as_bytes()),
-            Record::CodeObject(c) => e.code_object(
-                s,
-                c.id,
-                c.function.as_bytes(),
-                c.filename.as_bytes(),
-                c.firstlineno,
-                &c.linetable,
-            ),
+            Record::CodeObject(c) => e.code_object(s, c.id, c.function.as_bytes(), c.filename.as_bytes(), c.firstlineno, &c.linetable),
             Record::NativeFrame(f) => e.native_trace_index(s, f.ip, f.parent),
             Record::MemoryMapStart => e.memory_map_start(s),
-            Record::SegmentHeader {
-                filename,
-                num_segments,
-                load_addr,
-            } => e.segment_header(s, filename.as_bytes(), *num_segments, *load_addr),
+            Record::SegmentHeader { filename, num_segments, load_addr } => {
+                e.segment_header(s, filename.as_bytes(), *num_segments, *load_addr)
+            }
             Record::Segment(seg) => e.segment(s, seg.vaddr, seg.memsz),
             other => panic!("not a stream record: {other:?}"),
         }
@@ -141,12 +106,7 @@ pub fn encode_aggregated(header: &Header, records: &[Record]) -> Vec<u8> {
             }
             Record::MemoryMapStart => {
                 let mut images = Vec::new();
-                while let Some(Record::SegmentHeader {
-                    filename,
-                    num_segments,
-                    load_addr,
-                }) = iter.peek().cloned()
-                {
+                while let Some(Record::SegmentHeader { filename, num_segments, load_addr }) = iter.peek().cloned() {
                     iter.next();
                     let segments = (0..*num_segments)
                         .map(|_| match iter.next() {
@@ -154,11 +114,7 @@ pub fn encode_aggregated(header: &Header, records: &[Record]) -> Vec<u8> {
                             other => panic!("expected segment, got {other:?}"),
                         })
                         .collect();
-                    images.push(ImageSegments {
-                        filename: filename.clone(),
-                        load_addr: *load_addr,
-                        segments,
-                    });
+                    images.push(ImageSegments { filename: filename.clone(), load_addr: *load_addr, segments });
                 }
                 e.memory_map(s, &images)
             }

@@ -27,11 +27,7 @@ fn linetable(entries: &[(u8, i32)]) -> Vec<u8> {
     let mut t = Vec::new();
     for &(units, delta) in entries {
         t.push(0x80 | (13 << 3) | (units - 1));
-        let mut v = if delta < 0 {
-            ((-delta as u32) << 1) | 1
-        } else {
-            (delta as u32) << 1
-        };
+        let mut v = if delta < 0 { ((-delta as u32) << 1) | 1 } else { (delta as u32) << 1 };
         while v >= 64 {
             t.push(0x40 | (v & 0x3f) as u8);
             v >>= 6;
@@ -61,22 +57,8 @@ pub fn stream_capture(native: bool) -> (Vec<u8>, u64) {
         e.native_trace_index(s, 0x5555_0000_2345, 1);
         e.native_trace_index(s, 0x5555_0000_0100, 1);
     }
-    e.code_object(
-        s,
-        1,
-        b"<module>",
-        b"/src/synthetic.py",
-        1,
-        &linetable(&[(4, 0), (4, 9)]),
-    );
-    e.code_object(
-        s,
-        2,
-        b"allocate",
-        b"/src/synthetic.py",
-        3,
-        &linetable(&[(2, 0), (6, 2)]),
-    );
+    e.code_object(s, 1, b"<module>", b"/src/synthetic.py", 1, &linetable(&[(4, 0), (4, 9)]));
+    e.code_object(s, 2, b"allocate", b"/src/synthetic.py", 3, &linetable(&[(2, 0), (6, 2)]));
     e.code_object(s, 3, b"worker_main", b"/src/worker.py", 120, &[]);
     e.context_switch(s, 1);
     e.thread_record(s, b"MainThread");
@@ -86,67 +68,18 @@ pub fn stream_capture(native: bool) -> (Vec<u8>, u64) {
     e.allocation(s, 0x7f00_0000_1000, 1024, Allocator::Malloc, nid(2), native);
     e.allocation(s, 0x7f00_0000_2000, 4096, Allocator::Calloc, nid(3), native);
     e.allocation(s, 0x7f00_0000_1000, 0, Allocator::Free, 0, native);
-    e.allocation(
-        s,
-        0x7f00_0000_3000,
-        2048,
-        Allocator::Realloc,
-        nid(2),
-        native,
-    );
-    e.allocation(
-        s,
-        0x7f10_0000_0000,
-        1 << 20,
-        Allocator::Mmap,
-        nid(3),
-        native,
-    );
+    e.allocation(s, 0x7f00_0000_3000, 2048, Allocator::Realloc, nid(2), native);
+    e.allocation(s, 0x7f10_0000_0000, 1 << 20, Allocator::Mmap, nid(3), native);
     e.allocation(s, 0x7f10_0000_0000, 4096, Allocator::Munmap, nid(3), native);
-    e.allocation(
-        s,
-        0x7f00_0000_4000,
-        64,
-        Allocator::PosixMemalign,
-        nid(2),
-        native,
-    );
-    e.allocation(
-        s,
-        0x7f00_0000_5000,
-        128,
-        Allocator::AlignedAlloc,
-        nid(2),
-        native,
-    );
+    e.allocation(s, 0x7f00_0000_4000, 64, Allocator::PosixMemalign, nid(2), native);
+    e.allocation(s, 0x7f00_0000_5000, 128, Allocator::AlignedAlloc, nid(2), native);
     e.allocation(s, 0x7f00_0000_6000, 256, Allocator::Valloc, nid(2), native);
     e.frame_pop(s, 1);
     e.frame_push(s, 2, 12, false);
-    e.allocation(
-        s,
-        0x7f20_0000_0010,
-        48,
-        Allocator::PymallocMalloc,
-        nid(2),
-        native,
-    );
-    e.allocation(
-        s,
-        0x7f20_0000_0040,
-        32,
-        Allocator::PymallocCalloc,
-        nid(2),
-        native,
-    );
+    e.allocation(s, 0x7f20_0000_0010, 48, Allocator::PymallocMalloc, nid(2), native);
+    e.allocation(s, 0x7f20_0000_0040, 32, Allocator::PymallocCalloc, nid(2), native);
     e.allocation(s, 0x7f20_0000_0010, 0, Allocator::PymallocFree, 0, native);
-    e.allocation(
-        s,
-        0x7f20_0000_0080,
-        96,
-        Allocator::PymallocRealloc,
-        nid(2),
-        native,
-    );
+    e.allocation(s, 0x7f20_0000_0080, 96, Allocator::PymallocRealloc, nid(2), native);
     e.object_record(s, 0x7f20_0000_0080, true, nid(2), native);
     e.object_record(s, 0x7f20_0000_0080, false, 0, native);
     e.context_switch(s, 2);
@@ -154,14 +87,7 @@ pub fn stream_capture(native: bool) -> (Vec<u8>, u64) {
     e.frame_push(s, 3, 0, true);
     for i in 0..40u64 {
         // 40 distinct addresses: exercises cache hits and misses past 15 entries.
-        e.allocation(
-            s,
-            0x7f30_0000_0000 + 64 * (i % 20),
-            100 + i,
-            Allocator::Malloc,
-            nid(3),
-            native,
-        );
+        e.allocation(s, 0x7f30_0000_0000 + 64 * (i % 20), 100 + i, Allocator::Malloc, nid(3), native);
     }
     e.memory_record(s, 31 << 20, 15);
     e.frame_pop(s, 1);
@@ -175,17 +101,7 @@ pub fn stream_capture(native: bool) -> (Vec<u8>, u64) {
     h.encode(&mut final_header);
     assert_eq!(final_header.len(), header_len);
     out[..header_len].copy_from_slice(&final_header);
-    let allocated = 1024
-        + 4096
-        + 2048
-        + (1 << 20)
-        + 64
-        + 128
-        + 256
-        + 48
-        + 32
-        + 96
-        + (0..40).map(|i| 100 + i).sum::<u64>();
+    let allocated = 1024 + 4096 + 2048 + (1 << 20) + 64 + 128 + 256 + 48 + 32 + 96 + (0..40).map(|i| 100 + i).sum::<u64>();
     (out, allocated)
 }
 
@@ -199,47 +115,29 @@ pub fn aggregated_capture(native: bool) -> AggregatedCapture {
         firstlineno,
         linetable: lt,
     };
-    let row =
-        |tid, allocator, frame_index, hwm: u64, leaked: u64, bytes: u64| AggregatedAllocation {
-            tid,
-            allocator,
-            native_frame_id: if native { 2 } else { 0 },
-            frame_index,
-            native_segment_generation: if native { 1 } else { 0 },
-            n_allocations_in_high_water_mark: hwm,
-            n_allocations_leaked: leaked,
-            bytes_in_high_water_mark: hwm * bytes,
-            bytes_leaked: leaked * bytes,
-        };
+    let row = |tid, allocator, frame_index, hwm: u64, leaked: u64, bytes: u64| AggregatedAllocation {
+        tid,
+        allocator,
+        native_frame_id: if native { 2 } else { 0 },
+        frame_index,
+        native_segment_generation: if native { 1 } else { 0 },
+        n_allocations_in_high_water_mark: hwm,
+        n_allocations_leaked: leaked,
+        bytes_in_high_water_mark: hwm * bytes,
+        bytes_leaked: leaked * bytes,
+    };
     AggregatedCapture {
         header,
         memory_snapshots: vec![
-            MemorySnapshot {
-                ms_since_epoch: 1_700_000_000_005,
-                rss: 30 << 20,
-                heap: 0,
-            },
-            MemorySnapshot {
-                ms_since_epoch: 1_700_000_000_015,
-                rss: 31 << 20,
-                heap: 5000,
-            },
+            MemorySnapshot { ms_since_epoch: 1_700_000_000_005, rss: 30 << 20, heap: 0 },
+            MemorySnapshot { ms_since_epoch: 1_700_000_000_015, rss: 31 << 20, heap: 5000 },
         ],
         threads: vec![(1, "MainThread".into()), (2, "worker".into())],
         memory_maps: if native {
             vec![vec![ImageSegments {
                 filename: "/usr/bin/python3.12".into(),
                 load_addr: 0x5555_0000_0000,
-                segments: vec![
-                    Segment {
-                        vaddr: 0,
-                        memsz: 0x1000,
-                    },
-                    Segment {
-                        vaddr: 0x1000,
-                        memsz: 0x20_0000,
-                    },
-                ],
+                segments: vec![Segment { vaddr: 0, memsz: 0x1000 }, Segment { vaddr: 0x1000, memsz: 0x20_0000 }],
             }]]
         } else {
             vec![]
@@ -250,49 +148,19 @@ pub fn aggregated_capture(native: bool) -> AggregatedCapture {
             code(3, "worker_main", 120, vec![]),
         ],
         native_frames: if native {
-            vec![
-                NativeFrame {
-                    ip: 0x5555_0000_1234,
-                    parent: 0,
-                },
-                NativeFrame {
-                    ip: 0x5555_0000_2345,
-                    parent: 1,
-                },
-            ]
+            vec![NativeFrame { ip: 0x5555_0000_1234, parent: 0 }, NativeFrame { ip: 0x5555_0000_2345, parent: 1 }]
         } else {
             vec![]
         },
         python_frames: vec![
-            PythonFrame {
-                code_object_id: 1,
-                instruction_offset: 10,
-                is_entry: true,
-            },
-            PythonFrame {
-                code_object_id: 2,
-                instruction_offset: 6,
-                is_entry: false,
-            },
-            PythonFrame {
-                code_object_id: 3,
-                instruction_offset: 0,
-                is_entry: true,
-            },
+            PythonFrame { code_object_id: 1, instruction_offset: 10, is_entry: true },
+            PythonFrame { code_object_id: 2, instruction_offset: 6, is_entry: false },
+            PythonFrame { code_object_id: 3, instruction_offset: 0, is_entry: true },
         ],
         python_trace_tree: vec![
-            TraceNode {
-                frame_id: 0,
-                parent_index: 0,
-            },
-            TraceNode {
-                frame_id: 1,
-                parent_index: 1,
-            },
-            TraceNode {
-                frame_id: 2,
-                parent_index: 0,
-            },
+            TraceNode { frame_id: 0, parent_index: 0 },
+            TraceNode { frame_id: 1, parent_index: 1 },
+            TraceNode { frame_id: 2, parent_index: 0 },
         ],
         surviving_objects: vec![],
         allocations: vec![

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::content_hash::content_hash;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use memray_injector::{self as injector, InjectOptions};
-use crate::content_hash::content_hash;
 
 // ---- the payload's control block (payload/src/attach.rs has the same layout) -----------
 const CONTROL_SYMBOL: &str = "memray_attach_control";
@@ -69,7 +69,6 @@ pub struct DetachArgs {
     /// The process to detach from
     pid: i32,
 }
-
 
 // ---- Ctrl-C ---------------------------------------------------------------------------
 
@@ -222,7 +221,12 @@ fn remove_older_copies(dir: &Path, keep: &Path) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let ours = name.starts_with("libmemray_payload-") && name.ends_with(".so");
-        let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(60));
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
         if ours && old && path != keep {
             let _ = std::fs::remove_file(&path);
         }
@@ -303,7 +307,8 @@ fn pick_pid() -> Result<i32> {
         if found.is_empty() {
             bail!("give the PID of a running CPython process (none found)");
         }
-        let list: Vec<String> = found.iter().take(6).map(|c| format!("{} ({})", c.pid, c.command.chars().take(40).collect::<String>())).collect();
+        let list: Vec<String> =
+            found.iter().take(6).map(|c| format!("{} ({})", c.pid, c.command.chars().take(40).collect::<String>())).collect();
         bail!("give the PID of a running CPython process, e.g. {}", list.join(", "));
     }
     if found.is_empty() {
@@ -413,17 +418,13 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         ("live_address", LIVE_ADDRESS.into()),
         ("live_timeout", args.timeout.max(5.0).to_string()),
     ];
-    let request: String = pairs.iter().map(|(k, v)| format!("{k}\x1f{}", v.replace(['\x1e', '\x1f'], " "))).collect::<Vec<_>>().join("\x1e");
+    let request: String =
+        pairs.iter().map(|(k, v)| format!("{k}\x1f{}", v.replace(['\x1e', '\x1f'], " "))).collect::<Vec<_>>().join("\x1e");
 
     catch_interrupts();
     let timeout = Duration::from_secs_f64(args.timeout);
     let step = |m: &str| log.step(m);
-    let opts = InjectOptions {
-        timeout,
-        cancel: Some(&CANCEL),
-        log: if args.verbose { Some(&step) } else { None },
-        ..Default::default()
-    };
+    let opts = InjectOptions { timeout, cancel: Some(&CANCEL), log: if args.verbose { Some(&step) } else { None }, ..Default::default() };
     let injected = injector::inject(&info, &payload_text, ENTRY, request.as_bytes(), &opts)?;
     match injected.entry_return {
         0 => {}
@@ -446,7 +447,11 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
             exited()
         }
     })?;
-    let addr = match controls.iter().find(|o| o.path.trim_end_matches(" (deleted)") == payload_text).and_then(|o| o.symbols.get(CONTROL_SYMBOL).copied()) {
+    let addr = match controls
+        .iter()
+        .find(|o| o.path.trim_end_matches(" (deleted)") == payload_text)
+        .and_then(|o| o.symbols.get(CONTROL_SYMBOL).copied())
+    {
         Some(a) => a,
         None if !injector::process_alive(pid) => return Err(exited()),
         None => bail!("the payload is not mapped in process {pid} after the injection"),
@@ -477,10 +482,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         }
         if Instant::now() >= deadline {
             let _ = injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes());
-            bail!(
-                "timed out after {:.1} s waiting for process {pid} to start tracking (is a thread holding the GIL?)",
-                args.timeout
-            );
+            bail!("timed out after {:.1} s waiting for process {pid} to start tracking (is a thread holding the GIL?)", args.timeout);
         }
         std::thread::sleep(Duration::from_micros(500));
     }
@@ -536,9 +538,9 @@ fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log
     let stopped = stop_live_session(pid, addr, nonce, timeout.max(Duration::from_secs(5)));
     let outcome = outcome?;
     match stopped {
-        Ok(true) => live::report_end(&outcome, Some(&format!(
-            "stopped tracking process {pid}: its hooks are removed and it continues running"
-        ))),
+        Ok(true) => {
+            live::report_end(&outcome, Some(&format!("stopped tracking process {pid}: its hooks are removed and it continues running")))
+        }
         Ok(false) => eprintln!("memray: process {pid} has exited"),
         Err(e) => return Err(e),
     }
@@ -622,9 +624,6 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_micros(500));
     }
     log.step("tracking stopped, hooks removed, capture closed");
-    eprintln!(
-        "memray: stopped tracking process {pid} (in {:.0} ms); the capture is in {output}",
-        log.start.elapsed().as_secs_f64() * 1e3
-    );
+    eprintln!("memray: stopped tracking process {pid} (in {:.0} ms); the capture is in {output}", log.start.elapsed().as_secs_f64() * 1e3);
     Ok(ExitCode::SUCCESS)
 }

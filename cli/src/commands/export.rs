@@ -32,13 +32,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use memray_reporter::native::NativeStacks;
 use memray_reporter::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, SnapshotKind};
 use memray_reporter::stats::python_allocator_label;
 use memray_reporter::temporal::TemporalMode;
 use memray_reporter::temporal_records::{temporal_records, LocationKey, Span};
 use memray_reporter::temporary::temporary_allocations;
 use memray_reporter::transform::json_str;
-use memray_reporter::native::NativeStacks;
 use memray_reporter::{Location, ReportError, StackId, StackTable};
 
 use super::stats::{capture_failure, check_capture_exists};
@@ -118,13 +118,7 @@ impl<W: Write> Sender<W> {
                 let next = self.native_frames.len() as u32;
                 let id = *self.native_frames.entry(l.clone()).or_insert(next);
                 if id == next {
-                    writeln!(
-                        self.out,
-                        "[\"f\",{id},{},{},{}]",
-                        json_str(&l.function),
-                        json_str(&l.filename),
-                        l.lineno
-                    )?;
+                    writeln!(self.out, "[\"f\",{id},{},{},{}]", json_str(&l.function), json_str(&l.filename), l.lineno)?;
                 }
                 ids.push(id.to_string());
             }
@@ -153,13 +147,7 @@ impl<W: Write> Sender<W> {
             if !self.sent_frames[frame as usize] {
                 let l = stacks.resolve(frame);
                 let entry = stacks.frame(frame).is_some_and(|k| k.is_entry) as u8;
-                writeln!(
-                    self.out,
-                    "[\"F\",{frame},{},{},{},{entry}]",
-                    json_str(&l.function),
-                    json_str(&l.filename),
-                    l.lineno
-                )?;
+                writeln!(self.out, "[\"F\",{frame},{},{},{},{entry}]", json_str(&l.function), json_str(&l.filename), l.lineno)?;
                 self.sent_frames[frame as usize] = true;
             }
             writeln!(self.out, "[\"N\",{s},{parent},{frame}]")?;
@@ -193,14 +181,7 @@ impl<W: Write> Sender<W> {
         writeln!(
             self.out,
             "[\"A\",{},{},{},{},{},{},{},{}]",
-            r.tid,
-            r.address,
-            r.size,
-            r.allocator as u8,
-            r.stack,
-            r.n_allocations,
-            r.native_frame_id,
-            r.native_segment_generation
+            r.tid, r.address, r.size, r.allocator as u8, r.stack, r.n_allocations, r.native_frame_id, r.native_segment_generation
         )
     }
 }

@@ -91,11 +91,7 @@ pub fn default_output(results: &Path, report: &str) -> PathBuf {
 }
 
 /// Checks the paths, renders with `render` and writes the page.
-pub fn write_report(
-    out: &OutputArgs,
-    report: &str,
-    render: impl FnOnce(&Path) -> Result<HtmlReport, HtmlError>,
-) -> Result<ExitCode> {
+pub fn write_report(out: &OutputArgs, report: &str, render: impl FnOnce(&Path) -> Result<HtmlReport, HtmlError>) -> Result<ExitCode> {
     check_capture_exists(&out.results)?;
     let output = out.output.clone().unwrap_or_else(|| default_output(&out.results, report));
     if !out.force && output.exists() {
@@ -142,10 +138,7 @@ mod tests {
 
     #[test]
     fn output_names() {
-        assert_eq!(
-            default_output(Path::new("/d/memray-x.py.123.bin"), "flamegraph"),
-            PathBuf::from("/d/memray-flamegraph-x.py.123.html")
-        );
+        assert_eq!(default_output(Path::new("/d/memray-x.py.123.bin"), "flamegraph"), PathBuf::from("/d/memray-flamegraph-x.py.123.html"));
         assert_eq!(default_output(Path::new("out"), "table"), PathBuf::from("memray-table-out.html"));
     }
 }

@@ -34,7 +34,6 @@ pub struct LiveArgs {
     timeout: f64,
 }
 
-
 pub fn run(args: LiveArgs) -> Result<ExitCode> {
     require_terminal()?;
     let addr = resolve(&args.address, args.port)?;

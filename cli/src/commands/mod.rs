@@ -9,6 +9,6 @@ pub mod seconds;
 pub mod stats;
 pub mod summary;
 pub mod table;
+pub mod tracking_options;
 pub mod transform;
 pub mod tree;
-pub mod tracking_options;

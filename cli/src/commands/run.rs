@@ -215,7 +215,8 @@ fn run_live(args: &RunArgs, mut cmd: Command, python: &Path) -> Result<ExitCode>
         cmd.env("MEMRAY_RUN_LIVE_PORT", args.live_port.unwrap_or(0).to_string())
             .env("MEMRAY_RUN_LIVE_ADDRESS", address)
             .env("MEMRAY_RUN_LIVE_ANNOUNCE", "1");
-        let status = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?.wait().context("waiting for the program")?;
+        let status =
+            cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?.wait().context("waiting for the program")?;
         return Ok(ExitCode::from(exit_code(status)));
     }
 
@@ -240,11 +241,9 @@ fn run_live(args: &RunArgs, mut cmd: Command, python: &Path) -> Result<ExitCode>
     let addr = live::resolve(address, port)?;
     let log_text = log_path.display().to_string();
     let connected = live::connect(addr, Instant::now() + Duration::from_secs(30), || match child.try_wait() {
-        Ok(Some(status)) => bail!(
-            "the program ended ({}) before tracking started; its output is in {log_text}:\n{}",
-            describe(status),
-            tail(&log_path)
-        ),
+        Ok(Some(status)) => {
+            bail!("the program ended ({}) before tracking started; its output is in {log_text}:\n{}", describe(status), tail(&log_path))
+        }
         _ => Ok(()),
     });
     let outcome = connected.and_then(|stream| live::view(stream, addr, live::terminal_gone));

@@ -71,8 +71,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
             bail!("{}: file already exists, will not overwrite without --force", p.display());
         }
     }
-    let analysis = analyze_file(&args.results, AnalyzeOptions::default())
-        .map_err(|e| capture_failure(&args.results, e))?;
+    let analysis = analyze_file(&args.results, AnalyzeOptions::default()).map_err(|e| capture_failure(&args.results, e))?;
     if !analysis.reached_trailer && !memray_capture::cut::cut_seen() {
         eprintln!(
             "memray: warning: {}: the capture has no trailer (the tracked process was killed or is \
@@ -83,8 +82,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
     let stats = Stats::compute(&analysis, args.num_largest).map_err(|e| capture_failure(&args.results, e))?;
     match json_path {
         Some(p) => {
-            std::fs::write(&p, stats.to_json().to_python_string())
-                .with_context(|| format!("{}: cannot write", p.display()))?;
+            std::fs::write(&p, stats.to_json().to_python_string()).with_context(|| format!("{}: cannot write", p.display()))?;
             println!("Wrote {}", p.display());
         }
         None => {

@@ -51,9 +51,7 @@ pub fn default_output(results: &Path, reporter: &str, suffix: &str) -> PathBuf {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file())).unwrap_or(false)
 }
 
 pub fn run(args: TransformArgs) -> Result<ExitCode> {

@@ -54,7 +54,8 @@ struct Walk {
 
 /// Every object loaded now, in load order.
 pub fn snapshot() -> Vec<LoadedObject> {
-    let mut walk = Walk { objects: Vec::with_capacity(64), executable: None, own_address: snapshot as fn() -> Vec<LoadedObject> as usize as u64 };
+    let mut walk =
+        Walk { objects: Vec::with_capacity(64), executable: None, own_address: snapshot as fn() -> Vec<LoadedObject> as usize as u64 };
     // SAFETY: dl_iterate_phdr calls `visit` with a valid dl_phdr_info for each object while
     // holding the loader lock; `data` is our `walk`, alive for the whole call. The callback
     // neither loads nor unloads objects.

@@ -215,13 +215,8 @@ pub static PY312: Layout = Layout {
 /// `previous` 8, `instr_ptr` 56 (the current instruction), `owner` 70;
 /// `PyCodeObject._co_firsttraceable` 184, `co_code_adaptive` 200, other code and str
 /// offsets as in 3.12.
-pub static PY313: Layout = Layout {
-    minor: 13,
-    tstate_frame: FrameRoot::Direct(72),
-    code_adaptive: Some(200),
-    code_firsttraceable: Some(184),
-    ..PY312
-};
+pub static PY313: Layout =
+    Layout { minor: 13, tstate_frame: FrameRoot::Direct(72), code_adaptive: Some(200), code_firsttraceable: Some(184), ..PY312 };
 
 /// The layout for a CPython version, if it is one we know.
 pub fn layout_for(major: u8, minor: u8) -> Option<&'static Layout> {

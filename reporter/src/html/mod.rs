@@ -154,8 +154,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
     if aggregated {
         if options.temporal {
             return Err(HtmlError::Unsupported(
-                "the aggregated capture format cannot support temporal reports (it was written with --aggregate)"
-                    .into(),
+                "the aggregated capture format cannot support temporal reports (it was written with --aggregate)".into(),
             ));
         }
         if let ReportKind::Temporary(_) = options.kind {
@@ -177,32 +176,31 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
     let mut native = NativeStacks::new();
     let mut generation = 0u64;
     // One pass; the closure is inlined so common records never go through memory.
-    let ta = t.run(&mut reader, options.allow_truncated, #[inline(always)] |record, stacks| {
-        if native.observe(record) && matches!(record, Record::MemoryMapStart) {
-            generation += 1;
-        }
-        if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) =
-            (&mut temporary, record)
-        {
-            let stack = if allocator.is_deallocator() { 0 } else { stacks.current(*tid) };
-            agg.add(&AllocationRecord {
-                tid: *tid,
-                address: *address,
-                size: *size,
-                allocator: *allocator,
-                stack,
-                n_allocations: 1,
-                native_frame_id: *native_frame_id,
-                native_segment_generation: generation,
-            });
-        }
-    })?;
+    let ta = t.run(
+        &mut reader,
+        options.allow_truncated,
+        #[inline(always)]
+        |record, stacks| {
+            if native.observe(record) && matches!(record, Record::MemoryMapStart) {
+                generation += 1;
+            }
+            if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) = (&mut temporary, record) {
+                let stack = if allocator.is_deallocator() { 0 } else { stacks.current(*tid) };
+                agg.add(&AllocationRecord {
+                    tid: *tid,
+                    address: *address,
+                    size: *size,
+                    allocator: *allocator,
+                    stack,
+                    n_allocations: 1,
+                    native_frame_id: *native_frame_id,
+                    native_segment_generation: generation,
+                });
+            }
+        },
+    )?;
     let rows = match (options.kind, temporary) {
-        (ReportKind::Temporary(_), Some(agg)) => agg
-            .records()
-            .into_iter()
-            .map(|r| Row::from(&r))
-            .collect(),
+        (ReportKind::Temporary(_), Some(agg)) => agg.records().into_iter().map(|r| Row::from(&r)).collect(),
         (kind, _) if aggregated => {
             // Memray re-aggregates the file's rows per location (the allocator is not
             // part of it): the first row keeps its count, each further one adds 1.
@@ -231,9 +229,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
             .analysis
             .locations
             .iter()
-            .map(|l| {
-                Row::at(&l.key, if kind == ReportKind::Leaks { l.leaked } else { l.at_peak })
-            })
+            .map(|l| Row::at(&l.key, if kind == ReportKind::Leaks { l.leaked } else { l.at_peak }))
             .filter(|r| r.count != 0 || r.bytes != 0)
             .collect(),
     };
@@ -489,8 +485,7 @@ pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlR
         stats: stats_json(&ta),
         temporal,
     };
-    let json =
-        serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
+    let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
     let warning = native.missing_warning();
     Ok(HtmlReport { html: page::flamegraph_page(&title, &json), reached_trailer: ta.analysis.reached_trailer, warning })
 }
@@ -515,13 +510,8 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
     let hybrid = ta.analysis.header.native_traces;
     let (rows, stacks, names, native) = match snapshot {
         Some(kind) => {
-            let set =
-                snapshot_records(path, kind, merged, Some(ta.analysis.peak_record_index), options.allow_truncated)?;
-            let rows = set
-                .records
-                .iter()
-                .map(Row::from)
-                .collect();
+            let set = snapshot_records(path, kind, merged, Some(ta.analysis.peak_record_index), options.allow_truncated)?;
+            let rows = set.records.iter().map(Row::from).collect();
             (rows, set.stacks, set.thread_names, set.native)
         }
         None => (rows, ta.analysis.stacks, ta.analysis.thread_names, native),
@@ -580,7 +570,6 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
         memory,
         stats,
     };
-    let json =
-        serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
+    let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
     Ok(HtmlReport { html: page::table_page(&title, &json), reached_trailer, warning: native.missing_warning() })
 }

@@ -125,12 +125,7 @@ pub struct TreeBuilder {
 impl TreeBuilder {
     pub fn new(strings: &mut Strings, inverted: bool, drop_imports: bool) -> Self {
         let root = Desc { function: strings.intern("<root>"), file: strings.intern(""), line: 0, flags: INTERESTING };
-        let too_deep = Desc {
-            function: strings.intern("<STACK TOO DEEP>"),
-            file: strings.intern("..."),
-            line: 0,
-            flags: TOO_DEEP,
-        };
+        let too_deep = Desc { function: strings.intern("<STACK TOO DEEP>"), file: strings.intern("..."), line: 0, flags: TOO_DEEP };
         TreeBuilder {
             inverted,
             drop_imports,
@@ -138,26 +133,14 @@ impl TreeBuilder {
             desc_of_location: FastMap::default(),
             desc_of_hybrid: HashMap::new(),
             too_deep_desc: 1,
-            nodes: vec![Node {
-                parent: 0,
-                desc: 0,
-                thread: strings.intern(""),
-                value: 0,
-                count: 0,
-                flags: INTERESTING,
-            }],
+            nodes: vec![Node { parent: 0, desc: 0, thread: strings.intern(""), value: 0, count: 0, flags: INTERESTING }],
             children: FastMap::default(),
         }
     }
 
     fn push_desc(&mut self, strings: &mut Strings, loc: &Location, flags: u8) -> u32 {
         let d = self.descs.len() as u32;
-        self.descs.push(Desc {
-            function: strings.intern(&loc.function),
-            file: strings.intern(&loc.filename),
-            line: loc.lineno,
-            flags,
-        });
+        self.descs.push(Desc { function: strings.intern(&loc.function), file: strings.intern(&loc.filename), line: loc.lineno, flags });
         d
     }
 
@@ -190,14 +173,7 @@ impl TreeBuilder {
 
     /// Like [`TreeBuilder::add`] for a hybrid stack (Python and native frames,
     /// innermost first, as [`crate::records::hybrid_stack_trace`] gives it).
-    pub fn add_hybrid(
-        &mut self,
-        strings: &mut Strings,
-        stack: &[Location],
-        thread: u32,
-        count: u64,
-        bytes: u64,
-    ) -> u32 {
+    pub fn add_hybrid(&mut self, strings: &mut Strings, stack: &[Location], thread: u32, count: u64, bytes: u64) -> u32 {
         let mut frames: Vec<&Location> = stack.iter().collect();
         if self.drop_imports {
             let keep = frames.iter().rev().take_while(|l| l.native || !is_import_system(&l.filename)).count();
@@ -271,8 +247,7 @@ impl TreeBuilder {
             frames.reverse();
         }
         // Descriptions of frames past MAX_DEPTH are never shown: not resolved.
-        let descs: Vec<u32> =
-            frames.iter().take(MAX_DEPTH + 1).map(|&frame| self.desc(stacks, strings, frame)).collect();
+        let descs: Vec<u32> = frames.iter().take(MAX_DEPTH + 1).map(|&frame| self.desc(stacks, strings, frame)).collect();
         self.add_descs(&descs, thread, count, bytes)
     }
 
@@ -384,18 +359,7 @@ pub struct Tree {
 
 impl Tree {
     #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        parent: u32,
-        function: u32,
-        file: u32,
-        line: i32,
-        thread: u32,
-        value: u64,
-        count: u64,
-        flags: u8,
-        folded: u32,
-    ) {
+    fn push(&mut self, parent: u32, function: u32, file: u32, line: i32, thread: u32, value: u64, count: u64, flags: u8, folded: u32) {
         self.parent.push(parent);
         self.function.push(function);
         self.file.push(file);

@@ -241,11 +241,7 @@ impl LiveState {
         };
         let threads = per_thread
             .into_iter()
-            .map(|(tid, table)| ThreadSites {
-                tid,
-                name: thread_names.get(&tid).cloned().unwrap_or_default(),
-                sites: finish(table),
-            })
+            .map(|(tid, table)| ThreadSites { tid, name: thread_names.get(&tid).cloned().unwrap_or_default(), sites: finish(table) })
             .collect();
         Snapshot {
             pid: self.pid,

@@ -63,11 +63,7 @@ impl ViewState {
             }
             KeyCode::Left | KeyCode::Char('<') | KeyCode::Char(',') => {
                 if n_threads > 0 {
-                    self.thread = if self.merged {
-                        self.thread.min(n_threads - 1)
-                    } else {
-                        (self.thread + n_threads - 1) % n_threads
-                    };
+                    self.thread = if self.merged { self.thread.min(n_threads - 1) } else { (self.thread + n_threads - 1) % n_threads };
                 }
                 self.merged = false;
                 self.scroll = 0;
@@ -117,18 +113,14 @@ fn percent(part: u64, whole: u64) -> String {
 
 /// Draws the whole screen.
 pub fn render(frame: &mut Frame, snap: &Snapshot, view: &ViewState) {
-    let [header, graph, table, footer] = Layout::vertical([
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Min(3),
-        Constraint::Length(1),
-    ])
-    .areas(frame.area());
+    let [header, graph, table, footer] =
+        Layout::vertical([Constraint::Length(5), Constraint::Length(5), Constraint::Min(3), Constraint::Length(1)]).areas(frame.area());
     let (rows, label) = view.rows(snap);
     render_header(frame, header, snap, view, &label);
     render_graph(frame, graph, snap);
     render_table(frame, table, &rows, snap.heap, view);
-    let keys = "q quit  \u{2190}/\u{2192} thread  m merge threads  t/o/a sort by total/own/allocations  space pause  \u{2191}/\u{2193} scroll";
+    let keys =
+        "q quit  \u{2190}/\u{2192} thread  m merge threads  t/o/a sort by total/own/allocations  space pause  \u{2191}/\u{2193} scroll";
     frame.render_widget(Paragraph::new(keys).style(Style::default().add_modifier(Modifier::DIM)), footer);
 }
 
@@ -137,11 +129,19 @@ fn render_header(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &ViewStat
     let status = match (&snap.status, view.paused) {
         (StreamStatus::Live, false) => Span::styled("streaming", Style::default().fg(Color::Green)),
         (StreamStatus::Live, true) => Span::styled("PAUSED (space resumes)", Style::default().fg(Color::Yellow)),
-        (StreamStatus::Finished, _) => Span::styled("tracking ended (the process exited or stopped tracking)", Style::default().fg(Color::Cyan)),
+        (StreamStatus::Finished, _) => {
+            Span::styled("tracking ended (the process exited or stopped tracking)", Style::default().fg(Color::Cyan))
+        }
         (StreamStatus::Lost(why), _) => Span::styled(format!("connection lost: {why}"), Style::default().fg(Color::Red)),
     };
     let lines = vec![
-        Line::from(vec![Span::styled("PID: ", bold), Span::raw(snap.pid.to_string()), Span::raw("   "), Span::styled("CMD: ", bold), Span::raw(snap.command_line.clone())]),
+        Line::from(vec![
+            Span::styled("PID: ", bold),
+            Span::raw(snap.pid.to_string()),
+            Span::raw("   "),
+            Span::styled("CMD: ", bold),
+            Span::raw(snap.command_line.clone()),
+        ]),
         Line::from(vec![
             Span::styled("Current heap: ", bold),
             Span::raw(size_fmt(snap.heap)),

@@ -72,10 +72,8 @@ mod tests {
     #[test]
     fn eval_frames_replaced_in_order() {
         // main -> eval(outer) -> call_c -> eval(inner) -> PyObject_Malloc
-        let native: Vec<Location> = ["malloc", "_PyEval_EvalFrameDefault", "call_c", "_PyEval_EvalFrameDefault", "main"]
-            .iter()
-            .map(|n| loc(n, true))
-            .collect();
+        let native: Vec<Location> =
+            ["malloc", "_PyEval_EvalFrameDefault", "call_c", "_PyEval_EvalFrameDefault", "main"].iter().map(|n| loc(n, true)).collect();
         let python = vec![(loc("inner", false), true), (loc("outer", false), true)];
         let h = merge(&python, &native, 0);
         assert_eq!(names(&h), ["malloc", "inner", "call_c", "outer", "main"]);
@@ -83,8 +81,7 @@ mod tests {
 
     #[test]
     fn non_entry_frames_share_their_callers_eval_loop() {
-        let native: Vec<Location> =
-            ["malloc", "_PyEval_EvalFrameDefault", "main"].iter().map(|n| loc(n, true)).collect();
+        let native: Vec<Location> = ["malloc", "_PyEval_EvalFrameDefault", "main"].iter().map(|n| loc(n, true)).collect();
         // outer (entry) called inner (not an entry) in the same eval loop.
         let python = vec![(loc("inner", false), false), (loc("outer", false), true)];
         assert_eq!(names(&merge(&python, &native, 0)), ["malloc", "inner", "outer", "main"]);

@@ -50,9 +50,7 @@ impl NativeStacks {
     #[inline(always)]
     pub fn observe(&mut self, record: &Record) -> bool {
         match record {
-            Record::NativeFrame(_) | Record::MemoryMapStart | Record::SegmentHeader { .. } | Record::Segment(_) => {
-                self.take(record)
-            }
+            Record::NativeFrame(_) | Record::MemoryMapStart | Record::SegmentHeader { .. } | Record::Segment(_) => self.take(record),
             _ => false,
         }
     }

@@ -38,12 +38,8 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        let blaze = Blaze::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .enable_auto_reload(false)
-            .build();
+        let blaze =
+            Blaze::builder().enable_code_info(true).enable_inlined_fns(true).enable_demangling(true).enable_auto_reload(false).build();
         Symbolizer { blaze, cache: HashMap::new(), file_names: HashMap::new(), missing: BTreeSet::new(), unknown: Rc::from(UNKNOWN_FILE) }
     }
 
@@ -153,12 +149,7 @@ fn location(name: &str, code: Option<&CodeInfo<'_>>, names: &FileNames, unknown:
 fn frames_of(sym: &Symbolized<'_>, names: &FileNames, unknown: &Rc<str>) -> Rc<[Location]> {
     let Symbolized::Sym(sym) = sym else {
         // Inside a readable object but covered by no symbol.
-        return Rc::from(vec![Location {
-            function: Rc::from("<unknown>"),
-            filename: unknown.clone(),
-            lineno: 0,
-            native: true,
-        }]);
+        return Rc::from(vec![Location { function: Rc::from("<unknown>"), filename: unknown.clone(), lineno: 0, native: true }]);
     };
     // blazesym gives the containing function with the line of its (outermost) inlined
     // call, then each inlined function with the line of the next call in it; the
