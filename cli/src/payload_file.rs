@@ -53,8 +53,7 @@ fn cache_dirs(uid: u32) -> Vec<PathBuf> {
 }
 
 fn write_embedded(bytes: &[u8], hash: &str) -> Result<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     let mut errors = Vec::new();
     for dir in cache_dirs(uid) {
         match write_into(&dir, uid, bytes, hash) {

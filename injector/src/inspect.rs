@@ -76,8 +76,7 @@ pub fn check_permissions(pid: i32) -> Result<proc::Status> {
     if pid == std::process::id() as i32 {
         return Err(Error::PermissionDenied { pid, cause: "a process cannot attach to itself".into() });
     }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = proc::euid();
     let privileged = euid == 0 || proc::have_cap_sys_ptrace();
     if !privileged && status.uid != euid {
         return Err(Error::PermissionDenied {
