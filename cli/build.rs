@@ -45,6 +45,8 @@ fn main() {
         "payload/Cargo.toml",
         "capture/src",
         "capture/Cargo.toml",
+        "cpython/src",
+        "cpython/Cargo.toml",
         "python/memray/_tracking.py",
         "Cargo.toml",
         "Cargo.lock",

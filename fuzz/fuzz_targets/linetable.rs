@@ -11,5 +11,5 @@ fuzz_target!(|data: &[u8]| {
     let version = 0x0300_0000 | ((8 + (data[0] % 8) as u32) << 16);
     let firstlineno = i32::from_le_bytes([data[1], data[2], data[3], data[4]]);
     let offset = i32::from_le_bytes([data[5], data[6], data[7], data[8]]);
-    let _ = memray_reporter::linetable::line_number(version, &data[9..], firstlineno, offset);
+    let _ = cpython::linetable::line_number(version, &data[9..], firstlineno, offset);
 });

@@ -12,13 +12,7 @@ fn main() {
     let opts = memray_injector::InjectOptions { timeout: Duration::from_secs(10), log: Some(&log), ..Default::default() };
     let t = std::time::Instant::now();
     let result = memray_injector::inspect(pid).and_then(|info| {
-        eprintln!(
-            "inject: CPython {}.{} in {} (inspect {:.1} ms)",
-            info.python_version.0,
-            info.python_version.1,
-            info.python_object,
-            t.elapsed().as_secs_f64() * 1e3
-        );
+        eprintln!("inject: CPython {} in {} (inspect {:.1} ms)", info.python_version, info.python_object, t.elapsed().as_secs_f64() * 1e3);
         memray_injector::inject(&info, &args[2], &args[3], args[4].as_bytes(), &opts)
     });
     match result {

@@ -14,8 +14,10 @@ pub enum Error {
     PermissionDenied { pid: i32, cause: String },
     #[error("process {pid} is not a CPython process ({detail})")]
     NotPython { pid: i32, detail: String },
-    #[error("process {pid} runs {version}, which is not supported (CPython 3.8 to 3.13 are)")]
+    #[error("process {pid} runs {version}, which is not supported ({} are)", cpython::SUPPORTED)]
     UnsupportedVersion { pid: i32, version: String },
+    #[error("process {pid}: {cause}")]
+    Interpreter { pid: i32, cause: cpython::Error },
     #[error("process {0} is stopped (SIGSTOP or Ctrl-Z): resume it with `kill -CONT {0}` first")]
     ProcessStopped(i32),
     #[error("process {0} runs in another mount namespace (a container?): run memray inside it instead")]

@@ -14,8 +14,8 @@ pub struct ProcessInfo {
     /// Effective uid of the process.
     pub uid: u32,
     pub command_line: String,
-    /// (major, minor) of the CPython in it.
-    pub python_version: (u32, u32),
+    /// The CPython in it.
+    pub python_version: cpython::Version,
     /// The object that holds CPython: libpython, or the executable of a static build.
     pub python_object: String,
     pub static_python: bool,
@@ -51,8 +51,16 @@ const PYTHON_ENTRIES: &[&str] = &[
     "Py_MakePendingCalls",
 ];
 /// Symbols that tell CPython versions apart when `Py_Version` (3.11+) is absent.
-const VERSION_PROBES: &[&str] =
-    &["Py_Initialize", "Py_Version", "Py_IsNone", "PyFrame_GetCode", "PyCode_NewWithPosOnlyArgs", "_Py_DecRefShared", "PyGILState_Ensure"];
+const VERSION_PROBES: &[&str] = &[
+    "Py_Initialize",
+    "Py_Version",
+    "Py_IsNone",
+    "PyFrame_GetCode",
+    "PyCode_NewWithPosOnlyArgs",
+    "_Py_DecRefShared",
+    "PyGILState_Ensure",
+    "_PyRuntime",
+];
 
 fn is_loader(path: &str) -> bool {
     let b = elf::basename(path);
@@ -151,12 +159,16 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
         return Err(Error::NotPython { pid, detail: format!("{what}: no libpython and no CPython symbols") });
     };
     let version = python_version(pid, &py, &probes)?;
-    if probes.contains_key("_Py_DecRefShared") {
-        return Err(Error::UnsupportedVersion { pid, version: format!("a free-threaded CPython {}.{}", version.0, version.1) });
+    if cpython::version::FREE_THREADED_SYMBOLS.iter().any(|s| probes.contains_key(*s)) {
+        return Err(Error::Interpreter { pid, cause: cpython::Error::FreeThreaded { version } });
     }
-    if version.0 != 3 || !(8..=13).contains(&version.1) {
-        return Err(Error::UnsupportedVersion { pid, version: format!("CPython {}.{}", version.0, version.1) });
-    }
+    // The same check the payload makes at start, made here so that an interpreter it
+    // would refuse is never stopped.
+    let debug_block = match probes.get("_PyRuntime") {
+        Some(runtime) if version.has_debug_offsets() => Some(memory::read(pid, runtime.addr, cpython::debug_offsets::READ_SIZE)?),
+        _ => None,
+    };
+    cpython::resolve(version, debug_block.as_deref()).map_err(|cause| Error::Interpreter { pid, cause })?;
 
     let mut symbols = Symbols::default();
     // dlopen/dlerror/dlsym: libc (glibc >= 2.34, musl), else libdl.
@@ -226,21 +238,21 @@ fn loader_range(maps: &[Mapping]) -> Option<(u64, u64)> {
     Some((mine.iter().map(|m| m.start).min()?, mine.iter().map(|m| m.end).max()?))
 }
 
-fn python_version(pid: i32, py: &Object, probes: &HashMap<String, Symbol>) -> Result<(u32, u32)> {
+fn python_version(pid: i32, py: &Object, probes: &HashMap<String, Symbol>) -> Result<cpython::Version> {
+    use cpython::Version;
     if let Some(v) = probes.get("Py_Version") {
         // `const unsigned long Py_Version` = PY_VERSION_HEX (3.11+).
         let bytes = memory::read(pid, v.addr, 8)?;
-        let hex = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-        return Ok((((hex >> 24) & 0xff) as u32, ((hex >> 16) & 0xff) as u32));
+        return Ok(Version::from_hex(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]))));
     }
     if probes.contains_key("Py_IsNone") {
-        return Ok((3, 10));
+        return Ok(Version::new(3, 10, 0));
     }
     if probes.contains_key("PyFrame_GetCode") {
-        return Ok((3, 9));
+        return Ok(Version::new(3, 9, 0));
     }
     if probes.contains_key("PyCode_NewWithPosOnlyArgs") {
-        return Ok((3, 8));
+        return Ok(Version::new(3, 8, 0));
     }
     // Older than 3.8: name the version from the file when it says it.
     let name = elf::basename(&py.path);

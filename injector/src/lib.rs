@@ -3,7 +3,7 @@
 //!
 //! Built directly on ptrace (no gdb or lldb, no Python on the attaching side):
 //!
-//! 1. [`inspect`] checks the process (exists, may be traced, is a CPython 3.8-3.13) and
+//! 1. [`inspect`] checks the process (exists, may be traced, is a CPython we support) and
 //!    resolves what the injection needs from the target's *own* objects, read through
 //!    /proc/PID/maps and /proc/PID/root: `dlopen`/`dlerror`/`dlsym` in its libc (or
 //!    libdl), and the safe points: the entries of `malloc`, `calloc`, `realloc`, `free`,

@@ -24,7 +24,7 @@ impl StackSource for Interpreter {
         }
         // SAFETY: tstate is the calling thread's own PyThreadState (a TLS read), and only
         // this thread mutates its frame chain, so the chain is stable while we walk it.
-        let (n, _truncated) = unsafe { crate::python::frames::walk(self.layout, tstate, self.code_type, out) };
+        let (n, _truncated) = unsafe { crate::python::frames::walk(&self.layout, tstate, self.code_type, out) };
         n
     }
 }

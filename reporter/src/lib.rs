@@ -5,7 +5,7 @@
 //!   high-water mark with what was live at it, and what was live at the end. Aggregated
 //!   captures (`--aggregate`) yield their stored high-water-mark and leak rows.
 //! * [`StackTable`]: Python stacks rebuilt from FRAME_PUSH/FRAME_POP and interned in a
-//!   trie; [`linetable`] turns code-object line tables into line numbers.
+//!   trie; line numbers come from `cpython::linetable`.
 //! * [`Stats`]: `memray stats`, text and JSON as Memray 1.20 writes them.
 
 mod addrmap;
@@ -13,7 +13,6 @@ pub mod analysis;
 mod error;
 mod fasthash;
 pub mod html;
-pub mod linetable;
 pub mod live;
 pub mod localtime;
 pub mod modules;

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use memray_capture::{CodeObject, PythonFrame, TraceNode};
 
 use crate::fasthash::FastMap;
-use crate::linetable::line_number;
+use cpython::linetable::line_number;
 
 /// A node of the stack trie; 0 is the empty stack.
 pub type StackId = u32;

@@ -364,9 +364,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
 
     let info = injector::inspect(pid)?;
     log.step(&format!(
-        "process {pid}: CPython {}.{} ({}{}), {} threads: {}",
-        info.python_version.0,
-        info.python_version.1,
+        "process {pid}: CPython {} ({}{}), {} threads: {}",
+        info.python_version,
         info.python_object,
         if info.static_python { ", static" } else { "" },
         info.threads,

@@ -5,8 +5,8 @@
 //! Safety sections); a null pointer, or one whose type is not `PyCode_Type`, reads as
 //! "nothing" (empty name, line 0, empty table) rather than being dereferenced further.
 
-use super::layout::Layout;
 use super::{read_at, Interpreter};
+use cpython::Layout;
 
 /// Where decoded UTF-8 goes. Implementations must not call back into Python.
 pub trait Utf8Sink {
@@ -86,7 +86,7 @@ pub unsafe fn firstlineno(interp: &Interpreter, code: usize) -> i32 {
 /// As for `firstlineno`; the slice must not outlive the code object (which owns a
 /// reference to the bytes object, and bytes objects are immutable).
 pub unsafe fn linetable<'a>(interp: &Interpreter, code: usize) -> &'a [u8] {
-    let layout = interp.layout;
+    let layout = &interp.layout;
     // SAFETY: caller contract.
     let table = unsafe { field(interp, code, layout.code_linetable) };
     if table == 0 {
@@ -108,7 +108,7 @@ pub unsafe fn linetable<'a>(interp: &Interpreter, code: usize) -> &'a [u8] {
 /// As for `firstlineno`.
 pub unsafe fn write_name(interp: &Interpreter, code: usize, sink: &mut impl Utf8Sink) {
     // SAFETY: caller contract; co_name is a str owned by the code object.
-    unsafe { write_str(interp.layout, field(interp, code, interp.layout.code_name), sink) }
+    unsafe { write_str(&interp.layout, field(interp, code, interp.layout.code_name), sink) }
 }
 
 /// Writes `co_filename` as UTF-8 (or `???`).
@@ -117,7 +117,7 @@ pub unsafe fn write_name(interp: &Interpreter, code: usize, sink: &mut impl Utf8
 /// As for `firstlineno`.
 pub unsafe fn write_filename(interp: &Interpreter, code: usize, sink: &mut impl Utf8Sink) {
     // SAFETY: caller contract; co_filename is a str owned by the code object.
-    unsafe { write_str(interp.layout, field(interp, code, interp.layout.code_filename), sink) }
+    unsafe { write_str(&interp.layout, field(interp, code, interp.layout.code_filename), sink) }
 }
 
 /// The cheap identity of a code object, for caches keyed by its address.
@@ -125,7 +125,7 @@ pub unsafe fn write_filename(interp: &Interpreter, code: usize, sink: &mut impl 
 /// # Safety
 /// As for `firstlineno`.
 pub unsafe fn identity(interp: &Interpreter, code: usize) -> CodeIdentity {
-    let l = interp.layout;
+    let l = &interp.layout;
     // SAFETY: caller contract; each read checks the type first.
     unsafe {
         CodeIdentity {
@@ -216,7 +216,7 @@ pub fn encode_utf8(points: impl Iterator<Item = u32>, sink: &mut impl Utf8Sink) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::layout::{PY310, PY312};
+    use cpython::layout::{PY310, PY312};
 
     fn encode(points: &[u32]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -2,8 +2,8 @@
 //! from the interpreter's memory, with no Python API call, no lock, no allocation and no
 //! panic, so it can run inside a malloc hook with or without the GIL.
 
-use super::layout::{EntryRule, FrameRoot, InstrPos, Layout};
 use super::read_at;
+use cpython::{EntryRule, FrameRoot, InstrPos, Layout};
 
 /// One Python frame, as Memray's FRAME_PUSH record carries it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,15 +89,18 @@ unsafe fn first_frame(layout: &Layout, tstate: usize) -> usize {
 /// `frame` is a non-null live frame of the calling thread's chain and `previous` its
 /// successor (or null); `layout` and `code_type` describe the running interpreter.
 unsafe fn describe(layout: &Layout, frame: usize, previous: usize, code_type: usize) -> Option<RawFrame> {
-    // 3.12+: shim/entry frames that live on the C stack are not Python frames.
+    // 3.12+: shim/entry frames owned by C are not Python frames.
     // SAFETY: `owner` is a one-byte field of the live frame.
     let owner: Option<u8> = layout.frame_owner.map(|offset| unsafe { read_at(frame, offset) });
-    if owner.is_some() && owner == layout.owned_by_cstack {
-        return None;
+    if let (Some(owner), Some(first_c)) = (owner, layout.first_c_owner) {
+        if owner >= first_c {
+            return None;
+        }
     }
 
-    // SAFETY: the code slot of a live frame holds a strong reference (or null).
-    let code: usize = unsafe { read_at(frame, layout.frame_code) };
+    // SAFETY: the code slot of a live frame holds a strong (3.14+: possibly tagged)
+    // reference, or null.
+    let code: usize = unsafe { read_at::<usize>(frame, layout.frame_code) } & !layout.frame_code_tag;
     if code == 0 {
         return None;
     }
@@ -131,11 +134,11 @@ unsafe fn describe(layout: &Layout, frame: usize, previous: usize, code_type: us
         EntryRule::Always => true,
         // SAFETY: `is_entry` is a one-byte bool field of the live frame.
         EntryRule::Flag(offset) => (unsafe { read_at::<u8>(frame, offset) }) != 0,
-        EntryRule::PreviousOwnedByCStack => match (layout.frame_owner, layout.owned_by_cstack) {
-            (Some(offset), Some(cstack)) if previous != 0 => {
+        EntryRule::PreviousOwnedByC => match (layout.frame_owner, layout.first_c_owner) {
+            (Some(offset), Some(first_c)) if previous != 0 => {
                 // SAFETY: `previous` is the next live frame of the same chain.
                 let previous_owner: u8 = unsafe { read_at(previous, offset) };
-                previous_owner == cstack
+                previous_owner >= first_c
             }
             _ => false,
         },
@@ -159,7 +162,7 @@ fn lasti_bytes(ip: usize, first: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::layout::{PY310, PY311, PY312, PY313};
+    use cpython::layout::{PY310, PY311, PY312, PY313, PY314, PY315};
 
     #[test]
     fn lasti_matches_pyframe_getlasti() {
@@ -191,7 +194,8 @@ mod tests {
         for (i, &a) in addrs.iter().enumerate() {
             let back = addrs.get(i + 1).copied().unwrap_or(0);
             set(a, layout.frame_back, &back.to_ne_bytes());
-            set(a, layout.frame_code, &code_addr.to_ne_bytes());
+            // 3.14+ tag the code reference's low bits.
+            set(a, layout.frame_code, &(code_addr | (layout.frame_code_tag & i)).to_ne_bytes());
             match layout.frame_instr {
                 InstrPos::Lasti(o) => set(a, o, &(10 * i as i32).to_ne_bytes()),
                 InstrPos::Pointer(o) => {
@@ -203,8 +207,8 @@ mod tests {
                 set(a, o, &[(i == 3) as u8]);
             }
         }
-        match (layout.frame_owner, layout.owned_by_cstack) {
-            (Some(o), Some(cstack)) => set(addrs[1], o, &[cstack]),
+        match (layout.frame_owner, layout.first_c_owner) {
+            (Some(o), Some(first_c)) => set(addrs[1], o, &[first_c + (layout.minor == 14) as u8]),
             _ => set(addrs[1], layout.frame_code, &(other.as_ptr() as usize).to_ne_bytes()),
         }
         let mut tstate = vec![0u64; 64];
@@ -237,7 +241,7 @@ mod tests {
 
     #[test]
     fn walks_interpreter_frames() {
-        for layout in [&PY311, &PY312, &PY313] {
+        for layout in [&PY311, &PY312, &PY313, &PY314, &PY315] {
             let got = fake_walk(layout);
             let offs: Vec<i32> = got.iter().map(|f| f.instr_offset).collect();
             // Frame 1 is skipped (3.11: non-code object; 3.12+: C-stack owner), frame 2 is

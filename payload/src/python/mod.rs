@@ -1,19 +1,18 @@
 //! Everything the payload knows about CPython's in-memory structures.
 //!
-//! - `layout`: per-version struct offsets, as data (the only version-specific knowledge);
 //! - `frames`: the allocation-free walker of the calling thread's frame chain;
 //! - `code`: readers for a code object's names, first line and line table.
 //!
-//! Nothing here links against libpython: `Interpreter::resolve` finds what it needs with
+//! The per-version layouts themselves live in the `cpython` crate. Nothing here links
+//! against libpython: `Interpreter::resolve` finds what it needs with
 //! `dlsym(RTLD_DEFAULT, …)` once, at tracker start.
 
 pub mod code;
 pub mod frames;
-pub mod layout;
 
 use std::ffi::{c_char, c_ulong, c_void, CStr};
 
-pub use layout::{layout_for, Layout};
+use cpython::{Layout, Version};
 
 /// Reads a `T` at `base + offset` (unaligned reads allowed).
 ///
@@ -27,33 +26,19 @@ pub(crate) unsafe fn read_at<T: Copy>(base: usize, offset: usize) -> T {
 
 /// The running CPython, as the hooks need it.
 pub struct Interpreter {
-    pub layout: &'static Layout,
+    pub layout: Layout,
     /// `PyGILState_GetThisThreadState`: reads a TLS key, so it works with or without
     /// the GIL and never allocates.
     get_tstate: unsafe extern "C" fn() -> *const u8,
     /// `&PyCode_Type`.
     pub code_type: usize,
-    /// The runtime `PY_VERSION_HEX`.
-    pub version_hex: u32,
+    pub version: Version,
 }
 
 /// Looks a symbol up in everything already loaded (libpython or a static python binary).
 fn symbol(name: &CStr) -> *mut c_void {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other precondition.
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
-}
-
-/// `"3.10.13 (main, …)"` -> `0x030A0DF0` (a final release is assumed).
-fn parse_version(text: &[u8]) -> Option<u32> {
-    let head = text.split(|&b| b == b' ').next()?;
-    let mut parts = head.split(|&b| b == b'.').map(|p| {
-        let digits: Vec<u8> = p.iter().copied().take_while(u8::is_ascii_digit).collect();
-        std::str::from_utf8(&digits).ok()?.parse::<u32>().ok()
-    });
-    let major = parts.next()??;
-    let minor = parts.next()??;
-    let micro = parts.next().flatten().unwrap_or(0);
-    Some((major << 24) | (minor << 16) | (micro.min(255) << 8) | 0xF0)
 }
 
 impl Interpreter {
@@ -65,13 +50,10 @@ impl Interpreter {
         if get_tstate.is_null() || code_type == 0 {
             return Err("no CPython found in this process".into());
         }
-        if !symbol(c"_Py_DecRefShared").is_null() {
-            return Err("free-threaded CPython builds are not supported".into());
-        }
         let py_version = symbol(c"Py_Version");
-        let version_hex = if !py_version.is_null() {
+        let version = if !py_version.is_null() {
             // SAFETY: 3.11+ exports `const unsigned long Py_Version`.
-            unsafe { *(py_version as *const c_ulong) as u32 }
+            Version::from_hex(unsafe { *(py_version as *const c_ulong) } as u64)
         } else {
             let get_version = symbol(c"Py_GetVersion");
             if get_version.is_null() {
@@ -83,13 +65,27 @@ impl Interpreter {
                 let f: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(get_version);
                 CStr::from_ptr(f())
             };
-            parse_version(text.to_bytes()).ok_or("cannot parse the CPython version")?
+            Version::parse(text.to_bytes()).ok_or("cannot parse the CPython version")?
         };
-        let (major, minor) = ((version_hex >> 24) as u8, (version_hex >> 16) as u8);
-        let layout = layout_for(major, minor).ok_or_else(|| format!("CPython {major}.{minor} is not supported (3.8 to 3.13 are)"))?;
+        if cpython::version::FREE_THREADED_SYMBOLS.iter().any(|name| {
+            let name = std::ffi::CString::new(*name).unwrap_or_default();
+            !symbol(&name).is_null()
+        }) {
+            return Err(cpython::Error::FreeThreaded { version }.to_string());
+        }
+        let runtime = symbol(c"_PyRuntime");
+        let debug_block = if version.has_debug_offsets() && !runtime.is_null() {
+            // SAFETY: `_PyRuntime` is the interpreter's `_PyRuntimeState`, a static object
+            // of hundreds of KiB that starts with `_Py_DebugOffsets` on 3.13+, so its first
+            // READ_SIZE bytes are readable; they are only read as bytes.
+            Some(unsafe { std::slice::from_raw_parts(runtime as *const u8, cpython::debug_offsets::READ_SIZE) })
+        } else {
+            None
+        };
+        let layout = cpython::resolve(version, debug_block).map_err(|e| e.to_string())?;
         // SAFETY: the symbol is `PyThreadState *PyGILState_GetThisThreadState(void)`.
         let get_tstate = unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> *const u8>(get_tstate) };
-        Ok(Interpreter { layout, get_tstate, code_type, version_hex })
+        Ok(Interpreter { layout, get_tstate, code_type, version })
     }
 
     /// The calling thread's `PyThreadState*`, or null if it has none. Lock- and
@@ -115,7 +111,7 @@ pub unsafe extern "C" fn memray_debug_walk_current_stack(buf: *mut u8, len: usiz
     let mut frames = vec![frames::RawFrame::default(); 4096];
     // SAFETY: the thread state is this thread's own, so its chain cannot change under
     // us; layout and code type come from the running interpreter.
-    let (n, _) = unsafe { frames::walk(interp.layout, interp.current_tstate(), interp.code_type, &mut frames) };
+    let (n, _) = unsafe { frames::walk(&interp.layout, interp.current_tstate(), interp.code_type, &mut frames) };
     let mut text = Vec::new();
     for f in frames.iter().take(n) {
         // SAFETY: each code object is held by a frame of this thread that is still live.
@@ -137,16 +133,6 @@ pub unsafe extern "C" fn memray_debug_walk_current_stack(buf: *mut u8, len: usiz
 
 #[cfg(test)]
 mod tests {
-    use super::parse_version;
-
-    #[test]
-    fn parses_py_getversion() {
-        assert_eq!(parse_version(b"3.10.13 (main, Jan 1 2024, 00:00:00) [GCC 12]"), Some(0x030A0DF0));
-        assert_eq!(parse_version(b"3.8.18"), Some(0x030812F0));
-        assert_eq!(parse_version(b"3.9.0rc1 (default)"), Some(0x030900F0));
-        assert_eq!(parse_version(b"garbage"), None);
-    }
-
     /// The test binary has no CPython loaded: resolving must fail cleanly.
     #[test]
     fn resolve_fails_without_python() {

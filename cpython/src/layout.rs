@@ -1,7 +1,15 @@
-//! Per-version CPython struct layouts, as data. Everything version-specific that the frame
-//! walker and the code-object readers need lives here and nowhere else.
+//! Per-version CPython struct layouts, as data: everything version-specific that the
+//! payload's frame walker and code-object readers need. From 3.13 on, the interpreter's
+//! own `_Py_DebugOffsets` are read as well and checked against (or, for a version newer
+//! than this table, used instead of) these rows: see `debug_offsets`.
 //!
 //! Only 64-bit, non-debug, GIL (not free-threaded) builds are described.
+//!
+//! 3.14 and 3.15 were checked by compiling `offsetof()` probes against the headers of
+//! Debian's `libpython3.14-dev` 3.14.10 and `libpython3.15-dev` 3.15.2 (with
+//! `Py_BUILD_CORE`, including `internal/pycore_interpframe_structs.h`); the end-to-end
+//! suite repeats that check against every interpreter's own headers
+//! (`tests/test_cpython_layouts.py`).
 //!
 //! How the tables were checked: `gdb -batch -ex 'ptype /o struct _ts'
 //! -ex 'ptype /o struct _frame'` (3.8-3.10) or `... struct _PyCFrame` and
@@ -44,12 +52,12 @@ pub enum EntryRule {
     Always,
     /// 3.11: the frame's `bool is_entry` at this offset.
     Flag(usize),
-    /// 3.12+: the previous frame exists and is owned by the C stack (a shim/entry frame).
-    PreviousOwnedByCStack,
+    /// 3.12+: the previous frame exists and is owned by C (a shim/entry frame).
+    PreviousOwnedByC,
 }
 
 /// Offsets (in bytes) and rules for one CPython minor version.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub major: u8,
     pub minor: u8,
@@ -63,16 +71,22 @@ pub struct Layout {
     // Frame: PyFrameObject (3.8-3.10) or _PyInterpreterFrame (3.11+).
     /// `f_back` / `previous`.
     pub frame_back: usize,
-    /// `f_code`, or 3.13 `f_executable` (which may hold a non-code object).
+    /// `f_code`, or 3.13+ `f_executable` (which may hold a non-code object).
     pub frame_code: usize,
+    /// Tag bits to clear from the code slot: 3.14+ `f_executable` is a `_PyStackRef`
+    /// (`Py_TAG_BITS`: 1 on 3.14, 3 on 3.15); 0 before.
+    pub frame_code_tag: usize,
     pub frame_instr: InstrPos,
     /// `char owner` (3.11+). Frames are skipped the way `_PyFrame_IsIncomplete` does.
     pub frame_owner: Option<usize>,
     pub entry: EntryRule,
     /// `FRAME_OWNED_BY_GENERATOR`.
     pub owned_by_generator: u8,
-    /// `FRAME_OWNED_BY_CSTACK` (3.12+).
-    pub owned_by_cstack: Option<u8>,
+    /// 3.12+: owner values from this one up mark frames that belong to C, not Python
+    /// (`_PyFrame_IsIncomplete`'s first test): 3.12/3.13 `FRAME_OWNED_BY_CSTACK` = 3;
+    /// 3.14 `FRAME_OWNED_BY_INTERPRETER` = 3 and `FRAME_OWNED_BY_CSTACK` = 4;
+    /// 3.15 `FRAME_OWNED_BY_INTERPRETER` = 3.
+    pub first_c_owner: Option<u8>,
 
     // PyCodeObject
     pub code_firstlineno: usize,
@@ -127,11 +141,12 @@ pub static PY38: Layout = Layout {
     tstate_frame: FrameRoot::Direct(24),
     frame_back: 24,
     frame_code: 32,
+    frame_code_tag: 0,
     frame_instr: InstrPos::Lasti(104),
     frame_owner: None,
     entry: EntryRule::Always,
     owned_by_generator: 0,
-    owned_by_cstack: None,
+    first_c_owner: None,
     code_firstlineno: 40,
     code_filename: 104,
     code_name: 112,
@@ -173,7 +188,7 @@ pub static PY311: Layout = Layout {
     frame_owner: Some(69),
     entry: EntryRule::Flag(68),
     owned_by_generator: 1,
-    owned_by_cstack: None,
+    first_c_owner: None,
     code_firstlineno: 72,
     code_filename: 112,
     code_name: 120,
@@ -195,9 +210,9 @@ pub static PY312: Layout = Layout {
     frame_code: 0,
     frame_instr: InstrPos::Pointer(56),
     frame_owner: Some(70),
-    entry: EntryRule::PreviousOwnedByCStack,
+    entry: EntryRule::PreviousOwnedByC,
     owned_by_generator: 1,
-    owned_by_cstack: Some(3),
+    first_c_owner: Some(3),
     code_firstlineno: 68,
     code_filename: 112,
     code_name: 120,
@@ -218,7 +233,19 @@ pub static PY312: Layout = Layout {
 pub static PY313: Layout =
     Layout { minor: 13, tstate_frame: FrameRoot::Direct(72), code_adaptive: Some(200), code_firsttraceable: Some(184), ..PY312 };
 
-/// The layout for a CPython version, if it is one we know.
+/// 3.14.10: `_ts.current_frame` 72; `_PyInterpreterFrame.f_executable` 0 (a tagged
+/// `_PyStackRef`, `Py_TAG_BITS` 1), `previous` 8, `instr_ptr` 56, `owner` 74
+/// (`FRAME_OWNED_BY_INTERPRETER` 3, `FRAME_OWNED_BY_CSTACK` 4); `PyCodeObject`
+/// `co_firstlineno` 68, `co_filename` 112, `co_name` 120, `co_linetable` 136,
+/// `_co_firsttraceable` 192, `co_code_adaptive` 208; str and bytes as in 3.12.
+pub static PY314: Layout =
+    Layout { minor: 14, frame_code_tag: 1, frame_owner: Some(74), code_adaptive: Some(208), code_firsttraceable: Some(192), ..PY313 };
+
+/// 3.15.2: the 3.14 offsets, with `Py_TAG_BITS` 3 (tagged ints) and no
+/// `FRAME_OWNED_BY_CSTACK` (entry frames are `FRAME_OWNED_BY_INTERPRETER` 3).
+pub static PY315: Layout = Layout { minor: 15, frame_code_tag: 3, ..PY314 };
+
+/// The table row for a CPython version, if there is one.
 pub fn layout_for(major: u8, minor: u8) -> Option<&'static Layout> {
     match (major, minor) {
         (3, 8) => Some(&PY38),
@@ -227,6 +254,8 @@ pub fn layout_for(major: u8, minor: u8) -> Option<&'static Layout> {
         (3, 11) => Some(&PY311),
         (3, 12) => Some(&PY312),
         (3, 13) => Some(&PY313),
+        (3, 14) => Some(&PY314),
+        (3, 15) => Some(&PY315),
         _ => None,
     }
 }
@@ -237,18 +266,18 @@ mod tests {
 
     #[test]
     fn every_supported_version_has_its_own_table() {
-        for minor in 8..=13u8 {
+        for minor in 8..=15u8 {
             let l = layout_for(3, minor).expect("supported");
             assert_eq!((l.major, l.minor), (3, minor));
         }
         assert!(layout_for(3, 7).is_none());
-        assert!(layout_for(3, 14).is_none());
+        assert!(layout_for(3, 16).is_none());
         assert!(layout_for(2, 7).is_none());
     }
 
     #[test]
     fn interpreter_frames_have_what_the_walker_needs() {
-        for minor in 11..=13u8 {
+        for minor in 11..=15u8 {
             let l = layout_for(3, minor).unwrap();
             assert!(l.frame_owner.is_some() && l.code_adaptive.is_some());
             assert!(l.code_firsttraceable.is_some());
