@@ -1,10 +1,12 @@
 """Fixtures for the end-to-end suite.
 
 Interpreters: every pyenv CPython 3.8-3.13 found via `pyenv root` (newest patch
-release of each minor) plus Debian's statically linked /usr/bin/python3.11.
-Tests taking the `interp` fixture run once per interpreter (ids `py3.8` ...
-`py3.13`, `static-py3.11`); absent ones are skipped with the reason, and the
-list is printed at the end of the session.
+release of each minor), Debian's statically linked /usr/bin/python3.11, and
+CPython 3.14 and 3.15 from Debian sid's packages (scripts/setup-sid-python, into
+.venvs/sid), each as Debian's static interpreter and as a launcher over the shared
+libpython. Tests taking the `interp` fixture run once per interpreter (ids `py3.8`
+... `py3.15`, `static-py3.11`, `static-py3.14`, `static-py3.15`); absent ones are
+skipped with the reason, and the list is printed at the end of the session.
 
 Fixtures:
   interp       the interpreter under test (Interpreter: id, minor, executable, static)
@@ -18,7 +20,8 @@ Fixtures:
   memray_run   memray_run(*args, cwd=None) -> Result: `interp -m memray run *args`
   memray_cli   memray_cli(*args) -> Result: this project's CLI binary (stats, parse, ...)
   oracle       support.Reader over .venvs/oracle-3.X (Memray 1.20) of interp's version;
-               skipped for 3.8, which Memray 1.20 does not support
+               skipped for 3.8, which Memray 1.20 does not support, and 3.15, for
+               which it has no wheel
   reader       like oracle, but for 3.8 falls back to the oldest oracle available
                (Memray's reader decodes line tables by the capture's Python version)
 
@@ -43,7 +46,12 @@ from support import HELPERS, REPO, SELF_CHECK, VENVS, Reader, Script, run  # noq
 
 MINORS = range(8, 14)
 STATIC_PYTHON = Path("/usr/bin/python3.11")
+#: CPython 3.14 and 3.15 from Debian sid (scripts/setup-sid-python)
+SID_MINORS = (14, 15)
+SID_BIN = VENVS / "sid" / "root" / "usr" / "bin"
 ORACLE_MIN_MINOR = 9
+#: Memray 1.20 publishes wheels up to 3.14
+ORACLE_MAX_MINOR = 14
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,15 @@ def _discover() -> List[Interpreter]:
         else:
             found.append(Interpreter(sid, 11, str(STATIC_PYTHON), True))
 
+    for minor in SID_MINORS:
+        for kind, iid in (("shared", f"py3.{minor}"), ("static", f"static-py3.{minor}")):
+            exe = SID_BIN / f"python3.{minor}-{kind}"
+            if exe.exists():
+                found.append(Interpreter(iid, minor, str(exe), kind == "static"))
+            else:
+                found.append(Interpreter(iid, minor, None, kind == "static",
+                                         missing=f"{exe} missing: scripts/setup-test-env fetches it from Debian sid"))
+
     if SELF_CHECK:
         # Memray 1.20 itself is the implementation under test: use the oracle venvs.
         adjusted = []
@@ -119,7 +136,7 @@ def _discover() -> List[Interpreter]:
             venv_py = VENVS / f"oracle-3.{it.minor}" / "bin" / "python"
             if it.missing:
                 adjusted.append(it)
-            elif it.static or it.minor < ORACLE_MIN_MINOR:
+            elif it.static or not ORACLE_MIN_MINOR <= it.minor <= ORACLE_MAX_MINOR:
                 adjusted.append(Interpreter(it.id, it.minor, None, it.static, missing="self-check mode: no Memray 1.20 for this interpreter"))
             elif not venv_py.exists():
                 adjusted.append(Interpreter(it.id, it.minor, None, it.static, missing=f"self-check mode: {venv_py} missing"))
@@ -301,6 +318,8 @@ def _oracle_python(minor: int) -> Path:
 def oracle(interp) -> Reader:
     if interp.minor < ORACLE_MIN_MINOR:
         pytest.skip(f"Memray 1.20 does not support Python 3.{interp.minor}: no oracle to compare with")
+    if interp.minor > ORACLE_MAX_MINOR:
+        pytest.skip(f"Memray 1.20 has no wheel for Python 3.{interp.minor}: no oracle to compare with")
     py = _oracle_python(interp.minor)
     if not py.exists():
         pytest.fail(f"oracle venv {py.parent.parent} missing: run scripts/setup-test-env")
@@ -310,16 +329,18 @@ def oracle(interp) -> Reader:
 @pytest.fixture
 def reader(interp) -> Reader:
     py = _oracle_python(interp.minor)
-    if interp.minor >= ORACLE_MIN_MINOR:
+    if ORACLE_MIN_MINOR <= interp.minor <= ORACLE_MAX_MINOR:
         if not py.exists():
             pytest.fail(f"oracle venv {py.parent.parent} missing: run scripts/setup-test-env")
         return Reader(py, f"Memray 1.20 (oracle-3.{interp.minor})")
-    for minor in range(ORACLE_MIN_MINOR, 14):
+    # Memray's reader decodes line tables by the capture's version, so any of its builds
+    # reads any capture: the nearest one does.
+    for minor in sorted(range(ORACLE_MIN_MINOR, ORACLE_MAX_MINOR + 1), key=lambda m: abs(m - interp.minor)):
         alt = _oracle_python(minor)
         if alt.exists():
             _note(
                 f"{interp.id} captures are read with Memray 1.20 from oracle-3.{minor} "
-                "(Memray has no 3.8 build; its reader decodes line tables by the capture's version)"
+                f"(Memray 1.20 has no 3.{interp.minor} build; its reader decodes line tables by the capture's version)"
             )
             return Reader(alt, f"Memray 1.20 (oracle-3.{minor}, reading a 3.{interp.minor} capture)")
     pytest.skip(f"no oracle venv available to read {interp.id} captures")

@@ -41,7 +41,9 @@ def build_native_ext(executable: str, outdir: Path) -> Path:
     objs = []
     for compiler, src in ((cc, C_SOURCE), (cxx, CPP_SOURCE)):
         obj = outdir / (src.name + ".o")
-        cmd = [compiler, *_FLAGS, "-I", cfg["include"], "-c", str(src), "-o", str(obj)]
+        # -idirafter the parent: Debian's pyconfig.h includes <x86_64-linux-gnu/python3.X/pyconfig.h>.
+        cmd = [compiler, *_FLAGS, "-I", cfg["include"], "-idirafter", str(Path(cfg["include"]).parent),
+               "-c", str(src), "-o", str(obj)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise RuntimeError("%s failed:\n%s%s" % (" ".join(cmd), res.stdout, res.stderr))

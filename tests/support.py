@@ -21,6 +21,37 @@ VENVS = REPO / ".venvs"
 IMPL = os.environ.get("MEMRAY_TESTS_IMPL", "ours")
 SELF_CHECK = IMPL == "memray"
 
+#: CPython minor versions Memray 1.20 has wheels for: .venvs/oracle-3.X exist for these.
+ORACLE_MINORS = range(9, 15)
+
+
+def oracle_python(minor: int) -> Path:
+    return VENVS / f"oracle-3.{minor}" / "bin" / "python"
+
+
+def nearest_oracle(minor: int) -> Optional[Path]:
+    """The oracle venv's python of `minor`, else of the nearest version that has one:
+    Memray's reader decodes line tables by the capture's version, so any of its builds
+    reads captures of any version."""
+    for m in sorted(ORACLE_MINORS, key=lambda m: abs(m - minor)):
+        if oracle_python(m).exists():
+            return oracle_python(m)
+    return None
+
+
+def hybrid_unavailable(interp) -> Optional[str]:
+    """Why hybrid (Python + native) stacks cannot be checked on `interp`, or None.
+
+    Debian sid's static python3.14/3.15 are stripped, and GCC's function splitting puts
+    most of the eval loop outside the 1 KiB that the exported `_PyEval_EvalFrameDefault`
+    symbol covers: the loop's return addresses have no name for any reader (Memray's
+    included), so nothing can tell where Python frames go among native ones."""
+    if interp.static and interp.minor >= 14:
+        return (f"{interp.id}: the stripped static interpreter's eval loop lies outside any symbol, "
+                "so no reader can place Python frames among native ones (native frames were checked)")
+    return None
+
+
 SUBPROCESS_TIMEOUT = float(os.environ.get("MEMRAY_TESTS_SUBPROCESS_TIMEOUT", "90"))
 
 # Memray's AllocatorType numbering.

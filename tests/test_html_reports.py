@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INTERPRETERS, MemrayRun
+import support  # noqa: E402
 from support import TESTS, VENVS, Reader, assert_clean_error, assert_ok, run
 
 pytestmark = pytest.mark.ours_only
@@ -200,8 +201,8 @@ with memray.FileReader(sys.argv[1]) as r:
 
 @pytest.fixture
 def oracle_py(py):
-    path = VENVS / f"oracle-3.{py.minor}" / "bin" / "python"
-    if py.minor < 9 or not path.exists():
+    path = support.oracle_python(py.minor)
+    if py.minor not in support.ORACLE_MINORS or not path.exists():
         pytest.skip(f"no Memray 1.20 oracle for 3.{py.minor}")
     return path
 

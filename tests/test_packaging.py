@@ -98,10 +98,16 @@ def venvs(wheel, tmp_path_factory):
         if interp.id not in made:
             root = tmp_path_factory.mktemp("venv-" + interp.id)
             res = run([interp.executable, "-m", "venv", root], env=_clean_env(), timeout=300)
+            pip = [root / "bin" / "python", "-m", "pip"]
+            if res.returncode != 0 and "ensurepip is not" in res.stdout + res.stderr:
+                # Debian's python3.X without python3.X-venv (sid's 3.14/3.15 here): a venv
+                # without pip, installed into by the test runner's pip (`pip --python`).
+                res = run([interp.executable, "-m", "venv", "--without-pip", root], env=_clean_env(), timeout=300)
+                pip = [sys.executable, "-m", "pip", "--python", root / "bin" / "python"]
             assert res.returncode == 0, res.describe()
             venv = Venv(root)
             res = run(
-                [venv.python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, "pytest"],
+                [*pip, "install", "-q", "--disable-pip-version-check", wheel, "pytest"],
                 env=_clean_env(), timeout=INSTALL_TIMEOUT,
             )
             assert res.returncode == 0, "installing the wheel failed\n" + res.describe()

@@ -245,6 +245,51 @@ pub static PY314: Layout =
 /// `FRAME_OWNED_BY_CSTACK` (entry frames are `FRAME_OWNED_BY_INTERPRETER` 3).
 pub static PY315: Layout = Layout { minor: 15, frame_code_tag: 3, ..PY314 };
 
+impl Layout {
+    /// Every offset and constant by the name of the C field it stands for, as
+    /// `tests/helpers/layout_probe.c` prints them from an interpreter's own headers
+    /// (the end-to-end check of this table). Rules with no C counterpart are left out.
+    pub fn fields(&self) -> Vec<(&'static str, usize)> {
+        let mut out = vec![("ob_type", self.ob_type)];
+        match self.tstate_frame {
+            FrameRoot::Direct(o) => out.push(("tstate_frame", o)),
+            FrameRoot::ViaCFrame { cframe, current } => out.extend([("tstate_cframe", cframe), ("cframe_current_frame", current)]),
+        }
+        out.extend([("frame_back", self.frame_back), ("frame_code", self.frame_code)]);
+        match self.frame_instr {
+            InstrPos::Lasti(o) => out.push(("frame_lasti", o)),
+            InstrPos::Pointer(o) => out.push(("frame_instr_ptr", o)),
+        }
+        if let EntryRule::Flag(o) = self.entry {
+            out.push(("frame_is_entry", o));
+        }
+        out.extend(self.frame_owner.map(|o| ("frame_owner", o)));
+        if self.frame_owner.is_some() {
+            out.push(("owned_by_generator", self.owned_by_generator as usize));
+        }
+        out.extend(self.first_c_owner.map(|o| ("first_c_owner", o as usize)));
+        out.extend([
+            ("code_firstlineno", self.code_firstlineno),
+            ("code_filename", self.code_filename),
+            ("code_name", self.code_name),
+            ("code_linetable", self.code_linetable),
+        ]);
+        out.extend(self.code_adaptive.map(|o| ("code_adaptive", o)));
+        out.extend(self.code_firsttraceable.map(|o| ("code_firsttraceable", o)));
+        out.extend([
+            ("str_length", self.str_length),
+            ("str_state", self.str_state),
+            ("str_ascii_data", self.str_ascii_data),
+            ("str_compact_data", self.str_compact_data),
+            ("str_utf8_length", self.str_utf8_length),
+            ("str_utf8", self.str_utf8),
+            ("bytes_size", self.bytes_size),
+            ("bytes_data", self.bytes_data),
+        ]);
+        out
+    }
+}
+
 /// The table row for a CPython version, if there is one.
 pub fn layout_for(major: u8, minor: u8) -> Option<&'static Layout> {
     match (major, minor) {

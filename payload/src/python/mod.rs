@@ -131,6 +131,28 @@ pub unsafe extern "C" fn memray_debug_walk_current_stack(buf: *mut u8, len: usiz
     count as isize
 }
 
+/// Test aid (exported for `tests/test_cpython_layouts.py`): writes the layout this
+/// process's interpreter resolves to, one `name value` line per field (the names of
+/// `cpython::Layout::fields`), or the one-line refusal prefixed with `error: `.
+/// Returns the number of bytes written (cut at `len`). Allocates; never call it from a
+/// hook.
+///
+/// # Safety
+/// `buf` is null or writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memray_debug_layout(buf: *mut u8, len: usize) -> isize {
+    let text = match Interpreter::resolve() {
+        Ok(interp) => interp.layout.fields().iter().map(|(name, value)| format!("{name} {value}\n")).collect::<String>(),
+        Err(e) => format!("error: {e}\n"),
+    };
+    let count = text.len().min(len);
+    if !buf.is_null() {
+        // SAFETY: the caller passes a writable buffer of `len` bytes; count <= len.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf, count) };
+    }
+    count as isize
+}
+
 #[cfg(test)]
 mod tests {
     /// The test binary has no CPython loaded: resolving must fail cleanly.
