@@ -114,11 +114,11 @@ needs_ptrace = pytest.mark.skipif(_REFUSAL is not None, reason=str(_REFUSAL))
 class Target:
     """A target program running under the tested interpreter."""
 
-    def __init__(self, interp, env, workdir, script_text, *args, name="target.py", stdin=None):
+    def __init__(self, interp, env, workdir, script_text, *args, name="target.py", stdin=None, extra_env=None):
         self.workdir = Path(workdir)
         self.path = self.workdir / name
         self.path.write_text(script_text)
-        env = dict(env)
+        env = dict(env, **(extra_env or {}))
         env["HELPERS_DIR"] = str(Path(__file__).resolve().parent / "helpers")
         self.stdout_path = self.workdir / (name + ".out")
         self._out = open(self.stdout_path, "wb")
@@ -224,13 +224,31 @@ def names(rec):
 # --------------------------------------------------------------------------- attach
 
 
+def skip_redundant_method(interp, method):
+    if method == "ptrace" and interp.minor < 14:
+        pytest.skip("before 3.14, auto is ptrace")
+
+
+def assert_route(interp, method, verbose_stderr):
+    """Which way the attach went, from `attach -v`: PEP 768 by default from 3.14 on (the
+    process never stopped), ptrace otherwise."""
+    if method == "auto" and interp.minor >= 14:
+        assert "loaded through PEP 768: the process was not stopped" in verbose_stderr, verbose_stderr
+        assert "seized" not in verbose_stderr, verbose_stderr
+    else:
+        assert "seized" in verbose_stderr and "PEP 768" not in verbose_stderr, verbose_stderr
+
+
 @needs_ptrace
-def test_attach_sees_full_stacks_of_running_threads(interp, target, memray_cli, reader, workdir):
+@pytest.mark.parametrize("method", ["auto", "ptrace"])
+def test_attach_sees_full_stacks_of_running_threads(interp, target, memray_cli, reader, workdir, method):
+    skip_redundant_method(interp, method)
     t = target(TARGET, 2)
     t.wait_for("ready")
     out = workdir / "attach.bin"
-    res = assert_ok(memray_cli("attach", "-o", "attach.bin", str(t.pid)))
+    res = assert_ok(memray_cli("attach", "-v", "--method", method, "-o", "attach.bin", str(t.pid)))
     assert "memray detach %d" % t.pid in res.stderr
+    assert_route(interp, method, res.stderr)
     time.sleep(0.5)
     assert_ok(memray_cli("detach", str(t.pid)))
     assert t.finish() == 0
@@ -315,14 +333,17 @@ def test_detach_stops_recording_and_process_runs_on(interp, target, memray_cli, 
 
 
 @needs_ptrace
-def test_many_attach_detach_cycles(interp, target, memray_cli, reader, workdir):
+@pytest.mark.parametrize("method", ["auto", "ptrace"])
+def test_many_attach_detach_cycles(interp, target, memray_cli, reader, workdir, method):
+    skip_redundant_method(interp, method)
     t = target(TARGET, 4)
     t.wait_for("ready")
     cycles = 50
     rss = []
     for i in range(cycles):
         out = workdir / "cycle.bin"
-        assert_ok(memray_cli("attach", "-f", "-o", str(out), str(t.pid)))
+        res = assert_ok(memray_cli("attach", "-v", "--method", method, "-f", "-o", str(out), str(t.pid)))
+        assert_route(interp, method, res.stderr)
         time.sleep(0.05)
         assert_ok(memray_cli("detach", str(t.pid)))
         assert t.alive(), "target died at cycle %d\n%s" % (i, t.output())
@@ -721,7 +742,8 @@ def test_attacher_killed_mid_attach_leaves_target_unharmed(interp, target, build
     env = dict(tracked_env, MEMRAY_ATTACH_TEST_PAUSE=phase)
     err_path = workdir / "attacher.err"
     with open(err_path, "wb") as err:
-        attacher = subprocess.Popen([str(build.binary), "attach", "-o", str(workdir / "killed.bin"), str(t.pid)],
+        # The phases are the ptrace route's (3.14+ would take PEP 768 by default).
+        attacher = subprocess.Popen([str(build.binary), "attach", "--method", "ptrace", "-o", str(workdir / "killed.bin"), str(t.pid)],
                                     env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 30
     while b"test pause at " + phase.encode() not in err_path.read_bytes():
@@ -843,3 +865,112 @@ def test_child_forked_after_an_attach_can_be_attached(interp, target, memray_cli
     for name in ("parent.bin", "child.bin"):
         cap = reader.read(workdir / name, "all", "sizes=%d" % MAIN_SIZE)
         assert cap.find(size=MAIN_SIZE), name
+
+
+# --------------------------------------------------------------------------- PEP 768
+
+def needs_pep768(interp):
+    if interp.minor < 14:
+        pytest.skip("PEP 768 remote debugging is CPython 3.14+")
+
+
+@needs_ptrace
+def test_pep768_disabled_in_the_target_falls_back_to_ptrace(interp, target, memray_cli, reader, workdir):
+    needs_pep768(interp)
+    t = target(TARGET, 1, extra_env={"PYTHON_DISABLE_REMOTE_DEBUG": "1"})
+    t.wait_for("ready")
+    # Asked for PEP 768 only: one line naming why, and the process untouched.
+    res = memray_cli("attach", "--method", "sys.remote_exec", "-o", str(workdir / "r.bin"), str(t.pid))
+    assert_clean_error(res, "remote debugging is disabled")
+    assert not (workdir / "r.bin").exists()
+    # auto takes ptrace instead.
+    out = workdir / "fallback.bin"
+    res = assert_ok(memray_cli("attach", "-v", "-o", str(out), str(t.pid)))
+    assert "PEP 768 not available" in res.stderr and "seized" in res.stderr, res.stderr
+    time.sleep(0.3)
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+    assert_no_crash_output(t.output())
+    assert reader.read(out, "all", "sizes=%d" % MAIN_SIZE).find(size=MAIN_SIZE)
+
+
+MAIN_BLOCKED = """
+import os, sys, threading, time
+sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
+import allochelper
+H = allochelper.load()
+WORK = sys.argv[1]
+
+def worker():
+    open(os.path.join(WORK, "ready"), "w").close()
+    while not os.path.exists(os.path.join(WORK, "stop")):
+        H.helper_free(H.helper_malloc(%(WORKER_SIZE)d))  # @worker_alloc
+        time.sleep(0.001)
+
+t = threading.Thread(target=worker)
+t.start()
+t.join()   # the main thread runs no Python code until the worker ends
+print("main thread done")
+""" % dict(WORKER_SIZE=WORKER_SIZE)
+
+
+@needs_ptrace
+def test_pep768_request_not_taken_is_withdrawn(interp, target, memray_cli, reader, workdir):
+    """The main thread sits in C (joining a thread): the interpreter never reaches its
+    safe point. `sys.remote_exec` gives up with one line; auto withdraws the request after
+    its grace period and takes ptrace. Either way no script runs later, when the main
+    thread wakes up."""
+    needs_pep768(interp)
+    t = target(MAIN_BLOCKED)
+    t.wait_for("ready")
+    res = memray_cli("attach", "--method", "sys.remote_exec", "--timeout", "1", "-o", str(workdir / "r.bin"), str(t.pid))
+    assert_clean_error(res, "timed out", "--method ptrace")
+    out = workdir / "fallback.bin"
+    started = time.time()
+    res = assert_ok(memray_cli("attach", "-v", "-o", str(out), str(t.pid)))
+    assert "ran no Python code within 1.0 s; using ptrace" in res.stderr and "seized" in res.stderr, res.stderr
+    assert time.time() - started < 5
+    time.sleep(0.3)
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+    # The withdrawn requests ran nothing once the main thread woke: no second session
+    # (which would have written r.bin), nothing on the program's output.
+    time.sleep(0.2)
+    assert not (workdir / "r.bin").exists()
+    assert t.output().strip() == "main thread done", t.output()
+    cap = reader.read(out, "all", "sizes=%d" % WORKER_SIZE)
+    assert cap.find(size=WORKER_SIZE)
+
+
+@needs_ptrace
+def test_pep768_attach_leaves_no_script_and_reuses_a_loaded_payload(interp, target, memray_cli, reader, workdir):
+    needs_pep768(interp)
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    for i in range(2):
+        out = workdir / ("p%d.bin" % i)
+        res = assert_ok(memray_cli("attach", "-v", "--method", "sys.remote_exec", "-o", str(out), str(t.pid)))
+        assert "not stopped" in res.stderr, res.stderr
+        script = re.search(r"run (\S+\.py) at its next", res.stderr).group(1)
+        assert not os.path.exists(script), "the PEP 768 script was left behind"
+        if i == 1:
+            assert "payload already loaded" in res.stderr, res.stderr
+        time.sleep(0.3)
+        assert_ok(memray_cli("detach", str(t.pid)))
+        assert reader.read(out, "all", "sizes=%d" % MAIN_SIZE).find(size=MAIN_SIZE)
+    assert t.finish() == 0
+    assert_no_crash_output(t.output())
+
+
+def test_pep768_method_refused_before_3_14(interp, target, memray_cli, workdir):
+    if interp.minor >= 14:
+        pytest.skip("3.14+ has PEP 768")
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    res = memray_cli("attach", "--method", "sys.remote_exec", "-o", str(workdir / "r.bin"), str(t.pid))
+    assert_clean_error(res, "PEP 768 is 3.14+")
+    res = memray_cli("attach", "--method", "gdb", "-o", str(workdir / "g.bin"), str(t.pid))
+    assert_ok(res)
+    assert "without a debugger" in res.stderr
+    assert_ok(memray_cli("detach", "--method", "lldb", str(t.pid)))
+    assert t.finish() == 0

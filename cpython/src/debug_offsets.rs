@@ -94,6 +94,32 @@ const PREAMBLE: usize = 24;
 /// much never leaves it).
 pub const READ_SIZE: usize = 4096;
 
+/// Where PEP 768's remote-debugging request goes (3.14+): byte offsets within the structs
+/// named, all from the block except the eval-breaker bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteDebugOffsets {
+    /// `_PyRuntimeState._finalizing` (non-null once the runtime shuts down).
+    pub runtime_finalizing: u64,
+    /// `_PyRuntimeState.interpreters.head`: the main interpreter.
+    pub interpreters_head: u64,
+    /// `PyInterpreterState.threads.main`: the main thread's state, which lives as long as
+    /// the interpreter (another thread's may be freed while we write to it).
+    pub threads_main: u64,
+    /// `PyInterpreterState.config.remote_debug` (an int: 0 when disabled by
+    /// `PYTHON_DISABLE_REMOTE_DEBUG`, `-X disable_remote_debug` or the build).
+    pub remote_debugging_enabled: u64,
+    /// `PyThreadState.eval_breaker` (a uintptr_t of event bits).
+    pub eval_breaker: u64,
+    /// `PyThreadState.remote_debugger_support.debugger_pending_call` (an int32).
+    pub pending_call: u64,
+    /// `PyThreadState.remote_debugger_support.debugger_script_path` (a char array).
+    pub script_path: u64,
+    pub script_path_size: u64,
+    /// `_PY_EVAL_PLEASE_STOP_BIT`, the event that makes the thread look at the request
+    /// (`internal/pycore_ceval.h`: bit 5 in 3.14 and 3.15; not in the block).
+    pub please_stop_bit: u64,
+}
+
 /// A parsed `_Py_DebugOffsets` block.
 #[derive(Debug, Clone)]
 pub struct DebugOffsets {
@@ -143,6 +169,26 @@ impl DebugOffsets {
     /// The value of `section.field` (`("thread_state", "current_frame")`), if declared.
     pub fn get(&self, section: &str, field: &str) -> Option<u64> {
         self.fields.iter().find(|(s, f, _)| *s == section && *f == field).map(|&(_, _, v)| v)
+    }
+
+    /// PEP 768's fields, when this interpreter has them (3.14+).
+    pub fn remote_debug(&self) -> Option<RemoteDebugOffsets> {
+        if !self.version.has_remote_debugging() {
+            return None;
+        }
+        let get = |section, field| self.offset(section, field).ok().map(|v| v as u64);
+        let support = get("debugger_support", "remote_debugger_support")?;
+        Some(RemoteDebugOffsets {
+            runtime_finalizing: get("runtime_state", "finalizing")?,
+            interpreters_head: get("runtime_state", "interpreters_head")?,
+            threads_main: get("interpreter_state", "threads_main")?,
+            remote_debugging_enabled: get("debugger_support", "remote_debugging_enabled")?,
+            eval_breaker: get("debugger_support", "eval_breaker")?,
+            pending_call: support + get("debugger_support", "debugger_pending_call")?,
+            script_path: support + get("debugger_support", "debugger_script_path")?,
+            script_path_size: self.get("debugger_support", "debugger_script_path_size").filter(|&n| (64..=1 << 16).contains(&n))?,
+            please_stop_bit: 1 << 5,
+        })
     }
 
     /// An offset inside its struct: present, and below the section's `size` when it has
@@ -339,6 +385,20 @@ pub(crate) mod tests {
         let err = DebugOffsets::parse(&block).unwrap().layout().unwrap_err();
         assert!(matches!(&err, Error::MissingField { field, .. } if field == "interpreter_frame.instr_ptr"), "{err:?}");
         assert!(err.to_string().contains("interpreter_frame.instr_ptr"));
+    }
+
+    #[test]
+    fn remote_debugging_fields_from_3_14_on() {
+        assert!(DebugOffsets::parse(&block_for(13, 0)).unwrap().remote_debug().is_none());
+        let mut block = block_for(14, 10);
+        set(&mut block, "debugger_support", "remote_debugger_support", 304);
+        set(&mut block, "debugger_support", "debugger_pending_call", 0);
+        set(&mut block, "debugger_support", "debugger_script_path", 4);
+        set(&mut block, "debugger_support", "debugger_script_path_size", 512);
+        let rd = DebugOffsets::parse(&block).unwrap().remote_debug().unwrap();
+        assert_eq!((rd.pending_call, rd.script_path, rd.script_path_size, rd.please_stop_bit), (304, 308, 512, 32));
+        set(&mut block, "debugger_support", "debugger_script_path_size", 0);
+        assert!(DebugOffsets::parse(&block).unwrap().remote_debug().is_none());
     }
 
     #[test]

@@ -345,6 +345,14 @@ pub fn earlier_data(bytes: &[u8]) -> Option<EarlierData> {
     Some(EarlierData { program_act, breakpoints })
 }
 
+/// Whether an attacher of ours died with its SIGTRAP handler installed in `pid` (our code
+/// is in the cave and the process has a SIGTRAP handler): only the ptrace route puts the
+/// program's own disposition back.
+pub fn handler_left_behind(pid: i32) -> bool {
+    let catches_sigtrap = proc::status(pid).is_ok_and(|s| s.caught & (1 << (libc::SIGTRAP - 1)) != 0);
+    catches_sigtrap && find(pid).is_ok_and(|c| memory::read(pid, c.addr, image().len()).is_ok_and(|b| earlier_data(&b).is_some()))
+}
+
 /// Finds room for the image: the tail of the last page of an executable segment, in the
 /// C library if it has room (every target maps it), else the dynamic loader, else any
 /// other object. The same target always gets the same place, so a later attach writes

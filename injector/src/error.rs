@@ -18,6 +18,10 @@ pub enum Error {
     UnsupportedVersion { pid: i32, version: String },
     #[error("process {pid}: {cause}")]
     Interpreter { pid: i32, cause: cpython::Error },
+    #[error("cannot attach to process {pid} with --method sys.remote_exec: {why}")]
+    RemoteExecUnavailable { pid: i32, why: String },
+    #[error("cannot write the attach script {path}: {detail}")]
+    Script { path: PathBuf, detail: String },
     #[error("process {0} is stopped (SIGSTOP or Ctrl-Z): resume it with `kill -CONT {0}` first")]
     ProcessStopped(i32),
     #[error("process {0} runs in another mount namespace (a container?): run memray inside it instead")]

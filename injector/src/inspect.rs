@@ -23,6 +23,8 @@ pub struct ProcessInfo {
     pub dl_object: String,
     pub threads: usize,
     pub(crate) symbols: Symbols,
+    /// `&_PyRuntime` and the `_Py_DebugOffsets` it starts with (3.13+).
+    pub(crate) runtime: Option<(u64, cpython::DebugOffsets)>,
 }
 
 /// Addresses in the target, resolved from its own objects.
@@ -165,10 +167,13 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     // The same check the payload makes at start, made here so that an interpreter it
     // would refuse is never stopped.
     let debug_block = match probes.get("_PyRuntime") {
-        Some(runtime) if version.has_debug_offsets() => Some(memory::read(pid, runtime.addr, cpython::debug_offsets::READ_SIZE)?),
+        Some(runtime) if version.has_debug_offsets() => {
+            Some((runtime.addr, memory::read(pid, runtime.addr, cpython::debug_offsets::READ_SIZE)?))
+        }
         _ => None,
     };
-    cpython::resolve(version, debug_block.as_deref()).map_err(|cause| Error::Interpreter { pid, cause })?;
+    cpython::resolve(version, debug_block.as_ref().map(|(_, b)| b.as_slice())).map_err(|cause| Error::Interpreter { pid, cause })?;
+    let runtime = debug_block.and_then(|(addr, bytes)| Some((addr, cpython::DebugOffsets::parse(&bytes).ok()?)));
 
     let mut symbols = Symbols::default();
     // dlopen/dlerror/dlsym: libc (glibc >= 2.34, musl), else libdl.
@@ -230,6 +235,7 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
         dl_object,
         threads: proc::tasks(pid).map(|t| t.len()).unwrap_or(0),
         symbols,
+        runtime,
     })
 }
 

@@ -22,8 +22,11 @@
 //! 4. It restores the registers and the original bytes, moves any thread that hit an
 //!    int3 meanwhile back onto the restored instruction, and detaches from every thread.
 //!
-//! PEP 768 (CPython 3.14's `sys.remote_exec`) is the route to add next to this one: see
-//! [`Method`].
+//! On CPython 3.14+ the interpreter offers its own safe point (PEP 768, what
+//! `sys.remote_exec` uses): [`Method::RemoteExec`] writes a request into the main thread
+//! state and the interpreter runs our script at its next eval-breaker check, so the
+//! process is never stopped (`remote_exec.rs`). [`Method::Auto`] takes it when the target
+//! allows it and falls back to ptrace otherwise.
 
 mod cave;
 mod elf;
@@ -31,6 +34,7 @@ mod error;
 mod inspect;
 pub mod memory;
 mod proc;
+mod remote_exec;
 mod sys;
 mod tracer;
 
@@ -39,16 +43,20 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use inspect::{check_permissions, inspect, ProcessInfo};
+pub use remote_exec::Unavailable;
 pub use tracer::Injected;
 
-/// How code gets into the target. Only ptrace exists today; CPython 3.14's safe external
-/// debugger interface (PEP 768: write a script path into the interpreter's debugger
-/// support structure, the interpreter runs it at its next eval-breaker check) fits here as
-/// a second method that needs no breakpoints at all.
+/// How code gets into the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
+    /// PEP 768 when the target allows it (3.14+, remote debugging enabled, its main thread
+    /// reaching Python code within the grace period), else ptrace.
     #[default]
+    Auto,
+    /// Breakpoints at safe points and calls made by a stopped thread (any version).
     Ptrace,
+    /// PEP 768 only: the interpreter runs our script at its own safe point (3.14+).
+    RemoteExec,
 }
 
 /// Knobs of one injection.
@@ -63,11 +71,25 @@ pub struct InjectOptions<'a> {
     /// Wake the main thread from a long sleep or blocking read (see the crate docs).
     pub wake_main_thread: bool,
     pub method: Method,
+    /// Where the PEP 768 script may be written: a directory the target can read and only
+    /// we can write (the payload's staging directory). Without it, only ptrace is used.
+    pub script_dir: Option<&'a std::path::Path>,
+    /// How long `Auto` waits for the main thread to take a PEP 768 request before it
+    /// withdraws it and uses ptrace.
+    pub remote_grace: Duration,
 }
 
 impl Default for InjectOptions<'_> {
     fn default() -> Self {
-        InjectOptions { timeout: Duration::from_secs(10), cancel: None, log: None, wake_main_thread: true, method: Method::Ptrace }
+        InjectOptions {
+            timeout: Duration::from_secs(10),
+            cancel: None,
+            log: None,
+            wake_main_thread: true,
+            method: Method::Auto,
+            script_dir: None,
+            remote_grace: Duration::from_secs(1),
+        }
     }
 }
 
@@ -75,10 +97,120 @@ impl Default for InjectOptions<'_> {
 /// `entry(arg)` there, where `arg` is passed as a NUL-terminated string that lives until
 /// the call returns.
 pub fn inject(info: &ProcessInfo, library: &str, entry: &str, arg: &[u8], opts: &InjectOptions) -> Result<Injected> {
+    let by_ptrace = || tracer::Tracer::new(info, opts).inject(library, entry, arg);
+    let log = |m: &str| {
+        if let Some(l) = opts.log {
+            l(m)
+        }
+    };
     let result = match opts.method {
-        Method::Ptrace => tracer::Tracer::new(info, opts).inject(library, entry, arg),
+        Method::Ptrace => by_ptrace(),
+        Method::RemoteExec => match remote_exec::locate(info) {
+            Ok(Ok(target)) => by_remote_exec(info, &target, library, entry, arg, opts, opts.timeout).and_then(|done| {
+                done.ok_or_else(|| Error::Timeout {
+                    secs: opts.timeout.as_secs_f64(),
+                    what: "waiting for the main thread to run Python code (is it blocked in C code? try --method ptrace)".into(),
+                })
+            }),
+            Ok(Err(why)) => Err(Error::RemoteExecUnavailable { pid: info.pid, why: why.to_string() }),
+            Err(e) => Err(e),
+        },
+        Method::Auto if info.python_version.has_remote_debugging() && cave::handler_left_behind(info.pid) => {
+            log("an earlier attach was interrupted and left its SIGTRAP handler: using ptrace, which removes it");
+            by_ptrace()
+        }
+        Method::Auto => match remote_exec::locate(info) {
+            Ok(Ok(target)) if opts.script_dir.is_some() => {
+                let grace = opts.remote_grace.min(opts.timeout);
+                match by_remote_exec(info, &target, library, entry, arg, opts, grace) {
+                    Ok(Some(done)) => Ok(done),
+                    Ok(None) => {
+                        log(&format!("PEP 768: the main thread ran no Python code within {:.1} s; using ptrace", grace.as_secs_f64()));
+                        by_ptrace()
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(Ok(_)) => by_ptrace(),
+            Ok(Err(why)) => {
+                if info.python_version.has_remote_debugging() {
+                    log(&format!("PEP 768 not available ({why}); using ptrace"));
+                }
+                by_ptrace()
+            }
+            Err(e) => Err(e),
+        },
     };
     result.map_err(|e| explain_exit(info.pid, e))
+}
+
+/// The PEP 768 route: `Ok(None)` when the main thread did not take the request within
+/// `grace` (withdrawn), or ran the script without loading `library` within the timeout.
+fn by_remote_exec(
+    info: &ProcessInfo,
+    target: &remote_exec::Target,
+    library: &str,
+    entry: &str,
+    arg: &[u8],
+    opts: &InjectOptions,
+    grace: Duration,
+) -> Result<Option<Injected>> {
+    let log = |m: &str| {
+        if let Some(l) = opts.log {
+            l(m)
+        }
+    };
+    let dir = opts.script_dir.ok_or_else(|| Error::RemoteExecUnavailable { pid: info.pid, why: "no directory for the script".into() })?;
+    let name = library.rsplit('/').next().unwrap_or(library);
+    let mapped = || -> Result<bool> {
+        Ok(proc::maps(info.pid)?.iter().any(|m| m.path.trim_end_matches(" (deleted)") == library || m.path.ends_with(name)))
+    };
+    let loaded_before = mapped()?;
+    let script = remote_exec::write_script(dir, &remote_exec::script_text(library, entry, arg))?;
+    let script_text = script.to_string_lossy().into_owned();
+    let started = std::time::Instant::now();
+    target.request(&script_text)?;
+    log(&format!("PEP 768: asked the main thread to run {script_text} at its next eval-breaker check"));
+    let cancelled = || opts.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
+    let taken = match target.wait_taken(grace, &cancelled)? {
+        Some(t) => t,
+        // Not taken: withdraw. If the thread took it meanwhile, it runs now. The script
+        // stays until it is old (the thread may be about to open it).
+        None if target.withdraw()? => {
+            if cancelled() {
+                return Err(Error::Interrupted(info.pid));
+            }
+            return Ok(None);
+        }
+        None => started.elapsed(),
+    };
+    log(&format!("PEP 768: the main thread took the request after {:.1} ms (the process was not stopped)", millis(taken)));
+    // The script loads the library: once it is mapped, the file has been read. A library
+    // mapped before tells nothing: the caller removes the script once the entry's effect
+    // shows (taking the request and opening the file are two steps of the thread).
+    let deadline = started + grace.max(Duration::from_secs(2));
+    while !loaded_before && !mapped()? {
+        if std::time::Instant::now() >= deadline || cancelled() {
+            log("PEP 768: the script ran but the payload was not loaded (no ctypes in the target?)");
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let script = if loaded_before {
+        Some(script)
+    } else {
+        let _ = std::fs::remove_file(&script);
+        None
+    };
+    Ok(Some(Injected {
+        entry_return: 0,
+        safe_point: "the main thread's eval-breaker check (PEP 768)".into(),
+        thread: info.pid,
+        to_safe_point: taken,
+        total: Duration::ZERO,
+        method: Method::RemoteExec,
+        script,
+    }))
 }
 
 /// A process that exits while we work on it makes whatever we were doing fail (ESRCH from

@@ -103,6 +103,8 @@ pub struct Status {
     pub state: char,
     pub tracer_pid: i32,
     pub uid: u32,
+    /// Signals with a handler (`SigCgt`), bit N-1 for signal N.
+    pub caught: u64,
 }
 
 pub fn status(pid: i32) -> Result<Status> {
@@ -124,6 +126,7 @@ fn parse_status(text: &str) -> Result<Status> {
             "TracerPid" => st.tracer_pid = v.parse().unwrap_or(0),
             // Real, effective, saved, filesystem: the effective uid decides.
             "Uid" => st.uid = v.split_whitespace().nth(1).and_then(|u| u.parse().ok()).unwrap_or(0),
+            "SigCgt" => st.caught = u64::from_str_radix(v, 16).unwrap_or(0),
             _ => {}
         }
     }

@@ -104,7 +104,13 @@ pub struct Injected {
     pub thread: i32,
     /// How long the process waited for us in each phase.
     pub to_safe_point: Duration,
+    /// How long the process was held (zero by PEP 768: never stopped).
     pub total: Duration,
+    /// The route that worked.
+    pub method: crate::Method,
+    /// The PEP 768 script, when the caller must remove it: the library was loaded before,
+    /// so only the entry's effect shows that the interpreter has read the file.
+    pub script: Option<std::path::PathBuf>,
 }
 
 pub struct Tracer<'a> {
@@ -228,7 +234,15 @@ impl<'a> Tracer<'a> {
             return Err(Error::SymbolNotFound { pid: self.pid, symbol: entry.into(), detail: format!("not exported by {library}") });
         }
         self.log(&format!("{entry} returned {}", done.result));
-        Ok(Injected { entry_return: done.result, safe_point: name, thread: tid, to_safe_point, total: self.started.elapsed() })
+        Ok(Injected {
+            entry_return: done.result,
+            safe_point: name,
+            thread: tid,
+            to_safe_point,
+            total: self.started.elapsed(),
+            method: crate::Method::Ptrace,
+            script: None,
+        })
     }
 
     /// For tests of the attacher's death: stops here for a minute when

@@ -147,6 +147,15 @@ pub fn attach_entry(args: *const c_char) -> c_int {
         return 2;
     }
     let c = control();
+    // The same request twice (a PEP 768 script that ran after the CLI had fallen back to
+    // ptrace, or the other way round) is one attach: the second is a no-op, also once that
+    // session has ended.
+    if c.session.load(Ordering::Acquire) == nonce
+        && c.pid.load(Ordering::Acquire) == getpid()
+        && c.state.load(Ordering::Acquire) != STATE_IDLE
+    {
+        return 0;
+    }
     let busy = matches!(c.state.load(Ordering::Acquire), STATE_STARTING | STATE_ACTIVE | STATE_STOPPING);
     if busy && c.pid.load(Ordering::Acquire) == getpid() {
         return 1;

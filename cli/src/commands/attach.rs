@@ -51,6 +51,11 @@ pub struct AttachArgs {
     /// Give up if the process reaches no safe point (or does not confirm) within this many seconds
     #[arg(long, default_value_t = 10.0, value_parser = super::seconds::positive_seconds)]
     timeout: f64,
+    /// How to get into the process: `auto` (PEP 768 on CPython 3.14+ when the target allows
+    /// it, else ptrace), `sys.remote_exec` (PEP 768 only), `ptrace`; Memray's `gdb` and
+    /// `lldb` mean ptrace here (no debugger is needed)
+    #[arg(long, default_value = "auto", value_parser = parse_method)]
+    method: MethodChoice,
     /// Print each step
     #[arg(short, long)]
     verbose: bool,
@@ -58,11 +63,50 @@ pub struct AttachArgs {
     pid: Option<i32>,
 }
 
+/// `--method`, as typed (gdb and lldb are kept to explain them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodChoice {
+    Auto,
+    RemoteExec,
+    Ptrace,
+    Debugger(&'static str),
+}
+
+fn parse_method(text: &str) -> Result<MethodChoice, String> {
+    match text {
+        "auto" => Ok(MethodChoice::Auto),
+        "sys.remote_exec" | "remote_exec" | "remote-exec" | "pep768" => Ok(MethodChoice::RemoteExec),
+        "ptrace" => Ok(MethodChoice::Ptrace),
+        "gdb" => Ok(MethodChoice::Debugger("gdb")),
+        "lldb" => Ok(MethodChoice::Debugger("lldb")),
+        other => Err(format!("unknown method {other:?} (auto, sys.remote_exec, ptrace, gdb, lldb)")),
+    }
+}
+
+impl MethodChoice {
+    /// The injector's method; Memray's debugger methods become ptrace, with a note.
+    fn resolve(self) -> injector::Method {
+        match self {
+            MethodChoice::Auto => injector::Method::Auto,
+            MethodChoice::RemoteExec => injector::Method::RemoteExec,
+            MethodChoice::Ptrace => injector::Method::Ptrace,
+            MethodChoice::Debugger(name) => {
+                eprintln!("memray: note: --method {name}: this memray attaches without a debugger; using ptrace");
+                injector::Method::Ptrace
+            }
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     /// Give up if the process does not stop tracking within this many seconds
     #[arg(long, default_value_t = 10.0, value_parser = super::seconds::positive_seconds)]
     timeout: f64,
+    /// Accepted for Memray compatibility: detaching never stops the process, whatever
+    /// the method
+    #[arg(long, default_value = "auto", value_parser = parse_method)]
+    method: MethodChoice,
     /// Print each step
     #[arg(short, long)]
     verbose: bool,
@@ -212,15 +256,17 @@ fn stage_payload(src: &Path) -> Result<PathBuf> {
 
 const PAYLOAD_BASES: &[&str] = &["/tmp", "/dev/shm", "/var/tmp"];
 
-/// Removes copies of other builds of the payload left in `dir`, unless written in the
-/// last minute (a concurrent attach of another build may be about to map its copy).
+/// Removes copies of other builds of the payload, and PEP 768 scripts, left in `dir`,
+/// unless written in the last minute (a concurrent attach of another build may be about
+/// to map its copy; a withdrawn script may be about to be opened).
 fn remove_older_copies(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name.starts_with("libmemray_payload-") && name.ends_with(".so");
+        let ours = (name.starts_with("libmemray_payload-") && name.ends_with(".so"))
+            || (name.starts_with("memray-attach-") && name.ends_with(".py"));
         let old = entry
             .metadata()
             .ok()
@@ -388,15 +434,22 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
 
     // A payload already in the process (an earlier attach, or memray.Tracker's) is reused:
     // two copies would both hook the same GOT slots.
-    let payload_text = match loaded {
+    let method = args.method.resolve();
+    let (payload_text, script_dir) = match loaded {
         Some(path) => {
             log.step(&format!("payload already loaded in the target: {path}"));
-            path
+            // The staging directory still takes the PEP 768 script, when there is one.
+            let dir = match method {
+                injector::Method::Ptrace => None,
+                _ => crate::payload_file::locate().and_then(|p| stage_payload(&p)).ok().and_then(|p| p.parent().map(Path::to_path_buf)),
+            };
+            (path, dir)
         }
         None => {
-            let staged = stage_payload(&crate::payload_file::locate()?)?.to_string_lossy().into_owned();
-            log.step(&format!("payload copy for the target: {staged}"));
-            staged
+            let staged = stage_payload(&crate::payload_file::locate()?)?;
+            log.step(&format!("payload copy for the target: {}", staged.display()));
+            let dir = staged.parent().map(Path::to_path_buf);
+            (staged.to_string_lossy().into_owned(), dir)
         }
     };
 
@@ -423,18 +476,31 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     catch_interrupts();
     let timeout = Duration::from_secs_f64(args.timeout);
     let step = |m: &str| log.step(m);
-    let opts = InjectOptions { timeout, cancel: Some(&CANCEL), log: if args.verbose { Some(&step) } else { None }, ..Default::default() };
+    let opts = InjectOptions {
+        timeout,
+        cancel: Some(&CANCEL),
+        log: if args.verbose { Some(&step) } else { None },
+        method,
+        script_dir: script_dir.as_deref(),
+        ..Default::default()
+    };
     let injected = injector::inject(&info, &payload_text, ENTRY, request.as_bytes(), &opts)?;
     match injected.entry_return {
         0 => {}
         1 => bail!("process {pid} is already being tracked by memray attach; run `memray detach {pid}` first"),
         other => bail!("the payload refused the attach (code {other})"),
     }
-    log.step(&format!(
-        "detached from the process: it was held {:.1} ms in total, safe point after {:.1} ms",
-        injector::millis(injected.total),
-        injector::millis(injected.to_safe_point)
-    ));
+    match injected.method {
+        injector::Method::RemoteExec => log.step(&format!(
+            "payload loaded through PEP 768: the process was not stopped; its main thread took the request after {:.1} ms",
+            injector::millis(injected.to_safe_point)
+        )),
+        _ => log.step(&format!(
+            "detached from the process: it was held {:.1} ms in total, safe point after {:.1} ms",
+            injector::millis(injected.total),
+            injector::millis(injected.to_safe_point)
+        )),
+    }
 
     // Wait for the payload's thread to take the GIL and start the tracker.
     // Whatever fails from here on, a process that is gone is the real story.
@@ -456,7 +522,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         None => bail!("the payload is not mapped in process {pid} after the injection"),
     };
     if let Some(port) = live_port {
-        return watch_live(pid, addr, nonce, port, timeout, &log);
+        return watch_live(pid, addr, nonce, port, timeout, &log, injected.script.as_deref());
     }
     let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
     loop {
@@ -469,6 +535,10 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
             Err(e) => return Err(e),
         };
         if c.session == nonce {
+            // The entry has run: the PEP 768 script, if one is left, has been read.
+            if let Some(script) = &injected.script {
+                let _ = std::fs::remove_file(script);
+            }
             match c.state {
                 STATE_ACTIVE | STATE_STOPPED => break,
                 STATE_FAILED => bail!("tracking could not start in process {pid}: {}", c.message),
@@ -511,7 +581,7 @@ const LIVE_ADDRESS: &str = "127.0.0.1";
 /// The payload's thread listens on `port` and starts tracking once we connect: connect,
 /// show the view, and when the user quits stop the session as `memray detach` does
 /// (hooks restored), leaving the process running untracked.
-fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log: &Log) -> Result<ExitCode> {
+fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log: &Log, script: Option<&Path>) -> Result<ExitCode> {
     use super::live;
 
     let sock = live::resolve(LIVE_ADDRESS, port)?;
@@ -531,6 +601,10 @@ fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log
     };
     let stream = live::connect(sock, Instant::now() + timeout.max(Duration::from_secs(2)), check)?;
     log.step(&format!("connected to the payload's live stream on {sock}"));
+    // The entry has run: a PEP 768 script left to us has been read.
+    if let Some(script) = script {
+        let _ = std::fs::remove_file(script);
+    }
     // attach's own SIGINT/SIGTERM/SIGHUP handler sets CANCEL: it ends the view too.
     let outcome = live::view(stream, sock, || CANCEL.load(Ordering::SeqCst) || super::live::terminal_gone());
     // Whatever happened to the view, the process goes back to what it was.
@@ -586,6 +660,9 @@ fn elf_basename(path: &str) -> &str {
 pub fn detach(args: DetachArgs) -> Result<ExitCode> {
     let log = Log { verbose: args.verbose, start: Instant::now() };
     let pid = args.pid;
+    if let MethodChoice::Debugger(name) = args.method {
+        eprintln!("memray: note: --method {name}: this memray detaches without a debugger");
+    }
     injector::check_permissions(pid)?;
     let controls = payload_controls(pid)?;
     let session = controls.iter().find(|(_, c)| c.pid == pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING));

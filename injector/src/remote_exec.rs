@@ -1,0 +1,223 @@
+//! The PEP 768 route (CPython 3.14+), what `sys.remote_exec` does, without a Python on our
+//! side: the process is never stopped.
+//!
+//! 1. From `_Py_DebugOffsets`: the main interpreter, its main thread state, and whether
+//!    remote debugging is enabled there (`PYTHON_DISABLE_REMOTE_DEBUG`,
+//!    `-X disable_remote_debug` and builds without it turn it off).
+//! 2. A script is written where the target can read it and nobody else can change it (the
+//!    caller's directory): it loads the library with ctypes and calls the entry, catching
+//!    everything so that a failure never reaches the program's stderr.
+//! 3. With `process_vm_writev`: the script's path into the main thread state's
+//!    `remote_debugger_support.debugger_script_path`, `debugger_pending_call = 1`, then
+//!    `_PY_EVAL_PLEASE_STOP_BIT` into its `eval_breaker`. At its next eval-breaker check
+//!    the main thread runs the script, holding the GIL, with no lock of the allocator or
+//!    the loader held: the interpreter's own safe point.
+//!
+//! Only the main thread is asked, as CPython does: its thread state lives as long as the
+//! interpreter, where another thread's may be freed between our reading its address and
+//! writing into it. The `eval_breaker` update is a read-modify-write from outside, as in
+//! CPython's own implementation: a bit the interpreter sets in between can be lost (a GIL
+//! drop request is then repeated by its waiter after its interval).
+//!
+//! A main thread that runs no Python (blocked in C) never looks: the request is then
+//! withdrawn after the caller's grace period and the caller may take the ptrace route.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cpython::debug_offsets::RemoteDebugOffsets;
+
+use crate::error::{Error, Result};
+use crate::inspect::ProcessInfo;
+use crate::memory;
+
+/// Why the PEP 768 route cannot be taken for a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Before 3.14, or the interpreter gives no debug offsets.
+    NotOffered(String),
+    /// The interpreter has it but the program or its build turned it off.
+    Disabled(String),
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::NotOffered(s) | Unavailable::Disabled(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The main thread state of a process that accepts PEP 768 requests.
+pub(crate) struct Target {
+    pid: i32,
+    tstate: u64,
+    offsets: RemoteDebugOffsets,
+}
+
+fn read_u64(pid: i32, addr: u64) -> Result<u64> {
+    let b = memory::read(pid, addr, 8)?;
+    Ok(u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+fn read_i32(pid: i32, addr: u64) -> Result<i32> {
+    let b = memory::read(pid, addr, 4)?;
+    Ok(i32::from_ne_bytes(b.try_into().unwrap_or([0; 4])))
+}
+
+/// Finds the main thread state and checks that remote debugging is enabled.
+pub(crate) fn locate(info: &ProcessInfo) -> Result<std::result::Result<Target, Unavailable>> {
+    let pid = info.pid;
+    let version = info.python_version;
+    if !version.has_remote_debugging() {
+        return Ok(Err(Unavailable::NotOffered(format!("CPython {version} has no remote debugging interface (PEP 768 is 3.14+)"))));
+    }
+    let Some((runtime, debug)) = &info.runtime else {
+        return Ok(Err(Unavailable::NotOffered("the interpreter's debug offsets are not readable".into())));
+    };
+    let Some(offsets) = debug.remote_debug() else {
+        return Ok(Err(Unavailable::NotOffered("the interpreter's debug offsets do not describe remote debugging".into())));
+    };
+    if read_u64(pid, runtime + offsets.runtime_finalizing)? != 0 {
+        return Err(Error::ProcessExited { pid, detail: " (the interpreter is shutting down)".into() });
+    }
+    let interp = read_u64(pid, runtime + offsets.interpreters_head)?;
+    if interp == 0 {
+        return Ok(Err(Unavailable::NotOffered("the interpreter is not initialised".into())));
+    }
+    if read_i32(pid, interp + offsets.remote_debugging_enabled)? != 1 {
+        return Ok(Err(Unavailable::Disabled(
+            "remote debugging is disabled in the target (PYTHON_DISABLE_REMOTE_DEBUG, -X disable_remote_debug, \
+             or a build without it)"
+                .into(),
+        )));
+    }
+    let tstate = read_u64(pid, interp + offsets.threads_main)?;
+    if tstate == 0 {
+        return Ok(Err(Unavailable::NotOffered("the interpreter has no main thread state".into())));
+    }
+    Ok(Ok(Target { pid, tstate, offsets }))
+}
+
+/// Python source of the script: `exec` in a namespace of its own, because the interpreter
+/// runs the file in `__main__`'s, which is the program's.
+pub(crate) fn script_text(library: &str, entry: &str, arg: &[u8]) -> String {
+    let body = format!(
+        "try:\n    import ctypes, os\n    lib = ctypes.PyDLL(os.fsdecode({library}))\n    f = getattr(lib, {entry})\n    \
+         f.argtypes = [ctypes.c_char_p]\n    f.restype = ctypes.c_int\n    f({arg})\nexcept BaseException:\n    pass\n",
+        library = py_bytes(library.as_bytes()),
+        entry = py_str(entry),
+        arg = py_bytes(arg),
+    );
+    format!(
+        "# memray attach (PEP 768): loads memray's payload and starts it.\n\
+         exec(compile({}, '<memray attach>', 'exec'), {{'__builtins__': __builtins__}})\n",
+        py_str(&body)
+    )
+}
+
+/// A Python bytes literal of any bytes.
+fn py_bytes(bytes: &[u8]) -> String {
+    let mut out = String::from("b'");
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"/._- ,:=".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A Python str literal (only ASCII-safe characters left as they are).
+fn py_str(text: &str) -> String {
+    let mut out = String::from("'");
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || "/._- ,:=()[]".contains(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\U{:08x}", c as u32));
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Writes the script into `dir` as a new 0644 file (readable by the target whatever its
+/// user, writable by us only).
+pub(crate) fn write_script(dir: &Path, text: &str) -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let path = dir.join(format!("memray-attach-{}-{nanos:x}.py", std::process::id()));
+    let failed = |e: std::io::Error| Error::Script { path: path.clone(), detail: e.to_string() };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(failed)?;
+    f.write_all(text.as_bytes()).map_err(failed)?;
+    // The mode is not left to the umask.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(failed)?;
+    Ok(path)
+}
+
+impl Target {
+    /// Asks the main thread to run the script at `path` (as the target sees it).
+    pub(crate) fn request(&self, path: &str) -> Result<()> {
+        let o = &self.offsets;
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        if bytes.len() as u64 > o.script_path_size {
+            return Err(Error::Script {
+                path: PathBuf::from(path),
+                detail: format!("its path is longer than the interpreter accepts ({} bytes)", o.script_path_size - 1),
+            });
+        }
+        memory::write(self.pid, self.tstate + o.script_path, &bytes)?;
+        memory::write(self.pid, self.tstate + o.pending_call, &1i32.to_ne_bytes())?;
+        let breaker = read_u64(self.pid, self.tstate + o.eval_breaker)?;
+        memory::write(self.pid, self.tstate + o.eval_breaker, &(breaker | o.please_stop_bit).to_ne_bytes())?;
+        Ok(())
+    }
+
+    /// Whether the request still waits for the thread.
+    pub(crate) fn pending(&self) -> Result<bool> {
+        Ok(read_i32(self.pid, self.tstate + self.offsets.pending_call)? != 0)
+    }
+
+    /// Withdraws a request the thread has not taken. Returns false if it took it first
+    /// (it clears the flag before it runs the script).
+    pub(crate) fn withdraw(&self) -> Result<bool> {
+        let was = self.pending()?;
+        memory::write(self.pid, self.tstate + self.offsets.pending_call, &0i32.to_ne_bytes())?;
+        Ok(was)
+    }
+
+    /// Waits until the thread takes the request, `grace` at most.
+    pub(crate) fn wait_taken(&self, grace: Duration, cancelled: &dyn Fn() -> bool) -> Result<Option<Duration>> {
+        let start = Instant::now();
+        loop {
+            if !self.pending()? {
+                return Ok(Some(start.elapsed()));
+            }
+            if start.elapsed() >= grace || cancelled() {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_survive_any_bytes() {
+        assert_eq!(py_bytes(b"/tmp/a b.so"), "b'/tmp/a b.so'");
+        assert_eq!(py_bytes(b"x'\\\x1e\xff"), "b'x\\x27\\x5c\\x1e\\xff'");
+        assert_eq!(py_str("memray_attach_entry"), "'memray_attach_entry'");
+        assert_eq!(py_str("a'b\n"), "'a\\U00000027b\\U0000000a'");
+        let text = script_text("/tmp/memray-0/libmemray_payload-1.so", "memray_attach_entry", b"nonce\x1f1\x1eoutput\x1f/x'y");
+        assert!(text.starts_with("# memray attach"));
+        assert!(!text.contains("/x'y"), "{text}");
+    }
+}
