@@ -4,6 +4,7 @@ Run through scripts/bench, which prepares the interpreter, Memray and the build.
 """
 
 import argparse
+import re
 import os
 import shutil
 import subprocess
@@ -51,19 +52,28 @@ time.sleep(3600)
 """
 
 
-def attach_latency(tool, python, tmp, cycles):
+def attach_latency(tool, python, tmp, cycles, extra=(), verbose=False):
     """Median wall time of `attach -o` (until tracking is confirmed) and of `detach`,
-    over `cycles` cycles on one running target."""
+    over `cycles` cycles on one running target; with `verbose` (ours), also the median
+    time the process was held, from `attach -v` ("held X ms", 0 for PEP 768)."""
     script = os.path.join(tmp, "attach_target.py")
     with open(script, "w") as f:
         f.write(ATTACH_TARGET)
     target = subprocess.Popen([python, script])
-    attach, detach = [], []
+    attach, detach, held = [], [], []
     try:
         time.sleep(1.0)
         for i in range(cycles):
             out = os.path.join(tmp, "attach-%d.bin" % i)
-            attach.append(timed([tool, "attach", "-f", "-o", out, str(target.pid)]))
+            cmd = [tool, "attach", *extra, *(["-v"] if verbose else []), "-f", "-o", out, str(target.pid)]
+            start = time.perf_counter()
+            res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            attach.append(time.perf_counter() - start)
+            if res.returncode != 0:
+                raise RuntimeError(res.stderr.strip() or "attach failed")
+            if verbose:
+                m = re.search(r"held ([0-9.]+) ms in total", res.stderr)
+                held.append(float(m.group(1)) if m else 0.0 if "was not stopped" in res.stderr else float("nan"))
             time.sleep(0.2)
             detach.append(timed([tool, "detach", str(target.pid)]))
             time.sleep(0.2)
@@ -72,7 +82,8 @@ def attach_latency(tool, python, tmp, cycles):
     finally:
         target.kill()
         target.wait()
-    return sorted(attach)[len(attach) // 2], sorted(detach)[len(detach) // 2]
+    med = lambda xs: sorted(xs)[len(xs) // 2] if xs else None
+    return med(attach), med(detach), med(held)
 
 
 def main():
@@ -115,12 +126,18 @@ def main():
     if args.attach_cycles > 0:
         print("\nattach / detach latency, median of %d cycles on one busy 3-thread process" % args.attach_cycles)
         print("(command start to tracking confirmed; to hooks restored and capture closed)")
-        for name, tool in (("memray 1.20 (gdb)", args.memray_ref), ("ours (ptrace)", args.memray_rs)):
+        minor = int(subprocess.check_output([args.python, "-c", "import sys; print(sys.version_info[1])"]))
+        rows = [("memray 1.20 (%s)" % ("sys.remote_exec" if minor >= 14 else "gdb"), args.memray_ref, (), False)]
+        if minor >= 14:
+            rows.append(("ours (PEP 768)", args.memray_rs, ("--method", "sys.remote_exec"), True))
+        rows.append(("ours (ptrace)", args.memray_rs, ("--method", "ptrace"), True))
+        for name, tool, extra, ours in rows:
             try:
-                a, d = attach_latency(tool, args.python, tmp, args.attach_cycles)
-                print("  %-20s attach %7.3fs   detach %7.3fs" % (name, a, d))
+                a, d, h = attach_latency(tool, args.python, tmp, args.attach_cycles, extra, verbose=ours)
+                stopped = "   target held %6.1f ms" % h if h is not None else ""
+                print("  %-24s attach %7.3fs   detach %7.3fs%s" % (name, a, d, stopped))
             except (RuntimeError, OSError) as e:
-                print("  %-20s failed: %s" % (name, str(e).splitlines()[0] if str(e) else e))
+                print("  %-24s failed: %s" % (name, str(e).splitlines()[0] if str(e) else e))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

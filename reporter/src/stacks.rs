@@ -77,7 +77,7 @@ pub struct StackTable {
     node_ids: FastMap<(StackId, FrameId), StackId>,
     locations: Vec<Location>,
     location_ids: HashMap<Location, LocationId>,
-    threads: FastMap<u64, Vec<StackId>>,
+    threads: FastMap<u64, ThreadStack>,
     /// The thread whose stack changed last, and its current stack: runs of allocations
     /// between frame changes ask for it again and again.
     last: Option<(u64, StackId)>,
@@ -85,6 +85,22 @@ pub struct StackTable {
 }
 
 const UNRESOLVED: LocationId = LocationId::MAX;
+
+/// The deepest stack kept per thread. Frames pushed beyond it are counted, not interned:
+/// a capture that only pushes (corrupt or hostile: a few MB of LZ4 can hold hundreds of
+/// millions of FRAME_PUSH records) must not grow memory with its length. Memory is then
+/// bounded by the distinct frames and distinct stacks the capture reaches, and by this
+/// depth per thread. Our payload records at most 2,048 frames; CPython's recursion limit
+/// is 1,000 unless a program raises it.
+pub const MAX_DEPTH: usize = 65_536;
+
+/// One thread's current stack: trie nodes, outermost first, and how many frames were
+/// pushed past `MAX_DEPTH` (popped first).
+#[derive(Default)]
+struct ThreadStack {
+    nodes: Vec<StackId>,
+    beyond: u64,
+}
 
 impl StackTable {
     /// `python_version` selects the line-table layout; the main thread's outermost
@@ -120,9 +136,15 @@ impl StackTable {
 
     /// FRAME_PUSH on `tid`'s stack.
     pub fn push(&mut self, tid: u64, frame: FrameKey) {
+        let stack = self.threads.entry(tid).or_default();
+        if stack.nodes.len() >= MAX_DEPTH {
+            stack.beyond += 1;
+            self.last = Some((tid, stack.nodes.last().copied().unwrap_or(0)));
+            return;
+        }
         let frame = self.intern_frame(frame);
         let stack = self.threads.entry(tid).or_default();
-        let parent = stack.last().copied().unwrap_or(0);
+        let parent = stack.nodes.last().copied().unwrap_or(0);
         let node = match self.node_ids.get(&(parent, frame)) {
             Some(&n) => n,
             None => {
@@ -132,16 +154,18 @@ impl StackTable {
                 n
             }
         };
-        stack.push(node);
+        stack.nodes.push(node);
         self.last = Some((tid, node));
     }
 
     /// FRAME_POP of `count` frames from `tid`'s stack (popping past empty is ignored).
     pub fn pop(&mut self, tid: u64, count: u32) {
         if let Some(stack) = self.threads.get_mut(&tid) {
-            let keep = stack.len().saturating_sub(count as usize);
-            stack.truncate(keep);
-            self.last = Some((tid, stack.last().copied().unwrap_or(0)));
+            let from_beyond = stack.beyond.min(count as u64);
+            stack.beyond -= from_beyond;
+            let keep = stack.nodes.len().saturating_sub((count as u64 - from_beyond) as usize);
+            stack.nodes.truncate(keep);
+            self.last = Some((tid, stack.nodes.last().copied().unwrap_or(0)));
         }
     }
 
@@ -150,7 +174,7 @@ impl StackTable {
     pub fn current(&self, tid: u64) -> StackId {
         match self.last {
             Some((t, stack)) if t == tid => stack,
-            _ => self.threads.get(&tid).and_then(|s| s.last().copied()).unwrap_or(0),
+            _ => self.threads.get(&tid).and_then(|s| s.nodes.last().copied()).unwrap_or(0),
         }
     }
 
@@ -315,6 +339,25 @@ impl Iterator for Frames<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A capture that pushes without end (what a few MB of hostile LZ4 expand to) keeps
+    /// memory bounded: past MAX_DEPTH nothing is interned, and pops come off the frames
+    /// beyond the bound first, so the stack underneath is exact again afterwards.
+    #[test]
+    fn depth_is_bounded_and_pops_stay_exact() {
+        let mut t = StackTable::new(0x030C_00F0, 1, 0);
+        t.push(1, key(7, 0));
+        let base = t.current(1);
+        for i in 0..(MAX_DEPTH as u64 + 1_000_000) {
+            t.push(1, key(8 + i % 3, 2));
+        }
+        assert!(t.nodes.len() <= MAX_DEPTH + 2, "{} trie nodes", t.nodes.len());
+        assert_eq!(t.frames(t.current(1)).count(), MAX_DEPTH);
+        t.pop(1, 1_000_000 + MAX_DEPTH as u32);
+        assert_eq!(t.current(1), base);
+        t.pop(1, 5);
+        assert_eq!(t.current(1), 0);
+    }
 
     fn key(code: u64, off: i32) -> FrameKey {
         FrameKey { code_object_id: code, instruction_offset: off, is_entry: true }
