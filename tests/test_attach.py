@@ -974,3 +974,29 @@ def test_pep768_method_refused_before_3_14(interp, target, memray_cli, workdir):
     assert "without a debugger" in res.stderr
     assert_ok(memray_cli("detach", "--method", "lldb", str(t.pid)))
     assert t.finish() == 0
+
+
+NO_CTYPES = """
+import os, sys, time
+sys.modules["ctypes"] = None   # `import ctypes` now fails, as in a build without it
+WORK = sys.argv[1]
+open(os.path.join(WORK, "ready"), "w").close()
+while not os.path.exists(os.path.join(WORK, "stop")):
+    x = [bytearray(100) for _ in range(10)]
+    time.sleep(0.005)
+print("done")
+"""
+
+
+@needs_ptrace
+def test_pep768_script_that_cannot_load_the_payload_is_reported(interp, target, memray_cli, workdir):
+    """The script runs (the main thread takes the request) but cannot load the payload:
+    one line naming the likely cause, nothing printed by the program, which runs on."""
+    needs_pep768(interp)
+    t = target(NO_CTYPES)
+    t.wait_for("ready")
+    res = memray_cli("attach", "--method", "sys.remote_exec", "--timeout", "2", "-o", str(workdir / "r.bin"), str(t.pid))
+    assert_clean_error(res, "did not load the payload", "ctypes")
+    assert t.alive()
+    assert t.finish() == 0
+    assert t.output().strip() == "done", t.output()

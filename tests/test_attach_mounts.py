@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,9 @@ mount -t tmpfs tmpfs /mnt
 cp "$MEMRAY" /mnt/memray
 MEMRAY=/mnt/memray
 {mounts}
+# Likewise an interpreter kept in a checkout under /tmp (Debian sid's 3.14/3.15): its tree
+# becomes a mount of its own, executable again.
+if [ -n "$KEEP_EXEC" ]; then mount --bind "$KEEP_EXEC" "$KEEP_EXEC" && mount -o remount,bind,exec "$KEEP_EXEC"; fi
 "$PY" "$WORK/target.py" "$WORK" &
 T=$!
 for i in $(seq 500); do [ -e "$WORK/ready" ] && break; sleep 0.01; done
@@ -46,8 +50,12 @@ def _run(build, interp, workdir, mounts):
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare to mount a private /tmp")
     (workdir / "target.py").write_text(TARGET)
+    # The interpreter's whole tree (loader and libraries included) for one under a
+    # directory the mounts make noexec.
+    root = Path(interp.executable).resolve().parents[2]
+    keep = str(root) if str(root).startswith(("/tmp/", "/var/tmp/", "/dev/shm/")) else ""
     env = dict(os.environ, PY=interp.executable, WORK=str(workdir), MEMRAY=str(build.binary),
-               MEMRAY_PAYLOAD=str(build.payload))
+               MEMRAY_PAYLOAD=str(build.payload), KEEP_EXEC=keep)
     res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
                           SCRIPT.format(mounts=textwrap.dedent(mounts))],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)

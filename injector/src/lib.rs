@@ -106,12 +106,17 @@ pub fn inject(info: &ProcessInfo, library: &str, entry: &str, arg: &[u8], opts: 
     let result = match opts.method {
         Method::Ptrace => by_ptrace(),
         Method::RemoteExec => match remote_exec::locate(info) {
-            Ok(Ok(target)) => by_remote_exec(info, &target, library, entry, arg, opts, opts.timeout).and_then(|done| {
-                done.ok_or_else(|| Error::Timeout {
+            Ok(Ok(target)) => match by_remote_exec(info, &target, library, entry, arg, opts, opts.timeout)? {
+                RemoteOutcome::Done(done) => Ok(done),
+                RemoteOutcome::NotTaken => Err(Error::Timeout {
                     secs: opts.timeout.as_secs_f64(),
                     what: "waiting for the main thread to run Python code (is it blocked in C code? try --method ptrace)".into(),
-                })
-            }),
+                }),
+                RemoteOutcome::NotLoaded => Err(Error::RemoteExecUnavailable {
+                    pid: info.pid,
+                    why: "the target ran the attach script but did not load the payload (is ctypes missing from it?)".into(),
+                }),
+            },
             Ok(Err(why)) => Err(Error::RemoteExecUnavailable { pid: info.pid, why: why.to_string() }),
             Err(e) => Err(e),
         },
@@ -123,9 +128,13 @@ pub fn inject(info: &ProcessInfo, library: &str, entry: &str, arg: &[u8], opts: 
             Ok(Ok(target)) if opts.script_dir.is_some() => {
                 let grace = opts.remote_grace.min(opts.timeout);
                 match by_remote_exec(info, &target, library, entry, arg, opts, grace) {
-                    Ok(Some(done)) => Ok(done),
-                    Ok(None) => {
+                    Ok(RemoteOutcome::Done(done)) => Ok(done),
+                    Ok(RemoteOutcome::NotTaken) => {
                         log(&format!("PEP 768: the main thread ran no Python code within {:.1} s; using ptrace", grace.as_secs_f64()));
+                        by_ptrace()
+                    }
+                    Ok(RemoteOutcome::NotLoaded) => {
+                        log("PEP 768: the script ran but did not load the payload (no ctypes in the target?); using ptrace");
                         by_ptrace()
                     }
                     Err(e) => Err(e),
@@ -144,8 +153,16 @@ pub fn inject(info: &ProcessInfo, library: &str, entry: &str, arg: &[u8], opts: 
     result.map_err(|e| explain_exit(info.pid, e))
 }
 
-/// The PEP 768 route: `Ok(None)` when the main thread did not take the request within
-/// `grace` (withdrawn), or ran the script without loading `library` within the timeout.
+/// How the PEP 768 route ended.
+enum RemoteOutcome {
+    Done(Injected),
+    /// The main thread did not take the request within the grace period: withdrawn.
+    NotTaken,
+    /// It ran the script, but `library` was not mapped in time.
+    NotLoaded,
+}
+
+/// The PEP 768 route.
 fn by_remote_exec(
     info: &ProcessInfo,
     target: &remote_exec::Target,
@@ -154,7 +171,7 @@ fn by_remote_exec(
     arg: &[u8],
     opts: &InjectOptions,
     grace: Duration,
-) -> Result<Option<Injected>> {
+) -> Result<RemoteOutcome> {
     let log = |m: &str| {
         if let Some(l) = opts.log {
             l(m)
@@ -180,7 +197,7 @@ fn by_remote_exec(
             if cancelled() {
                 return Err(Error::Interrupted(info.pid));
             }
-            return Ok(None);
+            return Ok(RemoteOutcome::NotTaken);
         }
         None => started.elapsed(),
     };
@@ -190,9 +207,11 @@ fn by_remote_exec(
     // shows (taking the request and opening the file are two steps of the thread).
     let deadline = started + grace.max(Duration::from_secs(2));
     while !loaded_before && !mapped()? {
-        if std::time::Instant::now() >= deadline || cancelled() {
-            log("PEP 768: the script ran but the payload was not loaded (no ctypes in the target?)");
-            return Ok(None);
+        if cancelled() {
+            return Err(Error::Interrupted(info.pid));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(RemoteOutcome::NotLoaded);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -202,7 +221,7 @@ fn by_remote_exec(
         let _ = std::fs::remove_file(&script);
         None
     };
-    Ok(Some(Injected {
+    Ok(RemoteOutcome::Done(Injected {
         entry_return: 0,
         safe_point: "the main thread's eval-breaker check (PEP 768)".into(),
         thread: info.pid,

@@ -518,8 +518,16 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         .and_then(|o| o.symbols.get(CONTROL_SYMBOL).copied())
     {
         Some(a) => a,
-        None if !injector::process_alive(pid) => return Err(exited()),
-        None => bail!("the payload is not mapped in process {pid} after the injection"),
+        None => {
+            // A process on its way out has lost its mappings before it shows as a zombie.
+            for _ in 0..50 {
+                if !injector::process_alive(pid) {
+                    return Err(exited());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bail!("the payload is not mapped in process {pid} after the injection")
+        }
     };
     if let Some(port) = live_port {
         return watch_live(pid, addr, nonce, port, timeout, &log, injected.script.as_deref());
