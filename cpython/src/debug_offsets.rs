@@ -178,17 +178,28 @@ impl DebugOffsets {
         }
         let get = |section, field| self.offset(section, field).ok().map(|v| v as u64);
         let support = get("debugger_support", "remote_debugger_support")?;
-        Some(RemoteDebugOffsets {
+        let offsets = RemoteDebugOffsets {
             runtime_finalizing: get("runtime_state", "finalizing")?,
             interpreters_head: get("runtime_state", "interpreters_head")?,
             threads_main: get("interpreter_state", "threads_main")?,
             remote_debugging_enabled: get("debugger_support", "remote_debugging_enabled")?,
             eval_breaker: get("debugger_support", "eval_breaker")?,
-            pending_call: support + get("debugger_support", "debugger_pending_call")?,
-            script_path: support + get("debugger_support", "debugger_script_path")?,
+            pending_call: support.checked_add(get("debugger_support", "debugger_pending_call")?)?,
+            script_path: support.checked_add(get("debugger_support", "debugger_script_path")?)?,
             script_path_size: self.get("debugger_support", "debugger_script_path_size").filter(|&n| (64..=1 << 16).contains(&n))?,
             please_stop_bit: 1 << 5,
-        })
+        };
+        // These are written into the process: every one must lie inside the structs the
+        // block says they belong to, or nothing is written at all.
+        let tstate = self.get("thread_state", "size")?;
+        let interp = self.get("interpreter_state", "size")?;
+        let inside = |at: u64, len: u64, size: u64| at.checked_add(len).is_some_and(|end| end <= size);
+        let fits = inside(offsets.eval_breaker, 8, tstate)
+            && inside(offsets.pending_call, 4, tstate)
+            && inside(offsets.script_path, offsets.script_path_size, tstate)
+            && inside(offsets.remote_debugging_enabled, 4, interp)
+            && inside(offsets.threads_main, 8, interp);
+        fits.then_some(offsets)
     }
 
     /// An offset inside its struct: present, and below the section's `size` when it has
@@ -387,6 +398,30 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("interpreter_frame.instr_ptr"));
     }
 
+    /// The blocks of real interpreters (the first 4 KiB of `_PyRuntime` as initialised
+    /// data in CPython 3.13.0's libpython and Debian's 3.14.10 and 3.15.2 executables;
+    /// the `debug_offsets` fuzz target starts from the same bytes) give their table rows
+    /// and PEP 768's offsets.
+    #[test]
+    fn real_blocks_agree_with_the_table() {
+        let blocks: [(u8, &[u8]); 3] = [
+            (13, include_bytes!("../tests/fixtures/debug_offsets/cpython-3.13.bin")),
+            (14, include_bytes!("../tests/fixtures/debug_offsets/cpython-3.14.bin")),
+            (15, include_bytes!("../tests/fixtures/debug_offsets/cpython-3.15.bin")),
+        ];
+        for (minor, block) in blocks {
+            let parsed = DebugOffsets::parse(block).unwrap();
+            assert_eq!((parsed.version.major, parsed.version.minor, parsed.newer_than_known), (3, minor, false));
+            assert_eq!(&parsed.layout().unwrap(), layout_for(3, minor).unwrap(), "3.{minor}");
+            let rd = parsed.remote_debug();
+            assert_eq!(rd.is_some(), minor >= 14, "3.{minor}");
+            if let Some(rd) = rd {
+                assert_eq!((rd.script_path_size, rd.please_stop_bit), (512, 32));
+                assert_eq!(rd.script_path, rd.pending_call + 4, "char path[] follows int32_t pending_call");
+            }
+        }
+    }
+
     #[test]
     fn remote_debugging_fields_from_3_14_on() {
         assert!(DebugOffsets::parse(&block_for(13, 0)).unwrap().remote_debug().is_none());
@@ -398,6 +433,10 @@ pub(crate) mod tests {
         let rd = DebugOffsets::parse(&block).unwrap().remote_debug().unwrap();
         assert_eq!((rd.pending_call, rd.script_path, rd.script_path_size, rd.please_stop_bit), (304, 308, 512, 32));
         set(&mut block, "debugger_support", "debugger_script_path_size", 0);
+        assert!(DebugOffsets::parse(&block).unwrap().remote_debug().is_none());
+        // A request area that would reach past the thread state is never used.
+        set(&mut block, "debugger_support", "debugger_script_path_size", 512);
+        set(&mut block, "debugger_support", "remote_debugger_support", 3900);
         assert!(DebugOffsets::parse(&block).unwrap().remote_debug().is_none());
     }
 
