@@ -500,8 +500,8 @@ mod tests {
         assert_eq!(l("1.114MB", 6, Justify::Right), vec!["1.114…"]);
         assert_eq!(l("Location", 35, Justify::Left), vec![format!("Location{}", " ".repeat(27))]);
         assert_eq!(
-            l("_run_tracker at /work/main/.venvs/oracle-3.12/lib/python3.12/x.py", 35, Justify::Left),
-            vec!["_run_tracker at                    ".to_string(), "/work/main/.venvs/oracle-3.12/lib/…".to_string()]
+            l("_run_tracker at /srv/app01/.venvs/oracle-3.12/lib/python3.12/x.py", 35, Justify::Left),
+            vec!["_run_tracker at                    ".to_string(), "/srv/app01/.venvs/oracle-3.12/lib/…".to_string()]
         );
         assert_eq!(
             l("exec_module at <frozen importlib._bootstrap_external>", 35, Justify::Left),
