@@ -529,7 +529,8 @@ def test_error_tracked_by_memray_run(interp, tracked_env, memray_run, memray_cli
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 30
-        while not (workdir / "ready").exists() and time.time() < deadline:
+        # The file is created before the pid is written into it.
+        while not ((workdir / "ready").exists() and (workdir / "ready").read_text().strip()) and time.time() < deadline:
             time.sleep(0.05)
         pid = int((workdir / "ready").read_text())
         assert_clean_error(memray_cli("attach", "-o", str(workdir / "b.bin"), str(pid)), "already being tracked")
@@ -698,7 +699,8 @@ def test_error_detach_not_tracked(interp, target, memray_cli):
 # threads run on exactly as they are. Each phase of the injection is reached on purpose
 # (MEMRAY_ATTACH_TEST_PAUSE makes the injector stop there for a minute) and the attacher
 # is killed there; the target must run on unharmed, not be left stopped, and take a later
-# attach and detach. Random instants are covered by scripts/attach-kill-trials.
+# attach and detach. Every instant between two of the attacher's operations is covered by
+# test_attacher_killed_before_every_operation, random ones by bench/attach_kill_trials.py.
 
 WAITER = """
 import os, sys, threading, time
@@ -817,6 +819,20 @@ def test_attacher_killed_at_random_instants(interp, build, workdir, kind, n):
     assert tally["later_attach_ok"] and tally["exit"] == 0, (seed, tally)
 
 
+@needs_ptrace
+@pytest.mark.parametrize("kind", ["busy", "waiting"])
+def test_attacher_killed_before_every_operation(interp, build, workdir, kind):
+    """The attacher kills itself before its 1st, 2nd, ... operation that changes the target
+    (MEMRAY_ATTACH_TEST_KILL_AT), up to an attach that has fewer: every state it can leave
+    the target in. The target survives each, is never left stopped, and ends normally."""
+    tally = _kill_trials_module().sweep(str(build.binary), interp.executable, kind, str(workdir))
+    assert tally["died"] == 0 and tally["stopped"] == 0, tally
+    # The sweep ran to its end: an attach with fewer operations than the kill point.
+    assert tally["completed"] == 1 and "attach_error" not in tally, tally
+    assert tally["trials"] >= 40, tally
+    assert tally["later_attach_ok"] and tally["exit"] == 0, tally
+
+
 FORKER = """
 import os, sys, time
 sys.path.insert(0, os.environ.get("HELPERS_DIR", ""))
@@ -853,6 +869,9 @@ def test_child_forked_after_an_attach_can_be_attached(interp, target, memray_cli
     assert_ok(memray_cli("attach", "-o", str(workdir / "parent.bin"), str(t.pid)))
     t.touch("fork")
     t.wait_for("child")
+    deadline = time.time() + 10
+    while not (workdir / "child").read_text().strip() and time.time() < deadline:
+        time.sleep(0.01)  # created before the pid is written into it
     child = int((workdir / "child").read_text())
     time.sleep(0.1)
     # The child came out of the fork untracked: attachable and detachable like any process.

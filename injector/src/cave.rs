@@ -21,7 +21,8 @@
 //! - **The SIGTRAP handler** (`handler`), installed while our int3s are armed: a thread
 //!   that runs into one after the tracer died gets a SIGTRAP the kernel now delivers. The
 //!   handler writes every original byte back (through `/proc/self/mem`), moves the thread
-//!   back onto the restored instruction and returns; a single step left armed is
+//!   back onto the restored instruction (unless the tracer already had: rip is then on a
+//!   breakpoint rather than just past one) and returns; a single step left armed is
 //!   cleared; any other SIGTRAP gets the program's own disposition back and is raised
 //!   again, so the program sees it as it would have. A live tracer sees every SIGTRAP
 //!   first and suppresses ours, so the handler runs only after the tracer's death. The
@@ -141,11 +142,20 @@ std::arch::global_asm!(
     "mov r15, qword ptr [rip + memray_cave_bp_count]",
     "memray_cave_handler_search:",
     "test r15, r15",
-    "jz memray_cave_handler_foreign",
+    "jz memray_cave_handler_on_bp",
     "cmp qword ptr [r14], rbx",
     "je memray_cave_handler_ours",
     "add r14, 16",
     "dec r15",
+    "jmp memray_cave_handler_search",
+    // Not just past one of ours: maybe already on one (a tracer that moved the thread
+    // back and died before consuming the stop). Then rip stays where it is.
+    "memray_cave_handler_on_bp:",
+    "cmp rbx, qword ptr [r12 + 168]",
+    "je memray_cave_handler_foreign",
+    "mov rbx, qword ptr [r12 + 168]",
+    "lea r14, [rip + memray_cave_bp_table]",
+    "mov r15, qword ptr [rip + memray_cave_bp_count]",
     "jmp memray_cave_handler_search",
     "memray_cave_handler_ours:",
     "mov eax, 2", // open("/proc/self/mem", O_RDWR)

@@ -15,12 +15,15 @@
 //!    thread at the entry of these functions holds no allocator or loader lock. If the
 //!    main thread sleeps in a system call that Python retries after EINTR (PEP 475), it
 //!    is woken so that it passes `PyErr_CheckSignals`.
-//! 3. In that thread, with all its registers (FP/vector state included) saved, it calls
-//!    `dlopen(library, RTLD_NOW)`, `dlsym(handle, entry)` and `entry(arg)`, each with a
-//!    return address of 0 so the return faults and stops the thread, arguments copied
-//!    below the red zone. The entry is expected to return at once (start a thread).
-//! 4. It restores the registers and the original bytes, moves any thread that hit an
-//!    int3 meanwhile back onto the restored instruction, and detaches from every thread.
+//! 3. In that thread, with all its registers (FP/vector state included) saved, it runs
+//!    `dlopen(library, RTLD_NOW)`, `dlsym(handle, entry)` and `entry(arg)` through code
+//!    placed in an unused tail of an executable page ([`cave`]), which then puts the
+//!    thread's registers back by itself: nothing left in the target needs us to be
+//!    undone, so our death at any instant leaves it running. The entry is expected to
+//!    return at once (start a thread).
+//! 4. It restores the original bytes, moves any thread that hit an int3 meanwhile back
+//!    onto the restored instruction, puts the program's SIGTRAP disposition back, and
+//!    detaches from every thread.
 //!
 //! On CPython 3.14+ the interpreter offers its own safe point (PEP 768, what
 //! `sys.remote_exec` uses): [`Method::RemoteExec`] writes a request into the main thread
@@ -29,6 +32,7 @@
 //! allows it and falls back to ptrace otherwise.
 
 mod cave;
+mod death_points;
 mod elf;
 mod error;
 mod inspect;

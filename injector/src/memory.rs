@@ -38,6 +38,7 @@ pub fn read_cstr(pid: i32, addr: u64, max: usize) -> Result<String> {
 }
 
 pub fn write(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    crate::death_points::before_change("process_vm_writev", pid);
     let local = [IoSlice::new(data)];
     let remote = [RemoteIoVec { base: addr as usize, len: data.len() }];
     match process_vm_writev(Pid::from_raw(pid), &local, &remote) {
@@ -50,6 +51,7 @@ pub fn write(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
 /// Writes through /proc/PID/mem, which (for a tracer) also reaches read-only mappings such
 /// as code pages, the way PTRACE_POKEDATA does, in one call.
 pub fn write_forced(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    crate::death_points::before_change("write /proc/PID/mem", pid);
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).map_err(|e| Error::Memory {
         pid,

@@ -23,6 +23,9 @@ fn check(op: &'static str, tid: i32, rc: libc::c_long) -> Result<libc::c_long> {
 }
 
 fn raw(op: &'static str, req: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<libc::c_long> {
+    if !matches!(req, libc::PTRACE_GETREGSET | libc::PTRACE_GETFPREGS) {
+        crate::death_points::before_change(op, tid);
+    }
     Errno::clear();
     // SAFETY: every request used here either takes no pointers or, for the ones that do
     // (GETREGSET/SETREGSET), receives a pointer to a live iovec over a buffer we own.
@@ -84,6 +87,7 @@ pub fn getregs(tid: i32) -> Result<Regs> {
 }
 
 pub fn setregs(tid: i32, regs: Regs) -> Result<()> {
+    crate::death_points::before_change("SETREGS", tid);
     ptrace::setregs(Pid::from_raw(tid), regs).map_err(|errno| Error::Ptrace { op: "SETREGS", tid, errno })
 }
 
@@ -96,6 +100,7 @@ pub fn peek(tid: i32, addr: u64) -> Result<u64> {
 }
 
 pub fn poke(tid: i32, addr: u64, word: u64) -> Result<()> {
+    crate::death_points::before_change("POKEDATA", tid);
     ptrace::write(Pid::from_raw(tid), addr as ptrace::AddressType, word as libc::c_long).map_err(|errno| Error::Ptrace {
         op: "POKEDATA",
         tid,
@@ -170,31 +175,46 @@ pub enum Wait {
     },
 }
 
-/// Collects one pending status of any traced thread without blocking.
-pub fn wait_any() -> Result<Option<Wait>> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: waitpid writes one int through a valid pointer.
-    let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
-    if tid < 0 {
+/// The next pending status of any traced thread, without blocking and *without consuming
+/// it* (`waitid` with `WNOWAIT`): the caller first acts on the stopped thread, then
+/// consumes the status with [`reap`] or by resuming the thread. Consuming a signal stop
+/// makes the kernel forget its signal, so a tracer that dies right after would leave the
+/// thread running as if the signal never came (see `Tracer::next_status`).
+pub fn peek_any() -> Result<Option<Wait>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t through a valid pointer.
+    let rc = unsafe {
+        libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL)
+    };
+    if rc < 0 {
         let errno = Errno::last();
         if errno == Errno::EINTR {
             return Ok(None);
         }
-        return Err(Error::Ptrace { op: "WAITPID", tid: -1, errno });
+        return Err(Error::Ptrace { op: "WAITID", tid: -1, errno });
     }
+    // SAFETY: waitid filled in a SIGCHLD siginfo (or left it zeroed: si_pid 0).
+    let (tid, status) = unsafe { (info.si_pid(), info.si_status()) };
     if tid == 0 {
         return Ok(None);
     }
-    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-        return Ok(Some(Wait::Exited(tid)));
-    }
-    if libc::WIFSTOPPED(status) {
-        return Ok(Some(Wait::Stopped { tid, sig: libc::WSTOPSIG(status), event: (status >> 16) & 0xff }));
-    }
-    Ok(None)
+    Ok(Some(match info.si_code {
+        // For a ptrace stop si_status is the whole stop code: signal | event << 8.
+        libc::CLD_TRAPPED | libc::CLD_STOPPED => Wait::Stopped { tid, sig: status & 0xff, event: (status >> 8) & 0xff },
+        _ => Wait::Exited(tid),
+    }))
+}
+
+/// Consumes the status [`peek_any`] reported for `tid`.
+pub fn reap(tid: i32) {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int through a valid pointer.
+    unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
 }
 
 pub fn tgkill(pid: i32, tid: i32, sig: i32) {
+    crate::death_points::before_change("tgkill", tid);
     // SAFETY: tgkill takes plain integers; a vanished thread gives ESRCH, which is fine.
     unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
 }

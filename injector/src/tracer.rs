@@ -8,10 +8,13 @@
 //! - code runs in the target only from the cave, and puts the thread back by itself;
 //! - every int3 we wrote is replaced by its original byte before we detach, in the
 //!   process and in any child it forked meanwhile;
-//! - a thread that ran into one of our int3s gets its `rip` moved back onto the restored
-//!   instruction, and the SIGTRAP is never delivered;
+//! - a thread that ran into one of our int3s gets its `rip` moved back onto the
+//!   instruction *before* its stop is consumed (see `next_status`), and the SIGTRAP is
+//!   never delivered;
 //! - the hijacked thread gets all its registers back (general, FP and vector state);
-//! - signals that arrived for a thread while we held it are delivered when we let go;
+//! - a signal is never held by us alone: it is delivered as it comes, or, for a thread
+//!   parked to detach, made pending again at once (the kernel forgets the signal of a
+//!   consumed stop, so a signal we held would be lost if we died);
 //! - every thread we seized is detached.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -93,6 +96,12 @@ enum Ev {
     Exec,
 }
 
+/// A consumed wait status, or a stop on one of our int3s (already moved back onto it).
+enum Status {
+    Wait(Wait),
+    Breakpoint { tid: i32, addr: u64 },
+}
+
 /// The result of a successful injection.
 #[derive(Debug, Clone)]
 pub struct Injected {
@@ -129,7 +138,6 @@ pub struct Tracer<'a> {
     suspended_for_vfork: BTreeSet<i32>,
     focus: Option<i32>,
     stepping: Option<i32>,
-    deferred: Vec<(i32, i32)>,
     /// Registers of the hijacked thread, while it is ours.
     saved: Option<(i32, Regs, FpState)>,
     exited: bool,
@@ -158,7 +166,6 @@ impl<'a> Tracer<'a> {
             suspended_for_vfork: BTreeSet::new(),
             focus: None,
             stepping: None,
-            deferred: Vec::new(),
             saved: None,
             exited: false,
             execed: false,
@@ -435,23 +442,19 @@ impl<'a> Tracer<'a> {
                     self.resume(tid, 0)?;
                 }
                 Some(Ev::Signal { tid: t, sig }) if t == tid => {
-                    if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP) {
-                        let regs = sys::getregs(tid)?;
-                        return Err(Error::RemoteCall {
-                            pid: self.pid,
-                            function: what.into(),
-                            detail: format!("crashed with signal {sig} at {:#x}", regs.rip),
-                        });
-                    }
-                    // An asynchronous signal: hold it until the thread is back where it was.
-                    self.deferred.push((tid, sig));
-                    self.resume(tid, 0)?;
+                    // Asynchronous signals were delivered as they came (next_status).
+                    let regs = sys::getregs(tid)?;
+                    return Err(Error::RemoteCall {
+                        pid: self.pid,
+                        function: what.into(),
+                        detail: format!("crashed with signal {sig} at {:#x}", regs.rip),
+                    });
                 }
                 Some(Ev::Interrupted { tid: t })
                 | Some(Ev::Stepped { tid: t })
                 | Some(Ev::Signal { tid: t, .. })
                 | Some(Ev::Syscall { tid: t }) => self.resume(t, 0)?,
-                Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
+                Some(Ev::Trap { tid: t, .. }) => self.resume(t, 0)?,
                 Some(Ev::Exec) => return Err(self.exited_error()),
                 Some(Ev::Gone) => {}
                 None => {
@@ -547,9 +550,9 @@ impl<'a> Tracer<'a> {
                 match self.next(Some(deadline), false)? {
                     Some(Ev::Interrupted { tid: t }) if t == tid => return Ok(tid),
                     Some(Ev::Interrupted { tid: other }) => self.resume(other, 0)?,
-                    Some(Ev::Trap { tid: t, addr }) => {
+                    Some(Ev::Trap { tid: t, .. }) => {
                         // Only possible once breakpoints exist: not in this phase.
-                        self.rewind_and_resume(t, addr)?;
+                        self.resume(t, 0)?;
                     }
                     Some(Ev::Gone) if !self.threads.contains_key(&tid) => break,
                     Some(Ev::Exec) => return Err(self.exited_error()),
@@ -580,12 +583,6 @@ impl<'a> Tracer<'a> {
         }
     }
 
-    fn rewind_and_resume(&mut self, tid: i32, addr: u64) -> Result<()> {
-        let mut regs = sys::getregs(tid)?;
-        regs.rip = addr;
-        sys::setregs(tid, regs)?;
-        self.resume(tid, 0)
-    }
 
     // ---- breakpoints ---------------------------------------------------------------
 
@@ -652,7 +649,7 @@ impl<'a> Tracer<'a> {
             if honour_cancel && self.cancelled() {
                 return Err(Error::Interrupted(self.pid));
             }
-            match sys::wait_any() {
+            match self.next_status(true) {
                 Ok(Some(w)) => {
                     pause = Duration::from_micros(20);
                     if let Some(ev) = self.absorb(w)? {
@@ -676,11 +673,78 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// The next status of a traced thread, consumed, in an order that leaves nothing to
+    /// us at any instant. The kernel forgets the signal of a stop once its status is
+    /// consumed: a thread stopped on one of our int3s (rip just past it) whose status we
+    /// had collected would, if we died then, run on from the middle of the instruction the
+    /// int3 replaced. So its rip is moved back onto the breakpoint *before* the status is
+    /// consumed: dying before that, the SIGTRAP is still due and the cave's handler
+    /// rewinds it; dying after, the thread runs into the int3 again and the handler sees
+    /// it then; dying in between, the handler finds rip already on a breakpoint. Likewise
+    /// a signal for a thread we have no reason to hold is delivered by resuming the thread
+    /// with it, never consumed first (`deliver`, except while parking threads to detach).
+    /// Returns None when no status is pending, or when the status was handled here.
+    fn next_status(&mut self, deliver: bool) -> Result<Option<Status>> {
+        let Some(w) = sys::peek_any()? else { return Ok(None) };
+        if let Wait::Stopped { tid, sig, event: 0 } = w {
+            if sig == libc::SIGTRAP {
+                if let Some(addr) = self.stopped_on_our_int3(tid) {
+                    if let Ok(mut regs) = sys::getregs(tid) {
+                        regs.rip = addr;
+                        sys::setregs(tid, regs)?;
+                        sys::reap(tid);
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.state = State::Stopped;
+                        }
+                        return Ok(Some(Status::Breakpoint { tid, addr }));
+                    }
+                }
+            } else if deliver
+                && sig != sys::SYSCALL_STOP
+                && !(self.focus == Some(tid) && is_fault(sig))
+                && (self.threads.contains_key(&tid) || self.children.contains_key(&tid))
+            {
+                // Resuming with the signal consumes the stop: nothing to reap.
+                self.resume(tid, sig)?;
+                return Ok(None);
+            }
+        }
+        let tid = match w {
+            Wait::Exited(tid) | Wait::Stopped { tid, .. } => tid,
+        };
+        sys::reap(tid);
+        Ok(Some(Status::Wait(w)))
+    }
+
+    /// The breakpoint address, if `tid` is in a signal-delivery stop for one of our int3s.
+    fn stopped_on_our_int3(&self, tid: i32) -> Option<u64> {
+        let regs = sys::getregs(tid).ok()?;
+        let addr = regs.rip.wrapping_sub(1);
+        (self.known.contains_key(&addr) && sys::si_code(tid).ok() == Some(SI_KERNEL)).then_some(addr)
+    }
+
     fn is_thread_of_target(&self, tid: i32) -> bool {
         std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists()
     }
 
-    fn absorb(&mut self, w: Wait) -> Result<Option<Ev>> {
+    fn absorb(&mut self, w: Status) -> Result<Option<Ev>> {
+        let w = match w {
+            Status::Breakpoint { tid, addr } => {
+                if self.children.contains_key(&tid) {
+                    // A forked child that ran into its copy of an int3 before we cleaned it.
+                    self.clean_child(tid);
+                    let _ = sys::cont(tid, 0);
+                    return Ok(None);
+                }
+                if self.bps.iter().any(|b| b.addr == addr) && self.bps_wanted {
+                    return Ok(Some(Ev::Trap { tid, addr }));
+                }
+                // An int3 that is already gone: run the real instruction.
+                self.resume(tid, 0)?;
+                return Ok(None);
+            }
+            Status::Wait(w) => w,
+        };
         match w {
             Wait::Exited(tid) => {
                 if self.children.remove(&tid).is_some() {
@@ -750,21 +814,9 @@ impl<'a> Tracer<'a> {
                     self.resume(tid, 0)?;
                     return Ok(None);
                 }
-                if sig == libc::SIGTRAP {
-                    if self.stepping == Some(tid) && sys::si_code(tid)? != SI_KERNEL {
-                        self.stepping = None;
-                        return Ok(Some(Ev::Stepped { tid }));
-                    }
-                    let regs = sys::getregs(tid)?;
-                    let addr = regs.rip.wrapping_sub(1);
-                    if self.known.contains_key(&addr) && sys::si_code(tid)? == SI_KERNEL {
-                        if self.bps.iter().any(|b| b.addr == addr) && self.bps_wanted {
-                            return Ok(Some(Ev::Trap { tid, addr }));
-                        }
-                        // An int3 that is already gone: run the real instruction.
-                        self.rewind_and_resume(tid, addr)?;
-                        return Ok(None);
-                    }
+                if sig == libc::SIGTRAP && self.stepping == Some(tid) && sys::si_code(tid)? != SI_KERNEL {
+                    self.stepping = None;
+                    return Ok(Some(Ev::Stepped { tid }));
                 }
                 if self.focus == Some(tid) {
                     return Ok(Some(Ev::Signal { tid, sig }));
@@ -897,7 +949,7 @@ impl<'a> Tracer<'a> {
             match self.next(Some(deadline.max(Instant::now() + Duration::from_secs(1))), false)? {
                 Some(Ev::Stepped { tid: t }) if t == tid => break,
                 Some(Ev::Interrupted { tid: t }) | Some(Ev::Signal { tid: t, .. }) => self.resume(t, 0)?,
-                Some(Ev::Trap { tid: t, addr }) => self.rewind_and_resume(t, addr)?,
+                Some(Ev::Trap { tid: t, .. }) => self.resume(t, 0)?,
                 Some(Ev::Exec) => return Err(self.exited_error()),
                 Some(_) => {}
                 None => return Err(Error::Timeout { secs: 1.0, what: "single-stepping a thread".into() }),
@@ -959,9 +1011,6 @@ impl<'a> Tracer<'a> {
             if let Err(e) = self.detach_all() {
                 note(e);
             }
-            for (tid, sig) in std::mem::take(&mut self.deferred) {
-                sys::tgkill(self.pid, tid, sig);
-            }
         }
         match first_error {
             Some(e) if !self.exited => Err(e),
@@ -992,8 +1041,19 @@ impl<'a> Tracer<'a> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut all_stopped = true;
         while self.threads.keys().any(|t| !parked.contains_key(t)) || !self.children.is_empty() {
-            let w = match sys::wait_any() {
-                Ok(Some(w)) => w,
+            let w = match self.next_status(false) {
+                Ok(Some(Status::Breakpoint { tid, .. })) => {
+                    // Already moved back onto the restored instruction: nothing to deliver.
+                    if self.children.remove(&tid).is_some() {
+                        self.clean_child(tid);
+                        let _ = sys::detach(tid, 0);
+                        self.released.insert(tid);
+                    } else {
+                        parked.insert(tid, 0);
+                    }
+                    continue;
+                }
+                Ok(Some(Status::Wait(w))) => w,
                 Ok(None) => {
                     if Instant::now() >= deadline {
                         // Threads in uninterruptible sleep: our exit detaches them.
@@ -1044,7 +1104,6 @@ impl<'a> Tracer<'a> {
                     if let Some(t) = self.threads.get_mut(&tid) {
                         t.state = State::Stopped;
                     }
-                    let mut deliver = 0;
                     match event {
                         libc::PTRACE_EVENT_CLONE => {
                             if let Ok(new) = sys::event_msg(tid) {
@@ -1058,25 +1117,15 @@ impl<'a> Tracer<'a> {
                                 }
                             }
                         }
-                        0 if sig == sys::SYSCALL_STOP => {}
-                        0 => {
-                            deliver = sig;
-                            if sig == libc::SIGTRAP {
-                                if let Ok(mut regs) = sys::getregs(tid) {
-                                    let addr = regs.rip.wrapping_sub(1);
-                                    if self.known.contains_key(&addr) && sys::si_code(tid).ok() == Some(SI_KERNEL) {
-                                        regs.rip = addr;
-                                        let _ = sys::setregs(tid, regs);
-                                        deliver = 0;
-                                    } else if self.stepping == Some(tid) {
-                                        deliver = 0;
-                                    }
-                                }
-                            }
+                        0 if sig != sys::SYSCALL_STOP && !(sig == libc::SIGTRAP && self.stepping == Some(tid)) => {
+                            // Its stop is consumed, so the kernel no longer holds the signal:
+                            // make it pending again at once, to be delivered when the thread
+                            // runs, whether we let it go or die first.
+                            sys::tgkill(self.pid, tid, sig);
                         }
                         _ => {}
                     }
-                    parked.insert(tid, deliver);
+                    parked.insert(tid, 0);
                 }
             }
         }
@@ -1117,6 +1166,14 @@ impl<'a> Tracer<'a> {
         let _ = sys::detach(tid, sig);
         self.threads.remove(&tid);
     }
+}
+
+/// A signal raised by the faulting instruction itself: in the thread running our code, it
+/// means that code crashed. Any other signal is delivered as it comes, also while that
+/// thread runs our code (the program's handler then runs on top of it, as it would on top
+/// of any function): held back, it would be lost if we died.
+fn is_fault(sig: i32) -> bool {
+    matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGSYS)
 }
 
 fn c_string(bytes: &[u8]) -> Vec<u8> {

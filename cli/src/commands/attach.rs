@@ -540,6 +540,12 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         let c = match read_control(pid, addr) {
             Ok(c) => c,
             Err(_) if !injector::process_alive(pid) => return Err(exited()),
+            // PEP 768: the loader may still be mapping the payload's segments (the first
+            // one's mapping spans them all until each is mapped over it).
+            Err(_) if injected.method == injector::Method::RemoteExec && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             Err(e) => return Err(e),
         };
         if c.session == nonce {
