@@ -184,9 +184,8 @@ pub fn peek_any() -> Result<Option<Wait>> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid writes one siginfo_t through a valid pointer.
-    let rc = unsafe {
-        libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL)
-    };
+    let rc =
+        unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL) };
     if rc < 0 {
         let errno = Errno::last();
         if errno == Errno::EINTR {

@@ -583,7 +583,6 @@ impl<'a> Tracer<'a> {
         }
     }
 
-
     // ---- breakpoints ---------------------------------------------------------------
 
     fn insert_breakpoints(&mut self, via: i32) -> Result<()> {
