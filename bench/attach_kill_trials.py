@@ -45,7 +45,7 @@ stop = os.path.join(sys.argv[1], "stop")
 threading.Thread(target=lambda: threading.Event().wait(3600), daemon=True).start()
 open(os.path.join(sys.argv[1], "ready"), "w").close()
 while not os.path.exists(stop):
-    threading.Event().wait(0.4)
+    threading.Event().wait(0.15)
     x = [bytes(100) for i in range(50)]
 """
 

@@ -844,6 +844,8 @@ def flag(name):
     return os.path.exists(os.path.join(WORK, name))
 
 def loop(tag):
+    H.helper_free(H.helper_malloc(%(MAIN_SIZE)d))
+    open(os.path.join(WORK, tag + "-allocated"), "w").close()
     while not flag("stop"):
         H.helper_free(H.helper_malloc(%(MAIN_SIZE)d))
         time.sleep(0.002)
@@ -877,6 +879,9 @@ def test_child_forked_after_an_attach_can_be_attached(interp, target, memray_cli
     # The child came out of the fork untracked: attachable and detachable like any process.
     assert_ok(memray_cli("attach", "-o", str(workdir / "child.bin"), str(child)))
     time.sleep(0.2)
+    # The parent may still be printing fork's DeprecationWarning about its threads (which
+    # imports linecache, tokenize, re...; slow where the standard library has no .pyc).
+    t.wait_for("parent-allocated")
     assert_ok(memray_cli("detach", str(child)))
     assert_ok(memray_cli("detach", str(t.pid)))
     assert t.finish() == 0, t.output()
