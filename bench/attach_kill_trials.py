@@ -227,15 +227,15 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         for python in args.python:
             version = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout.decode().strip()
-            name = "%s%s" % (version, "" if python.startswith(pyenv_root()) else " (system)")
+            name = version if python.startswith(pyenv_root()) else "%s (%s)" % (version, os.path.basename(python))
             for kind in ("busy", "waiting"):
                 if args.trials:
                     t = trials(args.memray, python, kind, args.trials, work, rng)
-                    print("%-14s %-8s random  trials %4d  %s  attach finished first %3d  (attach %.0f ms)" % (
+                    print("%-26s %-8s random  trials %4d  %s  attach finished first %3d  (attach %.0f ms)" % (
                         name, kind, t["trials"], count(t), t["completed"], t["latency_ms"]), flush=True)
                 for _ in range(args.sweeps):
                     t = sweep(args.memray, python, kind, work)
-                    print("%-14s %-8s sweep   kills %4d  %s%s" % (
+                    print("%-26s %-8s sweep   kills %4d  %s%s" % (
                         name, kind, t["trials"], count(t), "  " + t["attach_error"] if "attach_error" in t else ""), flush=True)
     print("total: %(trials)d kills, %(died)d target deaths, %(stopped)d left stopped, %(bad_end)d targets not attachable or not ending cleanly" % total)
     sys.exit(1 if total["died"] or total["stopped"] or total["bad_end"] else 0)
