@@ -12,9 +12,8 @@
 //! The CLI and this thread talk through [`AttachControl`], an exported structure the CLI
 //! reads and writes with process_vm_readv/writev (so detaching needs no ptrace stop).
 
-use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,60 +23,14 @@ use crate::{hooks, thread_state};
 const TRACKING_SOURCE: &str = include_str!("../../python/memray/_tracking.py");
 
 // ---- the control block -----------------------------------------------------------------
-// Layout (offsets in bytes) is shared with cli/src/commands/attach.rs: keep them in step.
-//   0 magic "MEMRAYAT"   8 layout u32   12 state u32   16 pid i32   20 (pad)
-//  24 session u64       32 request u64  40 ack u64     48 &tracker-active (ptr)
-//  56 message [u8; 1024], NUL-terminated
+// Its layout is the attach ABI (memray-abi), shared with the attaching side.
 
-pub const STATE_IDLE: u32 = 0;
-pub const STATE_STARTING: u32 = 1;
-pub const STATE_ACTIVE: u32 = 2;
-pub const STATE_FAILED: u32 = 3;
-pub const STATE_STOPPING: u32 = 4;
-pub const STATE_STOPPED: u32 = 5;
-const MESSAGE_LEN: usize = 1024;
-
-#[repr(C)]
-pub struct AttachControl {
-    magic: [u8; 8],
-    layout: u32,
-    /// One of the STATE_* values.
-    state: AtomicU32,
-    /// The process that wrote `state` (a forked child inherits a copy of this block).
-    pid: AtomicI32,
-    _pad: u32,
-    /// The CLI's nonce for the attach that `state` describes.
-    session: AtomicU64,
-    /// Written by `memray detach`: a nonce; the supervisor stops tracking and echoes it
-    /// in `ack`.
-    request: AtomicU64,
-    ack: AtomicU64,
-    /// Points at the tracker's ACTIVE flag (whoever started the tracker).
-    tracker_active: *const AtomicBool,
-    /// The output path while active or stopped, the error text when failed.
-    message: UnsafeCell<[u8; MESSAGE_LEN]>,
-}
-
-// SAFETY: the atomics are Sync; `message` is written only by the thread holding CONTROL_LOCK
-// (readers in this process never read it; the CLI reads it from outside, tolerating a torn
-// read because it only trusts it once `ack`/`state` say it is final); `tracker_active`
-// points at a static.
-unsafe impl Sync for AttachControl {}
+use memray_abi::{AttachControl, MESSAGE_LEN};
+use memray_abi::{STATE_ACTIVE, STATE_FAILED, STATE_IDLE, STATE_STARTING, STATE_STOPPED, STATE_STOPPING};
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static memray_attach_control: AttachControl = AttachControl {
-    magic: *b"MEMRAYAT",
-    layout: 1,
-    state: AtomicU32::new(STATE_IDLE),
-    pid: AtomicI32::new(0),
-    _pad: 0,
-    session: AtomicU64::new(0),
-    request: AtomicU64::new(0),
-    ack: AtomicU64::new(0),
-    tracker_active: &hooks::ACTIVE as *const AtomicBool,
-    message: UnsafeCell::new([0; MESSAGE_LEN]),
-};
+pub static memray_attach_control: AttachControl = AttachControl::new(&hooks::ACTIVE);
 
 /// Serialises writers of the control block (the entry, the supervisor, detach).
 static CONTROL_LOCK: Mutex<()> = Mutex::new(());

@@ -19,23 +19,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use memray_injector::{self as injector, InjectOptions};
 
-// ---- the payload's control block (payload/src/attach.rs has the same layout) -----------
-const CONTROL_SYMBOL: &str = "memray_attach_control";
-const CONTROL_LEN: usize = 56 + 1024;
-const OFF_STATE: usize = 12;
-const OFF_PID: usize = 16;
-const OFF_SESSION: usize = 24;
-const OFF_REQUEST: u64 = 32;
-const OFF_ACK: usize = 40;
-const OFF_TRACKER_ACTIVE: usize = 48;
-const OFF_MESSAGE: usize = 56;
-const STATE_STARTING: u32 = 1;
-const STATE_ACTIVE: u32 = 2;
-const STATE_FAILED: u32 = 3;
-const STATE_STOPPING: u32 = 4;
-const STATE_STOPPED: u32 = 5;
+// ---- the payload's control block: the attach ABI (memray-abi) ---------------------------
+use memray_abi::offsets;
+use memray_abi::{CONTROL_SYMBOL, ENTRY_SYMBOL as ENTRY, STATE_ACTIVE, STATE_FAILED, STATE_STARTING, STATE_STOPPED, STATE_STOPPING};
+const OFF_REQUEST: u64 = offsets::REQUEST as u64;
 
-const ENTRY: &str = "memray_attach_entry";
 const PAYLOAD_MATCH: &str = "memray_payload";
 
 #[derive(Args, Debug)]
@@ -173,20 +161,20 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 fn read_control(pid: i32, addr: u64) -> Result<Control> {
-    let b = injector::memory::read(pid, addr, CONTROL_LEN)?;
-    if &b[..8] != b"MEMRAYAT" {
+    let b = injector::memory::read(pid, addr, offsets::LEN)?;
+    if b[offsets::MAGIC..offsets::MAGIC + 8] != memray_abi::MAGIC {
         bail!("the memray payload in process {pid} has an unknown layout");
     }
-    let flag = u64_at(&b, OFF_TRACKER_ACTIVE);
+    let flag = u64_at(&b, offsets::TRACKER_ACTIVE);
     let tracker_active = flag != 0 && injector::memory::read(pid, flag, 1).map(|v| v[0] != 0).unwrap_or(false);
-    let msg = &b[OFF_MESSAGE..];
+    let msg = &b[offsets::MESSAGE..];
     let end = msg.iter().position(|&c| c == 0).unwrap_or(msg.len());
     Ok(Control {
         addr,
-        state: u32_at(&b, OFF_STATE),
-        pid: u32_at(&b, OFF_PID) as i32,
-        session: u64_at(&b, OFF_SESSION),
-        ack: u64_at(&b, OFF_ACK),
+        state: u32_at(&b, offsets::STATE),
+        pid: u32_at(&b, offsets::PID) as i32,
+        session: u64_at(&b, offsets::SESSION),
+        ack: u64_at(&b, offsets::ACK),
         tracker_active,
         message: String::from_utf8_lossy(&msg[..end]).into_owned(),
     })
