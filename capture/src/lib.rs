@@ -7,6 +7,7 @@
 //!
 //! The format is described in `docs/format.md`. Multi-byte raw fields are native-endian,
 //! as Memray writes them.
+#![forbid(unsafe_code)]
 
 pub mod cut;
 mod decompress;

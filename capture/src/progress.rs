@@ -4,7 +4,7 @@
 //! times a second, and when it is done.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::Seek;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ impl ProgressProbe {
             return;
         }
         self.last = Some(now);
-        if let Ok(done) = self.file.seek(SeekFrom::Current(0)) {
+        if let Ok(done) = self.file.stream_position() {
             self.sink.update(&self.path, done.min(self.total), self.total);
         }
     }

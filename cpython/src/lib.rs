@@ -5,6 +5,7 @@
 //! outside this crate names a CPython version or an offset.
 //!
 //! The crate reads no memory itself: callers hand it bytes and versions.
+#![forbid(unsafe_code)]
 
 pub mod debug_offsets;
 pub mod layout;

@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(reader) = memray_capture::Reader::new(std::io::Cursor::new(data)) else { return };
-    let options = memray_reporter::AnalyzeOptions { allow_truncated: true, ..Default::default() };
+    let options = memray_reporter::AnalyzeOptions { allow_truncated: true };
     let _ = memray_reporter::analyze(reader, options);
 });

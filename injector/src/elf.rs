@@ -176,8 +176,8 @@ mod tests {
             .expect("libc mapped");
         let obj = Object::open(pid, &libc_path, &maps).expect("open libc");
         let syms = obj.lookup(&["malloc", "free", "no_such_symbol"]).expect("lookup");
-        assert_eq!(syms["malloc"].addr, libc::malloc as usize as u64);
-        assert_eq!(syms["free"].addr, libc::free as usize as u64);
+        assert_eq!(syms["malloc"].addr, libc::malloc as *const () as usize as u64);
+        assert_eq!(syms["free"].addr, libc::free as *const () as usize as u64);
         assert!(syms["malloc"].is_function());
         assert!(!syms.contains_key("no_such_symbol"));
     }

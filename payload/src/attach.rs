@@ -87,13 +87,10 @@ impl Args {
 /// Called by the injector at a safe point. Returns 0 once the attach thread is started,
 /// 1 if an attach session is already starting or active, 2 on bad arguments, 3 if no
 /// thread could be started. The outcome of the attach itself appears in the control block.
-pub fn attach_entry(args: *const c_char) -> c_int {
+pub fn attach_entry(args: Option<&CStr>) -> c_int {
     let _g = thread_state::GuardScope::enter();
-    if args.is_null() {
-        return 2;
-    }
-    // SAFETY: the injector passes a NUL-terminated string that lives until we return.
-    let text = unsafe { CStr::from_ptr(args) }.to_string_lossy().into_owned();
+    let Some(args) = args else { return 2 };
+    let text = args.to_string_lossy().into_owned();
     let args = Args { text };
     let nonce = args.nonce();
     if nonce == 0 {
@@ -215,9 +212,9 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
 
 fn message_text() -> String {
     let c = control();
-    // SAFETY: called on the supervisor thread after its own publish; only writers holding
-    // CONTROL_LOCK change the buffer, and we take it.
     let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: called on the supervisor thread after its own publish; only writers holding
+    // CONTROL_LOCK change the buffer, and we hold it.
     let buf = unsafe { &*c.message.get() };
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
@@ -446,8 +443,8 @@ def _attach_stop():
 /// # Safety
 /// The GIL is held by the calling thread.
 unsafe fn run_with_gil(api: &Api, action: &str, args: &str) -> Result<String, String> {
-    // SAFETY (whole body): C-API calls with the GIL held, on objects we own or borrow
-    // from a dict we own; every new reference is released once.
+    // SAFETY: C-API calls with the GIL held (the caller's contract), on objects we own or
+    // borrow from a dict we own; every new reference is released once.
     unsafe {
         let globals = (api.dict_new)();
         if globals.is_null() {

@@ -131,6 +131,7 @@ pub fn find_definition(name: &CStr) -> Option<usize> {
 
 /// Load address of this payload, found through one of its own functions.
 fn own_base() -> usize {
+    // SAFETY: Dl_info is plain data (pointers and integers); all zeros is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr only reads the loader's tables and fills `info`.
     let ok = unsafe { libc::dladdr(own_base as *const c_void, &mut info) };
@@ -150,38 +151,41 @@ fn should_skip(name: &[u8], base: usize, own_base: usize) -> bool {
 }
 
 unsafe extern "C" fn visit_object(info: *mut dl_phdr_info, _size: size_t, data: *mut c_void) -> c_int {
-    // SAFETY: `data` is the &mut WalkCtx passed by `walk`, alive for the whole iteration;
-    // `info` is valid for this callback per dl_iterate_phdr's contract.
-    let ctx = &mut *(data as *mut WalkCtx);
-    if let Mode::Resolve(_, Some(_)) = ctx.mode {
-        return 1; // found: stop iterating
-    }
-    let info = &*info;
-    let name: &[u8] = if info.dlpi_name.is_null() { b"" } else { CStr::from_ptr(info.dlpi_name).to_bytes() };
-    let base = info.dlpi_addr as usize;
-    if should_skip(name, base, ctx.own_base) || info.dlpi_phdr.is_null() {
-        return 0;
-    }
-    let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
-    let mut dynamic = None;
-    let mut relro = None;
-    let mut load_ranges = [(0usize, 0usize); 16];
-    let mut n_loads = 0;
-    for ph in phdrs {
-        match ph.p_type {
-            PT_DYNAMIC => dynamic = Some(base + ph.p_vaddr as usize),
-            PT_GNU_RELRO => relro = Some((base + ph.p_vaddr as usize, ph.p_memsz as usize)),
-            PT_LOAD if n_loads < load_ranges.len() => {
-                load_ranges[n_loads] = (base + ph.p_vaddr as usize, ph.p_memsz as usize);
-                n_loads += 1;
-            }
-            _ => {}
+    // SAFETY: `data` is the &mut WalkCtx passed by `walk`, alive for the whole iteration; `info`
+    // and the program headers it points at are valid for this callback per dl_iterate_phdr's
+    // contract, and `Object::process` gets this object's own PT_DYNAMIC.
+    unsafe {
+        let ctx = &mut *(data as *mut WalkCtx);
+        if let Mode::Resolve(_, Some(_)) = ctx.mode {
+            return 1; // found: stop iterating
         }
+        let info = &*info;
+        let name: &[u8] = if info.dlpi_name.is_null() { b"" } else { CStr::from_ptr(info.dlpi_name).to_bytes() };
+        let base = info.dlpi_addr as usize;
+        if should_skip(name, base, ctx.own_base) || info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+        let mut dynamic = None;
+        let mut relro = None;
+        let mut load_ranges = [(0usize, 0usize); 16];
+        let mut n_loads = 0;
+        for ph in phdrs {
+            match ph.p_type {
+                PT_DYNAMIC => dynamic = Some(base + ph.p_vaddr as usize),
+                PT_GNU_RELRO => relro = Some((base + ph.p_vaddr as usize, ph.p_memsz as usize)),
+                PT_LOAD if n_loads < load_ranges.len() => {
+                    load_ranges[n_loads] = (base + ph.p_vaddr as usize, ph.p_memsz as usize);
+                    n_loads += 1;
+                }
+                _ => {}
+            }
+        }
+        let Some(dynamic) = dynamic else { return 0 };
+        let obj = Object { base, relro, loads: &load_ranges[..n_loads] };
+        obj.process(dynamic as *const Elf64Dyn, ctx);
+        0
     }
-    let Some(dynamic) = dynamic else { return 0 };
-    let obj = Object { base, relro, loads: &load_ranges[..n_loads] };
-    obj.process(dynamic as *const Elf64Dyn, ctx);
-    0
 }
 
 /// One loaded object, as seen from inside a dl_iterate_phdr callback.
@@ -215,76 +219,85 @@ impl Object<'_> {
 
     /// SAFETY (caller): `dynamic` points at this object's mapped PT_DYNAMIC array.
     unsafe fn process(&self, dynamic: *const Elf64Dyn, ctx: &mut WalkCtx) {
-        let (mut strtab, mut strsz, mut symtab) = (0usize, 0usize, 0usize);
-        let (mut rela, mut relasz, mut jmprel, mut pltrelsz, mut pltrel) = (0usize, 0usize, 0usize, 0usize, 0i64);
-        let (mut gnu_hash, mut sysv_hash) = (0usize, 0usize);
-        let mut d = dynamic;
-        for _ in 0..4096 {
-            let entry = &*d;
-            match entry.tag {
-                DT_NULL => break,
-                DT_STRTAB => strtab = self.ptr(entry.val),
-                DT_STRSZ => strsz = entry.val as usize,
-                DT_SYMTAB => symtab = self.ptr(entry.val),
-                DT_RELA => rela = self.ptr(entry.val),
-                DT_RELASZ => relasz = entry.val as usize,
-                DT_JMPREL => jmprel = self.ptr(entry.val),
-                DT_PLTRELSZ => pltrelsz = entry.val as usize,
-                DT_PLTREL => pltrel = entry.val as i64,
-                DT_GNU_HASH => gnu_hash = self.ptr(entry.val),
-                DT_HASH => sysv_hash = self.ptr(entry.val),
-                _ => {}
+        // SAFETY: the caller passes this object's PT_DYNAMIC; every table it names is read under
+        // the contract on `Object` (mapped while the loader lock is held, reads bounded by the
+        // declared sizes).
+        unsafe {
+            let (mut strtab, mut strsz, mut symtab) = (0usize, 0usize, 0usize);
+            let (mut rela, mut relasz, mut jmprel, mut pltrelsz, mut pltrel) = (0usize, 0usize, 0usize, 0usize, 0i64);
+            let (mut gnu_hash, mut sysv_hash) = (0usize, 0usize);
+            let mut d = dynamic;
+            for _ in 0..4096 {
+                let entry = &*d;
+                match entry.tag {
+                    DT_NULL => break,
+                    DT_STRTAB => strtab = self.ptr(entry.val),
+                    DT_STRSZ => strsz = entry.val as usize,
+                    DT_SYMTAB => symtab = self.ptr(entry.val),
+                    DT_RELA => rela = self.ptr(entry.val),
+                    DT_RELASZ => relasz = entry.val as usize,
+                    DT_JMPREL => jmprel = self.ptr(entry.val),
+                    DT_PLTRELSZ => pltrelsz = entry.val as usize,
+                    DT_PLTREL => pltrel = entry.val as i64,
+                    DT_GNU_HASH => gnu_hash = self.ptr(entry.val),
+                    DT_HASH => sysv_hash = self.ptr(entry.val),
+                    _ => {}
+                }
+                d = d.add(1);
             }
-            d = d.add(1);
-        }
-        if strtab == 0 || symtab == 0 {
-            return;
-        }
-        let tables = Tables { strtab, strsz, symtab };
-        if let Mode::Resolve(name, _) = ctx.mode {
-            if let Some(addr) = self.lookup(&tables, name.to_bytes(), gnu_hash, sysv_hash) {
-                ctx.mode = Mode::Resolve(name, Some(addr));
+            if strtab == 0 || symtab == 0 {
+                return;
             }
-            return;
-        }
-        if rela != 0 {
-            self.process_relocs(rela, relasz, &tables, ctx);
-        }
-        // DT_PLTREL says whether DT_JMPREL holds REL or RELA entries; 64-bit Linux uses RELA.
-        if jmprel != 0 && pltrel == DT_RELA {
-            self.process_relocs(jmprel, pltrelsz, &tables, ctx);
+            let tables = Tables { strtab, strsz, symtab };
+            if let Mode::Resolve(name, _) = ctx.mode {
+                if let Some(addr) = self.lookup(&tables, name.to_bytes(), gnu_hash, sysv_hash) {
+                    ctx.mode = Mode::Resolve(name, Some(addr));
+                }
+                return;
+            }
+            if rela != 0 {
+                self.process_relocs(rela, relasz, &tables, ctx);
+            }
+            // DT_PLTREL says whether DT_JMPREL holds REL or RELA entries; 64-bit Linux uses RELA.
+            if jmprel != 0 && pltrel == DT_RELA {
+                self.process_relocs(jmprel, pltrelsz, &tables, ctx);
+            }
         }
     }
 
     unsafe fn process_relocs(&self, table: usize, size: usize, tables: &Tables, ctx: &mut WalkCtx) {
-        let count = size / std::mem::size_of::<Elf64Rela>();
-        let relocs = std::slice::from_raw_parts(table as *const Elf64Rela, count);
-        for r in relocs {
-            let rtype = (r.info & 0xffff_ffff) as u32;
-            if !RELOC_TYPES.contains(&rtype) {
-                continue;
-            }
-            let sym_index = (r.info >> 32) as usize;
-            if sym_index == 0 {
-                continue;
-            }
-            let Some(name) = tables.symbol_name(sym_index) else { continue };
-            let slot = self.base + r.offset as usize;
-            if !self.contains(slot, 8) {
-                continue;
-            }
-            match ctx.mode {
-                Mode::Patch(redirects) => {
-                    if let Some(rd) = redirects.iter().find(|rd| rd.name.to_bytes() == name) {
-                        self.patch_slot(slot, rd.hook, redirects, ctx);
-                    }
+        // SAFETY: `table`/`size` are this object's DT_RELA or DT_JMPREL as `process` read them;
+        // slots are written only inside its PT_LOAD ranges (`contains`); see `Object`.
+        unsafe {
+            let count = size / std::mem::size_of::<Elf64Rela>();
+            let relocs = std::slice::from_raw_parts(table as *const Elf64Rela, count);
+            for r in relocs {
+                let rtype = (r.info & 0xffff_ffff) as u32;
+                if !RELOC_TYPES.contains(&rtype) {
+                    continue;
                 }
-                Mode::Restore(redirects) => {
-                    if let Some(rd) = redirects.iter().find(|rd| rd.name.to_bytes() == name) {
-                        self.restore_slot(slot, rd.hook, ctx);
-                    }
+                let sym_index = (r.info >> 32) as usize;
+                if sym_index == 0 {
+                    continue;
                 }
-                Mode::Resolve(..) => {}
+                let Some(name) = tables.symbol_name(sym_index) else { continue };
+                let slot = self.base + r.offset as usize;
+                if !self.contains(slot, 8) {
+                    continue;
+                }
+                match ctx.mode {
+                    Mode::Patch(redirects) => {
+                        if let Some(rd) = redirects.iter().find(|rd| rd.name.to_bytes() == name) {
+                            self.patch_slot(slot, rd.hook, redirects, ctx);
+                        }
+                    }
+                    Mode::Restore(redirects) => {
+                        if let Some(rd) = redirects.iter().find(|rd| rd.name.to_bytes() == name) {
+                            self.restore_slot(slot, rd.hook, ctx);
+                        }
+                    }
+                    Mode::Resolve(..) => {}
+                }
             }
         }
     }
@@ -292,46 +305,58 @@ impl Object<'_> {
     /// Looks `name` up in this object's dynamic symbol table through its GNU or SysV hash
     /// table; only a definition counts (not an undefined or canonical-PLT entry).
     unsafe fn lookup(&self, tables: &Tables, name: &[u8], gnu_hash: usize, sysv_hash: usize) -> Option<usize> {
-        let index = if gnu_hash != 0 {
-            gnu_lookup(gnu_hash, tables, name)?
-        } else if sysv_hash != 0 {
-            sysv_lookup(sysv_hash, tables, name)?
-        } else {
-            return None;
-        };
-        let sym = &*((tables.symtab + index * std::mem::size_of::<Elf64Sym>()) as *const Elf64Sym);
-        if sym.shndx == SHN_UNDEF || sym.value == 0 {
-            return None;
+        // SAFETY: the hash and symbol tables are this object's, mapped for the call (see `Object`);
+        // an IFUNC resolver is called as ld.so calls it.
+        unsafe {
+            let index = if gnu_hash != 0 {
+                gnu_lookup(gnu_hash, tables, name)?
+            } else if sysv_hash != 0 {
+                sysv_lookup(sysv_hash, tables, name)?
+            } else {
+                return None;
+            };
+            let sym = &*((tables.symtab + index * std::mem::size_of::<Elf64Sym>()) as *const Elf64Sym);
+            if sym.shndx == SHN_UNDEF || sym.value == 0 {
+                return None;
+            }
+            let addr = self.base + sym.value as usize;
+            if sym.info & 0xf == STT_GNU_IFUNC {
+                // An IFUNC's value is its resolver: call it to get the implementation. Sound
+                // as ld.so does the same (resolvers take no arguments we must supply here).
+                let resolver: extern "C" fn() -> usize = std::mem::transmute(addr);
+                return Some(resolver());
+            }
+            Some(addr)
         }
-        let addr = self.base + sym.value as usize;
-        if sym.info & 0xf == STT_GNU_IFUNC {
-            // An IFUNC's value is its resolver: call it to get the implementation. Sound
-            // as ld.so does the same (resolvers take no arguments we must supply here).
-            let resolver: extern "C" fn() -> usize = std::mem::transmute(addr);
-            return Some(resolver());
-        }
-        Some(addr)
     }
 
     unsafe fn patch_slot(&self, slot: usize, hook: usize, redirects: &[Redirect], ctx: &mut WalkCtx) {
-        let current = std::ptr::read_volatile(slot as *const usize);
-        if redirects.iter().any(|rd| rd.hook == current) {
-            return; // already ours
-        }
-        if self.write_slot(slot, hook) {
-            ctx.saved.insert(slot, current);
-            ctx.slots_touched += 1;
+        // SAFETY: `slot` is an aligned GOT slot inside this object's PT_LOAD ranges (checked by the
+        // caller with `contains`).
+        unsafe {
+            let current = std::ptr::read_volatile(slot as *const usize);
+            if redirects.iter().any(|rd| rd.hook == current) {
+                return; // already ours
+            }
+            if self.write_slot(slot, hook) {
+                ctx.saved.insert(slot, current);
+                ctx.slots_touched += 1;
+            }
         }
     }
 
     unsafe fn restore_slot(&self, slot: usize, hook: usize, ctx: &mut WalkCtx) {
-        let current = std::ptr::read_volatile(slot as *const usize);
-        if current != hook {
-            return;
-        }
-        if let Some(&original) = ctx.saved.get(&slot) {
-            if self.write_slot(slot, original) {
-                ctx.slots_touched += 1;
+        // SAFETY: `slot` is an aligned GOT slot inside this object's PT_LOAD ranges (checked by the
+        // caller with `contains`).
+        unsafe {
+            let current = std::ptr::read_volatile(slot as *const usize);
+            if current != hook {
+                return;
+            }
+            if let Some(&original) = ctx.saved.get(&slot) {
+                if self.write_slot(slot, original) {
+                    ctx.slots_touched += 1;
+                }
             }
         }
     }
@@ -339,20 +364,25 @@ impl Object<'_> {
     /// Writes one pointer-sized, aligned slot. An aligned 8-byte store is atomic, so a
     /// thread calling through the slot concurrently sees either the old or the new target.
     unsafe fn write_slot(&self, slot: usize, value: usize) -> bool {
-        let page = page_size();
-        let page_start = slot & !(page - 1);
-        let in_relro = self.relro.is_some_and(|(start, len)| slot >= start && slot < start + len);
-        // SAFETY: the page belongs to a mapped PT_LOAD segment of this object (checked by
-        // `contains`); making it writable only widens access for the duration of the write.
-        if libc::mprotect(page_start as *mut c_void, page, libc::PROT_READ | libc::PROT_WRITE) != 0 {
-            return false;
+        // SAFETY: `slot` is an aligned slot inside a mapped PT_LOAD segment of this object (checked
+        // by `contains`); making its page writable only widens access for the duration of the
+        // write, and RELRO protection is put back.
+        unsafe {
+            let page = page_size();
+            let page_start = slot & !(page - 1);
+            let in_relro = self.relro.is_some_and(|(start, len)| slot >= start && slot < start + len);
+            // SAFETY: the page belongs to a mapped PT_LOAD segment of this object (checked by
+            // `contains`); making it writable only widens access for the duration of the write.
+            if libc::mprotect(page_start as *mut c_void, page, libc::PROT_READ | libc::PROT_WRITE) != 0 {
+                return false;
+            }
+            std::ptr::write_volatile(slot as *mut usize, value);
+            if in_relro {
+                // RELRO pages were read-only before relocation finished; put that back.
+                libc::mprotect(page_start as *mut c_void, page, libc::PROT_READ);
+            }
+            true
         }
-        std::ptr::write_volatile(slot as *mut usize, value);
-        if in_relro {
-            // RELRO pages were read-only before relocation finished; put that back.
-            libc::mprotect(page_start as *mut c_void, page, libc::PROT_READ);
-        }
-        true
     }
 }
 
@@ -364,12 +394,17 @@ struct Tables {
 
 impl Tables {
     unsafe fn symbol_name(&self, index: usize) -> Option<&[u8]> {
-        let sym = &*((self.symtab + index * std::mem::size_of::<Elf64Sym>()) as *const Elf64Sym);
-        let off = sym.name as usize;
-        if off == 0 || (self.strsz != 0 && off >= self.strsz) {
-            return None;
+        // SAFETY: `index` comes from this object's relocations or hash chains, so it names an entry
+        // of its symbol table; the name offset is checked against DT_STRSZ and the string is NUL-
+        // terminated ELF string-table data.
+        unsafe {
+            let sym = &*((self.symtab + index * std::mem::size_of::<Elf64Sym>()) as *const Elf64Sym);
+            let off = sym.name as usize;
+            if off == 0 || (self.strsz != 0 && off >= self.strsz) {
+                return None;
+            }
+            Some(CStr::from_ptr((self.strtab + off) as *const c_char).to_bytes())
         }
-        Some(CStr::from_ptr((self.strtab + off) as *const c_char).to_bytes())
     }
 }
 
@@ -389,29 +424,34 @@ fn gnu_hash(name: &[u8]) -> u32 {
 
 /// SAFETY (caller): `table` is the object's mapped DT_GNU_HASH section.
 unsafe fn gnu_lookup(table: usize, tables: &Tables, name: &[u8]) -> Option<usize> {
-    let words = table as *const u32;
-    let (nbuckets, symoffset, bloom_size) = (*words, *words.add(1), *words.add(2));
-    if nbuckets == 0 {
-        return None;
-    }
-    let buckets = (table + 16 + bloom_size as usize * 8) as *const u32;
-    let chains = buckets.add(nbuckets as usize);
-    let h = gnu_hash(name);
-    let first = *buckets.add((h % nbuckets) as usize);
-    if first < symoffset {
-        return None;
-    }
-    // A chain ends at an entry with the low bit set; the bound only guards corrupt tables.
-    for i in (first..).take(1_000_000) {
-        let h2 = *chains.add((i - symoffset) as usize);
-        if (h | 1) == (h2 | 1) && tables.symbol_name(i as usize) == Some(name) {
-            return Some(i as usize);
-        }
-        if h2 & 1 != 0 {
+    // SAFETY: the caller passes the object's mapped DT_GNU_HASH; indexes stay within its buckets
+    // and chains (bucket = hash % nbuckets, chains end at a set low bit, bounded for corrupt
+    // tables).
+    unsafe {
+        let words = table as *const u32;
+        let (nbuckets, symoffset, bloom_size) = (*words, *words.add(1), *words.add(2));
+        if nbuckets == 0 {
             return None;
         }
+        let buckets = (table + 16 + bloom_size as usize * 8) as *const u32;
+        let chains = buckets.add(nbuckets as usize);
+        let h = gnu_hash(name);
+        let first = *buckets.add((h % nbuckets) as usize);
+        if first < symoffset {
+            return None;
+        }
+        // A chain ends at an entry with the low bit set; the bound only guards corrupt tables.
+        for i in (first..).take(1_000_000) {
+            let h2 = *chains.add((i - symoffset) as usize);
+            if (h | 1) == (h2 | 1) && tables.symbol_name(i as usize) == Some(name) {
+                return Some(i as usize);
+            }
+            if h2 & 1 != 0 {
+                return None;
+            }
+        }
+        None
     }
-    None
 }
 
 fn sysv_hash(name: &[u8]) -> u32 {
@@ -424,23 +464,26 @@ fn sysv_hash(name: &[u8]) -> u32 {
 
 /// SAFETY (caller): `table` is the object's mapped DT_HASH section.
 unsafe fn sysv_lookup(table: usize, tables: &Tables, name: &[u8]) -> Option<usize> {
-    let words = table as *const u32;
-    let (nbucket, nchain) = (*words, *words.add(1));
-    if nbucket == 0 {
-        return None;
-    }
-    let buckets = words.add(2);
-    let chains = buckets.add(nbucket as usize);
-    let mut i = *buckets.add((sysv_hash(name) % nbucket) as usize);
-    let mut steps = 0;
-    while i != 0 && i < nchain && steps < nchain {
-        if tables.symbol_name(i as usize) == Some(name) {
-            return Some(i as usize);
+    // SAFETY: the caller passes the object's mapped DT_HASH; indexes stay below nbucket and nchain.
+    unsafe {
+        let words = table as *const u32;
+        let (nbucket, nchain) = (*words, *words.add(1));
+        if nbucket == 0 {
+            return None;
         }
-        i = *chains.add(i as usize);
-        steps += 1;
+        let buckets = words.add(2);
+        let chains = buckets.add(nbucket as usize);
+        let mut i = *buckets.add((sysv_hash(name) % nbucket) as usize);
+        let mut steps = 0;
+        while i != 0 && i < nchain && steps < nchain {
+            if tables.symbol_name(i as usize) == Some(name) {
+                return Some(i as usize);
+            }
+            i = *chains.add(i as usize);
+            steps += 1;
+        }
+        None
     }
-    None
 }
 
 #[cfg(test)]

@@ -41,10 +41,10 @@ pub fn set_interpreter(interp: Interpreter) -> &'static Interpreter {
 #[inline(always)]
 pub fn interpreter() -> Option<&'static Interpreter> {
     let p = INTERP.load(Ordering::Acquire);
-    // SAFETY: see set_interpreter.
     if p.is_null() {
         None
     } else {
+        // SAFETY: see set_interpreter.
         Some(unsafe { &*p })
     }
 }
@@ -179,7 +179,8 @@ pub fn resolve_real_functions() {
 }
 
 unsafe extern "C" fn prctl_fallback(o: c_int, a: libc::c_ulong, b: libc::c_ulong, c: libc::c_ulong, d: libc::c_ulong) -> c_int {
-    libc::prctl(o, a, b, c, d)
+    // SAFETY: the caller's prctl arguments, passed on unchanged.
+    unsafe { libc::prctl(o, a, b, c, d) }
 }
 
 #[inline(always)]
@@ -192,86 +193,145 @@ fn real() -> &'static Real {
 // ---- the intercepts -------------------------------------------------------------------
 
 unsafe extern "C" fn malloc_hook(size: size_t) -> *mut c_void {
-    let p = (real().malloc)(size);
-    record_allocation(p, size, Allocator::Malloc);
-    p
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().malloc)(size);
+        record_allocation(p, size, Allocator::Malloc);
+        p
+    }
 }
 
 unsafe extern "C" fn calloc_hook(n: size_t, size: size_t) -> *mut c_void {
-    let p = (real().calloc)(n, size);
-    record_allocation(p, n.saturating_mul(size), Allocator::Calloc);
-    p
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().calloc)(n, size);
+        record_allocation(p, n.saturating_mul(size), Allocator::Calloc);
+        p
+    }
 }
 
 unsafe extern "C" fn realloc_hook(ptr: *mut c_void, size: size_t) -> *mut c_void {
-    let p = (real().realloc)(ptr, size);
-    if !p.is_null() {
-        record_deallocation(ptr, 0, Allocator::Free);
-        record_allocation(p, size, Allocator::Realloc);
-    } else if size == 0 {
-        // glibc frees the block and returns NULL for realloc(p, 0).
-        record_deallocation(ptr, 0, Allocator::Free);
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().realloc)(ptr, size);
+        if !p.is_null() {
+            record_deallocation(ptr, 0, Allocator::Free);
+            record_allocation(p, size, Allocator::Realloc);
+        } else if size == 0 {
+            // glibc frees the block and returns NULL for realloc(p, 0).
+            record_deallocation(ptr, 0, Allocator::Free);
+        }
+        p
     }
-    p
 }
 
 unsafe extern "C" fn free_hook(ptr: *mut c_void) {
-    // Recorded before the real free, so the address cannot be handed out again in between.
-    record_deallocation(ptr, 0, Allocator::Free);
-    (real().free)(ptr);
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        // Recorded before the real free, so the address cannot be handed out again in between.
+        record_deallocation(ptr, 0, Allocator::Free);
+        (real().free)(ptr);
+    }
 }
 
 unsafe extern "C" fn posix_memalign_hook(memptr: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
-    let rc = (real().posix_memalign)(memptr, align, size);
-    if rc == 0 && !memptr.is_null() {
-        record_allocation(*memptr, size, Allocator::PosixMemalign);
+    // SAFETY: the program's arguments go unchanged to the real posix_memalign; on success it has
+    // stored the block through `memptr`, which we then read.
+    unsafe {
+        let rc = (real().posix_memalign)(memptr, align, size);
+        if rc == 0 && !memptr.is_null() {
+            record_allocation(*memptr, size, Allocator::PosixMemalign);
+        }
+        rc
     }
-    rc
 }
 
 unsafe extern "C" fn aligned_alloc_hook(align: size_t, size: size_t) -> *mut c_void {
-    let p = (real().aligned_alloc)(align, size);
-    record_allocation(p, size, Allocator::AlignedAlloc);
-    p
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().aligned_alloc)(align, size);
+        record_allocation(p, size, Allocator::AlignedAlloc);
+        p
+    }
 }
 
 unsafe extern "C" fn memalign_hook(align: size_t, size: size_t) -> *mut c_void {
-    let p = (real().memalign)(align, size);
-    record_allocation(p, size, Allocator::Memalign);
-    p
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().memalign)(align, size);
+        record_allocation(p, size, Allocator::Memalign);
+        p
+    }
 }
 
 unsafe extern "C" fn valloc_hook(size: size_t) -> *mut c_void {
-    let p = (real().valloc)(size);
-    record_allocation(p, size, Allocator::Valloc);
-    p
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().valloc)(size);
+        record_allocation(p, size, Allocator::Valloc);
+        p
+    }
 }
 
 unsafe extern "C" fn pvalloc_hook(size: size_t) -> *mut c_void {
-    let p = (real().pvalloc)(size);
-    record_allocation(p, size, Allocator::Pvalloc);
-    p
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().pvalloc)(size);
+        record_allocation(p, size, Allocator::Pvalloc);
+        p
+    }
 }
 
 unsafe extern "C" fn mmap_hook(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
-    let p = (real().mmap)(addr, len, prot, flags, fd, off);
-    if p != libc::MAP_FAILED {
-        record_allocation(p, len, Allocator::Mmap);
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().mmap)(addr, len, prot, flags, fd, off);
+        if p != libc::MAP_FAILED {
+            record_allocation(p, len, Allocator::Mmap);
+        }
+        p
     }
-    p
 }
 
 unsafe extern "C" fn mmap64_hook(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void {
-    let p = (real().mmap64)(addr, len, prot, flags, fd, off);
-    if p != libc::MAP_FAILED {
-        record_allocation(p, len, Allocator::Mmap);
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        let p = (real().mmap64)(addr, len, prot, flags, fd, off);
+        if p != libc::MAP_FAILED {
+            record_allocation(p, len, Allocator::Mmap);
+        }
+        p
     }
-    p
 }
 
 unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
-    record_deallocation(addr, len, Allocator::Munmap);
-    (real().munmap)(addr, len)
+    // SAFETY: a hook stands in for the libc function of the same signature: the program's own
+    // arguments go unchanged to the real function (resolved before any slot points here), and the
+    // recording reads only the values it returns.
+    unsafe {
+        record_deallocation(addr, len, Allocator::Munmap);
+        (real().munmap)(addr, len)
+    }
 }
 
 /// Reached through `dlopen::entry`, which adds the caller's return address.
@@ -291,30 +351,37 @@ pub(crate) unsafe extern "C" fn dlopen_hook(filename: *const c_char, flags: c_in
 }
 
 unsafe extern "C" fn dlclose_hook(handle: *mut c_void) -> c_int {
-    if !(ACTIVE.load(Ordering::Relaxed) && NATIVE_TRACES.load(Ordering::Relaxed)) {
-        return (real().dlclose)(handle);
+    // SAFETY: the program's handle goes unchanged to the real dlclose; native::before_unload only
+    // looks the handle up.
+    unsafe {
+        if !(ACTIVE.load(Ordering::Relaxed) && NATIVE_TRACES.load(Ordering::Relaxed)) {
+            return (real().dlclose)(handle);
+        }
+        let _g = thread_state::GuardScope::enter();
+        // The object may be unmapped by this call: stop unwinding through it first.
+        crate::native::before_unload(handle);
+        let rc = (real().dlclose)(handle);
+        crate::native::refresh();
+        rc
     }
-    let _g = thread_state::GuardScope::enter();
-    // The object may be unmapped by this call: stop unwinding through it first.
-    crate::native::before_unload(handle);
-    let rc = (real().dlclose)(handle);
-    crate::native::refresh();
-    rc
 }
 
 unsafe extern "C" fn prctl_hook(option: c_int, a2: libc::c_ulong, a3: libc::c_ulong, a4: libc::c_ulong, a5: libc::c_ulong) -> c_int {
-    let rc = (real().prctl)(option, a2, a3, a4, a5);
-    if rc == 0 && option == libc::PR_SET_NAME && a2 != 0 && ACTIVE.load(Ordering::Relaxed) {
-        with_guard(|| {
-            // SAFETY: PR_SET_NAME's argument is a NUL-terminated string (the kernel read it).
-            let name = CStr::from_ptr(a2 as *const c_char).to_bytes();
-            let tid = thread_state::current_tid();
-            if let Some(w) = WRITER.lock().as_mut() {
-                w.write_thread_name(tid, name);
-            }
-        });
+    // SAFETY: the program's arguments go unchanged to the real prctl; for a successful PR_SET_NAME
+    // the kernel has read `a2` as a NUL-terminated string, so we may too.
+    unsafe {
+        let rc = (real().prctl)(option, a2, a3, a4, a5);
+        if rc == 0 && option == libc::PR_SET_NAME && a2 != 0 && ACTIVE.load(Ordering::Relaxed) {
+            with_guard(|| {
+                let name = CStr::from_ptr(a2 as *const c_char).to_bytes();
+                let tid = thread_state::current_tid();
+                if let Some(w) = WRITER.lock().as_mut() {
+                    w.write_thread_name(tid, name);
+                }
+            });
+        }
+        rc
     }
-    rc
 }
 
 /// The GOT redirections the tracker installs. (dlclose is hooked for native traces only:

@@ -108,8 +108,14 @@ pub unsafe extern "C" fn memray_set_thread_name(ident: u64, name: *const c_char)
 /// (`key\x1fvalue` pairs joined by `\x1e`). Starts the attach thread and returns at once:
 /// 0 started, 1 a session is already active, 2 bad arguments, 3 no thread. The outcome is
 /// published in `memray_attach_control`.
+///
+/// # Safety
+/// `args` is null or a NUL-terminated string that stays alive until this returns (the
+/// injector's request in the target's memory, or the PEP 768 script's bytes).
 #[no_mangle]
-pub extern "C" fn memray_attach_entry(args: *const c_char) -> i32 {
+pub unsafe extern "C" fn memray_attach_entry(args: *const c_char) -> i32 {
+    // SAFETY: the caller's contract above.
+    let args = (!args.is_null()).then(|| unsafe { CStr::from_ptr(args) });
     attach::attach_entry(args)
 }
 

@@ -16,6 +16,7 @@ pub struct FutexMutex<T> {
 
 // SAFETY: access to `value` is serialised by `state`, as for any mutex.
 unsafe impl<T: Send> Sync for FutexMutex<T> {}
+// SAFETY: the mutex owns its value; moving it moves a `T: Send`.
 unsafe impl<T: Send> Send for FutexMutex<T> {}
 
 pub struct FutexGuard<'a, T> {

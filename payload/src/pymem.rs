@@ -87,47 +87,64 @@ pub fn uninstall() {
 /// SAFETY (all wrappers): `ctx` is the pointer install() gave the interpreter, to a
 /// static PyMemAllocatorEx that holds the original domain allocator.
 unsafe fn original(ctx: *mut c_void) -> &'static PyMemAllocatorEx {
-    &*(ctx as *const PyMemAllocatorEx)
+    // SAFETY: `ctx` is the pointer install() gave the interpreter: a static PyMemAllocatorEx, never freed.
+    unsafe { &*(ctx as *const PyMemAllocatorEx) }
 }
 
 unsafe extern "C" fn py_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
-    let orig = original(ctx);
-    let p = {
-        let _g = GuardScope::enter();
-        orig.malloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, size))
-    };
-    record_allocation(p, size, Allocator::PymallocMalloc);
-    p
+    // SAFETY: the interpreter calls us with the `ctx` install() registered (see `original`) and its
+    // own arguments, which go unchanged to the original allocator of this domain.
+    unsafe {
+        let orig = original(ctx);
+        let p = {
+            let _g = GuardScope::enter();
+            orig.malloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, size))
+        };
+        record_allocation(p, size, Allocator::PymallocMalloc);
+        p
+    }
 }
 
 unsafe extern "C" fn py_calloc(ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
-    let orig = original(ctx);
-    let p = {
-        let _g = GuardScope::enter();
-        orig.calloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, n, size))
-    };
-    record_allocation(p, n.saturating_mul(size), Allocator::PymallocCalloc);
-    p
+    // SAFETY: the interpreter calls us with the `ctx` install() registered (see `original`) and its
+    // own arguments, which go unchanged to the original allocator of this domain.
+    unsafe {
+        let orig = original(ctx);
+        let p = {
+            let _g = GuardScope::enter();
+            orig.calloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, n, size))
+        };
+        record_allocation(p, n.saturating_mul(size), Allocator::PymallocCalloc);
+        p
+    }
 }
 
 unsafe extern "C" fn py_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
-    let orig = original(ctx);
-    let p = {
-        let _g = GuardScope::enter();
-        orig.realloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, ptr, size))
-    };
-    if !p.is_null() {
-        record_deallocation(ptr, 0, Allocator::PymallocFree);
-        record_allocation(p, size, Allocator::PymallocRealloc);
+    // SAFETY: the interpreter calls us with the `ctx` install() registered (see `original`) and its
+    // own arguments, which go unchanged to the original allocator of this domain.
+    unsafe {
+        let orig = original(ctx);
+        let p = {
+            let _g = GuardScope::enter();
+            orig.realloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, ptr, size))
+        };
+        if !p.is_null() {
+            record_deallocation(ptr, 0, Allocator::PymallocFree);
+            record_allocation(p, size, Allocator::PymallocRealloc);
+        }
+        p
     }
-    p
 }
 
 unsafe extern "C" fn py_free(ctx: *mut c_void, ptr: *mut c_void) {
-    let orig = original(ctx);
-    record_deallocation(ptr, 0, Allocator::PymallocFree);
-    let _g = GuardScope::enter();
-    if let Some(f) = orig.free {
-        f(orig.ctx, ptr);
+    // SAFETY: the interpreter calls us with the `ctx` install() registered (see `original`) and its
+    // own arguments, which go unchanged to the original allocator of this domain.
+    unsafe {
+        let orig = original(ctx);
+        record_deallocation(ptr, 0, Allocator::PymallocFree);
+        let _g = GuardScope::enter();
+        if let Some(f) = orig.free {
+            f(orig.ctx, ptr);
+        }
     }
 }

@@ -228,9 +228,9 @@ impl Writer {
     /// The id of a code object, writing its CODE_OBJECT record the first time it is seen
     /// (or when its address was reused by another code object).
     fn code_id(&mut self, code: usize) -> u64 {
-        // SAFETY (this block and the one below): `code` came from the walker, which only
-        // returns objects whose type is PyCode_Type, referenced by a live frame of the
-        // calling thread, so the code object and its fields stay alive during this call.
+        // SAFETY: `code` came from the walker, which only returns objects whose type is
+        // PyCode_Type, referenced by a live frame of the calling thread, so the code object
+        // and its fields stay alive during this call.
         let identity = unsafe { crate::python::code::identity(self.interp, code) };
         if let Some(e) = self.codes.get(&code) {
             if e.identity == identity {
@@ -241,6 +241,7 @@ impl Writer {
         self.next_code_id += 1;
         self.name_buf.clear();
         self.file_buf.clear();
+        // SAFETY: as above: a live code object from the walker.
         let (firstlineno, linetable) = unsafe {
             crate::python::code::write_name(self.interp, code, &mut self.name_buf);
             crate::python::code::write_filename(self.interp, code, &mut self.file_buf);

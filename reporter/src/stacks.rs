@@ -397,7 +397,7 @@ mod tests {
         for _ in 0..2000 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let tid = (x >> 60) % 3;
-            if (x >> 40) % 3 == 0 {
+            if (x >> 40).is_multiple_of(3) {
                 let n = 1 + (x >> 20) % 3;
                 t.pop(tid, n as u32);
                 let keep = model[tid as usize].len().saturating_sub(n as usize);

@@ -79,7 +79,7 @@ pub fn temporal_records(
         match record {
             Record::Memory { .. } => {
                 memory_records += 1;
-                if (memory_records - 1) % stride == 0 {
+                if (memory_records - 1).is_multiple_of(stride) {
                     pending.push(record);
                 }
             }

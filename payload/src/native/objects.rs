@@ -78,7 +78,7 @@ unsafe extern "C" fn visit(info: *mut dl_phdr_info, _size: size_t, data: *mut c_
         // SAFETY: dlpi_phdr points at dlpi_phnum program headers of a loaded object.
         unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
     };
-    let mut object = LoadedObject { bias: info.dlpi_addr as u64, ..Default::default() };
+    let mut object = LoadedObject { bias: info.dlpi_addr, ..Default::default() };
     for ph in phdrs {
         match ph.p_type {
             PT_LOAD => object.segments.push((ph.p_vaddr, ph.p_memsz)),

@@ -47,6 +47,8 @@ pub struct Table {
 static CURRENT: AtomicPtr<Table> = AtomicPtr::new(std::ptr::null_mut());
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Serializes publishers and holds tables not yet freed. Never taken by allocation hooks.
+/// Boxed: readers hold raw pointers to the tables, which must not move when the Vec grows.
+#[allow(clippy::vec_box)]
 static RETIRED: Mutex<Vec<Box<Table>>> = Mutex::new(Vec::new());
 
 /// Runs `f` with the current table (None if none is published). Lock-free.

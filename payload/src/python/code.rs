@@ -57,8 +57,9 @@ unsafe fn is_code(interp: &Interpreter, code: usize) -> bool {
 /// # Safety
 /// `code` is null or a live Python object.
 unsafe fn field(interp: &Interpreter, code: usize, offset: usize) -> usize {
-    // SAFETY: checked to be a code object, whose layout `interp.layout` describes.
+    // SAFETY: `code` is null or a live object (caller contract), which is_code handles.
     if unsafe { is_code(interp, code) } {
+        // SAFETY: checked to be a code object, whose layout `interp.layout` describes.
         unsafe { read_at(code, offset) }
     } else {
         0
@@ -71,8 +72,9 @@ unsafe fn field(interp: &Interpreter, code: usize, offset: usize) -> usize {
 /// `code` is null or a live Python object (e.g. the `code` of a RawFrame just returned
 /// by `frames::walk` on this thread, whose frame is still executing).
 pub unsafe fn firstlineno(interp: &Interpreter, code: usize) -> i32 {
-    // SAFETY: caller contract; the type is checked before the int field is read.
+    // SAFETY: caller contract: `code` is null or a live object, which is_code handles.
     if unsafe { is_code(interp, code) } {
+        // SAFETY: checked to be a code object, whose layout `interp.layout` describes.
         unsafe { read_at(code, interp.layout.code_firstlineno) }
     } else {
         0
@@ -257,6 +259,8 @@ mod tests {
         let base = obj.as_mut_ptr() as usize;
         let state: u32 = (kind << layout.str_kind_shift) | (1 << layout.str_compact_bit) | ((ascii as u32) << layout.str_ascii_bit);
         let data = base + if ascii { layout.str_ascii_data } else { layout.str_compact_data };
+        // SAFETY: every write lands inside `obj` (64 words of header room plus one word per
+        // code point), which outlives the block.
         unsafe {
             *((base + layout.str_length) as *mut isize) = points.len() as isize;
             *((base + layout.str_state) as *mut u32) = state;
@@ -269,6 +273,7 @@ mod tests {
             }
         }
         let mut out = Vec::new();
+        // SAFETY: `base` is the fake string object built above, alive until we return.
         unsafe { write_str(layout, base, &mut out) };
         out
     }
@@ -285,6 +290,7 @@ mod tests {
     #[test]
     fn null_string_is_unknown() {
         let mut out = Vec::new();
+        // SAFETY: write_str accepts a null object.
         unsafe { write_str(&PY312, 0, &mut out) };
         assert_eq!(out, b"???");
     }

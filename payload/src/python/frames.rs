@@ -178,6 +178,8 @@ mod tests {
         let mut code = vec![0u64; 64];
         let mut other = vec![0u64; 64];
         let code_addr = code.as_mut_ptr() as usize;
+        // SAFETY: every call writes inside one of this function's 64-word buffers (the
+        // layouts' offsets are all below 512 bytes), which live until it returns.
         let set = |base: usize, off: usize, val: &[u8]| unsafe {
             std::ptr::copy_nonoverlapping(val.as_ptr(), (base + off) as *mut u8, val.len())
         };
@@ -222,9 +224,11 @@ mod tests {
             }
         }
         let mut out = [RawFrame::default(); 8];
+        // SAFETY: `t` and every frame and code object it leads to are the buffers above.
         let (n, truncated) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut out) };
         assert!(!truncated);
         let mut small = [RawFrame::default(); 1];
+        // SAFETY: as above.
         let (n1, truncated1) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut small) };
         assert_eq!((n1, truncated1), (1, true));
         out[..n].to_vec()
@@ -256,6 +260,7 @@ mod tests {
     #[test]
     fn null_thread_state_gives_nothing() {
         let mut out = [RawFrame::default(); 4];
+        // SAFETY: walk accepts a null thread state.
         assert_eq!(unsafe { walk(&PY312, std::ptr::null(), 1, &mut out) }, (0, false));
     }
 }

@@ -10,7 +10,7 @@
 pub mod code;
 pub mod frames;
 
-use std::ffi::{c_char, c_ulong, c_void, CStr};
+use std::ffi::{c_char, c_void, CStr};
 
 use cpython::{Layout, Version};
 
@@ -52,8 +52,8 @@ impl Interpreter {
         }
         let py_version = symbol(c"Py_Version");
         let version = if !py_version.is_null() {
-            // SAFETY: 3.11+ exports `const unsigned long Py_Version`.
-            Version::from_hex(unsafe { *(py_version as *const c_ulong) } as u64)
+            // SAFETY: 3.11+ exports `const unsigned long Py_Version` (64 bits on LP64 Linux).
+            Version::from_hex(unsafe { *(py_version as *const u64) })
         } else {
             let get_version = symbol(c"Py_GetVersion");
             if get_version.is_null() {
