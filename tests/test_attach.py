@@ -114,7 +114,8 @@ needs_ptrace = pytest.mark.skipif(_REFUSAL is not None, reason=str(_REFUSAL))
 class Target:
     """A target program running under the tested interpreter."""
 
-    def __init__(self, interp, env, workdir, script_text, *args, name="target.py", stdin=None, extra_env=None):
+    def __init__(self, interp, env, workdir, script_text, *args, name="target.py", stdin=None, extra_env=None,
+                 interp_args=()):
         self.workdir = Path(workdir)
         self.path = self.workdir / name
         self.path.write_text(script_text)
@@ -123,7 +124,7 @@ class Target:
         self.stdout_path = self.workdir / (name + ".out")
         self._out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(
-            [interp.executable, str(self.path), str(self.workdir), *map(str, args)],
+            [interp.executable, *interp_args, str(self.path), str(self.workdir), *map(str, args)],
             cwd=self.workdir,
             env=env,
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
@@ -899,9 +900,13 @@ def needs_pep768(interp):
 
 
 @needs_ptrace
-def test_pep768_disabled_in_the_target_falls_back_to_ptrace(interp, target, memray_cli, reader, workdir):
+@pytest.mark.parametrize("how", ["env", "xoption"])
+def test_pep768_disabled_in_the_target_falls_back_to_ptrace(interp, target, memray_cli, reader, workdir, how):
     needs_pep768(interp)
-    t = target(TARGET, 1, extra_env={"PYTHON_DISABLE_REMOTE_DEBUG": "1"})
+    if how == "env":
+        t = target(TARGET, 1, extra_env={"PYTHON_DISABLE_REMOTE_DEBUG": "1"})
+    else:
+        t = target(TARGET, 1, interp_args=["-X", "disable-remote-debug"])
     t.wait_for("ready")
     # Asked for PEP 768 only: one line naming why, and the process untouched.
     res = memray_cli("attach", "--method", "sys.remote_exec", "-o", str(workdir / "r.bin"), str(t.pid))
@@ -986,13 +991,12 @@ def test_pep768_attach_leaves_no_script_and_reuses_a_loaded_payload(interp, targ
     assert_no_crash_output(t.output())
 
 
-def test_pep768_method_refused_before_3_14(interp, target, memray_cli, workdir):
-    if interp.minor >= 14:
-        pytest.skip("3.14+ has PEP 768")
+def test_pep768_method_refused_before_3_14_and_debugger_methods_explained(interp, target, memray_cli, workdir):
     t = target(TARGET, 1)
     t.wait_for("ready")
-    res = memray_cli("attach", "--method", "sys.remote_exec", "-o", str(workdir / "r.bin"), str(t.pid))
-    assert_clean_error(res, "PEP 768 is 3.14+")
+    if interp.minor < 14:
+        res = memray_cli("attach", "--method", "sys.remote_exec", "-o", str(workdir / "r.bin"), str(t.pid))
+        assert_clean_error(res, "PEP 768 came with CPython 3.14")
     res = memray_cli("attach", "--method", "gdb", "-o", str(workdir / "g.bin"), str(t.pid))
     assert_ok(res)
     assert "without a debugger" in res.stderr

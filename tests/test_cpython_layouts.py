@@ -65,11 +65,13 @@ def test_resolved_layout_matches_the_interpreters_headers(interp, build, tracked
 FILENAME_SLOT = {14: 3 + 16 + 9 + 8 + 1, 15: 3 + 16 + 16 + 1 + 8 + 1}
 
 
-def _patched_interpreter(interp, workdir):
+def _patched_interpreter(interp, workdir, free_threaded=False):
     """A copy of a static interpreter whose `_Py_DebugOffsets` (initialised data in the
     executable) put `code_object.filename` elsewhere: a build that disagrees with its
-    version's layout, as a patched distribution build would. CPython does not read its
-    own debug offsets, so the copy runs normally."""
+    version's layout, as a patched distribution build would. With `free_threaded`, the
+    block's `free_threaded` flag (after cookie and version) is set instead: the block of
+    a --disable-gil build. CPython does not read its own debug offsets, so the copy runs
+    normally."""
     if not interp.static or interp.minor not in FILENAME_SLOT:
         pytest.skip("needs a static CPython 3.14+ executable to patch")
     data = bytearray(Path(interp.executable).read_bytes())
@@ -81,10 +83,14 @@ def _patched_interpreter(interp, workdir):
         if version >> 16 == (3 << 8 | interp.minor):
             break
         start = at + 1
-    slot = at + 24 + 8 * FILENAME_SLOT[interp.minor]
-    assert int.from_bytes(data[slot:slot + 8], "little") == 112, "slot is not code_object.filename"
-    data[slot:slot + 8] = (120).to_bytes(8, "little")
-    patched = workdir / f"python3.{interp.minor}-patched"
+    if free_threaded:
+        assert int.from_bytes(data[at + 16:at + 24], "little") == 0, "a GIL build's free_threaded flag is 0"
+        data[at + 16:at + 24] = (1).to_bytes(8, "little")
+    else:
+        slot = at + 24 + 8 * FILENAME_SLOT[interp.minor]
+        assert int.from_bytes(data[slot:slot + 8], "little") == 112, "slot is not code_object.filename"
+        data[slot:slot + 8] = (120).to_bytes(8, "little")
+    patched = workdir / f"python3.{interp.minor}-{'ft' if free_threaded else 'patched'}"
     patched.write_bytes(bytes(data))
     patched.chmod(0o755)
     return patched
@@ -110,6 +116,33 @@ def test_a_build_that_disagrees_with_its_version_is_refused(interp, build, track
         assert res.returncode != 0, res.describe()
         assert "code_object.filename" in res.stderr and "patched" in res.stderr, res.describe()
         assert target.poll() is None, "the target died"
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_a_free_threaded_build_is_refused_in_one_line(interp, build, tracked_env, workdir, memray_cli):
+    """No free-threaded build can be had here: a static interpreter whose debug offsets
+    say free-threaded stands in for one (the payload and the injector both read the flag
+    before anything else of the process)."""
+    ft = _patched_interpreter(interp, workdir, free_threaded=True)
+    env = dict(tracked_env, PYTHONHOME=str(Path(interp.executable).resolve().parent.parent))
+    prog = workdir / "prog.py"
+    prog.write_text("x = [bytearray(1000) for _ in range(100)]\nprint('ran', len(x))\n")
+    assert "ran 100" in assert_ok(run([ft, prog], env=env)).stdout
+
+    res = run([ft, "-m", "memray", "run", "-q", "-o", workdir / "out.bin", prog], env=env, timeout=120)
+    assert res.returncode != 0, res.describe()
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "free-threaded CPython 3.%d" % interp.minor in err[0], res.describe()
+
+    target = subprocess.Popen([str(ft), "-c", "import time\nwhile True: time.sleep(0.05)"], env=env)
+    try:
+        res = memray_cli("attach", "-o", workdir / "att.bin", str(target.pid), timeout=120)
+        assert res.returncode != 0, res.describe()
+        assert "free-threaded" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.describe()
+        assert target.poll() is None, "the target died"
+        assert not (workdir / "att.bin").exists()
     finally:
         target.kill()
         target.wait()

@@ -16,8 +16,9 @@ lines tagged in its sources. On the same capture:
 
 This project's own `memray run --native` captures are checked on every interpreter
 (3.8 and Debian's static 3.11 included): extension frames, lines and hybrid order.
-Comparisons with Memray run on 3.9-3.13 (Memray 1.20 supports no older one; its
-`_memray` module is built for the pyenv 3.11, not for Debian's static 3.11).
+Comparisons with Memray run on 3.9-3.14 (Memray 1.20 supports no older one and has no
+3.15 wheel; its `_memray` module is built for the shared interpreters, not for the
+static ones).
 """
 import json
 import os

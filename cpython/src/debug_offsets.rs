@@ -106,7 +106,7 @@ pub struct RemoteDebugOffsets {
     /// the interpreter (another thread's may be freed while we write to it).
     pub threads_main: u64,
     /// `PyInterpreterState.config.remote_debug` (an int: 0 when disabled by
-    /// `PYTHON_DISABLE_REMOTE_DEBUG`, `-X disable_remote_debug` or the build).
+    /// `PYTHON_DISABLE_REMOTE_DEBUG`, `-X disable-remote-debug` or the build).
     pub remote_debugging_enabled: u64,
     /// `PyThreadState.eval_breaker` (a uintptr_t of event bits).
     pub eval_breaker: u64,

@@ -8,6 +8,9 @@ pub const OLDEST_MINOR: u8 = 8;
 /// `_Py_DebugOffsets` describe everything the table would (see `debug_offsets`).
 pub const NEWEST_TABLE_MINOR: u8 = 15;
 
+/// The first release with PEP 768's remote-debugging safe point.
+pub const REMOTE_DEBUGGING_SINCE: Version = Version::new(3, 14, 0);
+
 /// The range named in messages.
 pub const SUPPORTED: &str = "CPython 3.8 to 3.15";
 
@@ -58,9 +61,9 @@ impl Version {
         (self.major, self.minor) >= (3, 13)
     }
 
-    /// Whether the interpreter offers PEP 768's remote-debugging safe point (3.14+).
+    /// Whether the interpreter offers PEP 768's remote-debugging safe point.
     pub fn has_remote_debugging(self) -> bool {
-        (self.major, self.minor) >= (3, 14)
+        (self.major, self.minor) >= (REMOTE_DEBUGGING_SINCE.major, REMOTE_DEBUGGING_SINCE.minor)
     }
 }
 
@@ -72,6 +75,24 @@ impl fmt::Display for Version {
 
 /// Symbols a free-threaded (`--disable-gil`) build exports and a GIL build does not.
 pub const FREE_THREADED_SYMBOLS: &[&str] = &["_Py_DecRefShared"];
+
+/// The symbol holding `PY_VERSION_HEX` (`const unsigned long Py_Version`, 3.11+).
+pub const VERSION_SYMBOL: &str = "Py_Version";
+
+/// For interpreters without [`VERSION_SYMBOL`] (before 3.11), read from the outside: the
+/// first symbol of this list that the interpreter exports names its version (each was
+/// added to the C API in that release).
+pub const VERSION_BY_SYMBOL: &[(&str, Version)] = &[
+    ("Py_IsNone", Version::new(3, 10, 0)),
+    ("PyFrame_GetCode", Version::new(3, 9, 0)),
+    ("PyCode_NewWithPosOnlyArgs", Version::new(3, 8, 0)),
+];
+
+/// The version [`VERSION_BY_SYMBOL`] gives for an interpreter that exports the symbols
+/// `exports` says it does; None for one older than the supported range.
+pub fn version_from_symbols(exports: impl Fn(&str) -> bool) -> Option<Version> {
+    VERSION_BY_SYMBOL.iter().find(|(name, _)| exports(name)).map(|&(_, v)| v)
+}
 
 #[cfg(test)]
 mod tests {

@@ -52,17 +52,14 @@ const PYTHON_ENTRIES: &[&str] = &[
     "PyErr_CheckSignals",
     "Py_MakePendingCalls",
 ];
-/// Symbols that tell CPython versions apart when `Py_Version` (3.11+) is absent.
-const VERSION_PROBES: &[&str] = &[
-    "Py_Initialize",
-    "Py_Version",
-    "Py_IsNone",
-    "PyFrame_GetCode",
-    "PyCode_NewWithPosOnlyArgs",
-    "_Py_DecRefShared",
-    "PyGILState_Ensure",
-    "_PyRuntime",
-];
+/// What identifies a CPython and its version from the outside: two functions every
+/// version exports, `_PyRuntime` (debug offsets), and cpython's version and build probes.
+fn version_probes() -> Vec<&'static str> {
+    let mut names = vec!["Py_Initialize", "PyGILState_Ensure", "_PyRuntime", cpython::version::VERSION_SYMBOL];
+    names.extend(cpython::version::VERSION_BY_SYMBOL.iter().map(|(name, _)| *name));
+    names.extend(cpython::version::FREE_THREADED_SYMBOLS);
+    names
+}
 
 fn is_loader(path: &str) -> bool {
     let b = elf::basename(path);
@@ -150,7 +147,7 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     let mut found: Option<(Object, HashMap<String, Symbol>)> = None;
     for path in candidates {
         let Ok(obj) = Object::open(pid, path, &maps) else { continue };
-        let Ok(syms) = obj.lookup(VERSION_PROBES) else { continue };
+        let Ok(syms) = obj.lookup(&version_probes()) else { continue };
         if syms.contains_key("Py_Initialize") && syms.contains_key("PyGILState_Ensure") {
             found = Some((obj, syms));
             break;
@@ -246,21 +243,15 @@ fn loader_range(maps: &[Mapping]) -> Option<(u64, u64)> {
 
 fn python_version(pid: i32, py: &Object, probes: &HashMap<String, Symbol>) -> Result<cpython::Version> {
     use cpython::Version;
-    if let Some(v) = probes.get("Py_Version") {
-        // `const unsigned long Py_Version` = PY_VERSION_HEX (3.11+).
+    if let Some(v) = probes.get(cpython::version::VERSION_SYMBOL) {
+        // `const unsigned long Py_Version` = PY_VERSION_HEX.
         let bytes = memory::read(pid, v.addr, 8)?;
         return Ok(Version::from_hex(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]))));
     }
-    if probes.contains_key("Py_IsNone") {
-        return Ok(Version::new(3, 10, 0));
+    if let Some(version) = cpython::version::version_from_symbols(|name| probes.contains_key(name)) {
+        return Ok(version);
     }
-    if probes.contains_key("PyFrame_GetCode") {
-        return Ok(Version::new(3, 9, 0));
-    }
-    if probes.contains_key("PyCode_NewWithPosOnlyArgs") {
-        return Ok(Version::new(3, 8, 0));
-    }
-    // Older than 3.8: name the version from the file when it says it.
+    // Older than the supported range: name the version from the file when it says it.
     let name = elf::basename(&py.path);
     let version = name
         .find("python")

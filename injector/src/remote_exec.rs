@@ -3,7 +3,7 @@
 //!
 //! 1. From `_Py_DebugOffsets`: the main interpreter, its main thread state, and whether
 //!    remote debugging is enabled there (`PYTHON_DISABLE_REMOTE_DEBUG`,
-//!    `-X disable_remote_debug` and builds without it turn it off).
+//!    `-X disable-remote-debug` and builds without it turn it off).
 //! 2. A script is written where the target can read it and nobody else can change it (the
 //!    caller's directory): it loads the library with ctypes and calls the entry, catching
 //!    everything so that a failure never reaches the program's stderr.
@@ -72,7 +72,10 @@ pub(crate) fn locate(info: &ProcessInfo) -> Result<std::result::Result<Target, U
     let pid = info.pid;
     let version = info.python_version;
     if !version.has_remote_debugging() {
-        return Ok(Err(Unavailable::NotOffered(format!("CPython {version} has no remote debugging interface (PEP 768 is 3.14+)"))));
+        return Ok(Err(Unavailable::NotOffered(format!(
+            "CPython {version} has no remote debugging interface (PEP 768 came with CPython {})",
+            cpython::version::REMOTE_DEBUGGING_SINCE
+        ))));
     }
     let Some((runtime, debug)) = &info.runtime else {
         return Ok(Err(Unavailable::NotOffered("the interpreter's debug offsets are not readable".into())));
@@ -89,7 +92,7 @@ pub(crate) fn locate(info: &ProcessInfo) -> Result<std::result::Result<Target, U
     }
     if read_i32(pid, interp + offsets.remote_debugging_enabled)? != 1 {
         return Ok(Err(Unavailable::Disabled(
-            "remote debugging is disabled in the target (PYTHON_DISABLE_REMOTE_DEBUG, -X disable_remote_debug, \
+            "remote debugging is disabled in the target (PYTHON_DISABLE_REMOTE_DEBUG, -X disable-remote-debug, \
              or a build without it)"
                 .into(),
         )));

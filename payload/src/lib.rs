@@ -1,7 +1,7 @@
 //! The payload: the library that lives inside the tracked CPython process.
 //!
 //! It has no link-time dependency on libpython: everything CPython is found at run time
-//! (`python::Interpreter::resolve`), so one build serves every CPython 3.8 to 3.13 and
+//! (`python::Interpreter::resolve`), so one build serves every CPython 3.8 to 3.15 and
 //! every way in (`memray run`, `memray.Tracker`, attach).
 //!
 //! The C ABI below is the whole interface; the Python side calls it through ctypes.PyDLL
