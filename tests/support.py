@@ -54,22 +54,17 @@ def hybrid_unavailable(interp) -> Optional[str]:
 
 SUBPROCESS_TIMEOUT = float(os.environ.get("MEMRAY_TESTS_SUBPROCESS_TIMEOUT", "90"))
 
-# Memray's AllocatorType numbering.
-PYMALLOC_FREE = 1
-PYMALLOC_MALLOC = 2
-PYMALLOC_CALLOC = 3
-PYMALLOC_REALLOC = 4
-FREE = 5
-MALLOC = 6
-REALLOC = 7
-CALLOC = 8
-POSIX_MEMALIGN = 9
-ALIGNED_ALLOC = 10
-MEMALIGN = 11
-VALLOC = 12
-PVALLOC = 13
-MMAP = 14
-MUNMAP = 15
+# Memray's AllocatorType numbering (PYMALLOC_FREE = 1 ... MUNMAP = 15), as the package
+# defines it: python/memray/_allocators.py, itself checked against the capture crate's
+# `Allocator` by a Rust test. Read from the file, not imported, so that the self-check
+# against Memray 1.20 uses the same numbers.
+def allocator_numbers():
+    namespace = {}
+    exec((REPO / "python" / "memray" / "_allocators.py").read_text(), namespace)
+    return {member.name: int(member) for member in namespace["AllocatorType"]}
+
+
+globals().update(allocator_numbers())
 
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 MEMRAY_MAGIC = b"memray\x00"

@@ -177,9 +177,7 @@ def table_rows(data):
 
 def oracle_rows(records):
     """Memray's table rows (threads merged): (allocator, location) -> (bytes, count)."""
-    names = {2: "pymalloc_malloc", 3: "pymalloc_calloc", 4: "pymalloc_realloc", 6: "malloc", 7: "realloc",
-             8: "calloc", 9: "posix_memalign", 10: "aligned_alloc", 11: "memalign", 12: "valloc",
-             13: "pvalloc", 14: "mmap"}
+    names = {number: name.lower() for name, number in support.allocator_numbers().items()}
     out = defaultdict(lambda: [0, 0])
     for r in records:
         stack = r["stack"]

@@ -289,3 +289,23 @@ pub struct SurvivingObject {
     pub address: u64,
     pub native_frame_id: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Allocator;
+
+    /// The numbering is defined here; the Python package's `AllocatorType` (and through
+    /// it the end-to-end tests) must say the same, name for name.
+    #[test]
+    fn python_allocator_type_matches() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/memray/_allocators.py");
+        let text = std::fs::read_to_string(path).expect("python/memray/_allocators.py");
+        let python: Vec<(String, u8)> = text
+            .lines()
+            .filter_map(|l| l.trim().split_once(" = "))
+            .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
+            .collect();
+        let ours: Vec<(String, u8)> = Allocator::ALL.iter().map(|a| (a.name().to_ascii_uppercase(), *a as u8)).collect();
+        assert_eq!(python, ours);
+    }
+}
