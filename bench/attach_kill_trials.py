@@ -100,7 +100,9 @@ def attach_latency(memray, target, out):
         latencies.append(time.perf_counter() - started)
         if r.returncode != 0:
             raise SystemExit("attach failed: %s" % r.stderr.decode())
-        run([memray, "detach", str(target.pid)])
+        r = run([memray, "detach", str(target.pid)])
+        if r.returncode != 0:
+            raise SystemExit("detach failed: %s" % r.stderr.decode())
     return min(latencies[1:])
 
 

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use inspect::{check_permissions, inspect, ProcessInfo};
-pub use remote_exec::Unavailable;
+pub use remote_exec::{Script, Unavailable};
 pub use tracer::Injected;
 
 /// How code gets into the target.
@@ -187,16 +187,17 @@ fn by_remote_exec(
         Ok(proc::maps(info.pid)?.iter().any(|m| m.path.trim_end_matches(" (deleted)") == library || m.path.ends_with(name)))
     };
     let loaded_before = mapped()?;
-    let script = remote_exec::write_script(dir, &remote_exec::script_text(library, entry, arg))?;
-    let script_text = script.to_string_lossy().into_owned();
+    let script = remote_exec::write_script(dir, library, entry, arg)?;
+    let script_text = script.path().to_string_lossy().into_owned();
     let started = std::time::Instant::now();
     target.request(&script_text)?;
     log(&format!("PEP 768: asked the main thread to run {script_text} at its next eval-breaker check"));
     let cancelled = || opts.cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
     let taken = match target.wait_taken(grace, &cancelled)? {
         Some(t) => t,
-        // Not taken: withdraw. If the thread took it meanwhile, it runs now. The script
-        // stays until it is old (the thread may be about to open it).
+        // Not taken: withdraw. If the thread took it meanwhile, it runs now and finds its
+        // file unlocked (`script` is dropped on return): it does nothing. The file stays
+        // until it is old (the thread may be about to open it).
         None if target.withdraw()? => {
             if cancelled() {
                 return Err(Error::Interrupted(info.pid));
@@ -222,7 +223,7 @@ fn by_remote_exec(
     let script = if loaded_before {
         Some(script)
     } else {
-        let _ = std::fs::remove_file(&script);
+        script.remove();
         None
     };
     Ok(RemoteOutcome::Done(Injected {

@@ -6,7 +6,11 @@
 //!    `-X disable-remote-debug` and builds without it turn it off).
 //! 2. A script is written where the target can read it and nobody else can change it (the
 //!    caller's directory): it loads the library with ctypes and calls the entry, catching
-//!    everything so that a failure never reaches the program's stderr.
+//!    everything so that a failure never reaches the program's stderr. We hold an
+//!    exclusive `flock` on the file until the script has run; the script first tries a
+//!    shared one and does nothing if it gets it: the attaching side is gone (killed, or it
+//!    withdrew and took another route), and a request nobody waits for must not start a
+//!    session later. The kernel drops the lock with its holder, whatever kills it.
 //! 3. With `process_vm_writev`: the script's path into the main thread state's
 //!    `remote_debugger_support.debugger_script_path`, `debugger_pending_call = 1`, then
 //!    `_PY_EVAL_PLEASE_STOP_BIT` into its `eval_breaker`. At its next eval-breaker check
@@ -22,12 +26,14 @@
 //! A main thread that runs no Python (blocked in C) never looks: the request is then
 //! withdrawn after the caller's grace period and the caller may take the ptrace route.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cpython::debug_offsets::RemoteDebugOffsets;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 use crate::inspect::ProcessInfo;
@@ -104,12 +110,20 @@ pub(crate) fn locate(info: &ProcessInfo) -> Result<std::result::Result<Target, U
     Ok(Ok(Target { pid, tstate, offsets }))
 }
 
-/// Python source of the script: `exec` in a namespace of its own, because the interpreter
-/// runs the file in `__main__`'s, which is the program's.
-pub(crate) fn script_text(library: &str, entry: &str, arg: &[u8]) -> String {
+/// Python source of the script at `path`: `exec` in a namespace of its own, because the
+/// interpreter runs the file in `__main__`'s, which is the program's. It goes on only
+/// while its file is locked by the attaching side (see the module doc); without `fcntl`
+/// it cannot tell, and goes on.
+pub(crate) fn script_text(path: &Path, library: &str, entry: &str, arg: &[u8]) -> String {
     let body = format!(
-        "try:\n    import ctypes, os\n    lib = ctypes.PyDLL(os.fsdecode({library}))\n    f = getattr(lib, {entry})\n    \
-         f.argtypes = [ctypes.c_char_p]\n    f.restype = ctypes.c_int\n    f({arg})\nexcept BaseException:\n    pass\n",
+        "try:\n    import ctypes, os\n    waited = True\n    try:\n        import fcntl\n    except ImportError:\n        fcntl = None\n    \
+         if fcntl is not None:\n        try:\n            fd = os.open(os.fsdecode({path}), os.O_RDONLY)\n        except OSError:\n            \
+         fd = -1\n            waited = False\n        if fd >= 0:\n            try:\n                \
+         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)\n                waited = False\n            except OSError:\n                \
+         pass\n            finally:\n                os.close(fd)\n    if waited:\n        \
+         lib = ctypes.PyDLL(os.fsdecode({library}))\n        f = getattr(lib, {entry})\n        \
+         f.argtypes = [ctypes.c_char_p]\n        f.restype = ctypes.c_int\n        f({arg})\nexcept BaseException:\n    pass\n",
+        path = py_bytes(path.as_os_str().as_encoded_bytes()),
         library = py_bytes(library.as_bytes()),
         entry = py_str(entry),
         arg = py_bytes(arg),
@@ -149,17 +163,37 @@ fn py_str(text: &str) -> String {
     out
 }
 
-/// Writes the script into `dir` as a new 0644 file (readable by the target whatever its
-/// user, writable by us only).
-pub(crate) fn write_script(dir: &Path, text: &str) -> Result<PathBuf> {
+/// The script file, locked by us for as long as this lives (see the module doc).
+#[derive(Debug)]
+pub struct Script {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Script {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the file once the script has run (it has passed its check), then unlocks.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes the script for `library`'s `entry` into `dir` as a new 0644 file (readable by
+/// the target whatever its user, writable by us only), locked.
+pub(crate) fn write_script(dir: &Path, library: &str, entry: &str, arg: &[u8]) -> Result<Script> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let path = dir.join(format!("memray-attach-{}-{nanos:x}.py", std::process::id()));
     let failed = |e: std::io::Error| Error::Script { path: path.clone(), detail: e.to_string() };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(failed)?;
-    f.write_all(text.as_bytes()).map_err(failed)?;
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(failed)?;
+    // Locked before the text is there: no state of the file lets a script run unwaited.
+    let mut lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| failed(e.into()))?;
+    lock.write_all(script_text(&path, library, entry, arg).as_bytes()).map_err(failed)?;
     // The mode is not left to the umask.
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(failed)?;
-    Ok(path)
+    lock.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(failed)?;
+    Ok(Script { path, _lock: lock })
 }
 
 impl Target {
@@ -219,8 +253,32 @@ mod tests {
         assert_eq!(py_bytes(b"x'\\\x1e\xff"), "b'x\\x27\\x5c\\x1e\\xff'");
         assert_eq!(py_str("memray_attach_entry"), "'memray_attach_entry'");
         assert_eq!(py_str("a'b\n"), "'a\\U00000027b\\U0000000a'");
-        let text = script_text("/tmp/memray-0/libmemray_payload-1.so", "memray_attach_entry", b"nonce\x1f1\x1eoutput\x1f/x'y");
+        let path = Path::new("/tmp/memray-0/memray-attach-1.py");
+        let text = script_text(path, "/tmp/memray-0/libmemray_payload-1.so", "memray_attach_entry", b"nonce\x1f1\x1eoutput\x1f/x'y");
         assert!(text.starts_with("# memray attach"));
         assert!(!text.contains("/x'y"), "{text}");
+    }
+
+    /// The script runs its entry while we hold its file, and does nothing once we are gone:
+    /// run by a real interpreter, with libc's `puts` standing in for the payload's entry.
+    #[test]
+    fn script_runs_only_while_the_attaching_side_waits() {
+        let python = Path::new("/usr/bin/python3");
+        assert!(python.exists(), "this test runs the script with {}", python.display());
+        let dir = std::env::temp_dir().join(format!("memray-script-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |script: &Path| {
+            let out = std::process::Command::new(python).arg(script).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let waited = write_script(&dir, "libc.so.6", "puts", b"entry called").unwrap();
+        assert_eq!(run(waited.path()), "entry called\n");
+        let abandoned = write_script(&dir, "libc.so.6", "puts", b"entry called").unwrap();
+        let path = abandoned.path().to_path_buf();
+        drop(abandoned); // the attaching side dies: its lock goes with it, the file stays
+        assert_eq!(run(&path), "");
+        waited.remove();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,7 +103,7 @@ enum Status {
 }
 
 /// The result of a successful injection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Injected {
     /// What the entry function returned.
     pub entry_return: u64,
@@ -118,8 +118,9 @@ pub struct Injected {
     /// The route that worked.
     pub method: crate::Method,
     /// The PEP 768 script, when the caller must remove it: the library was loaded before,
-    /// so only the entry's effect shows that the interpreter has read the file.
-    pub script: Option<std::path::PathBuf>,
+    /// so only the entry's effect shows that the interpreter has read the file. It stays
+    /// locked (the script's sign that we still wait for it) until removed or dropped.
+    pub script: Option<crate::remote_exec::Script>,
 }
 
 pub struct Tracer<'a> {

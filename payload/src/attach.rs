@@ -14,7 +14,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::{hooks, thread_state};
@@ -47,7 +47,11 @@ fn getpid() -> i32 {
 /// Sets message and state together (message first: a reader that sees the state sees the
 /// message too).
 fn publish(state: u32, message: &str) {
-    let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    publish_locked(&lock, state, message);
+}
+
+fn publish_locked(_lock: &MutexGuard<'_, ()>, state: u32, message: &str) {
     let c = control();
     let bytes = message.as_bytes();
     let n = bytes.len().min(MESSAGE_LEN - 1);
@@ -97,6 +101,8 @@ pub fn attach_entry(args: Option<&CStr>) -> c_int {
         return 2;
     }
     let c = control();
+    // Check and claim under the lock: the two routes' entries can run at once on two threads.
+    let lock = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // The same request twice (a PEP 768 script that ran after the CLI had fallen back to
     // ptrace, or the other way round) is one attach: the second is a no-op, also once that
     // session has ended.
@@ -113,8 +119,12 @@ pub fn attach_entry(args: Option<&CStr>) -> c_int {
     // A stop request left unanswered by an earlier session (it had already stopped by
     // itself) must not stop this one.
     c.ack.store(c.request.load(Ordering::Acquire), Ordering::Release);
+    // State before session: a reader that sees this session's nonce never pairs it with
+    // the previous session's final state (it took a STOPPED left by the last detach for
+    // this attach having started and stopped).
+    publish_locked(&lock, STATE_STARTING, "");
     c.session.store(nonce, Ordering::Release);
-    publish(STATE_STARTING, "");
+    drop(lock);
     let boxed = Box::into_raw(Box::new(args)) as *mut c_void;
     if spawn_detached(attach_main, boxed).is_err() {
         // SAFETY: the thread was not created, so the box is still ours.
@@ -212,12 +222,15 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
 
 fn message_text() -> String {
     let c = control();
-    let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: called on the supervisor thread after its own publish; only writers holding
-    // CONTROL_LOCK change the buffer, and we hold it.
-    let buf = unsafe { &*c.message.get() };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    // Copied out under the lock, decoded after it: nothing allocates while the lock is held
+    // (an attach entry run at a malloc safe point of this thread would wait for it forever).
+    let copy: [u8; MESSAGE_LEN] = {
+        let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: only writers holding CONTROL_LOCK change the buffer, and we hold it.
+        unsafe { *c.message.get() }
+    };
+    let end = copy.iter().position(|&b| b == 0).unwrap_or(copy.len());
+    String::from_utf8_lossy(&copy[..end]).into_owned()
 }
 
 // ---- Python --------------------------------------------------------------------------

@@ -118,24 +118,57 @@ extern "C" {
     fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void;
 }
 
-/// The functions our intercepts forward to: the first definition of each in load order
-/// (see got::find_definition), resolved before any slot points at a hook.
-pub struct Real {
-    malloc: unsafe extern "C" fn(size_t) -> *mut c_void,
-    calloc: unsafe extern "C" fn(size_t, size_t) -> *mut c_void,
-    realloc: unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void,
-    free: unsafe extern "C" fn(*mut c_void),
-    posix_memalign: unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int,
-    aligned_alloc: unsafe extern "C" fn(size_t, size_t) -> *mut c_void,
-    memalign: unsafe extern "C" fn(size_t, size_t) -> *mut c_void,
-    valloc: unsafe extern "C" fn(size_t) -> *mut c_void,
-    pvalloc: unsafe extern "C" fn(size_t) -> *mut c_void,
-    mmap: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void,
-    mmap64: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void,
-    munmap: unsafe extern "C" fn(*mut c_void, size_t) -> c_int,
-    dlopen: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void,
-    dlclose: unsafe extern "C" fn(*mut c_void) -> c_int,
-    prctl: unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int,
+/// Every function we intercept, once: the GOT symbol, the fallback used when no loaded
+/// object defines it, our hook, and the C signature both share. From this one table come
+/// `Real` (the functions the hooks forward to), `resolve_real_functions` and `redirects`.
+/// (dlclose is hooked for native traces only: restoring visits only objects still loaded.)
+macro_rules! hooked_functions {
+    ($($field:ident: $name:literal, $fallback:expr, $hook:expr, $ty:ty;)*) => {
+        /// The functions our intercepts forward to: the first definition of each in load
+        /// order (see got::find_definition), resolved before any slot points at a hook.
+        pub struct Real {
+            $($field: $ty,)*
+        }
+
+        fn find_real_functions() -> Real {
+            Real {
+                $($field: match crate::got::find_definition($name) {
+                    // SAFETY: the symbol's definition has the C signature of that libc
+                    // function, which is `$ty`.
+                    Some(addr) => unsafe { std::mem::transmute::<usize, $ty>(addr) },
+                    None => $fallback as $ty,
+                },)*
+            }
+        }
+
+        /// The GOT redirections the tracker installs.
+        pub fn redirects() -> [Redirect; [$(stringify!($field)),*].len()] {
+            [$(Redirect { name: $name, hook: $hook as $ty as usize },)*]
+        }
+    };
+}
+
+type Prctl = unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int;
+type Mmap = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
+type Mmap64 = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void;
+
+hooked_functions! {
+    malloc: c"malloc", libc::malloc, malloc_hook, unsafe extern "C" fn(size_t) -> *mut c_void;
+    calloc: c"calloc", libc::calloc, calloc_hook, unsafe extern "C" fn(size_t, size_t) -> *mut c_void;
+    realloc: c"realloc", libc::realloc, realloc_hook, unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void;
+    free: c"free", libc::free, free_hook, unsafe extern "C" fn(*mut c_void);
+    posix_memalign: c"posix_memalign", libc::posix_memalign, posix_memalign_hook,
+        unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int;
+    aligned_alloc: c"aligned_alloc", libc::aligned_alloc, aligned_alloc_hook, unsafe extern "C" fn(size_t, size_t) -> *mut c_void;
+    memalign: c"memalign", memalign, memalign_hook, unsafe extern "C" fn(size_t, size_t) -> *mut c_void;
+    valloc: c"valloc", valloc, valloc_hook, unsafe extern "C" fn(size_t) -> *mut c_void;
+    pvalloc: c"pvalloc", pvalloc, pvalloc_hook, unsafe extern "C" fn(size_t) -> *mut c_void;
+    mmap: c"mmap", libc::mmap, mmap_hook, Mmap;
+    mmap64: c"mmap64", mmap64, mmap64_hook, Mmap64;
+    munmap: c"munmap", libc::munmap, munmap_hook, unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
+    dlopen: c"dlopen", libc::dlopen, crate::dlopen::entry, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
+    dlclose: c"dlclose", libc::dlclose, dlclose_hook, unsafe extern "C" fn(*mut c_void) -> c_int;
+    prctl: c"prctl", prctl_fallback, prctl_hook, Prctl;
 }
 
 static REAL: AtomicPtr<Real> = AtomicPtr::new(std::ptr::null_mut());
@@ -145,37 +178,7 @@ pub fn resolve_real_functions() {
     if !REAL.load(Ordering::Acquire).is_null() {
         return;
     }
-    macro_rules! find {
-        ($name:literal, $fallback:expr, $ty:ty) => {
-            match crate::got::find_definition($name) {
-                // SAFETY: the symbol's definition has the C signature of that libc function.
-                Some(addr) => unsafe { std::mem::transmute::<usize, $ty>(addr) },
-                None => $fallback as $ty,
-            }
-        };
-    }
-    let real = Real {
-        malloc: find!(c"malloc", libc::malloc, unsafe extern "C" fn(size_t) -> *mut c_void),
-        calloc: find!(c"calloc", libc::calloc, unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
-        realloc: find!(c"realloc", libc::realloc, unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void),
-        free: find!(c"free", libc::free, unsafe extern "C" fn(*mut c_void)),
-        posix_memalign: find!(c"posix_memalign", libc::posix_memalign, unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int),
-        aligned_alloc: find!(c"aligned_alloc", libc::aligned_alloc, unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
-        memalign: find!(c"memalign", memalign, unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
-        valloc: find!(c"valloc", valloc, unsafe extern "C" fn(size_t) -> *mut c_void),
-        pvalloc: find!(c"pvalloc", pvalloc, unsafe extern "C" fn(size_t) -> *mut c_void),
-        mmap: find!(c"mmap", libc::mmap, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void),
-        mmap64: find!(c"mmap64", mmap64, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void),
-        munmap: find!(c"munmap", libc::munmap, unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
-        dlopen: find!(c"dlopen", libc::dlopen, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
-        dlclose: find!(c"dlclose", libc::dlclose, unsafe extern "C" fn(*mut c_void) -> c_int),
-        prctl: find!(
-            c"prctl",
-            prctl_fallback,
-            unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int
-        ),
-    };
-    REAL.store(Box::leak(Box::new(real)), Ordering::Release);
+    REAL.store(Box::leak(Box::new(find_real_functions())), Ordering::Release);
 }
 
 unsafe extern "C" fn prctl_fallback(o: c_int, a: libc::c_ulong, b: libc::c_ulong, c: libc::c_ulong, d: libc::c_ulong) -> c_int {
@@ -382,31 +385,4 @@ unsafe extern "C" fn prctl_hook(option: c_int, a2: libc::c_ulong, a3: libc::c_ul
         }
         rc
     }
-}
-
-/// The GOT redirections the tracker installs. (dlclose is hooked for native traces only:
-/// restoring visits only objects still loaded.)
-pub fn redirects() -> [Redirect; 15] {
-    macro_rules! r {
-        ($name:literal, $f:expr) => {
-            Redirect { name: $name, hook: $f as usize }
-        };
-    }
-    [
-        r!(c"malloc", malloc_hook as unsafe extern "C" fn(size_t) -> *mut c_void),
-        r!(c"calloc", calloc_hook as unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
-        r!(c"realloc", realloc_hook as unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void),
-        r!(c"free", free_hook as unsafe extern "C" fn(*mut c_void)),
-        r!(c"posix_memalign", posix_memalign_hook as unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int),
-        r!(c"aligned_alloc", aligned_alloc_hook as unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
-        r!(c"memalign", memalign_hook as unsafe extern "C" fn(size_t, size_t) -> *mut c_void),
-        r!(c"valloc", valloc_hook as unsafe extern "C" fn(size_t) -> *mut c_void),
-        r!(c"pvalloc", pvalloc_hook as unsafe extern "C" fn(size_t) -> *mut c_void),
-        r!(c"mmap", mmap_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void),
-        r!(c"mmap64", mmap64_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, i64) -> *mut c_void),
-        r!(c"munmap", munmap_hook as unsafe extern "C" fn(*mut c_void, size_t) -> c_int),
-        r!(c"dlopen", crate::dlopen::entry as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void),
-        r!(c"dlclose", dlclose_hook as unsafe extern "C" fn(*mut c_void) -> c_int),
-        r!(c"prctl", prctl_hook as unsafe extern "C" fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int),
-    ]
 }

@@ -472,7 +472,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         script_dir: script_dir.as_deref(),
         ..Default::default()
     };
-    let injected = injector::inject(&info, &payload_text, ENTRY, request.as_bytes(), &opts)?;
+    let mut injected = injector::inject(&info, &payload_text, ENTRY, request.as_bytes(), &opts)?;
     match injected.entry_return {
         0 => {}
         1 => bail!("process {pid} is already being tracked by memray attach; run `memray detach {pid}` first"),
@@ -518,7 +518,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         }
     };
     if let Some(port) = live_port {
-        return watch_live(pid, addr, nonce, port, timeout, &log, injected.script.as_deref());
+        return watch_live(pid, addr, nonce, port, timeout, &log, injected.script.take());
     }
     let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
     loop {
@@ -538,9 +538,13 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         };
         if c.session == nonce {
             // The entry has run: the PEP 768 script, if one is left, has been read.
-            if let Some(script) = &injected.script {
-                let _ = std::fs::remove_file(script);
+            if let Some(script) = injected.script.take() {
+                script.remove();
             }
+            // Read again: one read copies the block field by field while the target writes
+            // it, so its state may be older than its nonce. The entry wrote the state
+            // before the nonce, so a read made after seeing the nonce has this session's.
+            let c = read_control(pid, addr)?;
             match c.state {
                 STATE_ACTIVE | STATE_STOPPED => break,
                 STATE_FAILED => bail!("tracking could not start in process {pid}: {}", c.message),
@@ -583,7 +587,15 @@ const LIVE_ADDRESS: &str = "127.0.0.1";
 /// The payload's thread listens on `port` and starts tracking once we connect: connect,
 /// show the view, and when the user quits stop the session as `memray detach` does
 /// (hooks restored), leaving the process running untracked.
-fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log: &Log, script: Option<&Path>) -> Result<ExitCode> {
+fn watch_live(
+    pid: i32,
+    addr: u64,
+    nonce: u64,
+    port: u16,
+    timeout: Duration,
+    log: &Log,
+    script: Option<injector::Script>,
+) -> Result<ExitCode> {
     use super::live;
 
     let sock = live::resolve(LIVE_ADDRESS, port)?;
@@ -605,7 +617,7 @@ fn watch_live(pid: i32, addr: u64, nonce: u64, port: u16, timeout: Duration, log
     log.step(&format!("connected to the payload's live stream on {sock}"));
     // The entry has run: a PEP 768 script left to us has been read.
     if let Some(script) = script {
-        let _ = std::fs::remove_file(script);
+        script.remove();
     }
     // attach's own SIGINT/SIGTERM/SIGHUP handler sets CANCEL: it ends the view too.
     let outcome = live::view(stream, sock, || CANCEL.load(Ordering::SeqCst) || super::live::terminal_gone());
@@ -687,6 +699,8 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
         }
         let c = read_control(pid, addr)?;
         if c.ack == nonce {
+            // Read again, as in attach: the state was written before the acknowledgement.
+            let c = read_control(pid, addr)?;
             match c.state {
                 STATE_FAILED => bail!("process {pid} could not stop tracking cleanly: {}", c.message),
                 _ => break,
