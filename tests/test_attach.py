@@ -931,6 +931,12 @@ H = allochelper.load()
 WORK = sys.argv[1]
 
 def worker():
+    # Ready once the main thread is inside join (it still runs a few bytecodes there
+    # before blocking in C: a moment more for those).
+    main = threading.main_thread().ident
+    while sys._current_frames()[main].f_code.co_name != "join":
+        time.sleep(0.001)
+    time.sleep(0.05)
     open(os.path.join(WORK, "ready"), "w").close()
     while not os.path.exists(os.path.join(WORK, "stop")):
         H.helper_free(H.helper_malloc(%(WORKER_SIZE)d))  # @worker_alloc
@@ -969,6 +975,28 @@ def test_pep768_request_not_taken_is_withdrawn(interp, target, memray_cli, reade
     assert t.output().strip() == "main thread done", t.output()
     cap = reader.read(out, "all", "sizes=%d" % WORKER_SIZE)
     assert cap.find(size=WORKER_SIZE)
+
+
+def test_pep768_request_of_a_killed_attach_does_nothing(interp, target, build, tracked_env, memray_cli, workdir):
+    """`memray attach` is SIGKILLed while its request waits for the main thread: when the
+    thread gets to it, the script finds nobody waiting (the CLI's lock on it died with the
+    CLI) and starts nothing. Before, the request started a session nobody would stop."""
+    needs_pep768(interp)
+    # After the join, half a second of Python: the request, were it acted on, starts then.
+    t = target(MAIN_BLOCKED.replace('print("main thread done")',
+                                    'for _ in range(50):\n    time.sleep(0.01)\nprint("main thread done")'))
+    t.wait_for("ready")
+    out = workdir / "killed.bin"
+    attach = subprocess.Popen([str(build.binary), "attach", "--method", "sys.remote_exec", "--timeout", "60",
+                               "-o", str(out), str(t.pid)], env=tracked_env, cwd=workdir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    assert attach.poll() is None, "the attach ended although the main thread cannot take its request"
+    attach.kill()
+    attach.wait()
+    assert t.finish() == 0, t.output()   # the worker ends, the main thread runs Python again
+    assert t.output().strip() == "main thread done", t.output()
+    assert not out.exists(), "the killed attach's request started a session"
 
 
 @needs_ptrace
