@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use memray_reporter::pyjson::Json;
+use memray_reporter::compat::pyjson::Json;
 use memray_reporter::{analyze_file, AnalyzeOptions, Usage};
 
 fn main() {

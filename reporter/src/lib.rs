@@ -8,32 +8,15 @@
 //!   trie; line numbers come from `cpython::linetable`.
 //! * [`Stats`]: `memray stats`, text and JSON as Memray 1.20 writes them.
 
-mod addrmap;
-pub mod analysis;
+pub mod compat;
+pub mod engine;
 mod error;
-mod fasthash;
-pub mod html;
-pub mod live;
-pub mod localtime;
-pub mod modules;
-pub mod native;
-mod pipeline;
-pub mod pyjson;
-pub mod ranges;
-pub mod records;
-pub mod stacks;
-pub mod stats;
-pub mod stdhash;
-pub mod stdorder;
-pub mod summary;
-pub mod temporal;
-pub mod temporal_records;
-pub mod temporary;
-pub mod transform;
-pub mod tree;
+pub mod model;
+pub mod render;
+mod structures;
 
-pub use analysis::{analyze, analyze_file, Analysis, AnalyzeOptions, Analyzer, LocationKey, LocationUsage, StackTotals, Usage};
+pub use compat::modules::{ModuleKind, ModuleResolver};
+pub use engine::analysis::{analyze, analyze_file, Analysis, AnalyzeOptions, Analyzer, LocationKey, LocationUsage, StackTotals, Usage};
 pub use error::ReportError;
-pub use modules::{ModuleKind, ModuleResolver};
-pub use stacks::{FrameId, FrameKey, Location, LocationId, StackId, StackTable};
-pub use stats::{ModuleTotals, Stats};
+pub use model::stacks::{FrameId, FrameKey, Location, LocationId, StackId, StackTable};
+pub use render::stats::{ModuleTotals, Stats};

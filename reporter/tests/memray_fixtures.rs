@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 use memray_capture::{dump::memray_parse_dump, Reader, Record, StreamEncoder};
-use memray_reporter::localtime::format_millis_with_offset;
+use memray_reporter::compat::localtime::format_millis_with_offset;
 use memray_reporter::{analyze, analyze_file, Analysis, AnalyzeOptions, ReportError, Stats};
 use serde_json::Value;
 
@@ -89,7 +89,7 @@ fn concrete_figures_of_a_312_capture() {
     let s = Stats::compute(&a, 5).unwrap();
     let names: Vec<String> = s.allocator_distribution.iter().map(|(al, n)| format!("{}={n}", al.name())).collect();
     assert_eq!(names, ["malloc=16", "calloc=7", "mmap=3"]);
-    let top = memray_reporter::stats::format_location(s.top_allocations_by_size[0].0.as_ref());
+    let top = memray_reporter::render::format::format_location(s.top_allocations_by_size[0].0.as_ref());
     assert_eq!((top.as_str(), s.top_allocations_by_size[0].1), ("main:/tmp/rep/fx/fixture_workload.py:40", 3_145_729));
     assert_eq!(s.top_modules_by_allocation_size[0].module, "fixture_workload");
     assert_eq!(s.top_modules_by_allocation_size[0].total_bytes, 4_411_329);

@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 use memray_capture::{Allocator, Reader, StreamEncoder};
-use memray_reporter::temporal::{analyze_reader_over_time, TimelineAnalyzer, TimelineOptions};
+use memray_reporter::engine::temporal::{analyze_reader_over_time, TimelineAnalyzer, TimelineOptions};
 use memray_reporter::{analyze, Analysis, AnalyzeOptions, Analyzer};
 
 /// xorshift: deterministic, so a failure reproduces.

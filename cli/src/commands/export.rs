@@ -32,13 +32,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use memray_reporter::native::NativeStacks;
-use memray_reporter::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, SnapshotKind};
-use memray_reporter::stats::python_allocator_label;
-use memray_reporter::temporal::TemporalMode;
-use memray_reporter::temporal_records::{temporal_records, LocationKey, Span};
-use memray_reporter::temporary::temporary_allocations;
-use memray_reporter::transform::json_str;
+use memray_reporter::engine::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, SnapshotKind};
+use memray_reporter::engine::temporal::TemporalMode;
+use memray_reporter::engine::temporal_records::{temporal_records, LocationKey, Span};
+use memray_reporter::engine::temporary::temporary_allocations;
+use memray_reporter::model::native::NativeStacks;
+use memray_reporter::render::format::python_allocator_label;
+use memray_reporter::render::transform::json_str;
 use memray_reporter::{Location, ReportError, StackId, StackTable};
 
 use super::stats::{capture_failure, check_capture_exists};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use memray_reporter::html::{self, HtmlError, HtmlOptions, HtmlReport, ReportKind};
+use memray_reporter::render::html::{self, HtmlError, HtmlOptions, HtmlReport, ReportKind};
 
 use super::stats::{capture_failure, check_capture_exists};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use memray_capture::{CaptureError, Reader};
-use memray_reporter::live::{self, StreamStatus};
+use memray_reporter::render::live::{self, StreamStatus};
 
 /// What a viewer sends first (python/memray/_tracking.py checks it).
 const GREETING: &[u8] = b"memray-live-viewer 1\n";

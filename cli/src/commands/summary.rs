@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use memray_reporter::summary::{Summary, N_COLUMNS};
+use memray_reporter::render::summary::{Summary, N_COLUMNS};
 
 use super::tree::{load_records, print_stdout, TemporaryArgs};
 

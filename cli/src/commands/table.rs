@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use memray_reporter::html::{self, HtmlOptions};
+use memray_reporter::render::html::{self, HtmlOptions};
 
 use super::flamegraph::{write_report, KindArgs, OutputArgs};
 

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memray_reporter::records::{snapshot_records, SnapshotKind};
-use memray_reporter::temporary::temporary_allocations;
-use memray_reporter::transform::{render, Format};
+use memray_reporter::engine::records::{snapshot_records, SnapshotKind};
+use memray_reporter::engine::temporary::temporary_allocations;
+use memray_reporter::render::transform::{render, Format};
 
 use super::stats::{capture_failure, check_capture_exists};
 use super::tree::TemporaryArgs;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use memray_reporter::records::{snapshot_records, RecordSet, SnapshotKind};
-use memray_reporter::temporary::temporary_allocations;
-use memray_reporter::tree::{ModuleNamer, Tree};
+use memray_reporter::engine::records::{snapshot_records, RecordSet, SnapshotKind};
+use memray_reporter::engine::temporary::temporary_allocations;
+use memray_reporter::render::tree::{ModuleNamer, Tree};
 
 use super::stats::{capture_failure, check_capture_exists};
 

@@ -1,10 +1,10 @@
 //! The pages' markup. Nothing from the capture is written here except through the JSON
 //! data element, escaped by [`script_json`].
 
-const CSS: &str = include_str!("../../assets/report.css");
-const COMMON_JS: &str = include_str!("../../assets/common.js");
-const FLAMEGRAPH_JS: &str = include_str!("../../assets/flamegraph.js");
-const TABLE_JS: &str = include_str!("../../assets/table.js");
+const CSS: &str = include_str!("../../../assets/report.css");
+const COMMON_JS: &str = include_str!("../../../assets/common.js");
+const FLAMEGRAPH_JS: &str = include_str!("../../../assets/flamegraph.js");
+const TABLE_JS: &str = include_str!("../../../assets/table.js");
 
 /// JSON made safe inside a `<script>` element: no `</script>` or `<!--` can form, and
 /// the line separators JavaScript once rejected in strings are escaped. The characters

@@ -28,12 +28,12 @@ use std::path::Path;
 
 use memray_capture::{Allocator, Header, Reader, Record};
 
-use crate::analysis::{Analysis, AnalyzeOptions, HeapEvent, HeapLedger, HeapSide, Scanner, Usage};
+use crate::engine::analysis::{Analysis, AnalyzeOptions, HeapEvent, HeapLedger, HeapSide, Scanner, Usage};
+use crate::engine::pipeline;
 use crate::error::ReportError;
-use crate::fasthash::FastMap;
-use crate::pipeline;
-use crate::ranges::{Cut, RangeSet};
-use crate::stacks::StackId;
+use crate::model::stacks::StackId;
+use crate::structures::fasthash::FastMap;
+use crate::structures::ranges::{Cut, RangeSet};
 
 /// Which per-range figure the intervals answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +234,7 @@ impl TimelineAnalyzer {
     }
 
     /// The stacks read so far (a thread's current stack is its next allocation's).
-    pub fn stacks(&self) -> &crate::stacks::StackTable {
+    pub fn stacks(&self) -> &crate::model::stacks::StackTable {
         self.scanner.stacks()
     }
 
@@ -286,12 +286,12 @@ impl TimelineAnalyzer {
 
     /// Feeds every remaining record of `reader`, handing each to `observe` first (with
     /// the stacks as they stand before it), and finishes. Without temporal intervals,
-    /// the heap's side runs on a second thread (see [`crate::pipeline`]).
+    /// the heap's side runs on a second thread (see [`crate::engine::pipeline`]).
     pub fn run<R: Read>(
         mut self,
         reader: &mut Reader<R>,
         allow_truncated: bool,
-        mut observe: impl FnMut(&Record, &crate::stacks::StackTable),
+        mut observe: impl FnMut(&Record, &crate::model::stacks::StackTable),
     ) -> Result<TimelineAnalysis, ReportError> {
         if self.aggregated || self.back.tracker.is_some() {
             reader.for_each_record(

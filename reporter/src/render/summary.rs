@@ -13,8 +13,8 @@
 
 use std::fmt::Write;
 
-use crate::records::RecordSet;
-use crate::stats::size_fmt;
+use crate::engine::records::RecordSet;
+use crate::render::format::size_fmt;
 
 /// Memray stops adding records once they reach this share of the total.
 pub const MAX_MEMORY_RATIO: f64 = 0.95;
@@ -178,7 +178,7 @@ impl Cell {
         if native {
             let start = text.len() + 1;
             text.push(' ');
-            text.push_str(crate::tree::NATIVE_MARKER);
+            text.push_str(crate::render::tree::NATIVE_MARKER);
             spans.push((start, text.len(), "33"));
         }
         Cell { spans, text }

@@ -15,7 +15,7 @@
 //!   that could not be recognized, as with a stripped interpreter), the Python stack is
 //!   returned alone, whole.
 
-use crate::stacks::Location;
+use crate::model::stacks::Location;
 
 /// Whether a native function is one of the interpreter's eval loops.
 pub fn is_eval_frame(function: &str) -> bool {

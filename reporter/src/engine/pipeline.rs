@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 use memray_capture::{Reader, Record};
 
-use crate::analysis::{HeapEvent, HeapSide};
+use crate::engine::analysis::{HeapEvent, HeapSide};
 use crate::error::ReportError;
 
 /// Events per batch: 192 KB, small enough to stay in a core's L2 cache, large enough

@@ -93,12 +93,9 @@ impl<T: Copy> RangeSet<T> {
         self.by_begin.iter().map(|(&(b, _), &(e, o))| (b, e, o))
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_begin.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_begin.is_empty()
     }
 }
 

@@ -8,16 +8,16 @@
 //! it is freed: with 0, only when it is freed before the thread allocates anything
 //! else. Matched allocations stay remembered (a second free of the address counts them
 //! again), and frees on another thread never match. The temporary allocations are then
-//! merged per location in Memray's order (see [`crate::records`]).
+//! merged per location in Memray's order (see [`crate::engine::records`]).
 //!
 //! Memory: `threshold + 1` records per thread plus one record per location.
 
 use std::collections::VecDeque;
 use std::path::Path;
 
+use crate::engine::records::{replay, AllocationRecord, CaptureCursor, LocationMap, RecordSet};
 use crate::error::ReportError;
-use crate::fasthash::FastMap;
-use crate::records::{replay, AllocationRecord, CaptureCursor, LocationMap, RecordSet};
+use crate::structures::fasthash::FastMap;
 
 /// Finds temporary allocations in a stream of allocation records.
 pub struct TemporaryAggregator {

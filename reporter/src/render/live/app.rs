@@ -14,10 +14,10 @@ use ratatui::crossterm::event::{self, Event as TermEvent, KeyEvent, KeyEventKind
 use ratatui::widgets::Paragraph;
 use ratatui::DefaultTerminal;
 
-use crate::live::snapshot::{Snapshot, StreamStatus};
-use crate::live::state::LiveState;
-use crate::live::view::{render, ViewState};
-use crate::records::{CaptureCursor, Event};
+use crate::engine::records::{CaptureCursor, Event};
+use crate::render::live::snapshot::{Snapshot, StreamStatus};
+use crate::render::live::state::LiveState;
+use crate::render::live::view::{render, ViewState};
 
 /// Least time between two snapshots.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);

@@ -15,8 +15,8 @@
 
 use std::fmt::Write;
 
-use crate::records::{format_thread_name, RecordSet};
-use crate::stats::allocator_type_name;
+use crate::engine::records::{format_thread_name, RecordSet};
+use crate::render::format::allocator_type_name;
 
 /// A supported output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +197,7 @@ fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
 /// A JSON string as Python's `json.dumps` writes it (`ensure_ascii`).
 pub fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    crate::pyjson::write_str(&mut out, s);
+    crate::compat::pyjson::write_str(&mut out, s);
     out
 }
 

@@ -69,14 +69,6 @@ impl StdUnorderedOrder {
         self.keys.push(key);
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// Indices (into insertion order) in iteration order.
     pub fn iteration_order(&self) -> Vec<usize> {
         let n = self.keys.len();

@@ -14,7 +14,7 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 
 use super::filenames::{file_names, FileNames};
-use crate::stacks::Location;
+use crate::model::stacks::Location;
 
 /// What a frame shows when DWARF gives no file (Memray's label).
 pub const UNKNOWN_FILE: &str = "<unknown>";

@@ -14,10 +14,10 @@ use std::path::Path;
 
 use memray_capture::{FileFormat, Reader, Record};
 
+use crate::engine::temporal::{Interval, Site, TemporalData, TemporalMode, TimelineAnalyzer, TimelineOptions};
 use crate::error::ReportError;
-use crate::native::NativeStacks;
-use crate::stacks::{StackId, StackTable};
-use crate::temporal::{Interval, Site, TemporalData, TemporalMode, TimelineAnalyzer, TimelineOptions};
+use crate::model::native::NativeStacks;
+use crate::model::stacks::{StackId, StackTable};
 
 /// Memray's `HighWaterMarkLocationKey`, in its sort order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

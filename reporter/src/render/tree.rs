@@ -12,8 +12,8 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::records::{format_thread_name, AllocationRecord, RecordSet};
-use crate::stats::size_fmt;
+use crate::engine::records::{format_thread_name, AllocationRecord, RecordSet};
+use crate::render::format::size_fmt;
 
 /// Memray's `MAX_STACKS` with the default recursion limit (`1000 // 2.5`).
 pub const MAX_STACKS: usize = 400;

@@ -25,13 +25,13 @@ use std::path::Path;
 
 use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, MemorySnapshot, NativeFrame, Reader, Record};
 
-use crate::addrmap::AddressMap;
+use crate::compat::stdorder::StdUnorderedOrder;
+use crate::engine::pipeline;
 use crate::error::ReportError;
-use crate::fasthash::FastMap;
-use crate::pipeline;
-use crate::ranges::{Cut, RangeSet};
-use crate::stacks::{FrameKey, LocationId, StackId, StackTable};
-use crate::stdorder::StdUnorderedOrder;
+use crate::model::stacks::{FrameKey, LocationId, StackId, StackTable};
+use crate::structures::addrmap::AddressMap;
+use crate::structures::fasthash::FastMap;
+use crate::structures::ranges::{Cut, RangeSet};
 
 /// Where allocations come from, at the granularity Memray aggregates them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,7 +153,7 @@ pub fn analyze_file(path: impl AsRef<Path>, options: AnalyzeOptions) -> Result<A
 }
 
 /// Analyses a capture from an open reader, consuming all of its records. The heap's
-/// bookkeeping runs on a second thread (see [`crate::pipeline`]).
+/// bookkeeping runs on a second thread (see [`crate::engine::pipeline`]).
 pub fn analyze<R: Read>(mut reader: Reader<R>, options: AnalyzeOptions) -> Result<Analysis, ReportError> {
     let mut scanner = Scanner::new(reader.header().clone());
     let ledger = if scanner.aggregated {
@@ -231,7 +231,7 @@ fn slot_for_count(v: &mut Vec<u64>, i: usize) -> &mut u64 {
 
 /// What the heap's bookkeeping needs of a record. The [`Scanner`] turns records into
 /// these and a [`HeapSide`] applies them, on the same thread or on another
-/// ([`crate::pipeline`]).
+/// ([`crate::engine::pipeline`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum HeapEvent {
     /// An ALLOCATION record; `location` is `NO_SLOT` for deallocators.
@@ -247,7 +247,7 @@ const _: () = assert!(std::mem::size_of::<HeapEvent>() <= 24);
 pub(crate) trait HeapSide {
     fn apply(&mut self, event: HeapEvent);
 
-    /// A hint that `event` will be applied soon (see [`crate::pipeline`]).
+    /// A hint that `event` will be applied soon (see [`crate::engine::pipeline`]).
     #[inline(always)]
     fn prefetch(&self, _event: &HeapEvent) {}
 }

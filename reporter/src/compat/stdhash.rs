@@ -11,7 +11,7 @@
 //! exceed the bucket count, never shrinking). `stdorder` replays insert-only maps; this
 //! one also erases, and is a working map (lookups, values) rather than a replay.
 
-use crate::stdorder::BUCKET_COUNTS;
+use crate::compat::stdorder::BUCKET_COUNTS;
 
 const NIL: u32 = u32::MAX;
 /// A bucket entry meaning "the list's before-begin sentinel".
@@ -63,16 +63,14 @@ impl<K: StdHash, V> Default for StdHashMap<K, V> {
 }
 
 impl<K: StdHash, V> StdHashMap<K, V> {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     #[inline]
@@ -127,12 +125,9 @@ impl<K: StdHash, V> StdHashMap<K, V> {
         None
     }
 
+    #[cfg(test)]
     pub fn get(&self, key: &K) -> Option<&V> {
         self.find_index(key).and_then(|i| self.values[i as usize].as_ref())
-    }
-
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.find_index(key).and_then(move |i| self.values[i as usize].as_mut())
     }
 
     /// `map[key] = value`: replaces the value in place, or inserts a new node.
@@ -269,7 +264,7 @@ impl<'a, K: StdHash, V> Iterator for Iter<'a, K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stdorder::StdUnorderedOrder;
+    use crate::compat::stdorder::StdUnorderedOrder;
 
     fn keys(m: &StdHashMap<u64, ()>) -> Vec<u64> {
         m.iter().map(|(k, _)| *k).collect()

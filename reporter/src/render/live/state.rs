@@ -11,12 +11,12 @@ use std::rc::Rc;
 
 use memray_capture::Header;
 
-use crate::fasthash::FastMap;
-use crate::live::history::HeapHistory;
-use crate::live::snapshot::{Site, Snapshot, StreamStatus, ThreadSites};
-use crate::ranges::{Cut, RangeSet};
-use crate::records::{AllocationRecord, Event};
-use crate::stacks::{LocationId, StackId, StackTable};
+use crate::engine::records::{AllocationRecord, Event};
+use crate::model::stacks::{LocationId, StackId, StackTable};
+use crate::render::live::history::HeapHistory;
+use crate::render::live::snapshot::{Site, Snapshot, StreamStatus, ThreadSites};
+use crate::structures::fasthash::FastMap;
+use crate::structures::ranges::{Cut, RangeSet};
 
 /// A live block: its size and the (stack, thread) it was allocated from.
 #[derive(Clone, Copy)]
@@ -266,7 +266,7 @@ mod tests {
     use super::*;
     use memray_capture::{Allocator, Reader, StreamEncoder};
 
-    use crate::records::CaptureCursor;
+    use crate::engine::records::CaptureCursor;
 
     /// A small live stream: two threads, three functions, frees, an mmap split by munmap.
     fn stream() -> Vec<u8> {

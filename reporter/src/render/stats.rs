@@ -5,12 +5,13 @@ use std::cmp::Reverse;
 
 use memray_capture::{Allocator, FileFormat, PythonAllocator};
 
-use crate::analysis::Analysis;
+use crate::compat::localtime::format_millis;
+use crate::compat::modules::ModuleResolver;
+use crate::compat::pyjson::Json;
+use crate::engine::analysis::Analysis;
 use crate::error::ReportError;
-use crate::localtime::format_millis;
-use crate::modules::ModuleResolver;
-use crate::pyjson::Json;
-use crate::stacks::Location;
+use crate::model::stacks::Location;
+use crate::render::format::{allocator_type_name, format_location, python_allocator_label, size_fmt};
 
 /// Bins of the allocation size histogram.
 pub const HISTOGRAM_BINS: usize = 10;
@@ -77,7 +78,7 @@ impl Stats {
 
         // Memray keeps the largest (value, location id) pairs: ties go to the location
         // first seen later, and "no stack" (an empty optional) loses every tie.
-        let top = |value: fn(&crate::analysis::Usage) -> u64| -> Vec<(Option<Location>, u64)> {
+        let top = |value: fn(&crate::engine::analysis::Usage) -> u64| -> Vec<(Option<Location>, u64)> {
             let mut v: Vec<(u64, Option<u32>)> = analysis.by_location.iter().map(|(loc, u)| (value(u), *loc)).collect();
             v.sort_unstable_by(|a, b| b.cmp(a));
             v.truncate(num_largest);
@@ -265,43 +266,6 @@ impl Stats {
             ),
         ])
     }
-}
-
-/// `AllocatorType(k).name`.
-pub fn allocator_type_name(a: Allocator) -> String {
-    a.name().to_ascii_uppercase()
-}
-
-/// The Python allocator as Memray's metadata names it.
-pub fn python_allocator_label(a: PythonAllocator) -> &'static str {
-    match a {
-        PythonAllocator::Pymalloc => "pymalloc",
-        PythonAllocator::PymallocDebug => "pymalloc debug",
-        PythonAllocator::Mimalloc => "mimalloc",
-        PythonAllocator::MimallocDebug => "mimalloc debug",
-        PythonAllocator::Malloc => "malloc",
-        PythonAllocator::Other => "unknown",
-    }
-}
-
-/// `function:file:line`, or Memray's placeholder for allocations without a Python stack.
-pub fn format_location(location: Option<&Location>) -> String {
-    match location {
-        None => "<stack trace unavailable>".to_string(),
-        Some(l) => format!("{}:{}:{}", l.function, l.filename, l.lineno),
-    }
-}
-
-/// Memray's `size_fmt`: three decimals and a decimal (1000-based) unit.
-pub fn size_fmt(bytes: u64) -> String {
-    let mut num = bytes as f64;
-    for unit in ["", "k", "M", "G", "T", "P", "E", "Z"] {
-        if num.abs() < 1000.0 {
-            return format!("{num:5.3}{unit}B");
-        }
-        num /= 1000.0;
-    }
-    format!("{num:.1}YB")
 }
 
 /// Python's `float // float` (CPython `float_floor_div`), which the histogram uses.

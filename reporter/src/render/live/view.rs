@@ -9,8 +9,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
 
-use crate::live::snapshot::{Site, Snapshot, StreamStatus};
-use crate::stats::size_fmt;
+use crate::render::format::size_fmt;
+use crate::render::live::snapshot::{Site, Snapshot, StreamStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortKey {
@@ -245,7 +245,7 @@ fn keep_end(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::snapshot::ThreadSites;
+    use crate::render::live::snapshot::ThreadSites;
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 

@@ -9,7 +9,7 @@
 //! * [`scan`]: the first pass `FileReader` makes: the high-water mark (its record index
 //!   and bytes), the number of allocation records, and the memory snapshots.
 //! * [`snapshot_records`]: high-water-mark or leaked records (aggregated captures
-//!   included); the temporary-allocation query lives in [`crate::temporary`].
+//!   included); the temporary-allocation query lives in [`crate::engine::temporary`].
 //! * [`CaptureCursor`]: a capture read record by record with stacks and thread names
 //!   kept up to date, for callers that want every record.
 
@@ -20,13 +20,13 @@ use std::path::Path;
 
 use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, MemorySnapshot, Reader, Record};
 
-use crate::addrmap::AddressMap;
+use crate::compat::stdhash::StdHashMap;
 use crate::error::ReportError;
-use crate::fasthash::FastMap;
-use crate::native::{hybrid, NativeStacks};
-use crate::ranges::RangeSet;
-use crate::stacks::{FrameKey, Location, StackId, StackTable};
-use crate::stdhash::StdHashMap;
+use crate::model::native::{hybrid, NativeStacks};
+use crate::model::stacks::{FrameKey, Location, StackId, StackTable};
+use crate::structures::addrmap::AddressMap;
+use crate::structures::fasthash::FastMap;
+use crate::structures::ranges::RangeSet;
 
 /// One allocation record (`memray.AllocationRecord`'s tuple).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -668,9 +668,6 @@ pub fn format_thread_name(tid: i64, name: &str) -> String {
         format!("{hex} ({name})")
     }
 }
-
-/// Memray's `size_fmt`.
-pub use crate::stats::size_fmt;
 
 #[cfg(test)]
 mod tests {

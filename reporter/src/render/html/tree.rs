@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::fasthash::FastMap;
-use crate::stacks::{FrameId, Location, LocationId, StackId, StackTable};
+use crate::model::stacks::{FrameId, Location, LocationId, StackId, StackTable};
+use crate::structures::fasthash::FastMap;
 
 /// Memray's `MAX_STACKS` with the default recursion limit (1000 // 2.5): deeper frames
 /// are cut and the last node shown is `<STACK TOO DEEP>`.
@@ -162,7 +162,7 @@ impl TreeBuilder {
         let flags = if loc.native {
             // Memray's `is_frame_interesting` for native frames: not CPython's own.
             let frame = (loc.function.to_string(), loc.filename.to_string(), loc.lineno);
-            NATIVE | if crate::tree::is_frame_interesting(&frame) { INTERESTING } else { 0 }
+            NATIVE | if crate::render::tree::is_frame_interesting(&frame) { INTERESTING } else { 0 }
         } else {
             python_flags(loc)
         };
@@ -172,7 +172,7 @@ impl TreeBuilder {
     }
 
     /// Like [`TreeBuilder::add`] for a hybrid stack (Python and native frames,
-    /// innermost first, as [`crate::records::hybrid_stack_trace`] gives it).
+    /// innermost first, as [`crate::engine::records::hybrid_stack_trace`] gives it).
     pub fn add_hybrid(&mut self, strings: &mut Strings, stack: &[Location], thread: u32, count: u64, bytes: u64) -> u32 {
         let mut frames: Vec<&Location> = stack.iter().collect();
         if self.drop_imports {
@@ -383,7 +383,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stacks::FrameKey;
+    use crate::model::stacks::FrameKey;
     use memray_capture::CodeObject;
 
     fn table(n_codes: u64) -> StackTable {

@@ -16,15 +16,15 @@ use std::path::Path;
 use memray_capture::{Allocator, CaptureError, FileFormat, Reader, Record};
 use serde::Serialize;
 
-use crate::analysis::{LocationKey, Usage};
+use crate::engine::analysis::{LocationKey, Usage};
+use crate::engine::records::{hybrid_stack_trace, snapshot_records, AllocationRecord, SnapshotKind};
+use crate::engine::temporal::{Interval, TemporalMode, TimelineAnalysis, TimelineAnalyzer, TimelineOptions};
+use crate::engine::temporary::TemporaryAggregator;
 use crate::error::ReportError;
-use crate::fasthash::FastMap;
-use crate::native::NativeStacks;
-use crate::records::{hybrid_stack_trace, snapshot_records, AllocationRecord, SnapshotKind};
-use crate::stacks::StackId;
-use crate::stats::python_allocator_label;
-use crate::temporal::{Interval, TemporalMode, TimelineAnalysis, TimelineAnalyzer, TimelineOptions};
-use crate::temporary::TemporaryAggregator;
+use crate::model::native::NativeStacks;
+use crate::model::stacks::StackId;
+use crate::render::format::python_allocator_label;
+use crate::structures::fasthash::FastMap;
 use tree::{Strings, Tree, TreeBuilder, NODE_BUDGET};
 
 /// Which allocations a report shows.

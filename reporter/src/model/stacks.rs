@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use memray_capture::{CodeObject, PythonFrame, TraceNode};
 
-use crate::fasthash::FastMap;
+use crate::structures::fasthash::FastMap;
 use cpython::linetable::line_number;
 
 /// A node of the stack trie; 0 is the empty stack.
