@@ -15,6 +15,7 @@ Each sweep kills the attacher before its 1st, 2nd, ... operation that changes th
 (`scripts/bench attach-kill` finds every interpreter itself.)
 """
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -148,25 +149,39 @@ def finish(memray, target, d, out, tally):
     return tally
 
 
+@contextlib.contextmanager
+def killed_on_error(target):
+    """A trial that fails midway (an attach refused, an assertion) does not leave its
+    target running."""
+    try:
+        yield
+    except BaseException:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+        raise
+
+
 def trials(memray, python, kind, n, work, rng):
     d, target = start_target(python, kind, work)
-    out = d / "cap.bin"
-    latency = attach_latency(memray, target, out)
-    tally = dict(trials=0, died=0, stopped=0, completed=0)
-    for _ in range(n):
-        delay = rng.uniform(0, 2 * latency)
-        a = subprocess.Popen([memray, "attach", "-f", "-o", str(out), str(target.pid)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        a.send_signal(signal.SIGKILL)
-        a.wait()
-        if a.returncode == 0:
-            tally["completed"] += 1
-        tally["trials"] += 1
-        if not after_kill(memray, target, tally, "a kill at %.1f ms" % (delay * 1e3)):
-            break
-    tally["latency_ms"] = round(latency * 1e3, 1)
-    return finish(memray, target, d, out, tally)
+    with killed_on_error(target):
+        out = d / "cap.bin"
+        latency = attach_latency(memray, target, out)
+        tally = dict(trials=0, died=0, stopped=0, completed=0)
+        for _ in range(n):
+            delay = rng.uniform(0, 2 * latency)
+            a = subprocess.Popen([memray, "attach", "-f", "-o", str(out), str(target.pid)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            a.send_signal(signal.SIGKILL)
+            a.wait()
+            if a.returncode == 0:
+                tally["completed"] += 1
+            tally["trials"] += 1
+            if not after_kill(memray, target, tally, "a kill at %.1f ms" % (delay * 1e3)):
+                break
+        tally["latency_ms"] = round(latency * 1e3, 1)
+        return finish(memray, target, d, out, tally)
 
 
 def sweep(memray, python, kind, work, method="ptrace"):
@@ -174,25 +189,26 @@ def sweep(memray, python, kind, work, method="ptrace"):
     (MEMRAY_ATTACH_TEST_KILL_AT), until an attach has fewer operations: every state the
     attacher can leave the target in, each met once."""
     d, target = start_target(python, kind, work)
-    out = d / "cap.bin"
-    attach_latency(memray, target, out)
-    tally = dict(trials=0, died=0, stopped=0, completed=0)
-    at = 1
-    while True:
-        env = dict(os.environ, MEMRAY_ATTACH_TEST_KILL_AT=str(at))
-        a = subprocess.run([memray, "attach", "--method", method, "-f", "-o", str(out), str(target.pid)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-        if a.returncode != -signal.SIGKILL:
-            tally["completed"] += 1
-            if a.returncode != 0:
-                tally["attach_error"] = a.stderr.decode(errors="replace").strip()
-            run([memray, "detach", str(target.pid)])
-            break
-        tally["trials"] += 1
-        if not after_kill(memray, target, tally, "a kill before operation %d" % at):
-            break
-        at += 1
-    return finish(memray, target, d, out, tally)
+    with killed_on_error(target):
+        out = d / "cap.bin"
+        attach_latency(memray, target, out)
+        tally = dict(trials=0, died=0, stopped=0, completed=0)
+        at = 1
+        while True:
+            env = dict(os.environ, MEMRAY_ATTACH_TEST_KILL_AT=str(at))
+            a = subprocess.run([memray, "attach", "--method", method, "-f", "-o", str(out), str(target.pid)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            if a.returncode != -signal.SIGKILL:
+                tally["completed"] += 1
+                if a.returncode != 0:
+                    tally["attach_error"] = a.stderr.decode(errors="replace").strip()
+                run([memray, "detach", str(target.pid)])
+                break
+            tally["trials"] += 1
+            if not after_kill(memray, target, tally, "a kill before operation %d" % at):
+                break
+            at += 1
+        return finish(memray, target, d, out, tally)
 
 
 def pyenv_root():
