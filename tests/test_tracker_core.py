@@ -109,6 +109,21 @@ def test_function_allocation_attributed(interp, script, run_py, reader, workdir)
     assert md["peak_memory"] >= 3 * 123457
 
 
+def test_an_empty_tracked_block_records_nothing(interp, script, run_py, reader, workdir):
+    """What memray itself does while a Tracker starts is not the program's: an empty block
+    gives a capture with no record and total_allocations 0, as Memray 1.20's does (ours
+    recorded the FREE of its own start arguments)."""
+    s = script("empty.py", PRELUDE, """
+        with memray.Tracker(OUT):
+            pass
+        """)
+    out = workdir / "empty.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    assert cap.metadata["total_allocations"] == 0, cap.metadata
+    assert cap.records == [], cap.records
+
+
 def test_allocator_kinds(interp, script, run_py, reader, workdir):
     s = script(
         "kinds.py",

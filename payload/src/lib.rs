@@ -48,6 +48,11 @@ fn write_error(msg: &str, buf: *mut c_char, len: usize) {
 /// bytes. Call with the GIL held.
 #[no_mangle]
 pub unsafe extern "C" fn memray_tracker_start(config: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
+    // Our own frees after the tracker is active (the configuration, dropped on return) are
+    // not the program's. They usually bypass the hooks (our GOT is not patched), but in a
+    // non-PIE interpreter that takes free's address, every object's `free` resolves to the
+    // executable's canonical PLT entry, whose GOT slot we do patch.
+    let _g = thread_state::GuardScope::enter();
     if config.is_null() {
         write_error("no configuration given", err, err_len);
         return 2;

@@ -227,6 +227,7 @@ class Session:
         # readers hide them.
         self.skipped_frames = skipped_frames
         self._saved_profile = None
+        self._start_args = None
 
     def _config(self):
         pairs = [
@@ -253,8 +254,11 @@ class Session:
 
     def start(self):
         lib = _load()
-        err = ctypes.create_string_buffer(512)
-        rc = lib.memray_tracker_start(self._config(), err, len(err))
+        # Both stay referenced until stop(): freed once tracking has started, they would be
+        # the capture's first records (a FREE in an empty `with Tracker(...): pass`).
+        self._start_args = (self._config(), ctypes.create_string_buffer(512))
+        config, err = self._start_args
+        rc = lib.memray_tracker_start(config, err, len(err))
         if rc != 0:
             message = err.value.decode("utf-8", "replace")
             if rc == 1:
@@ -264,7 +268,9 @@ class Session:
 
     def stop(self):
         self._unpatch_threading()
-        return _load().memray_tracker_stop() == 0
+        stopped = _load().memray_tracker_stop() == 0
+        self._start_args = None
+        return stopped
 
     # Thread names come from Python's threading module. Existing threads are named now.
     # New ones name themselves before run(): threading's profile hook runs on the new
