@@ -8,6 +8,7 @@ and the records are checked.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -34,6 +35,7 @@ from support import (
     assert_no_crash,
     assert_ok,
     frames,
+    run,
     top,
 )
 
@@ -907,3 +909,49 @@ def test_fork_with_follow_fork(interp, script, run_py, reader, workdir):
     assert child.find(size=424241) == []
     assert child.metadata["pid"] == info["child"]
     assert parent.metadata["pid"] != info["child"]
+
+
+SIZED_FREE_C = r"""
+#include <stdlib.h>
+/* C23, glibc 2.43+: declared here, as this machine's headers predate them. */
+void free_sized(void *p, size_t size);
+void free_aligned_sized(void *p, size_t align, size_t size);
+void *sized_malloc(size_t n) { return malloc(n); }
+void sized_free(void *p, size_t n) { free_sized(p, n); }
+void *sized_aligned_alloc(size_t a, size_t n) { return aligned_alloc(a, n); }
+void sized_aligned_free(void *p, size_t a, size_t n) { free_aligned_sized(p, a, n); }
+"""
+
+
+def test_frees_through_free_sized_are_recorded(interp, script, run_py, reader, workdir, tracked_env):
+    """A block released with C23's free_sized or free_aligned_sized is freed in the
+    capture exactly once: not leaked, not freed twice (both are hooked where the
+    process's libc exports them, and glibc's own versions call free, hooked as well)."""
+    probe = run([interp.executable, "-c", "import ctypes; ctypes.CDLL(None).free_sized"], env=tracked_env)
+    if probe.returncode != 0:
+        pytest.skip(f"{interp.id}: its C library has no free_sized (glibc 2.43+)")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    (workdir / "sized.c").write_text(SIZED_FREE_C)
+    lib = workdir / "libsized.so"
+    assert_ok(run([cc, "-shared", "-fPIC", "-O0", "-fno-builtin", "-o", lib, workdir / "sized.c"], timeout=120))
+    s = script("sized.py", PRELUDE, """
+        import ctypes
+        L = ctypes.CDLL(sys.argv[2])
+        for name in ("sized_malloc", "sized_aligned_alloc"):
+            getattr(L, name).restype = ctypes.c_void_p
+        with memray.Tracker(OUT):
+            p = L.sized_malloc(ctypes.c_size_t(424243))
+            L.sized_free(ctypes.c_void_p(p), ctypes.c_size_t(424243))
+            q = L.sized_aligned_alloc(ctypes.c_size_t(64), ctypes.c_size_t(424256))
+            L.sized_aligned_free(ctypes.c_void_p(q), ctypes.c_size_t(64), ctypes.c_size_t(424256))
+        print(json.dumps({"p": p, "q": q}))
+        """)
+    out = workdir / "sized.bin"
+    info = last_json(assert_ok(run_py(s, out, lib)))
+    cap = reader.read(out, "all", "leaks")
+    for address, size in ((info["p"], 424243), (info["q"], 424256)):
+        recs = [r for r in cap.records if r["address"] == address]
+        assert [r["size"] for r in recs if r["allocator"] != FREE] == [size], recs
+        # Exactly once: glibc's free_sized frees through free, which is hooked too.
+        assert [r["allocator"] for r in recs].count(FREE) == 1, f"the free of {size} bytes: {recs}"
+    assert not [r for r in cap.leaks if r["size"] in (424243, 424256)], cap.leaks

@@ -169,6 +169,11 @@ hooked_functions! {
     dlopen: c"dlopen", libc::dlopen, crate::dlopen::entry, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
     dlclose: c"dlclose", libc::dlclose, dlclose_hook, unsafe extern "C" fn(*mut c_void) -> c_int;
     prctl: c"prctl", prctl_fallback, prctl_hook, Prctl;
+    // C23 deallocators (glibc 2.43+). The fallbacks only fill `Real` where libc lacks
+    // them: no object can then import them, so no slot ever leads to them.
+    free_sized: c"free_sized", free_sized_fallback, free_sized_hook, unsafe extern "C" fn(*mut c_void, size_t);
+    free_aligned_sized: c"free_aligned_sized", free_aligned_sized_fallback, free_aligned_sized_hook,
+        unsafe extern "C" fn(*mut c_void, size_t, size_t);
 }
 
 static REAL: AtomicPtr<Real> = AtomicPtr::new(std::ptr::null_mut());
@@ -325,6 +330,37 @@ unsafe extern "C" fn mmap64_hook(addr: *mut c_void, len: size_t, prot: c_int, fl
         }
         p
     }
+}
+
+// glibc's free_sized and free_aligned_sized call free through libc's own PLT, whose slot
+// we patch: the guard keeps that inner free from being recorded a second time. (Another
+// libc may free directly; either way the block is recorded freed exactly once.)
+unsafe extern "C" fn free_sized_hook(ptr: *mut c_void, size: size_t) {
+    // SAFETY: as free_hook: the program's arguments go unchanged to the real function.
+    unsafe {
+        record_deallocation(ptr, 0, Allocator::Free);
+        let _g = thread_state::GuardScope::enter();
+        (real().free_sized)(ptr, size);
+    }
+}
+
+unsafe extern "C" fn free_aligned_sized_hook(ptr: *mut c_void, align: size_t, size: size_t) {
+    // SAFETY: as free_hook: the program's arguments go unchanged to the real function.
+    unsafe {
+        record_deallocation(ptr, 0, Allocator::Free);
+        let _g = thread_state::GuardScope::enter();
+        (real().free_aligned_sized)(ptr, align, size);
+    }
+}
+
+unsafe extern "C" fn free_sized_fallback(ptr: *mut c_void, _size: size_t) {
+    // SAFETY: free_sized(p, n) is free(p) with a size hint; `ptr` is the caller's block.
+    unsafe { libc::free(ptr) }
+}
+
+unsafe extern "C" fn free_aligned_sized_fallback(ptr: *mut c_void, _align: size_t, _size: size_t) {
+    // SAFETY: as free_sized_fallback.
+    unsafe { libc::free(ptr) }
 }
 
 unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
