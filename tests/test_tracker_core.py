@@ -940,9 +940,10 @@ def test_frees_through_free_sized_are_recorded(interp, script, run_py, reader, w
         for name in ("sized_malloc", "sized_aligned_alloc"):
             getattr(L, name).restype = ctypes.c_void_p
         with memray.Tracker(OUT):
+            # Both live at once, so the second cannot reuse the first one's address.
             p = L.sized_malloc(ctypes.c_size_t(424243))
-            L.sized_free(ctypes.c_void_p(p), ctypes.c_size_t(424243))
             q = L.sized_aligned_alloc(ctypes.c_size_t(64), ctypes.c_size_t(424256))
+            L.sized_free(ctypes.c_void_p(p), ctypes.c_size_t(424243))
             L.sized_aligned_free(ctypes.c_void_p(q), ctypes.c_size_t(64), ctypes.c_size_t(424256))
         print(json.dumps({"p": p, "q": q}))
         """)
