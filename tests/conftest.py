@@ -30,7 +30,6 @@ self-check of the tests): the tracked interpreters are then the oracle venvs.
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -199,9 +198,7 @@ def workdir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def helper_lib(tmp_path_factory) -> Path:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        pytest.fail("no C compiler (cc) found; run scripts/setup-test-env")
+    cc = support.c_compiler()
     out = tmp_path_factory.mktemp("helper") / "alloc_helper.so"
     res = run(
         [cc, "-shared", "-fPIC", "-O0", "-fno-builtin", "-D_GNU_SOURCE", "-pthread",

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from support import HELPERS
+from support import HELPERS, c_compiler
 
 SOURCE_DIR = HELPERS / "native_ext"
 C_SOURCE = SOURCE_DIR / "nativeext.c"
@@ -32,9 +32,9 @@ def _config(executable: str) -> dict:
 def build_native_ext(executable: str, outdir: Path) -> Path:
     """Compile nativeext for `executable` into `outdir`; returns the directory to put on
     PYTHONPATH. Raises RuntimeError with the compiler's output on failure."""
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    cc = c_compiler()
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cc or not cxx:
+    if not cxx:
         raise RuntimeError("no C/C++ compiler (gcc, g++) found; run scripts/setup-test-env")
     cfg = _config(executable)
     outdir.mkdir(parents=True, exist_ok=True)

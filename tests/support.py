@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -53,6 +54,14 @@ def hybrid_unavailable(interp) -> Optional[str]:
 
 
 SUBPROCESS_TIMEOUT = float(os.environ.get("MEMRAY_TESTS_SUBPROCESS_TIMEOUT", "90"))
+
+def c_compiler() -> str:
+    """The C compiler the tests build helpers with: $CC, else cc or gcc on PATH."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise AssertionError("no C compiler (cc) found; run scripts/setup-test-env")
+    return cc
+
 
 # Memray's AllocatorType numbering (PYMALLOC_FREE = 1 ... MUNMAP = 15), as the package
 # defines it: python/memray/_allocators.py, itself checked against the capture crate's

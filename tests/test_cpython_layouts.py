@@ -6,13 +6,12 @@
 - The version the payload sees and the refusal of an interpreter it cannot read.
 """
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from support import HELPERS, assert_ok, run
+from support import HELPERS, assert_ok, c_compiler, run
 
 pytestmark = pytest.mark.ours_only
 
@@ -42,7 +41,7 @@ def test_resolved_layout_matches_the_interpreters_headers(interp, build, tracked
     include = _include_dir(interp, tracked_env)
     if not (include / "internal").is_dir():
         pytest.skip(f"{interp.id}: no internal headers at {include} (its -dev package is not installed)")
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = c_compiler()
     probe = workdir / "layout_probe"
     # -idirafter the parent: Debian's pyconfig.h includes <x86_64-linux-gnu/python3.X/pyconfig.h>.
     assert_ok(run([cc, f"-I{include}", f"-I{include / 'internal'}", f"-idirafter{include.parent}", "-o", probe,

@@ -8,7 +8,6 @@ and the records are checked.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -34,6 +33,7 @@ from support import (
     VALLOC,
     assert_no_crash,
     assert_ok,
+    c_compiler,
     frames,
     run,
     top,
@@ -365,8 +365,7 @@ def _build_dlopen_callers(workdir):
     import shutil
     import subprocess
 
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    assert cc, "no C compiler: run scripts/setup-test-env"
+    cc = c_compiler()
     src = workdir / "dlsrc"
     (src / "deps").mkdir(parents=True, exist_ok=True)
     (src / "neighbour.c").write_text(NEIGHBOUR_C)
@@ -930,7 +929,7 @@ def test_frees_through_free_sized_are_recorded(interp, script, run_py, reader, w
     probe = run([interp.executable, "-c", "import ctypes; ctypes.CDLL(None).free_sized"], env=tracked_env)
     if probe.returncode != 0:
         pytest.skip(f"{interp.id}: its C library has no free_sized (glibc 2.43+)")
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = c_compiler()
     (workdir / "sized.c").write_text(SIZED_FREE_C)
     lib = workdir / "libsized.so"
     assert_ok(run([cc, "-shared", "-fPIC", "-O0", "-fno-builtin", "-o", lib, workdir / "sized.c"], timeout=120))
