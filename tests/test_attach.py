@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import support
 from support import MALLOC, assert_clean_error, assert_ok
 
 pytestmark = pytest.mark.ours_only
@@ -640,8 +641,12 @@ def test_error_permission_other_user(interp, target, build, tracked_env, workdir
 
 
 @needs_ptrace
-def test_error_target_cannot_write_output(tracked_env, build, cli, workdir):
-    """The target writes the capture as its own user: its failure comes back as one line."""
+def test_capture_belongs_to_the_attaching_user(tracked_env, build, cli, workdir):
+    """The capture is made by memray attach and handed to the target as a descriptor: a
+    file of the attaching user, in a directory the target's user cannot even enter; the
+    target cannot make its compressed copy there, so memray detach does. Without the
+    handover (MEMRAY_ATTACH_NO_HANDOFF, as on kernels before 5.6) the target opens the
+    path itself, as its own user, and its failure comes back as one line."""
     python = Path("/usr/bin/python3.11")
     setpriv = subprocess.run(["which", "setpriv"], capture_output=True, text=True).stdout.strip()
     if os.geteuid() != 0 or not setpriv or not python.exists():
@@ -653,18 +658,22 @@ def test_error_target_cannot_write_output(tracked_env, build, cli, workdir):
                             cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        res = cli("attach", "-o", str(private / "cap.bin"), str(proc.pid))
+        out = private / "cap.bin"
+        assert_ok(cli("attach", "-o", str(out), str(proc.pid)))
+        assert out.stat().st_uid == os.geteuid()
+        time.sleep(0.3)
+        assert_ok(cli("detach", str(proc.pid)))
+        assert out.read_bytes()[:4] == b"\x04\x22\x4d\x18", "not compressed"
+        assert out.stat().st_uid == os.geteuid()
+        assert sorted(p.name for p in private.iterdir()) == ["cap.bin"]
+        assert proc.poll() is None
+        # The old way: the target's own open fails, cleanly, and leaves nothing behind.
+        env = dict(tracked_env, MEMRAY_ATTACH_NO_HANDOFF="1")
+        res = support.run([build.binary, "attach", "-o", str(private / "other.bin"), str(proc.pid)], env=env)
         assert_clean_error(res, "could not start", "Permission denied")
         assert proc.poll() is None
-        # Nothing half-started: a second attempt to a writable place works.
-        import tempfile
-        ok = Path(tempfile.mkdtemp(prefix="memray-attach-test-"))
-        ok.chmod(0o777)
-        assert_ok(cli("attach", "-o", str(ok / "cap.bin"), str(proc.pid)))
+        assert_ok(cli("attach", "-f", "-o", str(out), str(proc.pid)))
         assert_ok(cli("detach", str(proc.pid)))
-        assert (ok / "cap.bin").stat().st_uid == 65534
-        import shutil
-        shutil.rmtree(ok, ignore_errors=True)
     finally:
         proc.kill()
         proc.wait()

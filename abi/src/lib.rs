@@ -17,6 +17,10 @@ pub const MAGIC: [u8; 8] = *b"MEMRAYAT";
 /// Changes whenever the layout does.
 pub const LAYOUT: u32 = 1;
 pub const MESSAGE_LEN: usize = 1024;
+/// Ends the message of a stopped session whose capture the payload could not compress
+/// (it may not make files beside a capture `memray attach` made as another user):
+/// `memray detach` compresses it on the attaching side.
+pub const COMPRESSION_LEFT: &str = "\ncompression left to the attaching side";
 
 pub const STATE_IDLE: u32 = 0;
 pub const STATE_STARTING: u32 = 1;
@@ -33,7 +37,11 @@ pub struct AttachControl {
     pub state: AtomicU32,
     /// The process that wrote `state` (a forked child inherits a copy of this block).
     pub pid: AtomicI32,
-    pub _pad: u32,
+    /// While the payload waits for descriptors from the attaching side (the capture file
+    /// and its directory, or the live view's socket): 1 + the number of the socket the
+    /// attaching side takes with pidfd_getfd and sends them over. 0 otherwise (also in
+    /// payloads older than this field, where it was padding).
+    pub handoff: AtomicI32,
     /// The attaching side's nonce for the attach that `state` describes.
     pub session: AtomicU64,
     /// Written by `memray detach`: a nonce; the payload stops tracking and echoes it in
@@ -61,7 +69,7 @@ impl AttachControl {
             layout: LAYOUT,
             state: AtomicU32::new(STATE_IDLE),
             pid: AtomicI32::new(0),
-            _pad: 0,
+            handoff: AtomicI32::new(0),
             session: AtomicU64::new(0),
             request: AtomicU64::new(0),
             ack: AtomicU64::new(0),
@@ -77,6 +85,7 @@ pub mod offsets {
     pub const MAGIC: usize = offset_of!(AttachControl, magic);
     pub const STATE: usize = offset_of!(AttachControl, state);
     pub const PID: usize = offset_of!(AttachControl, pid);
+    pub const HANDOFF: usize = offset_of!(AttachControl, handoff);
     pub const SESSION: usize = offset_of!(AttachControl, session);
     pub const REQUEST: usize = offset_of!(AttachControl, request);
     pub const ACK: usize = offset_of!(AttachControl, ack);
@@ -88,7 +97,7 @@ pub mod offsets {
 // The layout is x86-64's, as both sides assume (the reader takes 8-byte little-endian
 // words): a change here must bump LAYOUT.
 const _: () = {
-    assert!(offsets::STATE == 12 && offsets::PID == 16 && offsets::SESSION == 24);
+    assert!(offsets::STATE == 12 && offsets::PID == 16 && offsets::HANDOFF == 20 && offsets::SESSION == 24);
     assert!(offsets::REQUEST == 32 && offsets::ACK == 40 && offsets::TRACKER_ACTIVE == 48);
     assert!(offsets::MESSAGE == 56 && offsets::LEN == 56 + MESSAGE_LEN);
 };

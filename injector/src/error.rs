@@ -24,7 +24,10 @@ pub enum Error {
     Script { path: PathBuf, detail: String },
     #[error("process {0} is stopped (SIGSTOP or Ctrl-Z): resume it with `kill -CONT {0}` first")]
     ProcessStopped(i32),
-    #[error("process {0} runs in another mount namespace (a container?): run memray inside it instead")]
+    #[error(
+        "process {0} runs in another mount namespace (a container?) and this system does not let memray hand it \
+         the capture file (pidfd_getfd: Linux 5.6+, allowed by seccomp): run memray inside it instead"
+    )]
     OtherNamespace(i32),
     #[error("process {pid} exited during the attach{detail}")]
     ProcessExited { pid: i32, detail: String },

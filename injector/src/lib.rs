@@ -35,6 +35,7 @@ mod cave;
 mod death_points;
 mod elf;
 mod error;
+pub mod handoff;
 mod inspect;
 pub mod memory;
 mod proc;
@@ -76,11 +77,15 @@ pub struct InjectOptions<'a> {
     pub wake_main_thread: bool,
     pub method: Method,
     /// Where the PEP 768 script may be written: a directory the target can read and only
-    /// we can write (the payload's staging directory). Without it, only ptrace is used.
-    pub script_dir: Option<&'a std::path::Path>,
+    /// we can write (the payload's staging directory), as our path and the target's.
+    /// Without it, only ptrace is used.
+    pub script_dir: Option<(&'a std::path::Path, &'a str)>,
     /// How long `Auto` waits for the main thread to take a PEP 768 request before it
     /// withdraws it and uses ptrace.
     pub remote_grace: Duration,
+    /// The library is loaded in the target already (`library` is then the name it
+    /// answers to, e.g. its SONAME): loading it shows no new mapping.
+    pub library_loaded: bool,
 }
 
 impl Default for InjectOptions<'_> {
@@ -93,6 +98,7 @@ impl Default for InjectOptions<'_> {
             method: Method::Auto,
             script_dir: None,
             remote_grace: Duration::from_secs(1),
+            library_loaded: false,
         }
     }
 }
@@ -186,9 +192,9 @@ fn by_remote_exec(
     let mapped = || -> Result<bool> {
         Ok(proc::maps(info.pid)?.iter().any(|m| m.path.trim_end_matches(" (deleted)") == library || m.path.ends_with(name)))
     };
-    let loaded_before = mapped()?;
-    let script = remote_exec::write_script(dir, library, entry, arg)?;
-    let script_text = script.path().to_string_lossy().into_owned();
+    let loaded_before = opts.library_loaded || mapped()?;
+    let script = remote_exec::write_script(dir.0, dir.1, library, entry, arg)?;
+    let script_text = script.path_in_target().to_string();
     let started = std::time::Instant::now();
     target.request(&script_text)?;
     log(&format!("PEP 768: asked the main thread to run {script_text} at its next eval-breaker check"));
@@ -290,6 +296,21 @@ pub fn process_alive(pid: i32) -> bool {
 }
 
 /// The process's command line, space-joined.
+/// The process's id in its own PID namespace (a container's), which is what it calls
+/// itself (`getpid`); `pid` itself when it shares ours.
+pub fn pid_in_its_namespace(pid: i32) -> i32 {
+    proc::status(pid).ok().and_then(|s| s.ns_pid).unwrap_or(pid)
+}
+
+/// Whether the process sees our file system (same mount namespace and root).
+pub fn shares_our_files(pid: i32) -> bool {
+    proc::same_mount_namespace(pid)
+        && match (std::fs::read_link("/proc/self/root"), std::fs::read_link(format!("/proc/{pid}/root"))) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => true,
+        }
+}
+
 pub fn command_line(pid: i32) -> String {
     proc::cmdline(pid)
 }

@@ -105,6 +105,8 @@ pub struct Status {
     pub uid: u32,
     /// Signals with a handler (`SigCgt`), bit N-1 for signal N.
     pub caught: u64,
+    /// The id in the innermost PID namespace (`NSpid`'s last field).
+    pub ns_pid: Option<i32>,
 }
 
 pub fn status(pid: i32) -> Result<Status> {
@@ -127,6 +129,7 @@ fn parse_status(text: &str) -> Result<Status> {
             // Real, effective, saved, filesystem: the effective uid decides.
             "Uid" => st.uid = v.split_whitespace().nth(1).and_then(|u| u.parse().ok()).unwrap_or(0),
             "SigCgt" => st.caught = u64::from_str_radix(v, 16).unwrap_or(0),
+            "NSpid" => st.ns_pid = v.split_whitespace().last().and_then(|p| p.parse().ok()),
             _ => {}
         }
     }
@@ -184,7 +187,9 @@ mod tests {
 
     #[test]
     fn parses_status() {
-        let st = parse_status("Name:\tpython3\nState:\tS (sleeping)\nTracerPid:\t42\nUid:\t1000\t1001\t1000\t1000\n").expect("parse");
+        let st = parse_status("Name:\tpython3\nState:\tS (sleeping)\nTracerPid:\t42\nUid:\t1000\t1001\t1000\t1000\nNSpid:\t4321\t7\n")
+            .expect("parse");
+        assert_eq!(st.ns_pid, Some(7));
         assert_eq!(st.name, "python3");
         assert_eq!(st.state, 'S');
         assert_eq!(st.tracer_pid, 42);

@@ -166,7 +166,10 @@ fn py_str(text: &str) -> String {
 /// The script file, locked by us for as long as this lives (see the module doc).
 #[derive(Debug)]
 pub struct Script {
+    /// Our path to it.
     path: PathBuf,
+    /// The target's path to it (another one when it runs in a container).
+    there: String,
     _lock: Flock<File>,
 }
 
@@ -175,25 +178,32 @@ impl Script {
         &self.path
     }
 
+    pub fn path_in_target(&self) -> &str {
+        &self.there
+    }
+
     /// Removes the file once the script has run (it has passed its check), then unlocks.
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Writes the script for `library`'s `entry` into `dir` as a new 0644 file (readable by
-/// the target whatever its user, writable by us only), locked.
-pub(crate) fn write_script(dir: &Path, library: &str, entry: &str, arg: &[u8]) -> Result<Script> {
+/// Writes the script for `library`'s `entry` into `dir` (which the target calls
+/// `dir_there`) as a new 0644 file (readable by the target whatever its user, writable by
+/// us only), locked.
+pub(crate) fn write_script(dir: &Path, dir_there: &str, library: &str, entry: &str, arg: &[u8]) -> Result<Script> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let path = dir.join(format!("memray-attach-{}-{nanos:x}.py", std::process::id()));
+    let name = format!("memray-attach-{}-{nanos:x}.py", std::process::id());
+    let path = dir.join(&name);
+    let there = format!("{}/{name}", dir_there.trim_end_matches('/'));
     let failed = |e: std::io::Error| Error::Script { path: path.clone(), detail: e.to_string() };
     let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(failed)?;
     // Locked before the text is there: no state of the file lets a script run unwaited.
     let mut lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| failed(e.into()))?;
-    lock.write_all(script_text(&path, library, entry, arg).as_bytes()).map_err(failed)?;
+    lock.write_all(script_text(Path::new(&there), library, entry, arg).as_bytes()).map_err(failed)?;
     // The mode is not left to the umask.
     lock.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(failed)?;
-    Ok(Script { path, _lock: lock })
+    Ok(Script { path, there, _lock: lock })
 }
 
 impl Target {
@@ -272,9 +282,9 @@ mod tests {
             assert!(out.status.success(), "{out:?}");
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        let waited = write_script(&dir, "libc.so.6", "puts", b"entry called").unwrap();
+        let waited = write_script(&dir, &dir.to_string_lossy(), "libc.so.6", "puts", b"entry called").unwrap();
         assert_eq!(run(waited.path()), "entry called\n");
-        let abandoned = write_script(&dir, "libc.so.6", "puts", b"entry called").unwrap();
+        let abandoned = write_script(&dir, &dir.to_string_lossy(), "libc.so.6", "puts", b"entry called").unwrap();
         let path = abandoned.path().to_path_buf();
         drop(abandoned); // the attaching side dies: its lock goes with it, the file stays
         assert_eq!(run(&path), "");

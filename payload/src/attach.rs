@@ -25,7 +25,7 @@ const TRACKING_SOURCE: &str = include_str!("../../python/memray/_tracking.py");
 // ---- the control block -----------------------------------------------------------------
 // Its layout is the attach ABI (memray-abi), shared with the attaching side.
 
-use memray_abi::{AttachControl, MESSAGE_LEN};
+use memray_abi::{AttachControl, COMPRESSION_LEFT, MESSAGE_LEN};
 use memray_abi::{STATE_ACTIVE, STATE_FAILED, STATE_IDLE, STATE_STARTING, STATE_STOPPED, STATE_STOPPING};
 
 #[no_mangle]
@@ -167,8 +167,40 @@ extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
     // This thread's own work (and the bootstrap's Python allocations) is not the program's.
     thread_state::set_guard_permanently();
     // SAFETY: attach_entry passed ownership of a Box<Args>.
-    let args = unsafe { Box::from_raw(arg as *mut Args) };
+    let mut args = unsafe { Box::from_raw(arg as *mut Args) };
     let nonce = args.nonce();
+    if args.get("handoff") == Some("1") {
+        // The attaching side opens the capture (or the live view's socket) and hands it
+        // over: the file then belongs to its user, wherever it is, even when this process
+        // cannot see that file system at all (a container).
+        let timeout = args.get("handoff_timeout").and_then(|v| v.parse::<f64>().ok()).filter(|t| *t > 0.0);
+        let timeout = timeout.and_then(|t| Duration::try_from_secs_f64(t).ok()).unwrap_or(Duration::from_secs(10));
+        let c = control();
+        let detach_requested = || {
+            let r = c.request.load(Ordering::Acquire);
+            r != 0 && r != c.ack.load(Ordering::Acquire)
+        };
+        match crate::handoff::receive(&c.handoff, timeout, detach_requested) {
+            Ok(fds) => {
+                let list: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
+                args.text.push_str(&format!("\x1efds\x1f{}", list.join(",")));
+            }
+            Err(crate::handoff::Received::Cancelled) => {
+                // The attacher died before handing the file over, and a detach came.
+                publish(STATE_STOPPED, "");
+                c.ack.store(c.request.load(Ordering::Acquire), Ordering::Release);
+                return std::ptr::null_mut();
+            }
+            Err(crate::handoff::Received::TimedOut) => {
+                publish(STATE_FAILED, "memray attach did not hand over the capture file in time (was it killed?)");
+                return std::ptr::null_mut();
+            }
+            Err(crate::handoff::Received::Failed(e)) => {
+                publish(STATE_FAILED, &e);
+                return std::ptr::null_mut();
+            }
+        }
+    }
     match run_python("start", &args.text) {
         Ok(path) => publish(STATE_ACTIVE, &path),
         Err(e) => {
@@ -185,7 +217,15 @@ extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
 fn supervise(nonce: u64, duration: Option<Duration>) {
     let c = control();
     let deadline = duration.and_then(|d| Instant::now().checked_add(d));
-    let path = message_text();
+    let active_path = message_text();
+    let stopped = |path: &str| {
+        if crate::tracker::COMPRESSION_LEFT.swap(false, Ordering::AcqRel) {
+            publish(STATE_STOPPED, &format!("{path}{COMPRESSION_LEFT}"))
+        } else {
+            publish(STATE_STOPPED, path)
+        }
+    };
+    let path = active_path.as_str();
     loop {
         std::thread::sleep(Duration::from_millis(5));
         if c.session.load(Ordering::Acquire) != nonce {
@@ -195,7 +235,7 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
         if request != 0 && request != c.ack.load(Ordering::Acquire) {
             c.state.store(STATE_STOPPING, Ordering::Release);
             match run_python("stop", "") {
-                Ok(_) => publish(STATE_STOPPED, &path),
+                Ok(_) => stopped(path),
                 Err(e) => publish(STATE_FAILED, &e),
             }
             c.ack.store(request, Ordering::Release);
@@ -204,7 +244,7 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             c.state.store(STATE_STOPPING, Ordering::Release);
             match run_python("stop", "") {
-                Ok(_) => publish(STATE_STOPPED, &path),
+                Ok(_) => stopped(path),
                 Err(e) => publish(STATE_FAILED, &e),
             }
             return;
@@ -214,7 +254,7 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
             // Let the bootstrap forget its session; if the interpreter is going away that
             // fails, which is fine.
             let _ = run_python("stop", "");
-            publish(STATE_STOPPED, &path);
+            stopped(path);
             return;
         }
     }
@@ -390,7 +430,7 @@ _attach_registered = False
 _attach_lib = None
 
 def _attach_start(opts):
-    global _attach_session, _attach_pid, _attach_registered, _attach_lib, _lib, payload_path, threading
+    global _attach_session, _attach_pid, _attach_registered, _attach_lib, _lib, payload_path, threading, _payload_mapped
     if _attach_session is not None and _attach_pid != os.getpid():
         # A fork child's copy of its parent's session: the payload stopped tracking in
         # the child at the fork (or follows it into a capture of the child's own, which
@@ -403,10 +443,16 @@ def _attach_start(opts):
         _lib = None
         _attach_lib = lib_path
     payload_path = lambda: lib_path
+    _payload_mapped = True
     if _attach_session is not None:
         raise RuntimeError('this process is already being tracked (run memray detach first)')
     output = opts['output']
     live_port = opts.get('live_port')
+    fds = [int(f) for f in (opts.get('fds') or '').split(',') if f]
+    if fds:
+        # Handed over by memray attach: the capture file it created and its directory, or
+        # the live view's socket.
+        return _attach_start_handed(opts, output, fds)
     if live_port:
         # Live mode: stream to the `memray attach` viewer, which connects to this port.
         address = opts.get('live_address') or '127.0.0.1'
@@ -433,6 +479,44 @@ def _attach_start(opts):
         if not live_port:
             try:
                 os.unlink(output)
+            except OSError:
+                pass
+        raise
+    _attach_session = session
+    _attach_pid = os.getpid()
+    if not _attach_registered:
+        import atexit
+        atexit.register(_attach_stop)
+        _attach_registered = True
+    return output
+
+def _attach_start_handed(opts, output, fds):
+    global _attach_session, _attach_pid, _attach_registered
+    options = dict(
+        native_traces=opts.get('native') == '1',
+        trace_python_allocators=opts.get('trace_python_allocators') == '1',
+        memory_interval_ms=int(opts.get('memory_interval_ms') or 10),
+    )
+    try:
+        if opts.get('live') == '1':
+            session = Session(fds[0], None, False, False, **options)
+            output = 'live'
+        else:
+            if len(fds) != 2:
+                raise RuntimeError('memray attach handed over %d descriptors, not 2' % len(fds))
+            # The file's name in the directory handed over: the path is the attaching
+            # side's, which this process may not see.
+            session = Session(
+                fds[0], os.path.basename(output), True, opts.get('compress') == '1',
+                follow_fork=opts.get('follow_fork') == '1',
+                aggregated=opts.get('aggregate') == '1',
+                dir_fd=fds[1], **options
+            )
+        session.start()
+    except BaseException:
+        for fd in fds:
+            try:
+                os.close(fd)
             except OSError:
                 pass
         raise

@@ -9,9 +9,11 @@
 
 mod aggregate;
 mod attach;
+mod capture_dir;
 mod compress;
 mod dlopen;
 mod got;
+mod handoff;
 mod hooks;
 mod lock;
 mod native;

@@ -1,12 +1,13 @@
 //! Tracker lifecycle: start (open the capture, patch the GOT, start the sampler), stop
 //! (restore, finish and compress the capture), and fork.
 
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use memray_capture::{FileFormat, Header, PythonAllocator};
 
+use crate::capture_dir::CaptureDir;
 use crate::hooks::{self, ACTIVE, WRITER};
 use crate::rss::{now_ms, Sampler};
 use crate::thread_state::{self, GuardScope, GENERATION};
@@ -18,6 +19,8 @@ use crate::{got, pymem, python};
 pub struct Config {
     pub fd: i32,
     pub path: Option<String>,
+    /// A directory `memray attach` handed over; `path` is then a name in it.
+    pub dir_fd: Option<i32>,
     pub seekable: bool,
     pub compress: bool,
     pub native_traces: bool,
@@ -58,6 +61,7 @@ impl Config {
             match k {
                 "fd" => c.fd = num(v)? as i32,
                 "path" => c.path = Some(v.to_string()),
+                "dir_fd" => c.dir_fd = Some(num(v)? as i32),
                 "seekable" => c.seekable = flag(v),
                 "compress" => c.compress = flag(v),
                 "native_traces" => c.native_traces = flag(v),
@@ -80,6 +84,11 @@ impl Config {
             return Err(StartError::BadConfig("no output file descriptor".into()));
         }
         Ok(c)
+    }
+
+    /// Where `path` and the files beside it are made.
+    fn dir(&self) -> CaptureDir {
+        self.dir_fd.map(CaptureDir::from_fd).unwrap_or(CaptureDir::PATHS)
     }
 
     fn header(&self, main_tid: u64) -> Header {
@@ -187,14 +196,27 @@ pub fn stop() -> bool {
         unsafe { libc::close(w.sink.fd()) };
         if running.config.compress && running.config.seekable && !failed {
             if let Some(path) = &running.config.path {
-                if let Err(e) = crate::compress::compress_in_place(path) {
-                    eprintln!("memray: could not compress {path}: {e}");
+                match crate::compress::compress_in_place(running.config.dir(), path) {
+                    Ok(()) => {}
+                    // A capture `memray attach` made as another user, in a directory this
+                    // process may not write: the attaching side compresses it on detach.
+                    Err(e) if running.config.dir_fd.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        COMPRESSION_LEFT.store(true, Ordering::Release);
+                    }
+                    Err(e) => eprintln!("memray: could not compress {path}: {e}"),
                 }
             }
         }
     }
+    if let Some(fd) = running.config.dir_fd {
+        // SAFETY: the directory handed to this session, closed once, here.
+        unsafe { libc::close(fd) };
+    }
     true
 }
+
+/// Set when the last stop left compression to the attaching side (see `stop`).
+pub static COMPRESSION_LEFT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn is_active() -> bool {
     ACTIVE.load(Ordering::Acquire)
@@ -243,6 +265,10 @@ extern "C" fn after_fork_child() {
     ACTIVE.store(false, Ordering::Release);
     if let Some(mut r) = running.take() {
         r.sampler.forget();
+        if let Some(fd) = r.config.dir_fd {
+            // SAFETY: the child's copy of the session's directory descriptor.
+            unsafe { libc::close(fd) };
+        }
     }
     got::restore_all(&hooks::redirects());
     if let Some(w) = WRITER.lock().take() {
@@ -260,8 +286,13 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
     let base = parent_path.strip_suffix(&format!(".{ppid}")).unwrap_or(&parent_path);
     let path = format!("{base}.{pid}");
-    let cpath = std::ffi::CString::new(path.clone()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let fd = create_exclusive(&cpath)?;
+    let file = r.config.dir().create_capture(&path)?;
+    if let Some(owner) = r.config.dir().lstat(&parent_path).ok().flatten() {
+        // The parent's capture may be the attaching user's: the child's should be too
+        // (possible only where this process is root).
+        let _ = crate::capture_dir::give_owner(&file, owner.st_uid, owner.st_gid);
+    }
+    let fd = file.into_raw_fd();
     if let Some(old) = WRITER.lock().take() {
         // SAFETY: the child's copy of the parent's fd.
         unsafe { libc::close(old.sink.fd()) };
@@ -279,28 +310,4 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     }
     r.sampler = Sampler::start(r.config.memory_interval_ms)?;
     Ok(())
-}
-
-/// Creates a capture file that nothing else names: a stale file or a link of that name
-/// goes first (a planted link is removed, never followed; anything else stays and makes
-/// this fail), then `O_CREAT|O_EXCL|O_NOFOLLOW`.
-fn create_exclusive(path: &std::ffi::CStr) -> std::io::Result<i32> {
-    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
-    let as_path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
-    for _ in 0..3 {
-        if std::fs::symlink_metadata(as_path).is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink()) {
-            let _ = std::fs::remove_file(as_path);
-        }
-        // SAFETY: open with a valid NUL-terminated path.
-        let fd =
-            unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
-        if fd >= 0 {
-            return Ok(fd);
-        }
-        last = std::io::Error::last_os_error();
-        if last.kind() != std::io::ErrorKind::AlreadyExists {
-            break;
-        }
-    }
-    Err(last)
 }

@@ -33,11 +33,16 @@ def payload_path():
     return os.path.join(here, "_payload", _PAYLOAD_NAME)
 
 
+# True where the payload is known to be mapped already (inside `memray attach`'s
+# bootstrap, whose copy of the library file is gone once loaded): dlopen finds it by name.
+_payload_mapped = False
+
+
 def _load():
     global _lib
     if _lib is None:
         path = payload_path()
-        if not os.path.exists(path):
+        if not _payload_mapped and not os.path.exists(path):
             raise ImportError(
                 "memray's payload library is missing at %s (build it with `cargo build --release` "
                 "or set MEMRAY_PAYLOAD)" % path
@@ -213,9 +218,12 @@ class Session:
     """One tracker run inside this process."""
 
     def __init__(self, fd, path, seekable, compress, native_traces=False, trace_python_allocators=False,
-                 follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0):
+                 follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0, dir_fd=None):
         self.fd = fd
         self.path = path
+        # With dir_fd (a directory descriptor `memray attach` handed over), `path` is a
+        # name in that directory, which this process may not be able to reach by path.
+        self.dir_fd = dir_fd
         self.seekable = seekable
         self.compress = compress
         self.native_traces = native_traces
@@ -246,7 +254,10 @@ class Session:
             ("libdest", sysconfig.get_path("stdlib") or ""),
             ("skipped_frames_on_main_tid", self.skipped_frames),
         ]
-        if self.path:
+        if self.dir_fd is not None:
+            pairs.append(("dir_fd", self.dir_fd))
+            pairs.append(("path", self.path))
+        elif self.path:
             pairs.append(("path", os.path.abspath(self.path)))
         pairs.extend(("site_packages", p) for p in _site_packages())
         pairs.extend(("sys_path", p) for p in sys.path)

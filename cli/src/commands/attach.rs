@@ -146,6 +146,8 @@ struct Control {
     addr: u64,
     state: u32,
     pid: i32,
+    /// 1 + the payload's socket awaiting descriptors, 0 when none.
+    handoff: i32,
     session: u64,
     ack: u64,
     tracker_active: bool,
@@ -173,6 +175,7 @@ fn read_control(pid: i32, addr: u64) -> Result<Control> {
         addr,
         state: u32_at(&b, offsets::STATE),
         pid: u32_at(&b, offsets::PID) as i32,
+        handoff: u32_at(&b, offsets::HANDOFF) as i32,
         session: u64_at(&b, offsets::SESSION),
         ack: u64_at(&b, offsets::ACK),
         tracker_active,
@@ -203,19 +206,39 @@ fn new_nonce() -> u64 {
 
 // ---- the payload copy -----------------------------------------------------------------
 
-/// Copies the payload to `<base>/memray-<uid>/libmemray_payload-<hash>.so`, a directory of
-/// ours (0755, not writable by others) holding a 0644 file, so any target user can map it
-/// and nobody else can change what it maps. The base is the first of /tmp, /dev/shm and
-/// /var/tmp whose file system lets the target map code from it: hardened hosts mount
-/// /tmp `noexec` (a library there fails to load) or read-only. Older copies there go:
-/// a process that mapped one keeps its mapping.
-fn stage_payload(src: &Path) -> Result<PathBuf> {
+/// The payload's copy for one attach, in the target's own file system (reached through
+/// /proc/PID/root, so a container's /tmp when the target runs in one). It goes once the
+/// target has loaded it: a mapped library needs no file, and nothing of ours is left in
+/// the target's file system.
+struct Staged {
+    /// Our path to it.
+    here: PathBuf,
+    /// The target's path to it.
+    there: String,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.here);
+    }
+}
+
+/// Copies the payload to `<base>/memray-<uid>/libmemray_payload-<hash>-<nonce>.so` in the
+/// target's file system: a directory of ours (0755, not writable by others) holding a
+/// 0644 file, so any target user can map it and nobody else can change what it maps. The
+/// base is the first of /tmp, /dev/shm and /var/tmp (as the target sees them) whose file
+/// system lets the target map code from it: hardened hosts mount /tmp `noexec` (a library
+/// there fails to load) or read-only. Copies that earlier attaches left (killed before
+/// they could remove theirs) go once they are a minute old.
+fn stage_payload(src: &Path, pid: i32, nonce: u64) -> Result<Staged> {
     let bytes = std::fs::read(src).with_context(|| format!("cannot read the payload {}", src.display()))?;
     let uid = rustix::process::geteuid().as_raw();
-    let hash = format!("{:016x}", content_hash(&bytes));
+    let hash = format!("{:016x}-{nonce:x}", content_hash(&bytes));
     let mut refused = Vec::new();
     for base in PAYLOAD_BASES {
-        match rustix::fs::statvfs(*base) {
+        let root = format!("/proc/{pid}/root");
+        let here_base = format!("{root}{base}");
+        match rustix::fs::statvfs(here_base.as_str()) {
             Ok(st) if st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC) => {
                 refused.push(format!("{base} is mounted noexec"));
                 continue;
@@ -230,11 +253,12 @@ fn stage_payload(src: &Path) -> Result<PathBuf> {
                 continue;
             }
         }
-        let dir = Path::new(base).join(format!("memray-{uid}"));
+        let dir = Path::new(&here_base).join(format!("memray-{uid}"));
         match crate::payload_file::write_into(&dir, uid, &bytes, &hash) {
-            Ok(dest) => {
-                remove_older_copies(&dir, &dest);
-                return Ok(dest);
+            Ok(here) => {
+                remove_older_copies(&dir, &here);
+                let name = here.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                return Ok(Staged { there: format!("{base}/memray-{uid}/{name}"), here });
             }
             Err(e) => refused.push(format!("{e:#}")),
         }
@@ -263,6 +287,88 @@ fn remove_older_copies(dir: &Path, keep: &Path) {
             .is_some_and(|age| age > Duration::from_secs(60));
         if ours && old && path != keep {
             let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+// ---- the capture file -------------------------------------------------------------------
+
+/// A capture file made here for the target, with its directory (the payload makes its
+/// compressed copy and follow_fork's `<output>.<pid>` files beside it). Removed again
+/// unless the attach succeeds.
+struct CreatedCapture {
+    path: PathBuf,
+    file: std::fs::File,
+    dir: std::fs::File,
+    kept: bool,
+}
+
+impl CreatedCapture {
+    /// Created exclusively, never through a link (O_EXCL|O_NOFOLLOW). With `force`, a file
+    /// or a link of that name is removed first (a planted link goes, what it points to is
+    /// never touched); a device or a pipe (/dev/null, a FIFO) is opened as it is.
+    fn create(path: &Path, force: bool) -> Result<CreatedCapture> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .with_context(|| format!("cannot open the directory {}", parent.display()))?;
+        let mut open = std::fs::OpenOptions::new();
+        // Read and write: the payload writes the file through shared mappings of it.
+        open.read(true).write(true).create_new(true).mode(0o644).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        for _ in 0..3 {
+            if force {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    let kind = meta.file_type();
+                    if kind.is_char_device() || kind.is_block_device() || kind.is_fifo() || kind.is_socket() {
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                            .open(path)
+                            .with_context(|| format!("cannot open {}", path.display()))?;
+                        return Ok(CreatedCapture { path: path.to_path_buf(), file, dir, kept: true });
+                    }
+                    if !kind.is_dir() {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
+            match open.open(path) {
+                Ok(file) => return Ok(CreatedCapture { path: path.to_path_buf(), file, dir, kept: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && force => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    bail!("output file {} already exists (use -f/--force to overwrite it)", path.display())
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        }
+        bail!("output file {} keeps reappearing; not overwriting it", path.display())
+    }
+
+    fn descriptors(&self) -> [std::os::fd::RawFd; 2] {
+        use std::os::fd::AsRawFd;
+        [self.file.as_raw_fd(), self.dir.as_raw_fd()]
+    }
+
+    /// The target writes it now: it stays.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for CreatedCapture {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if self.kept {
+            return;
+        }
+        // Only the file we made: not one that replaced it meanwhile.
+        let ours = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let there = std::fs::symlink_metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == there {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -367,26 +473,22 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         Some(p) => p,
         None => pick_pid()?,
     };
-    // Without -o: live mode, a terminal view of the process (the payload streams to a
-    // port we pick and connect to).
-    let live_port = match &args.output {
-        Some(_) => None,
-        None => {
-            if args.tracking.aggregate {
-                bail!("can't use aggregated mode without an output file: give -o FILE");
-            }
-            if args.tracking.follow_fork {
-                bail!("--follow-fork needs an output file: give -o FILE");
-            }
-            super::live::require_terminal()?;
-            Some(super::live::free_port(LIVE_ADDRESS)?)
+    // Without -o: live mode, a terminal view of the process.
+    let live = args.output.is_none();
+    if live {
+        if args.tracking.aggregate {
+            bail!("can't use aggregated mode without an output file: give -o FILE");
         }
-    };
+        if args.tracking.follow_fork {
+            bail!("--follow-fork needs an output file: give -o FILE");
+        }
+        super::live::require_terminal()?;
+    }
     let output = match &args.output {
         Some(o) => std::env::current_dir().context("cannot read the current directory")?.join(o),
         None => PathBuf::new(),
     };
-    if live_port.is_none() {
+    if !live {
         if output.exists() && !args.tracking.force {
             bail!("output file {} already exists (use -f/--force to overwrite it)", output.display());
         }
@@ -397,6 +499,28 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     }
 
     let info = injector::inspect(pid)?;
+    // The capture (or the live view's socket) is opened here and handed to the target
+    // (see injector::handoff): then it is ours, wherever the target runs. Without
+    // pidfd_getfd (Linux < 5.6, a seccomp profile) the target opens the path itself,
+    // which only works where it sees our file system.
+    let hand_over = injector::handoff::available() && std::env::var_os("MEMRAY_ATTACH_NO_HANDOFF").is_none();
+    let shares_files = injector::shares_our_files(pid);
+    if !hand_over && !shares_files {
+        return Err(injector::Error::OtherNamespace(pid).into());
+    }
+    // Live mode: the payload streams into one end of a socket pair handed over with the
+    // capture, or else to a port we pick and connect to (only where it shares our network).
+    let live_link = match (live, hand_over) {
+        (false, _) => None,
+        (true, true) => Some(LiveLink::Handed(std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?)),
+        (true, false) => Some(LiveLink::Port(super::live::free_port(LIVE_ADDRESS)?)),
+    };
+    let live_port = match live_link {
+        Some(LiveLink::Port(p)) => Some(p),
+        _ => None,
+    };
+    // What the target calls itself: another number inside a container's PID namespace.
+    let own_pid = injector::pid_in_its_namespace(pid);
     log.step(&format!(
         "process {pid}: CPython {} ({}{}), {} threads: {}",
         info.python_version,
@@ -408,7 +532,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     log.step(&format!("symbols resolved in the target: dlopen/dlsym/dlerror from {}", info.dl_object));
     let mut loaded = None;
     for (path, c) in payload_controls(pid)? {
-        let attached = c.pid == pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING);
+        let attached = c.pid == own_pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING);
         if attached {
             bail!("process {pid} is already being tracked by memray attach (writing {}); run `memray detach {pid}` first", c.message);
         }
@@ -423,25 +547,33 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     // A payload already in the process (an earlier attach, or memray.Tracker's) is reused:
     // two copies would both hook the same GOT slots.
     let method = args.method.resolve();
-    let (payload_text, script_dir) = match loaded {
+    let nonce = new_nonce();
+    // `payload_text`: the name the target loads it by; `mapped_as`: how its maps show it.
+    let (payload_text, mapped_as, staged) = match loaded {
         Some(path) => {
             log.step(&format!("payload already loaded in the target: {path}"));
-            // The staging directory still takes the PEP 768 script, when there is one.
-            let dir = match method {
+            // A staging directory still takes the PEP 768 script, when there is one.
+            let staged = match method {
                 injector::Method::Ptrace => None,
-                _ => crate::payload_file::locate().and_then(|p| stage_payload(&p)).ok().and_then(|p| p.parent().map(Path::to_path_buf)),
+                _ => crate::payload_file::locate().and_then(|p| stage_payload(&p, pid, nonce)).ok(),
             };
-            (path, dir)
+            // Its file may be gone (attach removes its copy once loaded) and its maps path
+            // may be ours rather than the target's: its SONAME names it.
+            (PAYLOAD_SONAME.to_string(), MappedAs::Path(path), staged)
         }
         None => {
-            let staged = stage_payload(&crate::payload_file::locate()?)?;
-            log.step(&format!("payload copy for the target: {}", staged.display()));
-            let dir = staged.parent().map(Path::to_path_buf);
-            (staged.to_string_lossy().into_owned(), dir)
+            let staged = stage_payload(&crate::payload_file::locate()?, pid, nonce)?;
+            log.step(&format!("payload copy for the target: {} (it calls it {})", staged.here.display(), staged.there));
+            // Maps show a path as the reader sees it (ours where we can reach the file):
+            // the copy's name, unique to this attach, identifies it.
+            let name = elf_basename(&staged.there).to_string();
+            (staged.there.clone(), MappedAs::Name(name), Some(staged))
         }
     };
+    let script_dir = staged.as_ref().and_then(|s| Some((s.here.parent()?, s.there.rsplit_once('/')?.0)));
+    // Made once the payload asks for it (an attach killed before then leaves no file).
+    let mut capture: Option<CreatedCapture> = None;
 
-    let nonce = new_nonce();
     let flag = |b: bool| if b { "1" } else { "0" };
     let pairs = [
         ("nonce", nonce.to_string()),
@@ -457,6 +589,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         ("live_port", live_port.map(|p| p.to_string()).unwrap_or_default()),
         ("live_address", LIVE_ADDRESS.into()),
         ("live_timeout", args.timeout.max(5.0).to_string()),
+        ("handoff", flag(hand_over).into()),
+        ("live", flag(live && hand_over).into()),
+        ("handoff_timeout", args.timeout.max(5.0).to_string()),
     ];
     let request: String =
         pairs.iter().map(|(k, v)| format!("{k}\x1f{}", v.replace(['\x1e', '\x1f'], " "))).collect::<Vec<_>>().join("\x1e");
@@ -469,10 +604,13 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         cancel: Some(&CANCEL),
         log: if args.verbose { Some(&step) } else { None },
         method,
-        script_dir: script_dir.as_deref(),
+        script_dir,
+        library_loaded: matches!(mapped_as, MappedAs::Path(_)),
         ..Default::default()
     };
     let mut injected = injector::inject(&info, &payload_text, ENTRY, request.as_bytes(), &opts)?;
+    // The library is mapped (or was before): its file is needed no more.
+    drop(staged);
     match injected.entry_return {
         0 => {}
         1 => bail!("process {pid} is already being tracked by memray attach; run `memray detach {pid}` first"),
@@ -493,18 +631,14 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     // Wait for the payload's thread to take the GIL and start the tracker.
     // Whatever fails from here on, a process that is gone is the real story.
     let exited = || anyhow!("process {pid} exited during the attach");
-    let controls = injector::find_mapped(pid, elf_basename(&payload_text), &[CONTROL_SYMBOL]).map_err(|e| {
+    let controls = injector::find_mapped(pid, PAYLOAD_MATCH, &[CONTROL_SYMBOL]).map_err(|e| {
         if injector::process_alive(pid) {
             anyhow!(e)
         } else {
             exited()
         }
     })?;
-    let addr = match controls
-        .iter()
-        .find(|o| o.path.trim_end_matches(" (deleted)") == payload_text)
-        .and_then(|o| o.symbols.get(CONTROL_SYMBOL).copied())
-    {
+    let addr = match controls.iter().find(|o| mapped_as.is(&o.path)).and_then(|o| o.symbols.get(CONTROL_SYMBOL).copied()) {
         Some(a) => a,
         None => {
             // A process on its way out has lost its mappings before it shows as a zombie.
@@ -517,8 +651,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
             bail!("the payload is not mapped in process {pid} after the injection")
         }
     };
-    if let Some(port) = live_port {
-        return watch_live(pid, addr, nonce, port, timeout, &log, injected.script.take());
+    if let Some(link) = live_link {
+        return watch_live(pid, addr, nonce, link, timeout, &log, injected.script.take());
     }
     let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
     loop {
@@ -536,6 +670,16 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
             }
             Err(e) => return Err(e),
         };
+        if hand_over && c.session == nonce && c.handoff > 0 && capture.is_none() {
+            let cancel = || {
+                let _ = injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes());
+            };
+            let made = CreatedCapture::create(&output, args.tracking.force).inspect_err(|_| cancel())?;
+            let still_waiting = || read_control(pid, addr).is_ok_and(|now| now.session == nonce && now.handoff == c.handoff);
+            injector::handoff::send(pid, c.handoff - 1, &made.descriptors(), still_waiting).inspect_err(|_| cancel())?;
+            capture = Some(made);
+            log.step("capture file handed over to the target");
+        }
         if c.session == nonce {
             // The entry has run: the PEP 768 script, if one is left, has been read.
             if let Some(script) = injected.script.take() {
@@ -562,6 +706,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_micros(500));
     }
     log.step("tracker started");
+    if let Some(capture) = capture {
+        capture.keep();
+    }
     let secs = log.start.elapsed().as_secs_f64();
     match args.duration {
         Some(d) => eprintln!(
@@ -587,18 +734,25 @@ const LIVE_ADDRESS: &str = "127.0.0.1";
 /// The payload's thread listens on `port` and starts tracking once we connect: connect,
 /// show the view, and when the user quits stop the session as `memray detach` does
 /// (hooks restored), leaving the process running untracked.
+/// How the live view reaches the payload.
+enum LiveLink {
+    /// Our end and the end the payload receives.
+    Handed((std::os::unix::net::UnixStream, std::os::unix::net::UnixStream)),
+    /// The payload listens on this port of LIVE_ADDRESS.
+    Port(u16),
+}
+
 fn watch_live(
     pid: i32,
     addr: u64,
     nonce: u64,
-    port: u16,
+    link: LiveLink,
     timeout: Duration,
     log: &Log,
     script: Option<injector::Script>,
 ) -> Result<ExitCode> {
     use super::live;
 
-    let sock = live::resolve(LIVE_ADDRESS, port)?;
     let exited = || anyhow!("process {pid} exited during the attach");
     let check = || -> Result<()> {
         if !injector::process_alive(pid) {
@@ -613,14 +767,43 @@ fn watch_live(
         }
         Ok(())
     };
-    let stream = live::connect(sock, Instant::now() + timeout.max(Duration::from_secs(2)), check)?;
-    log.step(&format!("connected to the payload's live stream on {sock}"));
-    // The entry has run: a PEP 768 script left to us has been read.
-    if let Some(script) = script {
-        script.remove();
-    }
-    // attach's own SIGINT/SIGTERM/SIGHUP handler sets CANCEL: it ends the view too.
-    let outcome = live::view(stream, sock, || CANCEL.load(Ordering::SeqCst) || super::live::terminal_gone());
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
+    let view_stop = || CANCEL.load(Ordering::SeqCst) || super::live::terminal_gone();
+    let outcome = match link {
+        LiveLink::Handed((ours, theirs)) => {
+            loop {
+                check()?;
+                let c = read_control(pid, addr)?;
+                if c.session == nonce && c.handoff > 0 {
+                    let still_waiting = || read_control(pid, addr).is_ok_and(|now| now.session == nonce && now.handoff == c.handoff);
+                    use std::os::fd::AsRawFd;
+                    injector::handoff::send(pid, c.handoff - 1, &[theirs.as_raw_fd()], still_waiting)?;
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("timed out waiting for process {pid} to start tracking (is a thread holding the GIL?)");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(theirs);
+            log.step("live stream handed over to the target");
+            if let Some(script) = script {
+                script.remove();
+            }
+            // attach's own SIGINT/SIGTERM/SIGHUP handler sets CANCEL: it ends the view too.
+            live::view(ours, format!("process {pid}"), view_stop)
+        }
+        LiveLink::Port(port) => {
+            let sock = live::resolve(LIVE_ADDRESS, port)?;
+            let stream = live::connect(sock, deadline, check)?;
+            log.step(&format!("connected to the payload's live stream on {sock}"));
+            // The entry has run: a PEP 768 script left to us has been read.
+            if let Some(script) = script {
+                script.remove();
+            }
+            live::view(stream, sock, view_stop)
+        }
+    };
     // Whatever happened to the view, the process goes back to what it was.
     let stopped = stop_live_session(pid, addr, nonce, timeout.max(Duration::from_secs(5)));
     let outcome = outcome?;
@@ -665,6 +848,50 @@ fn stop_live_session(pid: i32, addr: u64, nonce: u64, timeout: Duration) -> Resu
     }
 }
 
+/// Rewrites the capture at `path` as one LZ4 frame, through a new file renamed over it.
+fn compress_capture(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let tmp = PathBuf::from(format!("{}.lz4.{}.{nanos:x}.tmp", path.display(), std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let input = std::fs::File::open(path)?;
+        let out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
+        let mut enc = memray_capture::lz4_frame_encoder(std::io::BufWriter::new(out));
+        std::io::copy(&mut std::io::BufReader::new(input), &mut enc)?;
+        let mut out = enc.finish().map_err(std::io::Error::other)?;
+        out.flush()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot compress {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The payload's DT_SONAME (payload/build.rs).
+const PAYLOAD_SONAME: &str = "libmemray_payload.so";
+
+/// How the target's maps show the payload this attach loads.
+enum MappedAs {
+    /// Exactly this path (an already-loaded payload, as listed before).
+    Path(String),
+    /// A path ending in this file name (this attach's own copy).
+    Name(String),
+}
+
+impl MappedAs {
+    fn is(&self, maps_path: &str) -> bool {
+        let path = maps_path.trim_end_matches(" (deleted)");
+        match self {
+            MappedAs::Path(p) => p.trim_end_matches(" (deleted)") == path,
+            MappedAs::Name(n) => elf_basename(path) == n,
+        }
+    }
+}
+
 fn elf_basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
@@ -678,8 +905,9 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
         eprintln!("memray: note: --method {name}: this memray detaches without a debugger");
     }
     injector::check_permissions(pid)?;
+    let own_pid = injector::pid_in_its_namespace(pid);
     let controls = payload_controls(pid)?;
-    let session = controls.iter().find(|(_, c)| c.pid == pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING));
+    let session = controls.iter().find(|(_, c)| c.pid == own_pid && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING));
     let Some((path, control)) = session else {
         if controls.iter().any(|(_, c)| c.tracker_active) {
             bail!("process {pid} is being tracked by memray run or memray.Tracker, not by memray attach: nothing to detach");
@@ -687,7 +915,7 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
         bail!("process {pid} is not being tracked by memray (no previous `memray attach`)");
     };
     log.step(&format!("attach session found in {path}: writing {}", control.message));
-    let output = control.message.clone();
+    let mut output = control.message.clone();
     let addr = control.addr;
     let nonce = new_nonce();
     injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes())?;
@@ -703,7 +931,16 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
             let c = read_control(pid, addr)?;
             match c.state {
                 STATE_FAILED => bail!("process {pid} could not stop tracking cleanly: {}", c.message),
-                _ => break,
+                _ => {
+                    if let Some(path) = c.message.strip_suffix(memray_abi::COMPRESSION_LEFT) {
+                        // The target may not make files beside a capture of ours: compress
+                        // it here, as the user who owns it.
+                        output = path.to_string();
+                        log.step("compressing the capture here (the target may not write beside it)");
+                        compress_capture(Path::new(path))?;
+                    }
+                    break;
+                }
             }
         }
         if c.state == STATE_STOPPED && c.ack != nonce && !c.tracker_active {

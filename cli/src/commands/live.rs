@@ -90,11 +90,43 @@ pub fn connect(addr: SocketAddr, deadline: Instant, mut check: impl FnMut() -> R
     }
 }
 
+/// A connection the view reads: TCP to a tracked process, or one end of a Unix socket
+/// pair whose other end `memray attach` handed to its target.
+pub trait Stream: std::io::Read + Send + Sized + 'static {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+    fn try_clone(&self) -> std::io::Result<Self>;
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+    fn try_clone(&self) -> std::io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        TcpStream::shutdown(self, how)
+    }
+}
+
+impl Stream for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, t)
+    }
+    fn try_clone(&self) -> std::io::Result<Self> {
+        std::os::unix::net::UnixStream::try_clone(self)
+    }
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::shutdown(self, how)
+    }
+}
+
 /// Reads the stream's header (with a time limit: whatever answers on the port may not
-/// be a tracked process) and runs the view until the user quits.
-/// `stop` ends the view early (a signal, a hung-up terminal): [`terminal_gone`] or a
-/// function that also checks it.
-pub fn view(stream: TcpStream, addr: SocketAddr, stop: fn() -> bool) -> Result<live::Outcome> {
+/// be a tracked process) and runs the view until the user quits. `addr` names the other
+/// end in messages. `stop` ends the view early (a signal, a hung-up terminal):
+/// [`terminal_gone`] or a function that also checks it.
+pub fn view<S: Stream>(stream: S, addr: impl std::fmt::Display, stop: fn() -> bool) -> Result<live::Outcome> {
     stream.set_read_timeout(Some(HEADER_TIMEOUT))?;
     let reader = match Reader::new(stream.try_clone()?) {
         Ok(r) => r,
