@@ -43,6 +43,7 @@ mod remote_exec;
 mod sys;
 mod tracer;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -309,6 +310,31 @@ pub fn shares_our_files(pid: i32) -> bool {
             (Ok(a), Ok(b)) => a == b,
             _ => true,
         }
+}
+
+/// The process's descendants (children, their children, ...), parents before children,
+/// as /proc lists them now.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if let Some(ppid) = proc::parent(p) {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([pid]);
+    while let Some(p) = queue.pop_front() {
+        let mut kids = children.remove(&p).unwrap_or_default();
+        kids.sort_unstable();
+        for k in kids {
+            out.push(k);
+            queue.push_back(k);
+        }
+    }
+    out
 }
 
 pub fn command_line(pid: i32) -> String {

@@ -144,6 +144,14 @@ pub fn tasks(pid: i32) -> Result<Vec<i32>> {
     Ok(out)
 }
 
+/// The parent's id, from /proc/PID/stat (after the command name, which may hold spaces
+/// and parentheses: the last ')' ends it).
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 pub fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
@@ -204,5 +212,6 @@ mod tests {
         assert!(tasks(pid).expect("tasks").contains(&pid));
         assert!(exists(pid));
         assert!(same_mount_namespace(pid));
+        assert_eq!(parent(pid), Some(std::os::unix::process::parent_id() as i32));
     }
 }

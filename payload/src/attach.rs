@@ -13,8 +13,8 @@
 //! reads and writes with process_vm_readv/writev (so detaching needs no ptrace stop).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::{hooks, thread_state};
@@ -32,8 +32,35 @@ use memray_abi::{STATE_ACTIVE, STATE_FAILED, STATE_IDLE, STATE_STARTING, STATE_S
 #[allow(non_upper_case_globals)]
 pub static memray_attach_control: AttachControl = AttachControl::new(&hooks::ACTIVE);
 
-/// Serialises writers of the control block (the entry, the supervisor, detach).
-static CONTROL_LOCK: Mutex<()> = Mutex::new(());
+/// Serialises writers of the control block (the entry, the supervisor, detach). A spin
+/// lock rather than a Mutex so that a fork child adopting the session can reset it: the
+/// thread that may have held it in the parent does not exist in the child. Held only for
+/// a few stores, never across an allocation.
+static CONTROL_LOCK: ControlLock = ControlLock(AtomicBool::new(false));
+
+struct ControlLock(AtomicBool);
+
+struct ControlGuard<'a>(&'a ControlLock);
+
+impl ControlLock {
+    fn lock(&self) -> ControlGuard<'_> {
+        while self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::thread::yield_now();
+        }
+        ControlGuard(self)
+    }
+
+    /// In a fork child that has one thread: whoever held the lock is not here.
+    fn reset_in_fork_child(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for ControlGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.store(false, Ordering::Release);
+    }
+}
 
 fn control() -> &'static AttachControl {
     &memray_attach_control
@@ -47,11 +74,11 @@ fn getpid() -> i32 {
 /// Sets message and state together (message first: a reader that sees the state sees the
 /// message too).
 fn publish(state: u32, message: &str) {
-    let lock = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = CONTROL_LOCK.lock();
     publish_locked(&lock, state, message);
 }
 
-fn publish_locked(_lock: &MutexGuard<'_, ()>, state: u32, message: &str) {
+fn publish_locked(_lock: &ControlGuard<'_>, state: u32, message: &str) {
     let c = control();
     let bytes = message.as_bytes();
     let n = bytes.len().min(MESSAGE_LEN - 1);
@@ -102,7 +129,7 @@ pub fn attach_entry(args: Option<&CStr>) -> c_int {
     }
     let c = control();
     // Check and claim under the lock: the two routes' entries can run at once on two threads.
-    let lock = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = CONTROL_LOCK.lock();
     // The same request twice (a PEP 768 script that ran after the CLI had fallen back to
     // ptrace, or the other way round) is one attach: the second is a no-op, also once that
     // session has ended.
@@ -144,6 +171,38 @@ pub fn detach_entry(nonce: u64) -> c_int {
     }
     c.request.store(nonce.max(1), Ordering::Release);
     0
+}
+
+/// `--follow-fork` after `memray attach`: called (through os.register_at_fork, once
+/// Python is usable again) in a child that continues tracking into `output` (the
+/// attaching side's name for its capture). The child's copy of the control block still
+/// describes the parent's session and no thread of ours runs here: claim the block for
+/// this process and start a supervisor, so `memray detach CHILD` (and `detach
+/// --children`) stop it. Returns 0 if adopted, 1 if there was nothing to adopt.
+pub fn adopt_fork_child(output: &str) -> c_int {
+    let c = control();
+    if !hooks::ACTIVE.load(Ordering::Acquire)
+        || c.state.load(Ordering::Acquire) != STATE_ACTIVE
+        || c.pid.load(Ordering::Acquire) == getpid()
+    {
+        return 1;
+    }
+    CONTROL_LOCK.reset_in_fork_child();
+    // A request the parent was being sent is the parent's.
+    c.ack.store(c.request.load(Ordering::Acquire), Ordering::Release);
+    publish(STATE_ACTIVE, output);
+    let nonce = c.session.load(Ordering::Acquire);
+    if spawn_detached(adopted_main, nonce as usize as *mut c_void).is_err() {
+        publish(STATE_FAILED, "cannot start the attach thread in the forked child");
+        return 1;
+    }
+    0
+}
+
+extern "C" fn adopted_main(arg: *mut c_void) -> *mut c_void {
+    thread_state::set_guard_permanently();
+    supervise(arg as usize as u64, None);
+    std::ptr::null_mut()
 }
 
 fn spawn_detached(f: extern "C" fn(*mut c_void) -> *mut c_void, arg: *mut c_void) -> Result<(), i32> {
@@ -265,7 +324,7 @@ fn message_text() -> String {
     // Copied out under the lock, decoded after it: nothing allocates while the lock is held
     // (an attach entry run at a malloc safe point of this thread would wait for it forever).
     let copy: [u8; MESSAGE_LEN] = {
-        let _l = CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _l = CONTROL_LOCK.lock();
         // SAFETY: only writers holding CONTROL_LOCK change the buffer, and we hold it.
         unsafe { *c.message.get() }
     };
@@ -427,10 +486,12 @@ const BOOTSTRAP_MODULE: &str = r#"
 _attach_session = None
 _attach_pid = None
 _attach_registered = False
+_attach_fork_registered = False
+_attach_output = None
 _attach_lib = None
 
 def _attach_start(opts):
-    global _attach_session, _attach_pid, _attach_registered, _attach_lib, _lib, payload_path, threading, _payload_mapped
+    global _attach_session, _attach_pid, _attach_registered, _attach_lib, _lib, payload_path, threading, _payload_mapped, _attach_output
     if _attach_session is not None and _attach_pid != os.getpid():
         # A fork child's copy of its parent's session: the payload stopped tracking in
         # the child at the fork (or follows it into a capture of the child's own, which
@@ -484,6 +545,8 @@ def _attach_start(opts):
         raise
     _attach_session = session
     _attach_pid = os.getpid()
+    _attach_output = output
+    _attach_registered_at_fork()
     if not _attach_registered:
         import atexit
         atexit.register(_attach_stop)
@@ -491,7 +554,7 @@ def _attach_start(opts):
     return output
 
 def _attach_start_handed(opts, output, fds):
-    global _attach_session, _attach_pid, _attach_registered
+    global _attach_session, _attach_pid, _attach_registered, _attach_output
     options = dict(
         native_traces=opts.get('native') == '1',
         trace_python_allocators=opts.get('trace_python_allocators') == '1',
@@ -522,11 +585,39 @@ def _attach_start_handed(opts, output, fds):
         raise
     _attach_session = session
     _attach_pid = os.getpid()
+    _attach_output = output
+    _attach_registered_at_fork()
     if not _attach_registered:
         import atexit
         atexit.register(_attach_stop)
         _attach_registered = True
     return output
+
+def _attach_after_fork():
+    # --follow-fork: this child tracks into <output>.<pid> (the payload names it so);
+    # make it a session of its own that memray detach can stop.
+    global _attach_pid, _attach_output
+    session = _attach_session
+    if session is None or not getattr(session, 'follow_fork', False) or _attach_output is None:
+        return
+    base = _attach_output
+    suffix = '.%d' % _attach_pid
+    if base.endswith(suffix):
+        base = base[:-len(suffix)]
+    _attach_output = '%s.%d' % (base, os.getpid())
+    _attach_pid = os.getpid()
+    try:
+        lib = _load()
+        lib.memray_attach_adopt_fork_child.argtypes = [ctypes.c_char_p]
+        lib.memray_attach_adopt_fork_child(_attach_output.encode('utf-8', 'surrogateescape'))
+    except Exception:
+        pass
+
+def _attach_registered_at_fork():
+    global _attach_fork_registered
+    if not _attach_fork_registered and hasattr(os, 'register_at_fork'):
+        os.register_at_fork(after_in_child=_attach_after_fork)
+        _attach_fork_registered = True
 
 def _attach_stop():
     global _attach_session

@@ -126,6 +126,22 @@ pub unsafe extern "C" fn memray_attach_entry(args: *const c_char) -> i32 {
     attach::attach_entry(args)
 }
 
+/// `--follow-fork` after `memray attach`, in the forked child (from an
+/// os.register_at_fork hook): makes the child's tracking a session `memray detach` can
+/// stop. `output` is the child's capture as the attaching side names it.
+///
+/// # Safety
+/// `output` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn memray_attach_adopt_fork_child(output: *const c_char) -> i32 {
+    if output.is_null() {
+        return 1;
+    }
+    // SAFETY: the caller's contract above.
+    let output = unsafe { CStr::from_ptr(output) }.to_string_lossy();
+    attach::adopt_fork_child(&output)
+}
+
 /// Asks the attach session's thread to stop tracking (with the GIL) and restore the GOT.
 /// Returns 0 if a session was active, 1 if not. `memray detach` does the same by writing
 /// `nonce` into `memray_attach_control.request` from outside.

@@ -47,6 +47,11 @@ pub struct AttachArgs {
     /// Print each step
     #[arg(short, long)]
     verbose: bool,
+    /// Also attach to every CPython descendant of the process (a pre-fork server's
+    /// workers), one capture per process named OUTPUT.<pid>; workers forked later are
+    /// followed (--follow-fork)
+    #[arg(long)]
+    children: bool,
     /// The process to attach to
     pid: Option<i32>,
 }
@@ -98,6 +103,9 @@ pub struct DetachArgs {
     /// Print each step
     #[arg(short, long)]
     verbose: bool,
+    /// Also detach from every descendant of the process that memray attach tracks
+    #[arg(long)]
+    children: bool,
     /// The process to detach from
     pid: i32,
 }
@@ -475,6 +483,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     };
     // Without -o: live mode, a terminal view of the process.
     let live = args.output.is_none();
+    if live && args.children {
+        bail!("--children needs an output file: give -o FILE (each process writes FILE.<pid>)");
+    }
     if live {
         if args.tracking.aggregate {
             bail!("can't use aggregated mode without an output file: give -o FILE");
@@ -488,7 +499,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         Some(o) => std::env::current_dir().context("cannot read the current directory")?.join(o),
         None => PathBuf::new(),
     };
-    if !live {
+    if !live && !args.children {
         if output.exists() && !args.tracking.force {
             bail!("output file {} already exists (use -f/--force to overwrite it)", output.display());
         }
@@ -498,6 +509,68 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         }
     }
 
+    if args.children {
+        return attach_tree(&args, pid, &output, &log);
+    }
+    if let Some(code) = attach_process(&args, pid, &output, live, args.tracking.follow_fork, &log)? {
+        return Ok(code);
+    }
+    let secs = log.start.elapsed().as_secs_f64();
+    match args.duration {
+        Some(d) => eprintln!(
+            "memray: tracking process {pid} for {d} s in the background, writing {} (attached in {:.0} ms). \
+             Run `memray detach {pid}` to stop early.",
+            output.display(),
+            secs * 1e3
+        ),
+        None => eprintln!(
+            "memray: tracking process {pid} in the background, writing {} (attached in {:.0} ms). \
+             Run `memray detach {pid}` to stop.",
+            output.display(),
+            secs * 1e3
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--children`: the process, then each descendant listed after the attaches so far (a
+/// worker forked meanwhile is followed already and says so), one line each.
+fn attach_tree(args: &AttachArgs, root: i32, output: &Path, log: &Log) -> Result<ExitCode> {
+    let parent = output.parent().unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        bail!("cannot write {}.<pid>: directory {} does not exist", output.display(), parent.display());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut attached = 0;
+    while let Some(pid) = std::iter::once(root).chain(injector::descendants(root)).find(|p| !seen.contains(p)) {
+        seen.insert(pid);
+        let out = PathBuf::from(format!("{}.{}", output.display(), injector::pid_in_its_namespace(pid)));
+        let what: String = injector::command_line(pid).chars().take(60).collect();
+        match attach_process(args, pid, &out, false, true, log) {
+            Ok(_) => {
+                eprintln!("memray: attached to {pid} ({what}): writing {}", out.display());
+                attached += 1;
+            }
+            Err(e) if pid == root => return Err(e),
+            Err(e) => eprintln!("memray: skipped {pid} ({what}): {e:#}"),
+        }
+    }
+    let until = match args.duration {
+        Some(d) => format!("for {d} s"),
+        None => "in the background".into(),
+    };
+    eprintln!(
+        "memray: tracking {attached} process{} of the tree of {root} {until} (workers forked from now on write {}.<pid> too). \
+         Run `memray detach --children {root}` to stop.",
+        if attached == 1 { "" } else { "es" },
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Attaches to one process: inspect, stage the payload, inject, hand the capture over and
+/// wait until tracking runs. Some(exit code) when it ran the live view to its end.
+fn attach_process(args: &AttachArgs, pid: i32, output: &Path, live: bool, follow_fork: bool, log: &Log) -> Result<Option<ExitCode>> {
     let info = injector::inspect(pid)?;
     // The capture (or the live view's socket) is opened here and handed to the target
     // (see injector::handoff): then it is ours, wherever the target runs. Without
@@ -583,7 +656,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         ("compress", flag(!args.tracking.no_compress).into()),
         ("native", flag(args.tracking.native).into()),
         ("trace_python_allocators", flag(args.tracking.trace_python_allocators).into()),
-        ("follow_fork", flag(args.tracking.follow_fork).into()),
+        ("follow_fork", flag(follow_fork).into()),
         ("aggregate", flag(args.tracking.aggregate).into()),
         ("duration", args.duration.map(|d| d.to_string()).unwrap_or_default()),
         ("live_port", live_port.map(|p| p.to_string()).unwrap_or_default()),
@@ -652,7 +725,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         }
     };
     if let Some(link) = live_link {
-        return watch_live(pid, addr, nonce, link, timeout, &log, injected.script.take());
+        return watch_live(pid, addr, nonce, link, timeout, log, injected.script.take()).map(Some);
     }
     let deadline = Instant::now() + timeout.max(Duration::from_secs(2));
     loop {
@@ -674,7 +747,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
             let cancel = || {
                 let _ = injector::memory::write(pid, addr + OFF_REQUEST, &nonce.to_le_bytes());
             };
-            let made = CreatedCapture::create(&output, args.tracking.force).inspect_err(|_| cancel())?;
+            let made = CreatedCapture::create(output, args.tracking.force).inspect_err(|_| cancel())?;
             let still_waiting = || read_control(pid, addr).is_ok_and(|now| now.session == nonce && now.handoff == c.handoff);
             injector::handoff::send(pid, c.handoff - 1, &made.descriptors(), still_waiting).inspect_err(|_| cancel())?;
             capture = Some(made);
@@ -709,22 +782,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     if let Some(capture) = capture {
         capture.keep();
     }
-    let secs = log.start.elapsed().as_secs_f64();
-    match args.duration {
-        Some(d) => eprintln!(
-            "memray: tracking process {pid} for {d} s in the background, writing {} (attached in {:.0} ms). \
-             Run `memray detach {pid}` to stop early.",
-            output.display(),
-            secs * 1e3
-        ),
-        None => eprintln!(
-            "memray: tracking process {pid} in the background, writing {} (attached in {:.0} ms). \
-             Run `memray detach {pid}` to stop.",
-            output.display(),
-            secs * 1e3
-        ),
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(None)
 }
 
 // ---- live mode (no -o) ----------------------------------------------------------------
@@ -904,6 +962,46 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
     if let MethodChoice::Debugger(name) = args.method {
         eprintln!("memray: note: --method {name}: this memray detaches without a debugger");
     }
+    if !args.children {
+        let output = detach_process(&args, pid, &log)?;
+        eprintln!(
+            "memray: stopped tracking process {pid} (in {:.0} ms); the capture is in {output}",
+            log.start.elapsed().as_secs_f64() * 1e3
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The tree: every process with a session of memray attach (workers that followed a
+    // fork have one of their own); the others are left as they are.
+    let mut stopped = 0;
+    for p in std::iter::once(pid).chain(injector::descendants(pid)) {
+        let own = injector::pid_in_its_namespace(p);
+        let has_session = payload_controls(p)
+            .map(|cs| cs.iter().any(|(_, c)| c.pid == own && matches!(c.state, STATE_STARTING | STATE_ACTIVE | STATE_STOPPING)))
+            .unwrap_or(false);
+        if !has_session {
+            continue;
+        }
+        match detach_process(&args, p, &log) {
+            Ok(output) => {
+                eprintln!("memray: stopped tracking process {p}; the capture is in {output}");
+                stopped += 1;
+            }
+            Err(e) => eprintln!("memray: could not detach from {p}: {e:#}"),
+        }
+    }
+    if stopped == 0 {
+        bail!("no process of the tree of {pid} is being tracked by memray attach");
+    }
+    eprintln!(
+        "memray: stopped tracking {stopped} process{} (in {:.0} ms)",
+        if stopped == 1 { "" } else { "es" },
+        log.start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the attach session of one process; returns where its capture is.
+fn detach_process(args: &DetachArgs, pid: i32, log: &Log) -> Result<String> {
     injector::check_permissions(pid)?;
     let own_pid = injector::pid_in_its_namespace(pid);
     let controls = payload_controls(pid)?;
@@ -953,6 +1051,5 @@ pub fn detach(args: DetachArgs) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_micros(500));
     }
     log.step("tracking stopped, hooks removed, capture closed");
-    eprintln!("memray: stopped tracking process {pid} (in {:.0} ms); the capture is in {output}", log.start.elapsed().as_secs_f64() * 1e3);
-    Ok(ExitCode::SUCCESS)
+    Ok(output)
 }

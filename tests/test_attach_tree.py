@@ -1,0 +1,159 @@
+"""`memray attach --children` and `memray detach --children` on a pre-fork server: a
+master and 4 workers (os.fork, as gunicorn does) serving requests on 127.0.0.1 while the
+tree is attached and detached, and a worker forked after the attach.
+
+Every process gets its own capture (OUTPUT.<pid>), every request is answered throughout
+(counted by a client running during attach and detach), the late worker is followed and
+detached like the others, and the tree ends normally.
+"""
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from support import assert_ok
+from test_attach import needs_ptrace
+
+pytestmark = pytest.mark.ours_only
+
+TICK_SIZE = 23456
+REQUEST_SIZE = 34567
+
+SERVER = """
+import os, select, signal, socket, sys, time
+WORK = sys.argv[1]
+
+def flag(name):
+    return os.path.exists(os.path.join(WORK, name))
+
+def write(name, text):
+    with open(os.path.join(WORK, name + ".tmp"), "w") as f:
+        f.write(text)
+    os.rename(os.path.join(WORK, name + ".tmp"), os.path.join(WORK, name))
+
+def tick():
+    return bytearray(%(TICK)d)
+
+def handle_request(conn):
+    conn.recv(100)
+    body = bytearray(%(REQUEST)d)
+    conn.sendall(b"ok %%d %%d\\n" %% (os.getpid(), len(body)))
+
+def worker(listener):
+    while not flag("stop"):
+        tick()
+        ready, _, _ = select.select([listener], [], [], 0.01)
+        if not ready:
+            continue
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            continue   # another worker took it
+        with conn:
+            conn.setblocking(True)
+            handle_request(conn)
+    os._exit(0)
+
+def spawn(listener):
+    pid = os.fork()
+    if pid == 0:
+        worker(listener)
+    return pid
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+listener.setblocking(False)
+workers = [spawn(listener) for _ in range(4)]
+write("ready", "%%d %%s" %% (listener.getsockname()[1], " ".join(map(str, workers))))
+late_done = False
+while not flag("stop"):
+    tick()
+    if flag("spawn") and not late_done:
+        late = spawn(listener)
+        workers.append(late)
+        write("late", str(late))
+        late_done = True
+    time.sleep(0.01)
+codes = [os.waitpid(w, 0)[1] for w in workers]
+sys.exit(1 if any(codes) else 0)
+""" % dict(TICK=TICK_SIZE, REQUEST=REQUEST_SIZE)
+
+
+class Client(threading.Thread):
+    """Sends requests one after another until stopped; counts answers and failures."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.answered = 0
+        self.failed = []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(b"GET\n")
+                    reply = s.recv(100)
+                if reply.startswith(b"ok "):
+                    self.answered += 1
+                else:
+                    self.failed.append(reply)
+            except OSError as e:
+                self.failed.append(repr(e))
+            time.sleep(0.002)
+
+
+def _wait(path, timeout=30):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, "%s never appeared" % path
+        time.sleep(0.01)
+    return path.read_text()
+
+
+@needs_ptrace
+def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir, tracked_env):
+    import subprocess
+    (workdir / "server.py").write_text(SERVER)
+    master = subprocess.Popen([interp.executable, str(workdir / "server.py"), str(workdir)], env=tracked_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        port, *workers = map(int, _wait(workdir / "ready").split())
+        client = Client(port)
+        client.start()
+        time.sleep(0.2)
+        out = workdir / "tree.bin"
+        res = assert_ok(memray_cli("attach", "--children", "-o", str(out), str(master.pid)))
+        for pid in [master.pid] + workers:
+            assert "attached to %d " % pid in res.stderr, res.stderr
+        (workdir / "spawn").write_text("")
+        late = int(_wait(workdir / "late"))
+        time.sleep(1.0)
+        res = assert_ok(memray_cli("detach", "--children", str(master.pid)))
+        for pid in [master.pid] + workers + [late]:
+            assert "stopped tracking process %d;" % pid in res.stderr, res.stderr
+        answered_during = client.answered
+        time.sleep(0.3)
+        client.done.set()
+        client.join(timeout=30)
+        assert client.failed == [], client.failed[:5]
+        assert answered_during > 20 and client.answered > answered_during
+        (workdir / "stop").write_text("")
+        assert master.wait(timeout=30) == 0, master.stdout.read().decode(errors="replace")
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+    served = 0
+    for pid in [master.pid] + workers + [late]:
+        cap = reader.read(workdir / ("tree.bin.%d" % pid), "all")
+        assert cap.metadata["pid"] == pid
+        ticks = [r for r in cap.records if r["stack"] and r["stack"][0][0] == "tick" and r["size"] >= TICK_SIZE]
+        assert ticks, "process %d: no allocation of its own loop in its capture" % pid
+        served += sum(1 for r in cap.records if r["stack"] and r["stack"][0][0] == "handle_request"
+                      and r["size"] >= REQUEST_SIZE)
+    assert served > 0, "no request's allocation in any worker's capture"
