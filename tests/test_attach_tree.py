@@ -157,3 +157,31 @@ def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir
         served += sum(1 for r in cap.records if r["stack"] and r["stack"][0][0] == "handle_request"
                       and r["size"] >= REQUEST_SIZE)
     assert served > 0, "no request's allocation in any worker's capture"
+
+    # One report over the tree: `memray stats` merges the captures, summing each figure.
+    import json
+    paths = [str(workdir / ("tree.bin.%d" % pid)) for pid in [master.pid] + workers + [late]]
+    singles = []
+    for i, path in enumerate(paths):
+        assert_ok(memray_cli("stats", "--json", "-n", "1000", "-o", str(workdir / ("s%d.json" % i)), path))
+        singles.append(json.loads((workdir / ("s%d.json" % i)).read_text()))
+    assert_ok(memray_cli("stats", "--json", "-n", "1000", "-o", str(workdir / "merged.json"), *paths))
+    merged = json.loads((workdir / "merged.json").read_text())
+    assert merged["merged_pids"] == [master.pid] + workers + [late]
+    for key in ("total_num_allocations", "total_bytes_allocated"):
+        assert merged[key] == sum(s[key] for s in singles), key
+    assert merged["metadata"]["peak_memory"] == sum(s["metadata"]["peak_memory"] for s in singles)
+
+    def counts(doc):
+        out = {}
+        for entry in doc["top_allocations_by_count"]:
+            out[entry["location"]] = out.get(entry["location"], 0) + entry["count"]
+        return out
+
+    expected = {}
+    for s in singles:
+        for location, n in counts(s).items():
+            expected[location] = expected.get(location, 0) + n
+    assert counts(merged) == expected
+    text = assert_ok(memray_cli("stats", *paths)).stdout
+    assert "%d captures merged" % len(paths) in text and "sum of each process's own peak" in text

@@ -12,8 +12,10 @@ use memray_reporter::{analyze_file, AnalyzeOptions, ReportError, Stats};
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {
-    /// Capture file written by `memray run`
-    results: PathBuf,
+    /// Capture file written by `memray run`; several (a process tree's, e.g. cap.bin.*)
+    /// are merged into one report
+    #[arg(required = true, num_args = 1..)]
+    results: Vec<PathBuf>,
     /// How many top locations and modules to list
     #[arg(short = 'n', long = "num-largest", default_value_t = 5, value_parser = positive_int)]
     num_largest: usize,
@@ -63,23 +65,42 @@ pub fn check_capture_exists(path: &Path) -> Result<()> {
 }
 
 pub fn run(args: StatsArgs) -> Result<ExitCode> {
-    check_capture_exists(&args.results)?;
-    let json_path = args.json.then(|| args.output.clone().unwrap_or_else(|| default_json_path(&args.results)));
+    for path in &args.results {
+        check_capture_exists(path)?;
+    }
+    let first = &args.results[0];
+    let merged = args.results.len() > 1;
+    let json_path = args.json.then(|| {
+        args.output.clone().unwrap_or_else(|| {
+            let p = default_json_path(first);
+            if merged {
+                p.with_extension("merged.json")
+            } else {
+                p
+            }
+        })
+    });
     if let Some(p) = &json_path {
         // Checked before the (possibly long) analysis; Memray only checks after it.
         if !args.force && p.exists() {
             bail!("{}: file already exists, will not overwrite without --force", p.display());
         }
     }
-    let analysis = analyze_file(&args.results, AnalyzeOptions::default()).map_err(|e| capture_failure(&args.results, e))?;
-    if !analysis.reached_trailer && !memray_capture::cut::cut_seen() {
-        eprintln!(
-            "memray: warning: {}: the capture has no trailer (the tracked process was killed or is \
-             still running); the statistics cover the records written so far",
-            args.results.display()
-        );
+    let mut parts = Vec::new();
+    for path in &args.results {
+        let analysis = analyze_file(path, AnalyzeOptions::default()).map_err(|e| capture_failure(path, e))?;
+        if !analysis.reached_trailer && !memray_capture::cut::cut_seen() {
+            eprintln!(
+                "memray: warning: {}: the capture has no trailer (the tracked process was killed or is \
+                 still running); the statistics cover the records written so far",
+                path.display()
+            );
+        }
+        // Merged reports need each part's full lists: they are cut to -n after merging.
+        let n = if merged { usize::MAX } else { args.num_largest };
+        parts.push(Stats::compute(&analysis, n).map_err(|e| capture_failure(path, e))?);
     }
-    let stats = Stats::compute(&analysis, args.num_largest).map_err(|e| capture_failure(&args.results, e))?;
+    let stats = if merged { Stats::merge(&parts, args.num_largest) } else { parts.remove(0) };
     match json_path {
         Some(p) => {
             std::fs::write(&p, stats.to_json().to_python_string()).with_context(|| format!("{}: cannot write", p.display()))?;

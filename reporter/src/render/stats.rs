@@ -60,6 +60,8 @@ pub struct Stats {
     pub top_modules_by_allocation_size: Vec<ModuleTotals>,
     pub top_modules_by_allocation_count: Vec<ModuleTotals>,
     pub metadata: Metadata,
+    /// The processes whose captures were merged ([`Stats::merge`]); empty for one capture.
+    pub merged_pids: Vec<i32>,
 }
 
 impl Stats {
@@ -133,7 +135,104 @@ impl Stats {
                 trace_python_allocators: h.trace_python_allocators,
                 file_format: h.file_format,
             },
+            merged_pids: Vec::new(),
         })
+    }
+
+    /// The statistics of several captures (a process tree's: one per process) as one:
+    /// counts and bytes summed, per size, allocator, location and module. The peak is the
+    /// sum of each process's own peak (they need not have happened at once). Each part
+    /// must hold its full lists (computed with `num_largest` = usize::MAX).
+    pub fn merge(parts: &[Stats], num_largest: usize) -> Stats {
+        fn add<K: PartialEq + Clone>(into: &mut Vec<(K, u64)>, key: &K, n: u64) {
+            match into.iter_mut().find(|(k, _)| k == key) {
+                Some((_, total)) => *total = total.wrapping_add(n),
+                None => into.push((key.clone(), n)),
+            }
+        }
+        // Largest first; ties by location (a stable order across runs), no stack last.
+        fn top(mut v: Vec<(Option<Location>, u64)>, n: usize) -> Vec<(Option<Location>, u64)> {
+            let key = |l: &Option<Location>| l.as_ref().map(|l| (l.function.clone(), l.filename.clone(), l.lineno));
+            v.sort_by(|a, b| {
+                b.1.cmp(&a.1).then_with(|| key(&b.0).is_some().cmp(&key(&a.0).is_some())).then_with(|| key(&a.0).cmp(&key(&b.0)))
+            });
+            v.truncate(n);
+            v
+        }
+        let num_largest = num_largest.max(1);
+        let mut sizes: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        let (mut by_size, mut by_count, mut allocators) = (Vec::new(), Vec::new(), Vec::new());
+        let mut module_bytes: Vec<(String, u64)> = Vec::new();
+        let mut module_count: Vec<(String, u64)> = Vec::new();
+        for p in parts {
+            for &(size, n) in &p.allocation_count_by_size {
+                *sizes.entry(size).or_default() += n;
+            }
+            for (a, n) in &p.allocator_distribution {
+                add(&mut allocators, a, *n);
+            }
+            for (l, n) in &p.top_allocations_by_size {
+                add(&mut by_size, l, *n);
+            }
+            for (l, n) in &p.top_allocations_by_count {
+                add(&mut by_count, l, *n);
+            }
+            for m in &p.top_modules_by_allocation_size {
+                add(&mut module_bytes, &m.module, m.total_bytes);
+                add(&mut module_count, &m.module, m.num_allocations);
+            }
+        }
+        allocators.sort_by_key(|&(_, n)| Reverse(n));
+        let modules: Vec<ModuleTotals> = module_bytes
+            .iter()
+            .map(|(module, bytes)| ModuleTotals {
+                module: module.clone(),
+                total_bytes: *bytes,
+                num_allocations: module_count.iter().find(|(m, _)| m == module).map_or(0, |(_, n)| *n),
+            })
+            .collect();
+        let mut modules_by_size = modules.clone();
+        modules_by_size.sort_by(|a, b| b.total_bytes.cmp(&a.total_bytes).then_with(|| a.module.cmp(&b.module)));
+        modules_by_size.truncate(num_largest);
+        let mut modules_by_count = modules;
+        modules_by_count.sort_by(|a, b| b.num_allocations.cmp(&a.num_allocations).then_with(|| a.module.cmp(&b.module)));
+        modules_by_count.truncate(num_largest);
+        let sum = |f: fn(&Stats) -> u64| parts.iter().fold(0u64, |t, p| t.wrapping_add(f(p)));
+        let first = parts.first().map(|p| p.metadata.clone());
+        let metadata = Metadata {
+            start_time_ms: parts.iter().map(|p| p.metadata.start_time_ms).min().unwrap_or(0),
+            end_time_ms: parts.iter().map(|p| p.metadata.end_time_ms).max().unwrap_or(0),
+            total_allocations: sum(|p| p.metadata.total_allocations),
+            total_frames: sum(|p| p.metadata.total_frames),
+            peak_memory: sum(|p| p.metadata.peak_memory),
+            ..first.unwrap_or(Metadata {
+                start_time_ms: 0,
+                end_time_ms: 0,
+                total_allocations: 0,
+                total_frames: 0,
+                peak_memory: 0,
+                command_line: String::new(),
+                pid: 0,
+                main_thread_id: 0,
+                python_allocator: PythonAllocator::Other,
+                has_native_traces: false,
+                trace_python_allocators: false,
+                file_format: FileFormat::AllAllocations,
+            })
+        };
+        Stats {
+            num_largest,
+            total_num_allocations: sum(|p| p.total_num_allocations),
+            total_bytes_allocated: sum(|p| p.total_bytes_allocated),
+            allocation_count_by_size: sizes.into_iter().collect(),
+            allocator_distribution: allocators,
+            top_allocations_by_size: top(by_size, num_largest),
+            top_allocations_by_count: top(by_count, num_largest),
+            top_modules_by_allocation_size: modules_by_size,
+            top_modules_by_allocation_count: modules_by_count,
+            metadata,
+            merged_pids: parts.iter().map(|p| p.metadata.pid).collect(),
+        }
     }
 
     /// The text `memray stats` prints; `styled` (for a terminal) adds bold headings.
@@ -146,6 +245,12 @@ impl Stats {
             out.push_str(&s);
             out.push('\n');
         };
+        if !self.merged_pids.is_empty() {
+            let pids: Vec<String> = self.merged_pids.iter().map(|p| p.to_string()).collect();
+            line(format!("🗂  {}", heading(&format!("{} captures merged (processes {}):", pids.len(), pids.join(", ")))));
+            line("\tfigures are summed over the processes; the peak is the sum of each process's own peak".to_string());
+            line(String::new());
+        }
         line(format!("📏 {}", heading("Total allocations:")));
         line(format!("\t{}", self.total_num_allocations));
         line(String::new());
@@ -219,7 +324,7 @@ impl Stats {
             )
         };
         let md = &self.metadata;
-        Json::dict([
+        let mut doc = Json::dict([
             ("total_num_allocations", Json::int(self.total_num_allocations)),
             ("total_bytes_allocated", Json::int(self.total_bytes_allocated)),
             ("allocation_size_histogram", Json::List(histogram)),
@@ -264,7 +369,12 @@ impl Stats {
                     ("file_format", Json::int(md.file_format as u8)),
                 ]),
             ),
-        ])
+        ]);
+        // Merged captures say so (a key Memray's single-capture document never has).
+        if let (false, Json::Dict(items)) = (self.merged_pids.is_empty(), &mut doc) {
+            items.push(("merged_pids".to_string(), Json::List(self.merged_pids.iter().map(|&p| Json::int(p)).collect())));
+        }
+        doc
     }
 }
 
