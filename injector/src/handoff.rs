@@ -53,6 +53,11 @@ pub fn available() -> bool {
 /// after the copy, and the payload withdraws the number before it closes the socket, so a
 /// yes means the copy is that socket and not whatever reused its number.
 pub fn send(pid: i32, remote_fd: i32, fds: &[RawFd], still_waiting: impl Fn() -> bool) -> Result<()> {
+    // A target that exits meanwhile fails these calls with ESRCH: its exit is the story.
+    send_inner(pid, remote_fd, fds, still_waiting).map_err(|e| crate::explain_exit(pid, e))
+}
+
+fn send_inner(pid: i32, remote_fd: i32, fds: &[RawFd], still_waiting: impl Fn() -> bool) -> Result<()> {
     let pidfd = pidfd_open(pid).map_err(|e| Error::io(format!("cannot open a pidfd for process {pid}"), e))?;
     let sock = pidfd_getfd(&pidfd, remote_fd).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOSYS) => Error::io("cannot take a descriptor from the target (pidfd_getfd needs Linux 5.6)", e),

@@ -248,7 +248,7 @@ fn by_remote_exec(
 /// ptrace, EFAULT or ESRCH from its memory, a vanished /proc file): the exit is the
 /// real story. A thread that got ESRCH may be ahead of the process's own exit, so that
 /// case waits a moment for it.
-fn explain_exit(pid: i32, e: Error) -> Error {
+pub(crate) fn explain_exit(pid: i32, e: Error) -> Error {
     if matches!(e, Error::ProcessExited { .. }) {
         return e;
     }
@@ -257,7 +257,7 @@ fn explain_exit(pid: i32, e: Error) -> Error {
         Error::Ptrace { errno: nix::errno::Errno::ESRCH, .. }
             | Error::Memory { errno: nix::errno::Errno::ESRCH | nix::errno::Errno::EFAULT | nix::errno::Errno::EIO, .. }
             | Error::NoSuchProcess(_)
-    );
+    ) || matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ESRCH));
     let patience = if vanished { 50 } else { 1 };
     for _ in 0..patience {
         if !process_alive(pid) {

@@ -491,7 +491,7 @@ _attach_output = None
 _attach_lib = None
 
 def _attach_start(opts):
-    global _attach_session, _attach_pid, _attach_registered, _attach_lib, _lib, payload_path, threading, _payload_mapped, _attach_output
+    global _attach_session, _attach_lib, _lib, payload_path, threading, _payload_mapped
     if _attach_session is not None and _attach_pid != os.getpid():
         # A fork child's copy of its parent's session: the payload stopped tracking in
         # the child at the fork (or follows it into a capture of the child's own, which
@@ -543,18 +543,9 @@ def _attach_start(opts):
             except OSError:
                 pass
         raise
-    _attach_session = session
-    _attach_pid = os.getpid()
-    _attach_output = output
-    _attach_registered_at_fork()
-    if not _attach_registered:
-        import atexit
-        atexit.register(_attach_stop)
-        _attach_registered = True
-    return output
+    return _attach_began(session, output)
 
 def _attach_start_handed(opts, output, fds):
-    global _attach_session, _attach_pid, _attach_registered, _attach_output
     options = dict(
         native_traces=opts.get('native') == '1',
         trace_python_allocators=opts.get('trace_python_allocators') == '1',
@@ -583,6 +574,10 @@ def _attach_start_handed(opts, output, fds):
             except OSError:
                 pass
         raise
+    return _attach_began(session, output)
+
+def _attach_began(session, output):
+    global _attach_session, _attach_pid, _attach_registered, _attach_output
     _attach_session = session
     _attach_pid = os.getpid()
     _attach_output = output
