@@ -150,7 +150,6 @@ class Container:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        subprocess.run(["pkill", "-KILL", "-f", str(self.root / "work")], check=False)
 
     def leftovers(self):
         """Files of ours in the container's own file system."""
