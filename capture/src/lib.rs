@@ -17,6 +17,7 @@ mod error;
 mod header;
 mod input;
 mod progress;
+pub mod ranges;
 mod reader;
 mod types;
 mod varint;

@@ -3,9 +3,14 @@
 //! what was still live at the end, per (thread, allocator, Python stack).
 //!
 //! Memory grows with distinct stacks and live allocations, never with the run's length.
+//!
+//! The heap and its peak follow the reporter's rules for a full capture record by record
+//! (`reporter/src/engine/analysis.rs` documents them): an aggregated capture must say what
+//! the full capture of the same run would. The property test below holds them together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
+use memray_capture::ranges::{Cut, RangeSet};
 use memray_capture::{
     AggregatedAllocation, AggregatedCapture, Allocator, CodeObject, Header, ImageSegments, MemorySnapshot, NativeFrame, PythonFrame,
     TraceNode,
@@ -23,8 +28,9 @@ struct LocationKey {
     native_segment_generation: u64,
 }
 
-/// Totals of one location. `at_peak_*` hold the values at the latest peak, taken lazily:
-/// a location untouched since the peak still holds its peak values in `count`/`bytes`.
+/// Totals of one location. `at_peak_*` hold the values at the latest peak, taken lazily
+/// at the location's first change after it: a location untouched since the peak still
+/// holds its peak values in `count`/`bytes`.
 #[derive(Default)]
 struct Location {
     count: u64,
@@ -47,10 +53,12 @@ pub struct Aggregator {
     keys: HashMap<LocationKey, usize>,
     locations: Vec<(LocationKey, Location)>,
     live: PtrMap<(u64, usize)>,
-    /// Live mmap ranges: start -> (length, location).
-    ranges: BTreeMap<u64, (u64, usize)>,
+    /// Live mmap ranges, owned by their locations.
+    ranges: RangeSet<usize>,
     heap: u64,
     peak: u64,
+    /// Incremented after each record that leaves the heap at a new or equal peak (the
+    /// peak is the last such record, as in the reporter).
     peak_version: u64,
     snapshots: Vec<MemorySnapshot>,
     native_frames: Vec<NativeFrame>,
@@ -70,7 +78,7 @@ impl Aggregator {
             keys: HashMap::new(),
             locations: Vec::new(),
             live: PtrMap::default(),
-            ranges: BTreeMap::new(),
+            ranges: RangeSet::new(),
             heap: 0,
             peak: 0,
             peak_version: 0,
@@ -125,64 +133,62 @@ impl Aggregator {
     }
 
     pub fn allocation(&mut self, tid: u64, address: u64, size: u64, allocator: Allocator, native_frame_id: u64, generation: u64) {
-        match allocator {
-            Allocator::Free | Allocator::PymallocFree => {
+        match (allocator.is_ranged(), allocator.is_deallocator()) {
+            (false, true) => {
                 if let Some((size, loc)) = self.live.remove(&(address as usize)) {
-                    self.change(loc, -1, -(size as i64));
+                    self.heap = self.heap.wrapping_sub(size);
+                    self.change(loc, 1u64.wrapping_neg(), size.wrapping_neg());
                 }
             }
-            Allocator::Munmap => self.unmap(address, size),
-            _ => {
-                let frame_index = self.stacks.get(&tid).and_then(|s| s.last().copied()).unwrap_or(0);
-                let key = LocationKey { tid, allocator, frame_index, native_frame_id, native_segment_generation: generation };
-                let next = self.locations.len();
-                let loc = *self.keys.entry(key).or_insert(next);
-                if loc == next {
-                    self.locations.push((key, Location::default()));
+            (true, true) => {
+                for released in self.ranges.remove(address, size) {
+                    self.heap = self.heap.wrapping_sub(released.bytes);
+                    let count = match released.cut {
+                        Cut::Freed => 1u64.wrapping_neg(),
+                        Cut::Shrunk => 0,
+                        Cut::Split => 1,
+                    };
+                    self.change(released.owner, count, released.bytes.wrapping_neg());
                 }
-                if allocator == Allocator::Mmap {
-                    self.ranges.insert(address, (size, loc));
-                } else if let Some((old_size, old_loc)) = self.live.insert(address as usize, (size, loc)) {
-                    // A free we never saw (made before tracking started, or missed).
-                    self.change(old_loc, -1, -(old_size as i64));
-                }
-                self.change(loc, 1, size as i64);
             }
+            (ranged, false) => {
+                let loc = self.location(tid, allocator, native_frame_id, generation);
+                self.heap = self.heap.wrapping_add(size);
+                if ranged {
+                    if size > 0 {
+                        self.ranges.add(address, size, loc);
+                        self.change(loc, 1, size);
+                    }
+                } else {
+                    if let Some((old_size, old_loc)) = self.live.insert(address as usize, (size, loc)) {
+                        // Its free was never seen (made before tracking started, or
+                        // missed): the block leaves its location but, as in the
+                        // reporter, its bytes stay in the heap.
+                        self.change(old_loc, 1u64.wrapping_neg(), old_size.wrapping_neg());
+                    }
+                    self.change(loc, 1, size);
+                }
+            }
+        }
+        if self.heap >= self.peak {
+            self.peak = self.heap;
+            self.peak_version += 1;
         }
     }
 
-    /// Removes [address, address + len) from the live mappings, splitting partly
-    /// unmapped ranges.
-    fn unmap(&mut self, address: u64, len: u64) {
-        let end = address.saturating_add(len);
-        let overlapping: Vec<(u64, (u64, usize))> = self
-            .ranges
-            .range(..end)
-            .rev()
-            .take_while(|(start, (l, _))| start.saturating_add(*l) > address)
-            .map(|(s, v)| (*s, *v))
-            .collect();
-        for (start, (l, loc)) in overlapping {
-            let range_end = start + l;
-            if range_end <= address {
-                continue;
-            }
-            self.ranges.remove(&start);
-            let cut_start = start.max(address);
-            let cut_end = range_end.min(end);
-            let removed = cut_end - cut_start;
-            let whole = cut_start == start && cut_end == range_end;
-            self.change(loc, if whole { -1 } else { 0 }, -(removed as i64));
-            if start < cut_start {
-                self.ranges.insert(start, (cut_start - start, loc));
-            }
-            if cut_end < range_end {
-                self.ranges.insert(cut_end, (range_end - cut_end, loc));
-            }
+    fn location(&mut self, tid: u64, allocator: Allocator, native_frame_id: u64, generation: u64) -> usize {
+        let frame_index = self.stacks.get(&tid).and_then(|s| s.last().copied()).unwrap_or(0);
+        let key = LocationKey { tid, allocator, frame_index, native_frame_id, native_segment_generation: generation };
+        let next = self.locations.len();
+        let loc = *self.keys.entry(key).or_insert(next);
+        if loc == next {
+            self.locations.push((key, Location::default()));
         }
+        loc
     }
 
-    fn change(&mut self, loc: usize, count_delta: i64, bytes_delta: i64) {
+    /// Adds (wrapping) deltas to a location's live totals.
+    fn change(&mut self, loc: usize, count_delta: u64, bytes_delta: u64) {
         let peak_version = self.peak_version;
         let Some((_, l)) = self.locations.get_mut(loc) else { return };
         if l.peak_version != peak_version {
@@ -191,18 +197,8 @@ impl Aggregator {
             l.at_peak_bytes = l.bytes;
             l.peak_version = peak_version;
         }
-        l.count = l.count.saturating_add_signed(count_delta);
-        l.bytes = l.bytes.saturating_add_signed(bytes_delta);
-        self.heap = self.heap.saturating_add_signed(bytes_delta);
-        if self.heap > self.peak {
-            self.peak = self.heap;
-            self.peak_version += 1;
-            // This location changed at the new peak: record it there; every other
-            // location is untouched since, so its current values are its peak values.
-            l.peak_version = self.peak_version;
-            l.at_peak_count = l.count;
-            l.at_peak_bytes = l.bytes;
-        }
+        l.count = l.count.wrapping_add(count_delta);
+        l.bytes = l.bytes.wrapping_add(bytes_delta);
     }
 
     pub fn memory_snapshot(&mut self, ms_since_epoch: u64, rss: u64) {
@@ -304,5 +300,116 @@ mod tests {
         let cap = a.into_capture(Header::default());
         assert_eq!(cap.python_trace_tree.len(), 3);
         assert_eq!(cap.python_frames.len(), 3);
+    }
+
+    /// One record of a tracked run, as the writer hands it to both outputs.
+    #[derive(Clone, Debug)]
+    enum Event {
+        Push { tid: u64, code: u64, offset: i32 },
+        Pop { tid: u64, n: usize },
+        Alloc { tid: u64, slot: u64, size: u64, allocator: Allocator },
+        Free { tid: u64, slot: u64 },
+        Map { tid: u64, page: u64, pages: u64 },
+        Unmap { tid: u64, page: u64, pages: u64 },
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        let tid = 1u64..3;
+        let allocator = prop_oneof![Just(Allocator::Malloc), Just(Allocator::Calloc), Just(Allocator::Realloc)];
+        prop_oneof![
+            (tid.clone(), 1u64..4, 0i32..3).prop_map(|(tid, code, offset)| Event::Push { tid, code, offset }),
+            (tid.clone(), 1usize..3).prop_map(|(tid, n)| Event::Pop { tid, n }),
+            // Few addresses and sizes: reused addresses, missed frees and equal peaks.
+            (tid.clone(), 0u64..8, 1u64..6, allocator).prop_map(|(tid, slot, size, allocator)| Event::Alloc {
+                tid,
+                slot,
+                size: size * 1000,
+                allocator
+            }),
+            (tid.clone(), 0u64..8).prop_map(|(tid, slot)| Event::Free { tid, slot }),
+            (tid.clone(), 0u64..8, 0u64..4).prop_map(|(tid, page, pages)| Event::Map { tid, page, pages }),
+            (tid, 0u64..8, 1u64..4).prop_map(|(tid, page, pages)| Event::Unmap { tid, page, pages }),
+        ]
+    }
+
+    /// (tid, allocator, Python stack innermost first) -> (live at the peak, live at the end),
+    /// as the reporter computes them from a capture.
+    type Usages = std::collections::BTreeMap<(u64, u8, Vec<(u64, i32)>), ((u64, u64), (u64, u64))>;
+
+    fn usages(bytes: Vec<u8>) -> (Usages, u64) {
+        let reader = memray_capture::Reader::new(std::io::Cursor::new(bytes)).unwrap();
+        let analysis = memray_reporter::analyze(reader, Default::default()).unwrap();
+        let mut out = Usages::new();
+        for u in &analysis.locations {
+            if u.at_peak == Default::default() && u.leaked == Default::default() {
+                continue;
+            }
+            let stack = analysis
+                .stacks
+                .frames(u.key.stack)
+                .map(|f| analysis.stacks.frame(f).map(|k| (k.code_object_id, k.instruction_offset)).unwrap())
+                .collect();
+            let usage = ((u.at_peak.count, u.at_peak.bytes), (u.leaked.count, u.leaked.bytes));
+            let previous = out.insert((u.key.tid, u.key.allocator as u8, stack), usage);
+            assert!(previous.is_none(), "two rows for one location");
+        }
+        (out, analysis.peak_memory)
+    }
+
+    fn header(file_format: memray_capture::FileFormat) -> Header {
+        Header { python_version: 0x030c_00f0, file_format, ..Header::default() }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The aggregated capture's rows are what the reporter computes from the full
+        /// capture of the same records: the same high-water mark, location by location.
+        #[test]
+        fn aggregated_rows_equal_the_full_captures_analysis(events in proptest::collection::vec(event(), 1..120)) {
+            let mut agg = Aggregator::new();
+            let mut enc = memray_capture::StreamEncoder::new();
+            let mut full = Vec::new();
+            header(memray_capture::FileFormat::AllAllocations).encode(&mut full);
+            let mut depth: HashMap<u64, usize> = HashMap::new();
+            for e in events {
+                let tid = match e {
+                    Event::Push { tid, .. } | Event::Pop { tid, .. } | Event::Alloc { tid, .. } | Event::Free { tid, .. }
+                    | Event::Map { tid, .. } | Event::Unmap { tid, .. } => tid,
+                };
+                enc.context_switch(&mut full, tid);
+                let mut record = |agg: &mut Aggregator, address: u64, size: u64, allocator: Allocator| {
+                    agg.allocation(tid, address, size, allocator, 0, 0);
+                    enc.allocation(&mut full, address, size, allocator, 0, false);
+                };
+                match e {
+                    Event::Push { code, offset, .. } => {
+                        *depth.entry(tid).or_default() += 1;
+                        agg.push(tid, PythonFrame { code_object_id: code, instruction_offset: offset, is_entry: true });
+                        enc.frame_push(&mut full, code, offset, true);
+                    }
+                    Event::Pop { n, .. } => {
+                        // The writer never pops more frames than it pushed.
+                        let d = depth.entry(tid).or_default();
+                        let n = n.min(*d);
+                        *d -= n;
+                        if n > 0 {
+                            agg.pop(tid, n);
+                            enc.frame_pop(&mut full, n as u32);
+                        }
+                    }
+                    Event::Alloc { slot, size, allocator, .. } => record(&mut agg, 0x1000 + slot * 0x10, size, allocator),
+                    Event::Free { slot, .. } => record(&mut agg, 0x1000 + slot * 0x10, 0, Allocator::Free),
+                    Event::Map { page, pages, .. } => record(&mut agg, 0x10_0000 + page * 0x1000, pages * 0x1000, Allocator::Mmap),
+                    Event::Unmap { page, pages, .. } => record(&mut agg, 0x10_0000 + page * 0x1000, pages * 0x1000, Allocator::Munmap),
+                }
+            }
+            enc.trailer(&mut full);
+            let mut aggregated = Vec::new();
+            agg.into_capture(header(memray_capture::FileFormat::AggregatedAllocations)).encode(&mut aggregated);
+            let (expected, _) = usages(full);
+            let (got, _) = usages(aggregated);
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 }

@@ -31,7 +31,7 @@ use crate::error::ReportError;
 use crate::model::stacks::{FrameKey, LocationId, StackId, StackTable};
 use crate::structures::addrmap::AddressMap;
 use crate::structures::fasthash::FastMap;
-use crate::structures::ranges::{Cut, RangeSet};
+use memray_capture::ranges::{Cut, RangeSet};
 
 /// Where allocations come from, at the granularity Memray aggregates them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

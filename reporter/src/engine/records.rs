@@ -26,7 +26,7 @@ use crate::model::native::{hybrid, NativeStacks};
 use crate::model::stacks::{FrameKey, Location, StackId, StackTable};
 use crate::structures::addrmap::AddressMap;
 use crate::structures::fasthash::FastMap;
-use crate::structures::ranges::RangeSet;
+use memray_capture::ranges::RangeSet;
 
 /// One allocation record (`memray.AllocationRecord`'s tuple).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use crate::engine::pipeline;
 use crate::error::ReportError;
 use crate::model::stacks::StackId;
 use crate::structures::fasthash::FastMap;
-use crate::structures::ranges::{Cut, RangeSet};
+use memray_capture::ranges::{Cut, RangeSet};
 
 /// Which per-range figure the intervals answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -199,7 +199,7 @@ mod tests {
         // Aligned addresses from a few narrow ranges (as malloc hands them out), plus 0
         // and u64::MAX, with many collisions and clusters wrapping around the table end.
         for seed in 1..20u64 {
-            let mut rng = Rng(seed * 0x2545_f491_4f6c_dd1d);
+            let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
             let mut map = AddressMap::<u32>::new();
             let mut model = HashMap::new();
             let pool: u64 = 1 + rng.next() % 3000;

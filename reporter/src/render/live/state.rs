@@ -16,7 +16,7 @@ use crate::model::stacks::{LocationId, StackId, StackTable};
 use crate::render::live::history::HeapHistory;
 use crate::render::live::snapshot::{Site, Snapshot, StreamStatus, ThreadSites};
 use crate::structures::fasthash::FastMap;
-use crate::structures::ranges::{Cut, RangeSet};
+use memray_capture::ranges::{Cut, RangeSet};
 
 /// A live block: its size and the (stack, thread) it was allocated from.
 #[derive(Clone, Copy)]

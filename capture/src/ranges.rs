@@ -1,6 +1,7 @@
 //! Live `mmap` ranges. `munmap` may release any part of a mapping, several mappings at
 //! once, or nothing; what remains of a mapping may be split in two. Overlapping ranges
-//! are kept as recorded (Memray's interval list does the same).
+//! are kept as recorded (Memray's interval list does the same). Shared by the reporter and
+//! the payload's aggregating writer, so a `munmap` counts the same in both.
 
 use std::collections::BTreeMap;
 
@@ -94,7 +95,7 @@ impl<T: Copy> RangeSet<T> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.by_begin.len()
     }
 }
