@@ -259,6 +259,83 @@ def test_thread_started_before_tracking(interp, script, run_py, reader, workdir)
     assert rec["tid"] != cap.metadata["main_thread_id"]
 
 
+RENAMES = """
+import threading, time
+go = threading.Event()
+started = threading.Event()
+
+def work():
+    H.helper_malloc(111119)
+    threading.current_thread().name = "renamed-self"
+    H.helper_malloc(222229)
+    started.set()
+    go.wait(60)
+    H.helper_malloc(333339)
+
+def main():
+    pre = threading.Thread(target=lambda: (started.wait(60), H.helper_malloc(555559)), name="pre-started")
+    pre.start()
+    with memray.Tracker(OUT):
+        H.helper_malloc(666669)
+        t = threading.Thread(target=work, name="first")
+        t.start()
+        started.wait(60)
+        t.name = "renamed-by-main"
+        go.set()
+        t.join()
+        pre.join()
+        threading.current_thread().name = "main-renamed"
+        H.helper_malloc(444449)
+"""
+
+# What Memray 1.20 records (seen with its own tracker on 3.10-3.13): names of threads that
+# start while tracking and every rename, none for threads that were running already.
+EXPECTED_NAMES = {
+    111119: "first",
+    222229: "renamed-self",
+    333339: "renamed-by-main",
+    444449: "main-renamed",
+    555559: "",
+    666669: "",
+}
+
+
+def _thread_name_records(memray_cli, capture):
+    res = memray_cli("parse", capture)
+    assert res.returncode == 0, res.describe()
+    return [line.split(" ", 1)[1] for line in res.stdout.splitlines() if line.startswith("THREAD ")]
+
+
+def test_thread_names_follow_renames_as_in_memray(interp, script, run_py, reader, memray_cli, workdir):
+    s = script("renames.py", PRELUDE, RENAMES, "main()\n")
+    out = workdir / "renames.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    got = {size: cap.one(size=size, allocator=MALLOC)["thread_name"] for size in EXPECTED_NAMES}
+    assert got == EXPECTED_NAMES
+    names = _thread_name_records(memray_cli, out)
+    assert "MainThread" not in names and "pre-started" not in names, names
+    # The rename is undone at stop: a later rename is the program's own business.
+    check = run_py(script("after.py", PRELUDE, RENAMES, """
+        main()
+        assert threading.Thread.__dict__["name"].fset.__name__ == "name", "name setter left patched"
+        """), workdir / "after.bin")
+    assert_ok(check)
+
+
+def test_memray_run_records_no_name_for_the_main_thread(interp, script, memray_run, memray_cli, workdir):
+    s = script("plain.py", """
+        import threading
+        x = [bytes(5000) for _ in range(10)]
+        t = threading.Thread(target=lambda: bytes(7000), name="worker")
+        t.start()
+        t.join()
+        """)
+    out = workdir / "plain.bin"
+    assert_ok(memray_run("-q", "--no-compress", "-o", out, s.path))
+    assert _thread_name_records(memray_cli, out) == ["worker"]
+
+
 def test_pthread_created_in_c(interp, script, run_py, reader, workdir):
     s = script(
         "cthread.py",

@@ -578,6 +578,11 @@ def _attach_start_handed(opts, output, fds):
 
 def _attach_began(session, output):
     global _attach_session, _attach_pid, _attach_registered, _attach_output
+    # Every thread of an attached process was running before: name them all now.
+    try:
+        session.name_existing_threads()
+    except Exception:
+        pass
     _attach_session = session
     _attach_pid = os.getpid()
     _attach_output = output

@@ -235,6 +235,7 @@ class Session:
         # readers hide them.
         self.skipped_frames = skipped_frames
         self._saved_profile = None
+        self._saved_name_property = None
         self._start_args = None
 
     def _config(self):
@@ -283,13 +284,13 @@ class Session:
         self._start_args = None
         return stopped
 
-    # Thread names come from Python's threading module. Existing threads are named now.
-    # New ones name themselves before run(): threading's profile hook runs on the new
-    # thread first thing, once, then hands the slot back to whatever profiler was set.
+    # Thread names come from Python's threading module, as in Memray: a thread that starts
+    # while tracking names itself before run() (threading's profile hook runs on the new
+    # thread first thing, once, then hands the slot back to whatever profiler was set), and
+    # a rename (`thread.name = ...`, `setName`) is recorded when it happens. Threads that
+    # were running already stay unnamed, as Memray leaves them, unless `memray attach`
+    # names them (`name_existing_threads`): every thread of an attached process is one.
     def _name_threads(self, lib):
-        for thread in threading.enumerate():
-            if thread.ident is not None:
-                lib.memray_set_thread_name(thread.ident, thread.name.encode("utf-8", "replace"))
         previous = getattr(threading, "_profile_hook", None)
         self._saved_profile = (True, previous)
 
@@ -306,10 +307,37 @@ class Session:
 
         threading.setprofile(name_this_thread)
 
+        prop = threading.Thread.__dict__.get("name")
+        if isinstance(prop, property) and prop.fset is not None:
+            def set_name(thread, name, _set=prop.fset):
+                _set(thread, name)
+                ident = thread.ident
+                if ident is not None:
+                    try:
+                        lib.memray_set_thread_name(ident, thread.name.encode("utf-8", "replace"))
+                    except Exception:
+                        pass
+
+            renaming = property(prop.fget, set_name, prop.fdel, prop.__doc__)
+            threading.Thread.name = renaming
+            self._saved_name_property = (prop, renaming)
+
+    def name_existing_threads(self):
+        lib = _load()
+        for thread in threading.enumerate():
+            if thread.ident is not None:
+                lib.memray_set_thread_name(thread.ident, thread.name.encode("utf-8", "replace"))
+
     def _unpatch_threading(self):
         if self._saved_profile is not None:
             threading.setprofile(self._saved_profile[1])
             self._saved_profile = None
+        if self._saved_name_property is not None:
+            original, ours = self._saved_name_property
+            # Only if nobody replaced it after us.
+            if threading.Thread.__dict__.get("name") is ours:
+                threading.Thread.name = original
+            self._saved_name_property = None
 
 
 def is_active():
