@@ -456,6 +456,13 @@ def test_live_flags_are_checked(build, tracked_env, workdir):
                  ["--live-remote", "--aggregate", "-c", "pass"]):
         res = run([build.binary, "run", *args], cwd=workdir, env=env, timeout=30)
         assert res.returncode != 0 and "error" in res.stderr, res.describe()
+    # Memray's "Invalid port": a usage error before anything starts (0 would listen on a
+    # port nobody was told about).
+    for args in (["run", "--live-remote", "--live-port", "0", "-c", "pass"],
+                 ["run", "--live-remote", "--live-port", "65536", "-c", "pass"],
+                 ["live", "0"], ["live", "65536"]):
+        res = run([build.binary, *args], cwd=workdir, env=env, timeout=30)
+        assert res.returncode == 2 and ("--live-port" in res.stderr or "PORT" in res.stderr), res.describe()
 
 
 # --------------------------------------------------------------------------- Python API

@@ -10,6 +10,7 @@ from support import (
     LZ4_MAGIC,
     MALLOC,
     MEMRAY_MAGIC,
+    PYMALLOC_CALLOC,
     PYMALLOC_MALLOC,
     assert_clean_error,
     assert_no_crash,
@@ -47,7 +48,8 @@ def capture_files(directory: Path):
 
 def assert_work_recorded(cap, script):
     rec = cap.one(size=271829, allocator=MALLOC)
-    assert top(rec, 2) == [
+    # The whole stack: the script's <module> is the root.
+    assert top(rec, 3) == [
         ("work", script.path.name, script.line("alloc")),
         ("<module>", script.path.name, script.line("call")),
     ]
@@ -138,6 +140,8 @@ def test_run_module(interp, script, memray_run, reader, workdir):
     assert info["argv"][0].endswith("mymod.py")
     rec = reader.read(out, "all").one(size=141421, allocator=MALLOC)
     assert top(rec) == [("work", "mymod.py", s.line("alloc"))]
+    # The root is the module's <module>: neither runpy's frames nor the bootstrap's.
+    assert [f[0] for f in rec["stack"]] == ["work", "<module>"], rec["stack"]
 
 
 def test_script_arguments_and_sys_path(interp, script, memray_run, workdir):
@@ -219,6 +223,18 @@ def test_syntax_error_in_script(interp, script, memray_run, workdir):
 
 
 @pytest.mark.ours_only  # Memray leaves an empty capture behind
+def test_unknown_option_before_the_script_is_a_usage_error(interp, script, memray_run, workdir):
+    """As Memray: `memray run --no-such-flag app.py` names the unknown option (exit 2),
+    never "no such script: --no-such-flag"; options after the script are the program's."""
+    s = script("app.py", PROG)
+    res = memray_run("--no-such-flag", s.path, cwd=workdir)
+    assert res.returncode == 2, res.describe()
+    assert "--no-such-flag" in res.stderr and "no such script" not in res.stderr, res.describe()
+    assert not capture_files(workdir), "nothing may be written"
+    res = assert_ok(memray_run("-q", "-o", workdir / "ok.bin", s.path, "--no-such-flag", "-x", cwd=workdir))
+    assert prog_info(res)["argv"][1:] == ["--no-such-flag", "-x"]
+
+
 def test_missing_module_is_one_line(interp, memray_run, workdir):
     res = memray_run("-m", "no_such_module_here", cwd=workdir)
     assert_clean_error(res, "No module named no_such_module_here")
@@ -483,19 +499,28 @@ def test_capture_never_written_through_a_planted_file(interp, script, memray_run
 
 
 @pytest.mark.ours_only
-def test_follow_fork_pool_workers_lose_nothing(interp, script, memray_run, reader, workdir):
+@pytest.mark.parametrize("pyalloc", [False, True], ids=["malloc", "pymalloc"])
+def test_follow_fork_pool_workers_lose_nothing(interp, script, memray_run, reader, workdir, pyalloc):
     """multiprocessing.Pool workers are killed (SIGTERM) when the pool closes: every
-    allocation they made is still in their captures, each with its `work` frame."""
+    allocation they made is still in their captures, each with its `work` frame. With
+    --trace-python-allocators, every pymalloc calloc too (Memray parity: the counts of a
+    follow_fork capture are complete)."""
     s = script(
         "pool.py",
         """
-        import multiprocessing, os, sys
+        import ctypes, multiprocessing, os, sys
         import allochelper
         H = allochelper.load()
+        api = ctypes.pythonapi
+        api.PyMem_Calloc.restype = ctypes.c_void_p
+        api.PyMem_Calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+        api.PyMem_Free.argtypes = [ctypes.c_void_p]
 
         def work(i):
             for _ in range(50):
                 H.helper_malloc(60606)  # @work
+            for _ in range(10):
+                api.PyMem_Free(api.PyMem_Calloc(3, 111))  # @calloc
             return os.getpid()
 
         if __name__ == "__main__":
@@ -505,14 +530,18 @@ def test_follow_fork_pool_workers_lose_nothing(interp, script, memray_run, reade
         """,
     )
     out = workdir / "pool.bin"
-    res = memray_run("--follow-fork", "-q", "-o", out, s.path)
+    flags = ("--trace-python-allocators",) if pyalloc else ()
+    res = memray_run("--follow-fork", *flags, "-q", "-o", out, s.path)
     assert_ok(res)
     workers = [l for l in res.stdout.splitlines() if l.startswith("workers")][-1].split()[1:]
-    total = 0
+    total = callocs = 0
     for pid in workers:
-        cap = reader.read("%s.%s" % (out, pid), "all", "sizes=60606")
+        cap = reader.read("%s.%s" % (out, pid), "all", "sizes=60606,333")
         recs = cap.find(size=60606, allocator=MALLOC)
         assert recs, "worker %s has no work() allocation" % pid
         assert all(top(r) == [("work", "pool.py", s.line("work"))] for r in recs)
         total += len(recs)
+        mine = [r for r in cap.find(size=333, allocator=PYMALLOC_CALLOC) if top(r) == [("work", "pool.py", s.line("calloc"))]]
+        callocs += len(mine)
     assert total == 40 * 50
+    assert callocs == (40 * 10 if pyalloc else 0)

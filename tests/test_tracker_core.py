@@ -259,6 +259,42 @@ def test_thread_started_before_tracking(interp, script, run_py, reader, workdir)
     assert rec["tid"] != cap.metadata["main_thread_id"]
 
 
+def test_stacks_start_at_the_frame_that_entered_the_tracker(interp, script, run_py, reader, workdir):
+    """As in Memray: inside outer() -> inner() -> `with Tracker`, an allocation in leaf()
+    is [leaf, inner]; other threads keep their whole stacks."""
+    s = script(
+        "roots.py",
+        PRELUDE,
+        """
+        def leaf():
+            H.helper_malloc(123457)  # @leaf
+
+        def other_thread():
+            H.helper_malloc(223457)  # @other
+
+        def inner():
+            with memray.Tracker(OUT):  # @enter
+                leaf()  # @call_leaf
+                t = threading.Thread(target=other_thread)
+                t.start()
+                t.join()
+
+        def outer():
+            inner()
+
+        outer()
+        """,
+    )
+    out = workdir / "roots.bin"
+    assert_ok(run_py(s, out))
+    cap = reader.read(out, "all")
+    rec = cap.one(size=123457, allocator=MALLOC)
+    assert frames(rec) == [("leaf", str(s.path), s.line("leaf")), ("inner", str(s.path), s.line("call_leaf"))]
+    other = cap.one(size=223457, allocator=MALLOC)
+    assert [f[0] for f in other["stack"]][:2] == ["other_thread", "run"], other["stack"]
+    assert [f[0] for f in other["stack"]][-1] == "_bootstrap", other["stack"]
+
+
 RENAMES = """
 import threading, time
 go = threading.Event()

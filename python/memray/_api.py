@@ -2,6 +2,7 @@
 
 import enum
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -74,13 +75,16 @@ class Tracker:
         if _active_tracker is not None or _tracking.is_active():
             raise RuntimeError("No more than one Tracker instance can be active at the same time")
         dest = self.destination
+        # As in Memray, stacks on this thread start at the frame that entered the Tracker:
+        # readers hide the frames outside it (the header's skipped_frames_on_main_tid).
+        options = dict(self._options(), skipped_frames=_frames_outside(sys._getframe(1)))
         if isinstance(dest, FileDestination):
             path = os.fspath(dest.path)
             fd = _tracking.open_file_destination(path, dest.overwrite)
-            session = _tracking.Session(fd, path, True, dest.compress_on_exit, **self._options())
+            session = _tracking.Session(fd, path, True, dest.compress_on_exit, **options)
         else:
             fd = _tracking.open_socket_destination(dest.server_port, dest.address)
-            session = _tracking.Session(fd, None, False, False, **self._options())
+            session = _tracking.Session(fd, None, False, False, **options)
         self._used = True
         try:
             session.start()
@@ -108,3 +112,13 @@ class Tracker:
             memory_interval_ms=self.memory_interval_ms,
             aggregated=self.file_format == FileFormat.AGGREGATED_ALLOCATIONS,
         )
+
+
+def _frames_outside(frame):
+    """How many frames call `frame`, up to the outermost."""
+    n = 0
+    frame = frame.f_back
+    while frame is not None:
+        n += 1
+        frame = frame.f_back
+    return n

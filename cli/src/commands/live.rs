@@ -25,6 +25,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Args, Debug)]
 pub struct LiveArgs {
     /// The port the tracked process listens on (`memray run --live-remote` prints it)
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// The address to connect to
     #[arg(long, default_value = "127.0.0.1")]

@@ -51,7 +51,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "output")]
     live_remote: bool,
     /// Port to listen on with --live-remote (default: a free one, printed)
-    #[arg(short = 'p', long, requires = "live_remote")]
+    #[arg(short = 'p', long, requires = "live_remote", value_parser = clap::value_parser!(u16).range(1..))]
     live_port: Option<u16>,
     /// Address to listen on with --live-remote (default 127.0.0.1; any other exposes the
     /// stream beyond this machine's loopback)
@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long = "code", hide = true)]
     code: Option<String>,
     /// The script and the program's arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    #[arg(trailing_var_arg = true, hide = true)]
     rest: Vec<String>,
 }
 
