@@ -696,6 +696,14 @@ def test_error_live_mode_needs_a_terminal(cli):
     assert_clean_error(cli("attach", str(os.getpid())), "terminal")
 
 
+@pytest.mark.parametrize("flag", ["--aggregate", "--follow-fork", "--children"])
+def test_error_output_needed_is_a_usage_error(cli, flag):
+    """As Memray's argparse: exit 2, before anything touches the process."""
+    res = cli("attach", flag, str(os.getpid()))
+    assert res.returncode == 2, res.describe()
+    assert "output file" in res.stderr and "-o" in res.stderr, res.describe()
+
+
 def test_error_detach_not_tracked(interp, target, memray_cli):
     t = target(TARGET, 1)
     t.wait_for("ready")

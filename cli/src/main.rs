@@ -4,6 +4,7 @@ mod commands;
 mod content_hash;
 mod payload_file;
 mod progress_bar;
+mod usage_error;
 
 use std::process::ExitCode;
 
@@ -83,7 +84,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("memray: error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<usage_error::UsageError>().is_some() {
+                ExitCode::from(usage_error::EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::content_hash::content_hash;
+use crate::usage_error::usage;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use memray_injector::{self as injector, InjectOptions};
@@ -484,14 +485,14 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
     // Without -o: live mode, a terminal view of the process.
     let live = args.output.is_none();
     if live && args.children {
-        bail!("--children needs an output file: give -o FILE (each process writes FILE.<pid>)");
+        return Err(usage("--children needs an output file: give -o FILE (each process writes FILE.<pid>)"));
     }
     if live {
         if args.tracking.aggregate {
-            bail!("can't use aggregated mode without an output file: give -o FILE");
+            return Err(usage("can't use aggregated mode without an output file: give -o FILE"));
         }
         if args.tracking.follow_fork {
-            bail!("--follow-fork needs an output file: give -o FILE");
+            return Err(usage("--follow-fork needs an output file: give -o FILE"));
         }
         super::live::require_terminal()?;
     }
