@@ -172,8 +172,21 @@ def test_program_output_untouched(interp, script, memray_run, workdir):
     lines = res.stdout.splitlines()
     start = lines.index("program line 1")
     assert lines[start + 1].startswith("{") and lines[start + 2] == "program line 3", res.describe()
-    assert "loud.bin" in res.output
-    assert "Successfully generated profile results" in res.output
+    # Memray's status lines, on stdout as Memray prints them: the first before the
+    # program's output, the rest after it; nothing of memray's on stderr.
+    assert lines[0] == "Writing profile results into %s" % out, res.describe()
+    assert "[memray] Successfully generated profile results." in lines[start + 3:], res.describe()
+    assert "memray flamegraph %s" % out in lines, res.describe()
+    assert res.stderr == "", res.describe()
+
+
+def test_a_file_that_is_not_python_is_refused_before_anything_is_written(interp, script, memray_run, workdir):
+    binary = workdir / "prog.bin"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(64))
+    res = memray_run("-o", workdir / "out.bin", binary, cwd=workdir)
+    assert_clean_error(res, "prog.bin")
+    assert "Writing profile results" not in res.output and "(line None)" not in res.output, res.describe()
+    assert not (workdir / "out.bin").exists()
 
 
 @pytest.mark.parametrize(
@@ -238,7 +251,7 @@ def test_unknown_option_before_the_script_is_a_usage_error(interp, script, memra
 def test_missing_module_is_one_line(interp, memray_run, workdir):
     res = memray_run("-m", "no_such_module_here", cwd=workdir)
     assert_clean_error(res, "No module named no_such_module_here")
-    assert "Successfully generated" not in res.stderr
+    assert "Successfully generated" not in res.output and "Writing profile results" not in res.output
     assert capture_files(workdir) == []
 
 
@@ -461,7 +474,7 @@ def test_records_before_an_abrupt_death_are_kept(interp, script, memray_run, rea
     res = memray_run("-o", out, s.path)
     assert res.returncode == code, res.describe()
     # The end message tells the truth.
-    assert "Successfully generated" not in res.stderr, res.describe()
+    assert "Successfully generated" not in res.output, res.describe()
     if code > 128:
         assert "killed by signal %d" % (code - 128) in res.stderr, res.describe()
     else:

@@ -373,6 +373,7 @@ def run_from_cli():
     target = env.pop("MEMRAY_RUN_TARGET", "")
     output = env.pop("MEMRAY_RUN_OUTPUT", "").replace("{pid}", str(os.getpid()))
     force = env.pop("MEMRAY_RUN_FORCE", "0") == "1"
+    quiet = env.pop("MEMRAY_RUN_QUIET", "0") == "1"
     options = dict(
         compress=env.pop("MEMRAY_RUN_COMPRESS", "1") == "1",
         native_traces=env.pop("MEMRAY_RUN_NATIVE", "0") == "1",
@@ -445,6 +446,11 @@ def run_from_cli():
     except (RuntimeError, ImportError) as e:
         os.close(fd)
         _fail(str(e))
+
+    if not quiet and not live_port:
+        # Only now, with the program valid and its capture open, as Memray says it.
+        sys.stdout.write("Writing profile results into %s\n" % output)
+        sys.stdout.flush()
 
     exit_code = 0
     try:

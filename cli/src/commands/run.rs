@@ -175,17 +175,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .env("MEMRAY_RUN_PYALLOC", flag(args.tracking.trace_python_allocators))
         .env("MEMRAY_RUN_FOLLOW_FORK", flag(args.tracking.follow_fork))
         .env("MEMRAY_RUN_AGGREGATE", flag(args.tracking.aggregate))
-        .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string());
+        .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string())
+        .env("MEMRAY_RUN_QUIET", flag(args.quiet));
 
     if live {
         return run_live(&args, cmd, &python);
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", python.display()))?;
     super::forward_signals::to_child(child.id());
+    // The program says "Writing profile results into ..." once its capture is open.
     let output = output_template.replace("{pid}", &child.id().to_string());
-    if !args.quiet {
-        eprintln!("Writing profile results into {output}");
-    }
     let status = child.wait().context("waiting for the program")?;
     let code = exit_code(status);
     if let (Some(sig), false) = (std::os::unix::process::ExitStatusExt::signal(&status), args.quiet) {
@@ -195,10 +194,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             "[memray] The program ended without finishing the capture (os._exit, or a crash): {output} holds what was recorded until then."
         );
     } else if Path::new(&output).is_file() && !args.quiet {
-        eprintln!("[memray] Successfully generated profile results.\n");
-        eprintln!("You can now generate reports from the stored allocation records.");
-        eprintln!("Some example commands to generate reports:\n");
-        eprintln!("memray flamegraph {output}");
+        // Status, not errors: on stdout, as Memray prints them.
+        println!("[memray] Successfully generated profile results.\n");
+        println!("You can now generate reports from the stored allocation records.");
+        println!("Some example commands to generate reports:\n");
+        println!("memray flamegraph {output}");
     }
     Ok(ExitCode::from(code))
 }
