@@ -13,6 +13,7 @@ installs pytest there too, from the package index or pip's cache), where
 `pytest --memray` (the plugin found through its entry point) must work with no
 help from this checkout.
 """
+import json
 import os
 import re
 import shutil
@@ -307,6 +308,29 @@ def test_memray_command_and_python_m(venv, tmp_path):
         assert res.returncode == 0, res.describe()
     res = vrun(venv, venv.bin / "memray", "--version", cwd=tmp_path)
     assert res.returncode == 0 and "0.1.0" in res.stdout, res.describe()
+
+
+@pytest.mark.parametrize("flag", ["-I", "-P"])
+def test_python_m_memray_run_keeps_the_interpreters_isolation(venv, interp, tmp_path, flag):
+    """`python -I -m memray run app.py` (or -P) gives the program the sys.path that
+    `python -I app.py` gives it: neither its directory, the current one nor "" added."""
+    if flag == "-P" and interp.minor < 11:
+        pytest.skip("-P is new in Python 3.11")
+    app = tmp_path / "scripts" / "app.py"
+    app.parent.mkdir()
+    app.write_text("import json, sys\nprint('PATH=' + json.dumps(sys.path))\n")
+
+    def path_of(res):
+        assert res.returncode == 0, res.describe()
+        return [l for l in res.stdout.splitlines() if l.startswith("PATH=")][-1]
+
+    plain = path_of(vrun(venv, venv.python, flag, app, cwd=tmp_path))
+    tracked = path_of(vrun(venv, venv.python, flag, "-m", "memray", "run", "-q", "-o", tmp_path / "a.bin", app, cwd=tmp_path))
+    assert tracked == plain
+    assert str(app.parent) not in tracked and '""' not in tracked and str(tmp_path) + '"' not in tracked
+    # And without the flag, the program's directory comes first, as with python app.py.
+    assert json.loads(path_of(vrun(venv, venv.python, "-m", "memray", "run", "-q", "-o", tmp_path / "b.bin", app,
+                                   cwd=tmp_path))[5:])[0] == str(app.parent)
 
 
 def test_pytest_plugin_installed(venv, tmp_path):

@@ -374,6 +374,10 @@ def run_from_cli():
     output = env.pop("MEMRAY_RUN_OUTPUT", "").replace("{pid}", str(os.getpid()))
     force = env.pop("MEMRAY_RUN_FORCE", "0") == "1"
     quiet = env.pop("MEMRAY_RUN_QUIET", "0") == "1"
+    # Started with -I or -P (as `python -I -m memray run` passes them on), `python -c`
+    # put nothing of its own first on sys.path, and the program's directory (or the
+    # current one) must not be added: leave sys.path as the interpreter made it.
+    isolated = bool(sys.flags.isolated or getattr(sys.flags, "safe_path", False))
     options = dict(
         compress=env.pop("MEMRAY_RUN_COMPRESS", "1") == "1",
         native_traces=env.pop("MEMRAY_RUN_NATIVE", "0") == "1",
@@ -399,10 +403,12 @@ def run_from_cli():
         except OSError as e:
             _fail("cannot read %s: %s" % (target, e.strerror))
         sys.argv = [target] + args
-        sys.path[0] = os.path.dirname(os.path.abspath(target))
+        if not isolated:
+            sys.path[0] = os.path.dirname(os.path.abspath(target))
     elif mode == "module":
         sys.argv = [target] + args
-        sys.path[0] = os.getcwd()
+        if not isolated:
+            sys.path[0] = os.getcwd()
         # As Memray: a module that cannot be found is one line, not runpy's traceback.
         import importlib.util
         try:
@@ -419,7 +425,8 @@ def run_from_cli():
         except (SyntaxError, ValueError) as e:
             _fail("the code given with -c is not valid Python: %s" % _syntax_problem(e))
         sys.argv = ["-c"] + args
-        sys.path[0] = ""
+        if not isolated:
+            sys.path[0] = ""
 
     try:
         if live_port:

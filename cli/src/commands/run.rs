@@ -157,7 +157,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
 
     let mut cmd = Command::new(&python);
-    cmd.arg("-c").arg(BOOTSTRAP).args(&rest);
+    cmd.args(isolation_flags()).arg("-c").arg(BOOTSTRAP).args(&rest).env_remove("MEMRAY_PYTHON_FLAGS");
     let (mode, target_text) = match &target {
         Target::Script(p) => ("script", p.to_string_lossy().into_owned()),
         Target::Module(m) => ("module", m.clone()),
@@ -303,6 +303,13 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
         _ => 1,
     }
+}
+
+/// The interpreter options `python -m memray` was started with that isolate the program
+/// (-I, -E, -s, -P): the program gets them too.
+fn isolation_flags() -> Vec<String> {
+    let given = std::env::var("MEMRAY_PYTHON_FLAGS").unwrap_or_default();
+    given.split_whitespace().filter(|f| matches!(*f, "-I" | "-E" | "-s" | "-P")).map(str::to_owned).collect()
 }
 
 fn interpreter(explicit: Option<&Path>) -> Result<PathBuf> {
