@@ -731,6 +731,78 @@ def test_full_disk_stops_tracking_with_one_line(interp, script, run_py, workdir)
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode), "/dev/full was replaced"
 
 
+@pytest.mark.parametrize("level, shown", [("logging.WARNING", True), ("logging.ERROR", True),
+                                           ("logging.CRITICAL", False)])
+def test_set_log_level_filters_memrays_messages(interp, script, run_py, workdir, level, shown):
+    """memray.set_log_level: the payload's "cannot write the capture" (an ERROR) is printed
+    at WARNING and ERROR, dropped at CRITICAL; the program is the same either way."""
+    s = script(
+        "quiet.py",
+        PRELUDE,
+        """
+        import logging, time
+        memray.set_log_level(%s)
+        dest = memray.FileDestination("/dev/full", overwrite=True, compress_on_exit=False)
+        with memray.Tracker(destination=dest):
+            keep = [H.helper_malloc(100000) for _ in range(300)]
+            time.sleep(0.3)
+        print("program finished", len(keep))
+        """ % level,
+    )
+    res = run_py(s, workdir / "unused.bin")
+    assert res.returncode == 0 and "program finished 300" in res.stdout, res.describe()
+    assert ("No space left on device" in res.stderr) == shown, res.describe()
+    if not shown:
+        assert res.stderr.strip() == "", res.describe()
+
+
+def test_dump_all_records_prints_what_memray_parse_prints(interp, script, run_py, memray_cli, workdir):
+    s = script(
+        "dump.py",
+        PRELUDE,
+        """
+        with memray.Tracker(OUT, file_format=memray.FileFormat.ALL_ALLOCATIONS):
+            H.helper_malloc(98765)
+        sys.stdout.write("BEFORE\\n")
+        memray.dump_all_records(OUT)
+        try:
+            memray.dump_all_records(OUT + ".missing")
+        except OSError as e:
+            print("OSError", e)
+        """,
+    )
+    out = workdir / "dump.bin"
+    res = assert_ok(run_py(s, out))
+    parse = memray_cli("parse", out)
+    assert parse.returncode == 0, parse.describe()
+    before, dumped = res.stdout.split("BEFORE\n", 1)
+    dumped, _, error = dumped.rpartition("OSError ")
+    assert dumped == parse.stdout and "size=98765" in dumped, res.describe()
+    assert "No such file" in error, res.describe()
+
+
+def test_start_thread_trace_names_a_thread(interp, script, run_py, reader, workdir):
+    """Memray's start_thread_trace, set as a thread's profile function, names it."""
+    s = script(
+        "trace.py",
+        PRELUDE,
+        """
+        import threading
+        def work():
+            H.helper_malloc(87654)
+        with memray.Tracker(OUT):
+            threading.setprofile(None)  # only start_thread_trace names this thread
+            t = threading.Thread(target=lambda: (sys.setprofile(memray.start_thread_trace), work()), name="traced")
+            t.start()
+            t.join()
+        assert sys.getprofile() is None
+        """,
+    )
+    out = workdir / "trace.bin"
+    assert_ok(run_py(s, out))
+    assert reader.read(out, "all").one(size=87654, allocator=MALLOC)["thread_name"] == "traced"
+
+
 # --------------------------------------------------------------------------- API errors
 
 ERRORS_SCRIPT = (

@@ -16,6 +16,7 @@ mod got;
 mod handoff;
 mod hooks;
 mod lock;
+mod log;
 mod native;
 mod pymem;
 pub mod python;
@@ -83,6 +84,13 @@ pub extern "C" fn memray_tracker_stop() -> i32 {
     } else {
         1
     }
+}
+
+/// `memray.set_log_level`: the lowest severity (Python `logging` level) the payload's
+/// messages on stderr may have to be printed.
+#[no_mangle]
+pub extern "C" fn memray_set_log_level(level: i32) {
+    log::set_threshold(level);
 }
 
 /// 1 while a tracker is recording in this process.

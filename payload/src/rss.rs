@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::hooks::WRITER;
+use crate::log::{self, log};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(10);
@@ -82,9 +83,9 @@ fn sample() {
         crate::got::restore_all(&crate::hooks::redirects());
         let err = std::io::Error::from_raw_os_error(errno);
         if socket {
-            eprintln!("memray: the live viewer disconnected ({err}); tracking stopped and this process no longer streams (the program continues untracked)");
+            log!(log::WARNING, "memray: the live viewer disconnected ({err}); tracking stopped and this process no longer streams (the program continues untracked)");
         } else {
-            eprintln!("memray: cannot write the capture ({err}); tracking stopped");
+            log!(log::ERROR, "memray: cannot write the capture ({err}); tracking stopped");
         }
     }
 }

@@ -9,6 +9,7 @@ use memray_capture::{FileFormat, Header, PythonAllocator};
 
 use crate::capture_dir::CaptureDir;
 use crate::hooks::{self, ACTIVE, WRITER};
+use crate::log::{self, log};
 use crate::rss::{now_ms, Sampler};
 use crate::thread_state::{self, GuardScope, GENERATION};
 use crate::writer::Writer;
@@ -186,9 +187,9 @@ pub fn stop() -> bool {
             // Not reported by the sampler yet (the failure came after its last round).
             let err = std::io::Error::from_raw_os_error(errno);
             if w.sink.is_socket() {
-                eprintln!("memray: the live viewer disconnected ({err}); tracking stopped");
+                log!(log::WARNING, "memray: the live viewer disconnected ({err}); tracking stopped");
             } else {
-                eprintln!("memray: cannot write the capture ({err}); tracking stopped");
+                log!(log::ERROR, "memray: cannot write the capture ({err}); tracking stopped");
             }
         }
         let failed = w.sink.failed;
@@ -203,7 +204,7 @@ pub fn stop() -> bool {
                     Err(e) if running.config.dir_fd.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied => {
                         COMPRESSION_LEFT.store(true, Ordering::Release);
                     }
-                    Err(e) => eprintln!("memray: could not compress {path}: {e}"),
+                    Err(e) => log!(log::ERROR, "memray: could not compress {path}: {e}"),
                 }
             }
         }
@@ -256,7 +257,7 @@ extern "C" fn after_fork_child() {
             r.sampler.forget();
             match continue_in_child(r) {
                 Ok(()) => return,
-                Err(e) => eprintln!("memray: cannot follow the fork into the child: {e}"),
+                Err(e) => log!(log::ERROR, "memray: cannot follow the fork into the child: {e}"),
             }
         }
     }

@@ -6,6 +6,9 @@ from ._api import (
     FileFormat,
     SocketDestination,
     Tracker,
+    dump_all_records,
+    set_log_level,
+    start_thread_trace,
 )
 from ._allocators import AllocatorType
 # Interval and TemporalAllocationRecord are importable but, as in Memray, not in __all__.
@@ -25,4 +28,7 @@ __all__ = [
     "SocketDestination",
     "Tracker",
     "__version__",
+    "dump_all_records",
+    "set_log_level",
+    "start_thread_trace",
 ]

@@ -2,7 +2,9 @@
 
 import enum
 import os
+import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -122,3 +124,43 @@ def _frames_outside(frame):
         n += 1
         frame = frame.f_back
     return n
+
+
+def set_log_level(level: int) -> None:
+    """Configure which of memray's own messages are printed to stderr.
+
+    By default only those of severity `logging.WARNING` or higher are; messages below
+    `level` are dropped. Applies to the payload's messages (a capture that cannot be
+    written, a live viewer that went away) and to the Python package's.
+    """
+    _tracking.set_log_level(level)
+
+
+def dump_all_records(file_name) -> None:
+    """Print every record of a capture file to stdout, as `memray parse` does."""
+    from ._binary import find_binary
+
+    path = os.fspath(file_name)
+    if not os.path.exists(path):
+        raise OSError("No such file: %s" % path)
+    binary = find_binary()
+    if binary is None:
+        raise RuntimeError("the memray binary was not found (set MEMRAY_BIN or reinstall)")
+    sys.stdout.flush()
+    res = subprocess.run([binary, "parse", path], stderr=subprocess.PIPE)
+    if res.returncode != 0:
+        raise OSError(res.stderr.decode("utf-8", "replace").strip() or "memray parse failed on %s" % path)
+
+
+def start_thread_trace(frame, event, arg):
+    """A profile function for `threading.setprofile`: names the new thread in the capture
+    while tracking (Memray installs its own tracing with it; stacks here are read from
+    the frames, so naming is all that is left to do), then removes itself."""
+    sys.setprofile(None)
+    try:
+        lib = _tracking._load()
+        if lib.memray_tracker_is_active():
+            lib.memray_set_thread_name(threading.get_ident(), threading.current_thread().name.encode("utf-8", "replace"))
+    except Exception:
+        pass
+    return None

@@ -58,7 +58,36 @@ def _load():
         lib.memray_set_thread_name.argtypes = [ctypes.c_uint64, ctypes.c_char_p]
         lib.memray_set_thread_name.restype = None
         _lib = lib
+        _apply_log_level(lib)
     return _lib
+
+
+# memray.set_log_level: the lowest `logging` severity memray's own messages on stderr may
+# have to be printed (WARNING by default, as in Memray).
+LOG_LEVEL = 30
+
+
+def set_log_level(level):
+    global LOG_LEVEL
+    LOG_LEVEL = int(level)
+    if _lib is not None:
+        _apply_log_level(_lib)
+
+
+def _apply_log_level(lib):
+    try:
+        setter = lib.memray_set_log_level
+    except AttributeError:  # a payload from an older build, mapped already
+        return
+    setter.argtypes = [ctypes.c_int]
+    setter.restype = None
+    setter(LOG_LEVEL)
+
+
+def _warn(message):
+    if LOG_LEVEL <= 30:
+        sys.stderr.write("memray: %s\n" % message)
+        sys.stderr.flush()
 
 
 def _python_allocator():
@@ -198,9 +227,8 @@ def open_socket_destination(port, address="127.0.0.1", timeout=None, announce=No
             if refused is None:
                 break
             conn.close()
-            sys.stderr.write("memray: turned away a connection to %s:%d from %s: %s; still waiting for a "
-                             "memray viewer\n" % (address, port, peer[0], refused))
-            sys.stderr.flush()
+            _warn("turned away a connection to %s:%d from %s: %s; still waiting for a memray viewer"
+                  % (address, port, peer[0], refused))
     finally:
         server.close()
     conn.setblocking(True)
