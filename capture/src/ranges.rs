@@ -16,6 +16,18 @@ pub enum Cut {
     Split,
 }
 
+impl Cut {
+    /// The change in the number of live ranges (-1, 0 or +1), as a wrapping u64 for
+    /// counters that add it: each piece of a split mapping counts as one allocation.
+    pub fn count_change(self) -> u64 {
+        match self {
+            Cut::Freed => 1u64.wrapping_neg(),
+            Cut::Shrunk => 0,
+            Cut::Split => 1,
+        }
+    }
+}
+
 /// Part of a recorded range released by a `munmap`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Released<T> {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use memray_capture::ranges::{Cut, RangeSet};
+use memray_capture::ranges::RangeSet;
 use memray_capture::{
     AggregatedAllocation, AggregatedCapture, Allocator, CodeObject, Header, ImageSegments, MemorySnapshot, NativeFrame, PythonFrame,
     TraceNode,
@@ -143,12 +143,7 @@ impl Aggregator {
             (true, true) => {
                 for released in self.ranges.remove(address, size) {
                     self.heap = self.heap.wrapping_sub(released.bytes);
-                    let count = match released.cut {
-                        Cut::Freed => 1u64.wrapping_neg(),
-                        Cut::Shrunk => 0,
-                        Cut::Split => 1,
-                    };
-                    self.change(released.owner, count, released.bytes.wrapping_neg());
+                    self.change(released.owner, released.cut.count_change(), released.bytes.wrapping_neg());
                 }
             }
             (ranged, false) => {

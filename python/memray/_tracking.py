@@ -335,7 +335,10 @@ class Session:
 
         threading.setprofile(name_this_thread)
 
-        prop = threading.Thread.__dict__.get("name")
+        # (Inside `memray attach` in a program that never imported threading, `threading`
+        # is a stand-in without Thread: nothing can be renamed there.)
+        thread_class = getattr(threading, "Thread", None)
+        prop = thread_class.__dict__.get("name") if thread_class is not None else None
         if isinstance(prop, property) and prop.fset is not None:
             def set_name(thread, name, _set=prop.fset):
                 _set(thread, name)
@@ -347,8 +350,8 @@ class Session:
                         pass
 
             renaming = property(prop.fget, set_name, prop.fdel, prop.__doc__)
-            threading.Thread.name = renaming
-            self._saved_name_property = (prop, renaming)
+            thread_class.name = renaming
+            self._saved_name_property = (thread_class, prop, renaming)
 
     def name_existing_threads(self):
         lib = _load()
@@ -361,10 +364,10 @@ class Session:
             threading.setprofile(self._saved_profile[1])
             self._saved_profile = None
         if self._saved_name_property is not None:
-            original, ours = self._saved_name_property
+            thread_class, original, ours = self._saved_name_property
             # Only if nobody replaced it after us.
-            if threading.Thread.__dict__.get("name") is ours:
-                threading.Thread.name = original
+            if thread_class.__dict__.get("name") is ours:
+                thread_class.name = original
             self._saved_name_property = None
 
 

@@ -31,7 +31,7 @@ use crate::error::ReportError;
 use crate::model::stacks::{FrameKey, LocationId, StackId, StackTable};
 use crate::structures::addrmap::AddressMap;
 use crate::structures::fasthash::FastMap;
-use memray_capture::ranges::{Cut, RangeSet};
+use memray_capture::ranges::RangeSet;
 
 /// Where allocations come from, at the granularity Memray aggregates them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -620,12 +620,7 @@ impl HeapLedger {
             (true, true) => {
                 for released in self.mappings.remove(address, size) {
                     self.heap = self.heap.wrapping_sub(released.bytes);
-                    let count = match released.cut {
-                        Cut::Freed => 1u64.wrapping_neg(),
-                        Cut::Shrunk => 0,
-                        Cut::Split => 1,
-                    };
-                    self.delta(released.owner, count, released.bytes.wrapping_neg());
+                    self.delta(released.owner, released.cut.count_change(), released.bytes.wrapping_neg());
                 }
             }
         }
