@@ -28,6 +28,10 @@ pytestmark = pytest.mark.ours_only
 
 SID_ROOT = support.VENVS / "sid" / "root"
 SIZE = 31337
+# Inside the container's own root (not a path of this machine): where its program lives,
+# as a Docker image's WORKDIR would.
+APP = "app"
+APP_SCRIPT = "/%s/target.py" % APP
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 TARGET = """
@@ -36,7 +40,7 @@ import os, sys, time
 def alloc_in_container():
     return bytearray(%(SIZE)d)
 
-work = "/work"
+work = "/%(APP)s"
 with open(work + "/pid.tmp", "w") as f:
     f.write(str(os.getpid()))
 os.rename(work + "/pid.tmp", work + "/pid")
@@ -48,7 +52,7 @@ while not os.path.exists(work + "/stop"):
     time.sleep(0.002)
 with open(work + "/done", "w") as f:
     f.write("%%d %%s" %% (n, sys.version.split()[0]))
-""" % dict(SIZE=SIZE)
+""" % dict(SIZE=SIZE, APP=APP)
 
 # Runs in the new namespaces: the container's mounts, then its Python (not as PID 1: an
 # init stays, as tini or dumb-init would).
@@ -58,8 +62,8 @@ mount --rbind /dev "$R/dev"
 mount --bind "$SID/usr" "$R/usr"
 mount --bind "$SID/etc" "$R/etc"
 mount -t proc proc "$R/proc"
-chroot "$R" /opt/python /work/target.py
-"""
+chroot "$R" /opt/python %s
+""" % APP_SCRIPT
 
 
 def _requirements():
@@ -77,9 +81,9 @@ class Container:
     def __init__(self, minor, kind, userns, top, net=False):
         self.root = Path(tempfile.mkdtemp(prefix="ctr-", dir=top))
         os.chmod(self.root, 0o755)
-        for d in ("usr", "etc", "proc", "dev", "opt", "tmp", "work"):
+        for d in ("usr", "etc", "proc", "dev", "opt", "tmp", APP):
             (self.root / d).mkdir()
-        for d in ("tmp", "work"):
+        for d in ("tmp", APP):
             os.chmod(self.root / d, 0o1777)
         for link in ("bin", "lib", "lib64", "sbin"):
             os.symlink("usr/" + link, self.root / link)
@@ -92,7 +96,7 @@ class Container:
             shutil.copy(SID_ROOT / "usr" / "bin" / f"python3.{minor}-shared", python)
             subprocess.run(["patchelf", "--set-interpreter", "/lib64/ld-linux-x86-64.so.2", "--remove-rpath", str(python)],
                            check=True)
-        (self.root / "work" / "target.py").write_text(TARGET)
+        (self.root / APP / "target.py").write_text(TARGET)
         env = dict(os.environ, R=str(self.root), SID=str(SID_ROOT), PYTHONHOME="/usr")
         cmd = ["unshare", "--pid", "--mount", "--fork", "--kill-child", "--propagation", "private"] + (["--net"] if net else []) \
             + ["bash", "-c", CONTAINER]
@@ -104,7 +108,7 @@ class Container:
         self.host_pid = None
 
     def work(self, name):
-        return self.root / "work" / name
+        return self.root / APP / name
 
     def wait_started(self, timeout=30):
         deadline = time.time() + timeout
@@ -125,7 +129,7 @@ class Container:
                 except OSError:
                     continue
                 nspid = next((l.split()[1:] for l in status.splitlines() if l.startswith("NSpid:")), [])
-                if len(nspid) == 2 and int(nspid[-1]) == self.ns_pid and b"/work/target.py" in cmdline \
+                if len(nspid) == 2 and int(nspid[-1]) == self.ns_pid and APP_SCRIPT.encode() in cmdline \
                         and _root_of(entry) == self.root:
                     self.host_pid = int(entry.name)
                     return
@@ -202,7 +206,7 @@ def _check_capture(out, minor):
     cap = _reader(minor).read(out, "all")
     ours = [r for r in cap.records if r["stack"] and r["stack"][0][0] == "alloc_in_container" and r["size"] >= SIZE]
     assert ours, "no allocation of the container's loop in the capture"
-    assert ours[0]["stack"][0][1] == "/work/target.py", ours[0]["stack"]
+    assert ours[0]["stack"][0][1] == APP_SCRIPT, ours[0]["stack"]
     return cap
 
 

@@ -160,7 +160,7 @@ def start_thread_trace(frame, event, arg):
     try:
         lib = _tracking._load()
         if lib.memray_tracker_is_active():
-            lib.memray_set_thread_name(threading.get_ident(), threading.current_thread().name.encode("utf-8", "replace"))
+            _tracking.name_thread(lib, threading.current_thread())
     except Exception:
         pass
     return None

@@ -325,8 +325,7 @@ class Session:
         def name_this_thread(frame, event, arg):
             sys.setprofile(previous)
             try:
-                lib.memray_set_thread_name(threading.get_ident(),
-                                           threading.current_thread().name.encode("utf-8", "replace"))
+                name_thread(lib, threading.current_thread())
             except Exception:
                 pass
             if previous is not None:
@@ -342,12 +341,10 @@ class Session:
         if isinstance(prop, property) and prop.fset is not None:
             def set_name(thread, name, _set=prop.fset):
                 _set(thread, name)
-                ident = thread.ident
-                if ident is not None:
-                    try:
-                        lib.memray_set_thread_name(ident, thread.name.encode("utf-8", "replace"))
-                    except Exception:
-                        pass
+                try:
+                    name_thread(lib, thread)
+                except Exception:
+                    pass
 
             renaming = property(prop.fget, set_name, prop.fdel, prop.__doc__)
             thread_class.name = renaming
@@ -356,8 +353,7 @@ class Session:
     def name_existing_threads(self):
         lib = _load()
         for thread in threading.enumerate():
-            if thread.ident is not None:
-                lib.memray_set_thread_name(thread.ident, thread.name.encode("utf-8", "replace"))
+            name_thread(lib, thread)
 
     def _unpatch_threading(self):
         if self._saved_profile is not None:
@@ -369,6 +365,12 @@ class Session:
             if thread_class.__dict__.get("name") is ours:
                 thread_class.name = original
             self._saved_name_property = None
+
+
+def name_thread(lib, thread):
+    """Gives `thread` (a started threading.Thread) its current name in the capture."""
+    if thread.ident is not None:
+        lib.memray_set_thread_name(thread.ident, thread.name.encode("utf-8", "replace"))
 
 
 def is_active():
