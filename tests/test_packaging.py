@@ -152,6 +152,7 @@ def test_wheel_contents(wheel):
         entry_points = zf.read("memray_rs-0.1.0.dist-info/entry_points.txt").decode()
         wheel_meta = zf.read("memray_rs-0.1.0.dist-info/WHEEL").decode()
     for required in ("memray/__init__.py", "memray/__main__.py", "memray/_reader.py", "memray/pytest_plugin.py",
+                     "pytest_memray/__init__.py", "pytest_memray/plugin.py",
                      "memray/_bin/memray", "memray/_payload/libmemray_payload.so"):
         assert required in names, f"{required} missing from the wheel: {sorted(names)}"
     mode = info["memray/_bin/memray"].external_attr >> 16
@@ -160,7 +161,7 @@ def test_wheel_contents(wheel):
     assert "Tag: py3-none-linux_x86_64" in wheel_meta
     assert "Root-Is-Purelib: false" in wheel_meta
     assert re.search(r"\[console_scripts\]\s*memray = memray.__main__:main", entry_points), entry_points
-    assert re.search(r"\[pytest11\]\s*memray = memray.pytest_plugin", entry_points), entry_points
+    assert re.search(r"\[pytest11\]\s*memray = memray._pytest_entry", entry_points), entry_points
 
 
 def test_binary_alone_carries_its_payload(wheel, tmp_path):
@@ -333,7 +334,7 @@ def test_python_m_memray_run_keeps_the_interpreters_isolation(venv, interp, tmp_
                                    cwd=tmp_path))[5:])[0] == str(app.parent)
 
 
-def test_pytest_plugin_installed(venv, tmp_path):
+def test_pytest_plugin_installed(venv, interp, tmp_path):
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_installed.py").write_text(textwrap.dedent("""
         import pytest
@@ -345,10 +346,19 @@ def test_pytest_plugin_installed(venv, tmp_path):
         def test_over_limit():
             data = bytearray(4 * 1024 * 1024)
     """))
-    res = vrun(venv, venv.python, "-m", "pytest", "-p", "no:cacheprovider", "--memray", "-rA", cwd=tmp_path)
-    assert res.returncode == 1, res.describe()
-    assert "PASSED test_installed.py::test_allocates" in res.stdout, res.describe()
-    assert "MEMORY PROBLEMS test_installed.py::test_over_limit" in res.stdout, res.describe()
-    assert "Test was limited to 1.0MiB but allocated 4.0MiB at its peak" in res.stdout, res.describe()
-    assert "MEMRAY REPORT" in res.stdout
-    assert "📦 Total memory allocated: 5.0MiB" in res.stdout, res.describe()
+    # Through the entry point, and (on two interpreters, as it is pure Python) with
+    # pytest-memray's names for it as well: registered once.
+    routes = [[]]
+    if interp.id in ("py3.8", "static-py3.15"):
+        routes += [["-p", "pytest_memray"], ["-p", "pytest_memray.plugin"], ["-p", "memray"]]
+    for names in routes:
+        res = vrun(venv, venv.python, "-m", "pytest", "-p", "no:cacheprovider", *names, "--memray", "-rA",
+                   cwd=tmp_path)
+        assert res.returncode == 1, res.describe()
+        assert "PASSED test_installed.py::test_allocates" in res.stdout, res.describe()
+        assert "MEMORY PROBLEMS test_installed.py::test_over_limit" in res.stdout, res.describe()
+        assert "Test was limited to 1.0MiB but allocated 4.0MiB\n" in res.stdout, res.describe()
+        assert res.stdout.count("MEMRAY REPORT") == 1, res.describe()
+        assert "📦 Total memory allocated: 5.0MiB" in res.stdout, res.describe()
+    res = vrun(venv, venv.python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:memray", "--memray", cwd=tmp_path)
+    assert res.returncode == 4 and "--memray" in res.stderr, "-p no:memray turns the plugin off\n" + res.describe()

@@ -1,22 +1,28 @@
 """pytest plugin: memory limits for tests and a report of the tests that allocate most.
 
-Registered through the `pytest11` entry point of this package, so it is active in any
-environment where memray is installed (`-p no:memray` turns it off).
+It behaves as pytest-memray 1.11 (options, markers, failure texts, capture files), so a
+test suite switches by changing nothing; docs/compatibility.md lists what it adds.
+Registered through the `pytest11` entry point `memray` (`-p no:memray` turns it off);
+`-p pytest_memray`, `-p pytest_memray.plugin` and `pytest_plugins = ["pytest_memray"]`
+load this same module once.
 
     pytest --memray                         track every test; end with a MEMRAY REPORT
-    @pytest.mark.limit_memory("24 MB")      fail a test whose peak memory exceeds 24 MiB
+    @pytest.mark.limit_memory("24 MB")      fail a test whose peak memory reaches 24 MiB
     @pytest.mark.limit_leaks("1 MB", filter_fn=None)
-                                            fail a test leaving more than 1 MiB allocated
+                                            fail a test leaving 1 MiB or more allocated
                                             from one call stack when it ends
-    --memray-default-limit SIZE             limit_memory(SIZE) for tests without one
+    --memray-default-limit SIZE             limit_memory(SIZE) for tests without a marker
+    --fail-on-increase                      fail a limit_memory test using more memory than
+                                            in its last successful run (pytest's cache)
 
 Markers work without `--memray` (only the marked tests are tracked then). Sizes are
-binary, as in pytest-memray: "1 KB" is 1024 bytes, "24 MB" 24 MiB (KiB/MiB/GiB too).
+binary, as in pytest-memray: "1 KB" is 1024 bytes, "24 MB" 24 MiB.
 
-Each test's call (not its fixtures) runs under a `memray.Tracker` writing
-`<bin path>/<prefix>-<test id>.bin` (a temporary directory unless --memray-bin-path).
-With pytest-xdist, the controller hands its directory to the workers and collects their
-results, so the report covers every worker.
+Each test's call (not its fixtures) runs under a `memray.Tracker` writing an aggregated
+capture `<bin path>/<prefix>-<test id>.bin` (a temporary directory unless
+--memray-bin-path), and `<bin path>/metadata/<same name>.metadata`. With pytest-xdist,
+the controller hands its directory to the workers and collects their results, so the
+report covers every worker.
 """
 
 from __future__ import annotations
@@ -28,89 +34,37 @@ import inspect
 import json
 import math
 import os
-import re
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
 import pytest
 
+from ._pytest_limits import (
+    LeakedObjectsFilterFunction,
+    LeaksFilterFunction,
+    Stack,
+    StackFrame,
+    check_limit_leaks,
+    check_limit_memory,
+    check_memory_increase,
+    is_plugin_overhead,
+    parse_memory_string,
+    peak_of,
+    sizeof_fmt,
+)
+
+__all__ = ["LeakedObjectsFilterFunction", "LeaksFilterFunction", "Stack", "StackFrame", "parse_memory_string",
+           "sizeof_fmt"]
+
 N_TOP_SITES = 5
 N_HISTOGRAM_BINS = 5
-DEFAULT_FAILURE_STACKS = 5
-_WRAPPER_NAME = "_memray_tracked_call"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_THIS_FILE = os.path.abspath(__file__)
-
-# --------------------------------------------------------------------------- sizes
-
-_UNIT_RE = re.compile(r"^\s*(?P<quantity>\+?\d*\.\d+|\+?\d+)\s*(?P<unit>[KMGTP]i?B|[KMGTP]|B)?\s*$", re.IGNORECASE)
-_MULTIPLIERS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
-
-
-def parse_memory_string(text) -> float:
-    """'24 MB' -> 25165824.0 (binary units, as pytest-memray reads them)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    match = _UNIT_RE.match(str(text))
-    if not match:
-        raise ValueError("Invalid memory size format: %r (expected e.g. '24 MB', '512 KB', '1.5 GiB')" % (text,))
-    unit = (match.group("unit") or "").upper()
-    return float(match.group("quantity")) * _MULTIPLIERS[unit[:1] if unit not in ("", "B") else unit]
-
-
-def sizeof_fmt(num, suffix="B") -> str:
-    for unit in ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi"]:
-        if abs(num) < 1024.0:
-            return "%3.1f%s%s" % (num, unit, suffix)
-        num /= 1024.0
-    return "%.1fYi%s" % (num, suffix)
-
-
-# --------------------------------------------------------------------------- stacks for filter_fn
-
-
-@dataclass
-class StackFrame:
-    """One frame of a call stack."""
-
-    function: str
-    filename: str
-    lineno: int
-
-
-@dataclass
-class Stack:
-    """The call stack of an allocation; `frames` are innermost first."""
-
-    frames: Tuple[StackFrame, ...]
-
-
-LeaksFilterFunction = Callable[[Stack], bool]
-
-
-def _is_wrapper(frame) -> bool:
-    function, filename, _ = frame
-    return function == _WRAPPER_NAME and os.path.abspath(filename) == _THIS_FILE
-
-
-def _test_frames(frames) -> Tuple[List[tuple], bool]:
-    """The frames below this plugin's wrapper (the test's own), and whether the wrapper
-    was found at all (it is not for allocations made on other threads)."""
-    for i, frame in enumerate(frames):
-        if _is_wrapper(frame):
-            return list(frames[:i]), True
-    return list(frames), False
-
-
-def _is_memray_overhead(frames) -> bool:
-    """An allocation made by the tracking itself: under the wrapper, but in a call into the
-    memray package (Tracker.__enter__/__exit__) rather than into the test."""
-    own, found = _test_frames(frames)
-    if not found:
-        return False
-    return not own or os.path.abspath(own[-1][1]).startswith(_PACKAGE_DIR + os.sep)
+MARKERS = ("limit_memory", "limit_leaks", "limit_leaked_objects")
+# A file name holds at most 255 bytes; the longest one written is NAME.metadata.
+_MAX_NAME = 255 - len(".metadata")
+_DIGEST_CHARS = 16
 
 
 # --------------------------------------------------------------------------- results
@@ -123,59 +77,14 @@ class TrackedTest:
     peak_memory: int
     total_allocations: int
     error: Optional[str] = None
+    raised: bool = False  # the test did not run to its end: left out of the report
 
     def to_json(self):
-        return [self.nodeid, self.path, self.peak_memory, self.total_allocations, self.error]
+        return [self.nodeid, self.path, self.peak_memory, self.total_allocations, self.error, self.raised]
 
     @classmethod
     def from_json(cls, data):
         return cls(*data)
-
-
-@dataclass
-class Site:
-    size: int
-    n_allocations: int
-    frames: List[tuple]
-
-
-def _sites(records, stacks: Optional[int]) -> List[Site]:
-    """Records (already merged per stack by the reader) without memray's own, grouped by
-    their innermost `stacks` frames of test code (all of them when None)."""
-    grouped: Dict[tuple, Site] = {}
-    for record in records:
-        try:
-            frames = record.stack_trace()
-        except NotImplementedError:
-            continue
-        if _is_memray_overhead(frames):
-            continue
-        own, _ = _test_frames(frames)
-        key = tuple(own[:stacks] if stacks else own)
-        site = grouped.get(key)
-        if site is None:
-            grouped[key] = Site(record.size, record.n_allocations, list(key))
-        else:
-            site.size += record.size
-            site.n_allocations += record.n_allocations
-    return sorted(grouped.values(), key=lambda s: s.size, reverse=True)
-
-
-def _format_sites(sites: List[Site], n_frames: int, verb: str) -> List[str]:
-    lines = []
-    for site in sites[:N_TOP_SITES]:
-        lines.append("    - %s %s here:" % (sizeof_fmt(site.size), verb))
-        if not site.frames:
-            lines.append("        (no Python frames: a thread without Python code, or the interpreter itself)")
-        for function, filename, lineno in site.frames[:n_frames]:
-            lines.append("        %s:%s:%s" % (function, filename, lineno))
-        if len(site.frames) > n_frames:
-            lines.append("        ...")
-    if len(sites) > N_TOP_SITES:
-        rest = sites[N_TOP_SITES:]
-        lines.append("    ... and %d more site%s (%s)" % (len(rest), "" if len(rest) == 1 else "s",
-                                                          sizeof_fmt(sum(s.size for s in rest))))
-    return lines
 
 
 def histogram(values: Iterable[float], low: float, high: float, bins: int) -> List[int]:
@@ -192,117 +101,116 @@ def cli_hist(data: List[int], bins: int) -> str:
     bins = max(1, min(bins, len(data)))
     counts = histogram(data, min(data), max(data), bins)
     top = max(counts) or 1
-    return " ".join(bars[int(c * (len(bars) - 1) / top)] for c in counts)
+    return "".join(bars[int(c * (len(bars) - 1) / top)] for c in counts)
 
 
-# --------------------------------------------------------------------------- markers
-
-
-class _Failure:
-    def __init__(self, text: str):
-        self.text = text
-
-
-def _check_limit_memory(reader, limit_text, *, n_frames, current_thread_only=False):
-    limit = parse_memory_string(limit_text)
-    if not current_thread_only and reader.metadata.peak_memory <= limit:
-        return None
-    records = [
-        r for r in reader.get_high_watermark_allocation_records(merge_threads=not current_thread_only)
-        if not current_thread_only or r.tid == reader.metadata.main_thread_id
-    ]
-    sites = _sites(records, None)
-    peak = sum(s.size for s in sites)
-    if peak <= limit:
-        return None
-    lines = ["Test was limited to %s but allocated %s at its peak" % (sizeof_fmt(limit), sizeof_fmt(peak)),
-             "Biggest allocation sites at the peak:"]
-    lines += _format_sites(sites, n_frames, "allocated")
-    return _Failure("\n".join(lines))
-
-
-def _check_limit_leaks(reader, location_limit, *, n_frames, filter_fn=None, current_thread_only=False):
-    limit = parse_memory_string(location_limit)
-    records = [
-        r for r in reader.get_leaked_allocation_records(merge_threads=not current_thread_only)
-        if not current_thread_only or r.tid == reader.metadata.main_thread_id
-    ]
-    if filter_fn is not None:
-        # filter_fn sees each leaking stack whole, as in pytest-memray; False suppresses it.
-        records = [r for r in records
-                   if filter_fn(Stack(tuple(StackFrame(*f) for f in r.hybrid_stack_trace())))]
-    leaks = [site for site in _sites(records, None) if site.size > limit]
-    if not leaks:
-        return None
-    lines = ["Test was allowed to leak %s per location but %d location%s leaked more"
-             % (sizeof_fmt(limit), len(leaks), "" if len(leaks) == 1 else "s"),
-             "Leaking allocation sites:"]
-    lines += _format_sites(leaks, n_frames, "leaked")
-    return _Failure("\n".join(lines))
+def capture_name(prefix: str, nodeid: str) -> str:
+    """pytest-memray's file name for a test's capture, without its extension: the test id with
+    '::' and path separators made '-', cut to fit 255 bytes with a digest of the whole name."""
+    name = "%s-%s" % (prefix, nodeid.replace("::", "-").replace(os.sep, "-"))
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256((name + ".bin").encode("utf-8", "surrogateescape")).hexdigest()[:_DIGEST_CHARS]
+    kept = encoded[: _MAX_NAME - _DIGEST_CHARS - 1].decode("utf-8", "ignore")
+    return "%s-%s" % (kept, digest)
 
 
 # --------------------------------------------------------------------------- options
 
 
+def _bool(config, name):
+    return bool(config.getoption(name) or config.getini(name))
+
+
 def pytest_addoption(parser):
+    # The help texts are pytest-memray's, where the option is one of its own.
     group = parser.getgroup("memray")
-    group.addoption("--memray", action="store_true", default=False,
-                    help="Track the memory of every test and report the tests that allocate most")
-    group.addoption("--memray-bin-path", metavar="DIR", default=None,
-                    help="Keep the capture of each test in DIR (default: a temporary directory, removed)")
-    group.addoption("--memray-bin-prefix", metavar="PREFIX", default=None,
-                    help="Prefix of the capture files' names (default: a random hex string)")
-    group.addoption("--hide-memray-summary", action="store_true", default=None,
-                    help="Do not print the MEMRAY REPORT at the end of the session")
-    group.addoption("--most-allocations", type=int, default=None, metavar="N",
-                    help="Report on the N tests with the highest peak memory (0 for all; default 5)")
-    group.addoption("--stacks", type=int, default=None, metavar="N",
-                    help="Frames shown per allocation site (default: 1 in the report, 5 in failures)")
-    group.addoption("--native", action="store_true", default=None,
-                    help="Record native (C/C++) stacks too")
-    group.addoption("--trace-python-allocators", action="store_true", default=None,
-                    help="Record pymalloc's allocations individually (slower, more precise)")
+    group.addoption("--memray", action="store_true", default=False, help="Activate memray tracking")
+    group.addoption("--memray-bin-path", metavar="MEMRAY_BIN_PATH", default=None,
+                    help="Path where to write the memray binary dumps (by default a temporary folder)")
+    group.addoption("--memray-bin-prefix", metavar="MEMRAY_BIN_PREFIX", default=None,
+                    help="Prefix to use for the binary dump (by default a random UUID4 hex)")
+    group.addoption("--hide-memray-summary", action="store_true", default=False,
+                    help="Hide the memray summary at the end of the execution")
+    group.addoption("--most-allocations", type=int, default=None, metavar="MOST_ALLOCATIONS",
+                    help="Show the N tests that allocate most memory (N=0 for all)")
+    group.addoption("--stacks", type=int, default=None, metavar="STACKS",
+                    help="Show the N stack entries when showing tracebacks of memory allocations")
+    group.addoption("--native", action="store_true", default=False,
+                    help="Show native frames when showing tracebacks of memory allocations (will be slower)")
+    group.addoption("--trace-python-allocators", action="store_true", default=False,
+                    help="Record allocations made by the Pymalloc allocator (will be slower)")
+    group.addoption("--fail-on-increase", action="store_true", default=False,
+                    help="Fail a test with the limit_memory marker if it uses more memory than its last "
+                         "successful run")
     group.addoption("--memray-default-limit", metavar="SIZE", default=None,
-                    help="Apply limit_memory(SIZE) to every test that has no limit_memory marker")
+                    help="Apply limit_memory(SIZE) to every test that has no memray marker (this plugin's own)")
 
-    parser.addini("memray", "Activate memray tracking (as --memray)", type="bool", default=False)
-    parser.addini("hide_memray_summary", "Hide the memray summary", type="bool", default=False)
-    parser.addini("most_allocations", "Report on the N tests that allocate most (0 for all)", default="5")
-    parser.addini("stacks", "Frames shown per allocation site", default="")
-    parser.addini("native", "Record native stacks", type="bool", default=False)
-    parser.addini("trace_python_allocators", "Record pymalloc's allocations", type="bool", default=False)
-    parser.addini("memray_default_limit", "limit_memory for tests without the marker", default="")
+    parser.addini("memray", "Activate pytest.ini setting", type="bool")
+    parser.addini("hide_memray_summary", "Hide the memray summary at the end of the execution", type="bool")
+    parser.addini("stacks", "Show the N stack entries when showing tracebacks of memory allocations")
+    parser.addini("native", "Show native frames when showing tracebacks of memory allocations (will be slower)",
+                  type="bool")
+    parser.addini("trace_python_allocators", "Record allocations made by the Pymalloc allocator (will be slower)",
+                  type="bool")
+    parser.addini("fail-on-increase", "Fail a test with the limit_memory marker if it uses more memory than its "
+                  "last successful run", type="bool")
+    parser.addini("verbosity_memray", "Verbosity level for limit_memory failure reports. At negative levels the "
+                  "limit_memory marker only reports a summary, at level 0 or 1 it shows the top 10 allocations by "
+                  "size, from level 2 up it shows all allocations. The default follows pytest's -v / -q flags "
+                  "(with 0 as the default if neither are given).")
+    parser.addini("most_allocations", "Show the N tests that allocate most memory (N=0 for all)")
+    parser.addini("memray_default_limit", "limit_memory for tests without a memray marker (this plugin's own)")
 
 
-_INI_NAMES = {"memray", "hide_memray_summary", "most_allocations", "stacks", "native", "trace_python_allocators",
-              "memray_default_limit"}
-
-
-def _option(config, name):
-    """The command line's value, else the ini file's."""
-    value = config.getoption(name)
-    if (value is None or value is False) and name in _INI_NAMES:
-        ini = config.getini(name)
-        if ini not in (None, "", False):
-            return ini
-    return value
+def _int_setting(config, name, default: int) -> int:
+    """An integer from the command line, else the ini file, else `default`."""
+    value = config.getoption(name, None)
+    if value is None:
+        value = config.getini(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError("%s must be an integer, not %r" % (name, value))
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "limit_memory(limit, *, current_thread_only=False): fail the test if its peak memory exceeds limit "
-        "(e.g. '24 MB')",
+        "limit_memory(memory_limit: str, *, current_thread_only: bool = False): fail the execution of the test "
+        "if the test allocates more peak memory than allowed (e.g. '24 MB')",
     )
     config.addinivalue_line(
         "markers",
-        "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False): fail the test if memory "
-        "allocated from one call stack is still alive at its end beyond location_limit",
+        "limit_leaks(location_limit: str, *, filter_fn: LeaksFilterFunction | None = None, "
+        "current_thread_only: bool = False): fail the execution of the test if any call stack in the test "
+        "leaks more memory than allowed",
+    )
+    config.addinivalue_line(
+        "markers",
+        "limit_leaked_objects(count: int, *, filter_fn: LeakedObjectsFilterFunction | None = None): fail the "
+        "execution of the test if it leaks more Python objects than allowed (Python 3.13.3 or later)",
     )
     manager = Manager(config)
     config.pluginmanager.register(manager, "memray_manager")
     # optionalhook: harmless without pytest-xdist, whatever the order plugins load in.
     config.pluginmanager.register(_XdistHooks(manager), "memray_xdist")
+
+
+def _usable_directory(path: str) -> str:
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise pytest.UsageError("%s must be a directory" % path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise pytest.UsageError("cannot create the directory %s: %s" % (path, e.strerror or e))
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise pytest.UsageError("%s is not writable" % path)
+    return path
 
 
 # --------------------------------------------------------------------------- the manager
@@ -311,18 +219,28 @@ def pytest_configure(config):
 class Manager:
     def __init__(self, config):
         self.config = config
-        self.enabled = bool(_option(config, "memray"))
+        self.enabled = _bool(config, "memray")
         self.results: Dict[str, TrackedTest] = {}
-        self._bin_path = None
-        self.native = bool(_option(config, "native"))
-        self.trace_python_allocators = bool(_option(config, "trace_python_allocators"))
-        stacks = _option(config, "stacks")
-        self.stacks = int(stacks) if stacks not in (None, "") else None
-        if self.stacks is not None and self.stacks < 1:
+        self.native = _bool(config, "native")
+        self.trace_python_allocators = _bool(config, "trace_python_allocators")
+        self.fail_on_increase = config.getoption("fail_on_increase") or config.getini("fail-on-increase")
+        self.cache = getattr(config, "cache", None)
+        if self.fail_on_increase and self.cache is None:
+            # pytest-memray ignores the option then; a suite that ran with it keeps running.
+            config.issue_config_time_warning(pytest.PytestConfigWarning(
+                "--fail-on-increase has no effect: it compares with the last run kept in pytest's cache, "
+                "which is turned off (-p no:cacheprovider)"), stacklevel=2)
+            self.fail_on_increase = False
+        self.stacks = _int_setting(config, "stacks", 1)
+        if self.stacks < 1:
             raise pytest.UsageError("--stacks must be at least 1")
-        most = _option(config, "most_allocations")
-        self.most_allocations = int(most) if most not in (None, "") else 5
-        default_limit = _option(config, "memray_default_limit") or None
+        self.most_allocations = _int_setting(config, "most_allocations", 5)
+        verbosity = config.getini("verbosity_memray")
+        try:
+            self.verbosity = int(verbosity) if verbosity not in (None, "") else config.getoption("verbose")
+        except ValueError:
+            raise pytest.UsageError("verbosity_memray must be an integer, not %r" % verbosity)
+        default_limit = config.getoption("memray_default_limit") or config.getini("memray_default_limit") or None
         if default_limit is not None:
             try:
                 parse_memory_string(default_limit)
@@ -333,14 +251,17 @@ class Manager:
         workerinput = getattr(config, "workerinput", None)
         self.is_worker = workerinput is not None
         self._tmpdir = None
+        self._bin_path = None
+        self.keep_captures = False
         if self.is_worker and workerinput.get("memray_bin_path"):
             self._bin_path = workerinput["memray_bin_path"]
             self.prefix = workerinput["memray_bin_prefix"]
         else:
-            path = _option(config, "memray_bin_path")
+            path = config.getoption("memray_bin_path")
             if path:
-                self._bin_path = os.path.abspath(path)
-            self.prefix = _option(config, "memray_bin_prefix") or uuid.uuid4().hex
+                self._bin_path = _usable_directory(path)
+                self.keep_captures = True
+            self.prefix = config.getoption("memray_bin_prefix") or uuid.uuid4().hex
 
     @property
     def bin_path(self) -> str:
@@ -348,61 +269,71 @@ class Manager:
         if self._bin_path is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="memray-pytest-")
             self._bin_path = self._tmpdir.name
-        os.makedirs(self._bin_path, exist_ok=True)
+        os.makedirs(os.path.join(self._bin_path, "metadata"), exist_ok=True)
         return self._bin_path
 
     # -- which tests, how
 
-    def _limit_memory_marker(self, item):
-        marker = item.get_closest_marker("limit_memory")
-        if marker is not None:
-            return marker.args, marker.kwargs
-        if self.default_limit is not None:
-            return (self.default_limit,), {}
-        return None
+    def _limits(self, item) -> Dict[str, object]:
+        """The memray markers applying to the test, by name (the closest of each name)."""
+        markers = {}
+        for marker in item.iter_markers():
+            if marker.name in MARKERS and marker.name not in markers:
+                markers[marker.name] = marker
+        if not markers and self.default_limit is not None:
+            markers["limit_memory"] = pytest.mark.limit_memory(self.default_limit).mark
+        return markers
 
-    def _wants_tracking(self, item) -> bool:
-        return (self.enabled or self._limit_memory_marker(item) is not None
-                or item.get_closest_marker("limit_leaks") is not None)
-
-    def _result_file(self, nodeid: str) -> str:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", nodeid).strip("-")
-        if len(name) > 150:
-            name = name[:130] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:16]
-        return os.path.join(self.bin_path, "%s-%s.bin" % (self.prefix, name))
+    def pytest_collection_modifyitems(self, items):
+        if any(item.get_closest_marker("limit_leaked_objects") for item in items):
+            if sys.version_info < (3, 13, 3):
+                raise pytest.UsageError(
+                    "The limit_leaked_objects marker requires Python 3.13.3 or later. Current version: %s"
+                    % ".".join(map(str, sys.version_info[:3])))
+            raise pytest.UsageError("The limit_leaked_objects marker needs object lifetime tracking, which this "
+                                    "memray does not have yet")
 
     # -- hooks
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem):
-        if not self._wants_tracking(pyfuncitem):
+        limits = self._limits(pyfuncitem)
+        if not limits and not self.enabled:
             yield
             return
-        from . import FileReader, Tracker
+        if len(limits) > 1:
+            raise ValueError("Only one Memray marker can be applied to each test")
+        from . import FileFormat, FileReader, Tracker
 
         testfunction = pyfuncitem.obj
-        result_file = self._result_file(pyfuncitem.nodeid)
-        leaks = pyfuncitem.get_closest_marker("limit_leaks") is not None
+        name = capture_name(self.prefix, pyfuncitem.nodeid)
+        result_file = os.path.join(self.bin_path, name + ".bin")
+        leaks = "limit_leaks" in limits
+        for marker in limits.values():
+            _marker_arguments(marker)
         options = dict(
-            native_traces=self.native,
+            native_traces=self.native or leaks,
             trace_python_allocators=self.trace_python_allocators or leaks,
+            file_format=FileFormat.AGGREGATED_ALLOCATIONS,
         )
         manager = self
+        nodeid = pyfuncitem.nodeid
 
         def record():
             try:
                 with FileReader(result_file) as reader:
                     metadata = reader.metadata
             except (OSError, ValueError) as e:
-                manager.results[pyfuncitem.nodeid] = TrackedTest(pyfuncitem.nodeid, result_file, 0, 0, str(e))
+                manager.results[nodeid] = TrackedTest(nodeid, result_file, 0, 0, str(e))
                 return
-            manager.results[pyfuncitem.nodeid] = TrackedTest(
-                pyfuncitem.nodeid, result_file, metadata.peak_memory, metadata.total_allocations
-            )
+            manager.results[nodeid] = TrackedTest(nodeid, result_file, metadata.peak_memory,
+                                                  metadata.total_allocations)
 
+        # The Tracker is entered in a frame named `wrapper` (_pytest_limits.WRAPPER_NAME), as
+        # pytest-memray's is: stacks end there.
         if inspect.iscoroutinefunction(testfunction):
             @functools.wraps(testfunction)
-            async def _memray_tracked_call(*args, **kwargs):
+            async def wrapper(*args, **kwargs):
                 try:
                     with Tracker(destination=_file_destination(result_file), **options):
                         return await testfunction(*args, **kwargs)
@@ -410,14 +341,14 @@ class Manager:
                     record()
         else:
             @functools.wraps(testfunction)
-            def _memray_tracked_call(*args, **kwargs):
+            def wrapper(*args, **kwargs):
                 try:
                     with Tracker(destination=_file_destination(result_file), **options):
                         return testfunction(*args, **kwargs)
                 finally:
                     record()
 
-        pyfuncitem.obj = _memray_tracked_call
+        pyfuncitem.obj = wrapper
         try:
             yield
         finally:
@@ -429,48 +360,60 @@ class Manager:
         if call.when != "call":
             return
         report = outcome.get_result()
-        if report.outcome != "passed":
-            return
         result = self.results.get(item.nodeid)
         if result is None:
             return
+        if report.outcome != "passed":
+            result.raised = True
+            return
+        self._write_metadata(result)
+        limits = self._limits(item)
         if result.error is not None:
-            if self._limit_memory_marker(item) is None and item.get_closest_marker("limit_leaks") is None:
-                return
-            failures = [_Failure("memray could not read this test's capture %s: %s" % (result.path, result.error))]
-        else:
-            failures = self._check_markers(item, result)
-        if failures:
+            if limits:
+                report.outcome = "failed"
+                report.longrepr = "memray could not read this test's capture %s: %s" % (result.path, result.error)
+            return
+        failure, peak = self._check(item.nodeid, limits, result)
+        if failure is not None:
             report.outcome = "failed"
-            report.longrepr = "\n\n".join(f.text for f in failures)
-            report.sections.append(("memray", "Memray detected problems with test %s" % item.nodeid))
-            outcome.force_result(report)
+            report.longrepr = failure.summary
+            if failure.section is not None:
+                report.sections.append(failure.section)
+            report.memray_failure = True
+        elif peak is not None and self.cache is not None:
+            self.cache.set(_cache_key(item.nodeid), {"total_allocated_memory": peak})
 
-    def _check_markers(self, item, result) -> List[_Failure]:
+    def _write_metadata(self, result):
+        """pytest-memray's record of a test that ran to its end, beside its capture."""
+        name = os.path.splitext(os.path.basename(result.path))[0]
+        with open(os.path.join(os.path.dirname(result.path), "metadata", name + ".metadata"), "w") as f:
+            json.dump({"test_id": result.nodeid, "peak_memory": result.peak_memory, "result_file": result.path}, f)
+
+    def _check(self, nodeid, limits, result):
+        """(the failure or None, the test's peak where it has a limit_memory marker)."""
         from . import FileReader
 
-        failures = []
-        n_frames = self.stacks or DEFAULT_FAILURE_STACKS
         with FileReader(result.path) as reader:
-            limit = self._limit_memory_marker(item)
-            if limit is not None:
-                args, kwargs = limit
-                failure = _call_marker(_check_limit_memory, "limit_memory", reader, n_frames, args, kwargs)
-                if failure:
-                    failures.append(failure)
-            for marker in item.iter_markers("limit_leaks"):
-                failure = _call_marker(_check_limit_leaks, "limit_leaks", reader, n_frames, marker.args, marker.kwargs)
-                if failure:
-                    failures.append(failure)
-                break  # the closest one
-        return failures
+            marker = limits.get("limit_memory")
+            if marker is not None:
+                arguments = _marker_arguments(marker)
+                peak, records = peak_of(reader, current_thread_only=arguments["current_thread_only"])
+                previous = self.cache.get(_cache_key(nodeid), None) if self.fail_on_increase else None
+                if previous is not None:
+                    failure = check_memory_increase(previous["total_allocated_memory"], peak)
+                    if failure is not None:
+                        return failure, peak
+                return check_limit_memory(peak, records, arguments["memory_limit"], native=self.native,
+                                          verbosity=self.verbosity, n_frames=self.stacks), peak
+            marker = limits.get("limit_leaks")
+            if marker is not None:
+                return check_limit_leaks(reader, **_marker_arguments(marker), n_frames=self.stacks), None
+        return None, None
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_report_teststatus(self, report):
         outcome = yield
-        if report.when == "call" and report.outcome == "failed" and any(
-            name == "memray" for name, _ in getattr(report, "sections", [])
-        ):
+        if report.when == "call" and report.outcome == "failed" and getattr(report, "memray_failure", False):
             outcome.force_result(("failed", "M", "MEMORY PROBLEMS"))
 
     def pytest_sessionfinish(self, session):
@@ -487,7 +430,7 @@ class Manager:
     def pytest_terminal_summary(self, terminalreporter):
         if not self.enabled or self.is_worker:
             return
-        if _option(self.config, "hide_memray_summary"):
+        if _bool(self.config, "hide_memray_summary"):
             return
         self.write_report(terminalreporter)
 
@@ -496,53 +439,52 @@ class Manager:
     def write_report(self, tr):
         from . import FileReader
 
-        tr.write_line("")
         tr.write_sep("=", "MEMRAY REPORT")
         unreadable = [r for r in self.results.values() if r.error is not None]
-        results = [r for r in self.results.values() if r.error is None and os.path.exists(r.path)]
+        results = [r for r in self.results.values()
+                   if r.error is None and not r.raised and r.peak_memory > 0 and os.path.exists(r.path)]
         for r in unreadable[:3]:
             tr.write_line("could not read the capture of %s: %s" % (r.nodeid, r.error))
         if len(unreadable) > 3:
             tr.write_line("... and %d more unreadable captures" % (len(unreadable) - 3))
-        if not results:
-            tr.write_line("No test was tracked.")
-            return
         results.sort(key=lambda r: r.peak_memory, reverse=True)
         shown = results if self.most_allocations <= 0 else results[: self.most_allocations]
-        tr.write_line("Tests that allocated most (peak memory, allocations), %d of %d tracked:"
-                      % (len(shown), len(results)))
-        for r in shown:
-            tr.write_line("    %10s  %9d  %s" % (sizeof_fmt(r.peak_memory), r.total_allocations, r.nodeid))
-        tr.write_line("")
-        n_frames = self.stacks or 1
+        if shown:
+            # Not in pytest-memray: the ranking at a glance.
+            tr.write_line("Tests that allocated most (peak memory, allocations), %d of %d tracked:"
+                          % (len(shown), len(self.results)))
+            for r in shown:
+                tr.write_line("    %10s  %9d  %s" % (sizeof_fmt(r.peak_memory), r.total_allocations, r.nodeid))
+            tr.write_line("")
         for r in shown:
             try:
                 with FileReader(r.path) as reader:
-                    records = list(reader.get_high_watermark_allocation_records())
+                    records = [rec for rec in reader.get_high_watermark_allocation_records()
+                               if not is_plugin_overhead(rec)]
             except OSError as e:
                 tr.write_line("Allocation results for %s: cannot read %s: %s" % (r.nodeid, r.path, e))
                 continue
-            sites = _sites(records, n_frames)
+            records.sort(key=lambda rec: rec.size, reverse=True)
             tr.write_line("Allocation results for %s at the high watermark" % r.nodeid)
             tr.write_line("")
             tr.write_line("\t 📦 Total memory allocated: %s" % sizeof_fmt(r.peak_memory))
             tr.write_line("\t 📏 Total allocations: %d" % r.total_allocations)
-            sizes = [rec.size for rec in records]
-            if sizes:
-                tr.write_line("\t 📊 Histogram of allocation sizes: |%s|" % cli_hist(sizes, N_HISTOGRAM_BINS))
+            tr.write_line("\t 📊 Histogram of allocation sizes: |%s|"
+                          % cli_hist([rec.size for rec in records], N_HISTOGRAM_BINS))
             tr.write_line("\t 🥇 Biggest allocating functions:")
-            for site in sites[:N_TOP_SITES]:
-                if not site.frames:
-                    tr.write_line("\t\t- (no Python frames) -> %s" % sizeof_fmt(site.size))
-                    continue
-                function, filename, lineno = site.frames[0]
-                tr.write_line("\t\t- %s:%s:%s -> %s" % (function, filename, lineno, sizeof_fmt(site.size)))
-                for function, filename, lineno in site.frames[1:]:
-                    tr.write_line("\t\t    %s:%s:%s" % (function, filename, lineno))
-            tr.write_line("")
-        if self._tmpdir is None and not self.is_worker:
-            tr.write_line("Captures kept in %s (open them with `memray stats FILE`, `memray flamegraph FILE`...)"
-                          % self.bin_path)
+            for rec in records[:N_TOP_SITES]:
+                frames = rec.stack_trace()
+                where = "%s:%s:%s" % frames[0] if frames else "(no Python frames)"
+                tr.write_line("\t\t- %s -> %s" % (where, sizeof_fmt(rec.size)))
+            tr.write_line("\n")
+        if self.keep_captures:
+            # Counted as pytest-memray counts them: the tests that ran to their end.
+            tr.write_line("Created %d binary dumps at %s with prefix %s"
+                          % (sum(not r.raised for r in self.results.values()), self.bin_path, self.prefix))
+
+
+def _cache_key(nodeid: str) -> str:
+    return "memray/" + nodeid
 
 
 def _file_destination(path):
@@ -551,14 +493,24 @@ def _file_destination(path):
     return FileDestination(path, overwrite=True)
 
 
-def _call_marker(check, name, reader, n_frames, args, kwargs):
-    kwargs = dict(kwargs)
-    try:
-        return check(reader, *args, n_frames=n_frames, **kwargs)
-    except TypeError as e:
-        return _Failure("Invalid %s marker: %s" % (name, e))
-    except ValueError as e:
-        return _Failure("Invalid %s marker: %s" % (name, e))
+def _limit_memory(memory_limit, *, current_thread_only=False):
+    """The signature of the limit_memory marker."""
+
+
+def _limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False):
+    """The signature of the limit_leaks marker."""
+
+
+_SIGNATURES = {"limit_memory": inspect.signature(_limit_memory), "limit_leaks": inspect.signature(_limit_leaks)}
+
+
+def _marker_arguments(marker) -> dict:
+    """A marker's arguments by name, checked: raised before the test runs, a bad size or
+    argument fails the test with pytest-memray's message instead of after running it."""
+    bound = _SIGNATURES[marker.name].bind(*marker.args, **marker.kwargs)
+    bound.apply_defaults()
+    parse_memory_string(next(iter(bound.arguments.values())))
+    return dict(bound.arguments)
 
 
 class _XdistHooks:
