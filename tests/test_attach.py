@@ -116,7 +116,7 @@ class Target:
     """A target program running under the tested interpreter."""
 
     def __init__(self, interp, env, workdir, script_text, *args, name="target.py", stdin=None, extra_env=None,
-                 interp_args=()):
+                 interp_args=(), broken_stderr=False):
         self.workdir = Path(workdir)
         self.path = self.workdir / name
         self.path.write_text(script_text)
@@ -124,15 +124,22 @@ class Target:
         env["HELPERS_DIR"] = str(Path(__file__).resolve().parent / "helpers")
         self.stdout_path = self.workdir / (name + ".out")
         self._out = open(self.stdout_path, "wb")
+        stderr = subprocess.STDOUT
+        if broken_stderr:
+            # A pipe nobody reads any more (a log collector that died): writes get EPIPE.
+            reader, stderr = os.pipe()
+            os.close(reader)
         self.proc = subprocess.Popen(
             [interp.executable, *interp_args, str(self.path), str(self.workdir), *map(str, args)],
             cwd=self.workdir,
             env=env,
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=self._out,
-            stderr=subprocess.STDOUT,
+            stderr=stderr,
             start_new_session=True,
         )
+        if broken_stderr:
+            os.close(stderr)
         self.pid = self.proc.pid
 
     def wait_for(self, name, timeout=30):
@@ -301,8 +308,10 @@ def test_attach_duration_stops_by_itself(interp, target, memray_cli, reader, wor
     assert "for 2" in res.stderr
     # The session ends by itself: detach then finds nothing to stop.
     time.sleep(3.5)
-    assert_clean_error(memray_cli("detach", str(t.pid)), "not being tracked")
+    assert_clean_error(memray_cli("detach", str(t.pid)), "no previous `memray attach` call detected")
     assert t.alive(), t.output()
+    # Memray's line on the target's stderr when the time is up.
+    assert "memray: Deactivating tracking: 2 seconds have elapsed\n" in t.output(), t.output()
     t.touch("phase2")  # allocations after the end of the session
     time.sleep(0.5)
     assert t.finish() == 0
@@ -311,6 +320,19 @@ def test_attach_duration_stops_by_itself(interp, target, memray_cli, reader, wor
     assert cap.find(size=MAIN_SIZE), "nothing recorded during the session"
     assert not cap.find(size=PHASE2_MAIN), "recorded after --duration ended"
     assert attached_at + 1.5 <= cap.metadata["end_time"] <= attached_at + 3.5, (attached_at, cap.metadata)
+
+
+@needs_ptrace
+def test_the_payloads_messages_never_harm_a_target_whose_stderr_is_gone(interp, target, memray_cli, workdir):
+    """The deactivation line of --duration goes to a stderr whose reader has gone: the write
+    fails (EPIPE) and the target runs on (a panic there would abort it)."""
+    t = target(TARGET, 1, broken_stderr=True)
+    t.wait_for("ready")
+    assert_ok(memray_cli("attach", "--duration", "1", "-o", str(workdir / "gone.bin"), str(t.pid)))
+    time.sleep(2.5)
+    assert t.alive(), t.output()
+    assert t.finish() == 0, t.output()
+    assert_no_crash_output(t.output())
 
 
 @needs_ptrace

@@ -286,6 +286,18 @@ def test_compression(interp, script, memray_run, reader, workdir, flag, magic):
     assert_work_recorded(reader.read(out, "all"), s)
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["mapped", "buffered"])
+def test_buffered_file_io(interp, script, memray_run, reader, workdir, buffered):
+    """--buffered-file-io writes the capture with plain writes: the file is never mapped
+    into the program (the default maps it, so that records survive a crash)."""
+    s = script("prog.py", PROG + "\nprint('capture mapped:', sys.argv[1] in open('/proc/self/maps').read())\n")
+    out = workdir / "buffered.bin"
+    flags = ["--buffered-file-io"] if buffered else []
+    res = assert_ok(memray_run(*flags, "-q", "-o", out, s.path, str(out)))
+    assert "capture mapped: %s" % (not buffered) in res.stdout, res.describe()
+    assert_work_recorded(reader.read(out, "all"), s)
+
+
 def test_aggregate_flag(interp, script, memray_run, reader, workdir):
     # Big enough to be live at the peak whatever the interpreter allocates at start-up
     # (3.15 reallocs a 3.6 MB buffer while compiling a module, then frees it).

@@ -656,6 +656,26 @@ def test_uncompressed_destination(interp, script, run_py, reader, workdir):
     assert top(cap.one(size=97531, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
 
 
+def test_buffered_file_destination(interp, script, run_py, reader, workdir):
+    """FileDestination(buffered=True): plain writes, the file never mapped into the process."""
+    s = script(
+        "buffered.py",
+        PRELUDE,
+        """
+        dest = memray.FileDestination(OUT, buffered=True)
+        with memray.Tracker(destination=dest):
+            H.helper_malloc(97531)  # @inside
+            print("mapped:", OUT in open("/proc/self/maps").read())
+        """,
+    )
+    out = workdir / "buffered.bin"
+    res = assert_ok(run_py(s, out))
+    assert "mapped: False" in res.stdout, res.describe()
+    assert out.read_bytes()[:4] == LZ4_MAGIC
+    cap = reader.read(out, "all")
+    assert top(cap.one(size=97531, allocator=MALLOC)) == [("<module>", s.path.name, s.line("inside"))]
+
+
 def test_socket_destination_streams_to_a_reader(interp, script, tracked_env, reader, workdir):
     """SocketDestination: the tracked process listens on 127.0.0.1 and streams the capture
     to the one reader that connects; what the reader receives is a readable capture."""

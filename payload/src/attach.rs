@@ -302,6 +302,11 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             c.state.store(STATE_STOPPING, Ordering::Release);
+            if let Some(d) = duration {
+                // Memray's line, on the target's stderr: whoever watches the service's log
+                // sees the session end there.
+                crate::log::write_line(format_args!("memray: Deactivating tracking: {} seconds have elapsed", seconds_text(d)));
+            }
             match run_python("stop", "") {
                 Ok(_) => stopped(path),
                 Err(e) => publish(STATE_FAILED, &e),
@@ -316,6 +321,15 @@ fn supervise(nonce: u64, duration: Option<Duration>) {
             stopped(path);
             return;
         }
+    }
+}
+
+/// `2` for whole seconds (what `--duration 2` reads back as), `0.5` otherwise.
+fn seconds_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        d.as_secs_f64().to_string()
     }
 }
 

@@ -16,11 +16,19 @@ pub fn enabled(level: i32) -> bool {
     level >= THRESHOLD.load(Ordering::Relaxed)
 }
 
-/// `log!(log::ERROR, "...", args)`: eprintln! when that severity is shown.
+/// One line on the process's stderr. Errors are dropped: `eprintln!` panics when stderr is
+/// a pipe whose reader is gone, and a panic here aborts the tracked process.
+pub fn write_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// `log!(log::ERROR, "...", args)`: a line on stderr when that severity is shown.
 macro_rules! log {
     ($level:expr, $($arg:tt)*) => {
         if $crate::log::enabled($level) {
-            eprintln!($($arg)*);
+            $crate::log::write_line(format_args!($($arg)*));
         }
     };
 }

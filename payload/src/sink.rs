@@ -11,7 +11,9 @@
 //! them cost no more than the buffered `write(2)` they replace (`posix_fallocate`
 //! instead made each first store into a page cost several microseconds on ext4). Past the data the file reads as zeros, which readers (ours and Memray's, which
 //! writes its files the same way) take as the end; a clean finish truncates them away.
-//! A file opened write-only, or one the kernel will not map, falls back to the buffer.
+//! A file opened write-only, one the kernel will not map, or one whose tracker asked for
+//! plain writes (`--buffered-file-io`, for file systems whose shared mappings misbehave)
+//! goes through the buffer instead.
 //!
 //! **Sockets and pipes** (live mode): a 1 MiB buffer, written out with `send`/`write` on
 //! flush (every RSS sample) or when full.
@@ -59,8 +61,10 @@ pub struct FdSink {
 unsafe impl Send for FdSink {}
 
 impl FdSink {
-    pub fn new(fd: i32) -> Self {
+    /// `buffered`: plain writes from a buffer even where the file could be mapped.
+    pub fn new(fd: i32, buffered: bool) -> Self {
         let (socket, mappable) = kind(fd);
+        let mappable = mappable && !buffered;
         let buf = if mappable { Vec::new() } else { Vec::with_capacity(BUFFER_SIZE) };
         FdSink { fd, socket, mappable, window: None, buf, error: None, failed: false, bytes_written: 0 }
     }
@@ -304,7 +308,7 @@ mod tests {
     #[test]
     fn mapped_file_holds_every_byte_before_finish_and_exactly_them_after() {
         let (path, file) = temp("mapped");
-        let mut sink = FdSink::new(file.as_raw_fd());
+        let mut sink = FdSink::new(file.as_raw_fd(), false);
         assert!(sink.mappable);
         // Across several windows, in odd-sized pieces.
         let mut expected = Vec::new();
@@ -331,11 +335,28 @@ mod tests {
     fn write_only_file_is_buffered() {
         let path = std::env::temp_dir().join(format!("memray-sink-wo-{}", std::process::id()));
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
-        let mut sink = FdSink::new(file.as_raw_fd());
+        let mut sink = FdSink::new(file.as_raw_fd(), false);
         assert!(!sink.mappable);
         sink.put(b"abc");
         sink.finish();
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn buffered_file_io_writes_a_mappable_file_through_the_buffer() {
+        let (path, file) = temp("buffered");
+        let mut sink = FdSink::new(file.as_raw_fd(), true);
+        assert!(!sink.mappable);
+        let expected: Vec<u8> = (0..BUFFER_SIZE + 777).map(|i| (i % 251) as u8).collect();
+        sink.put(&expected[..10]);
+        // Nothing reaches the file before a flush or a full buffer...
+        assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+        sink.put(&expected[10..]);
+        sink.finish();
+        assert!(!sink.failed && sink.window.is_none());
+        // ...and no zeros are reserved past the data.
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
         std::fs::remove_file(&path).ok();
     }
 }
@@ -357,7 +378,7 @@ mod speed {
                 } else {
                     std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap()
                 };
-                let mut sink = FdSink::new(file.as_raw_fd());
+                let mut sink = FdSink::new(file.as_raw_fd(), false);
                 let start = std::time::Instant::now();
                 let rec = [0x81u8, 2, 3, 4, 5, 6, 7, 8];
                 for _ in 0..(64 << 20) / 8 {

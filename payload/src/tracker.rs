@@ -24,6 +24,8 @@ pub struct Config {
     pub dir_fd: Option<i32>,
     pub seekable: bool,
     pub compress: bool,
+    /// `--buffered-file-io`: write the file with write(2), not through shared mappings.
+    pub buffered_file_io: bool,
     pub native_traces: bool,
     pub trace_python_allocators: bool,
     pub follow_fork: bool,
@@ -65,6 +67,7 @@ impl Config {
                 "dir_fd" => c.dir_fd = Some(num(v)? as i32),
                 "seekable" => c.seekable = flag(v),
                 "compress" => c.compress = flag(v),
+                "buffered_file_io" => c.buffered_file_io = flag(v),
                 "native_traces" => c.native_traces = flag(v),
                 "trace_python_allocators" => c.trace_python_allocators = flag(v),
                 "follow_fork" => c.follow_fork = flag(v),
@@ -139,7 +142,7 @@ pub fn start(config: Config) -> Result<(), StartError> {
     GENERATION.fetch_add(1, Ordering::AcqRel);
     thread_state::reset_tids();
     let main_tid = thread_state::current_tid();
-    *WRITER.lock() = Some(Writer::new(config.fd, config.header(main_tid), interp));
+    *WRITER.lock() = Some(Writer::new(config.fd, config.buffered_file_io, config.header(main_tid), interp));
     hooks::NATIVE_TRACES.store(config.native_traces, Ordering::Release);
     if config.native_traces {
         // The first memory map follows the header, and the unwind table must exist
@@ -305,7 +308,7 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     thread_state::reset_tids();
     let main_tid = thread_state::current_tid();
     let interp = hooks::interpreter().ok_or_else(|| std::io::Error::other("no interpreter"))?;
-    *WRITER.lock() = Some(Writer::new(fd, r.config.header(main_tid), interp));
+    *WRITER.lock() = Some(Writer::new(fd, r.config.buffered_file_io, r.config.header(main_tid), interp));
     if r.config.native_traces {
         crate::native::refresh();
     }

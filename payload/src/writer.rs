@@ -73,14 +73,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(fd: i32, header: Header, interp: &'static crate::python::Interpreter) -> Self {
+    pub fn new(fd: i32, buffered: bool, header: Header, interp: &'static crate::python::Interpreter) -> Self {
         let start_ms = header.start_time_ms;
         let out = match header.file_format {
             FileFormat::AggregatedAllocations => Output::Aggregate(Box::new(Aggregator::new())),
             _ => Output::Stream(StreamEncoder::new()),
         };
         let mut w = Writer {
-            sink: FdSink::new(fd),
+            sink: FdSink::new(fd, buffered),
             out,
             header,
             last_tid: 0,

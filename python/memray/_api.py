@@ -25,6 +25,7 @@ class FileDestination(Destination):
     path: Union[str, "os.PathLike[str]"]
     overwrite: bool = False
     compress_on_exit: bool = True
+    buffered: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Tracker:
         if isinstance(dest, FileDestination):
             path = os.fspath(dest.path)
             fd = _tracking.open_file_destination(path, dest.overwrite)
-            session = _tracking.Session(fd, path, True, dest.compress_on_exit, **options)
+            session = _tracking.Session(fd, path, True, dest.compress_on_exit, buffered=dest.buffered, **options)
         else:
             fd = _tracking.open_socket_destination(dest.server_port, dest.address)
             session = _tracking.Session(fd, None, False, False, **options)

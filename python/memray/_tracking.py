@@ -246,7 +246,8 @@ class Session:
     """One tracker run inside this process."""
 
     def __init__(self, fd, path, seekable, compress, native_traces=False, trace_python_allocators=False,
-                 follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0, dir_fd=None):
+                 follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0, dir_fd=None,
+                 buffered=False):
         self.fd = fd
         self.path = path
         # With dir_fd (a directory descriptor `memray attach` handed over), `path` is a
@@ -254,6 +255,9 @@ class Session:
         self.dir_fd = dir_fd
         self.seekable = seekable
         self.compress = compress
+        # Plain write(2) from a buffer instead of shared mappings of the file (Memray's
+        # --buffered-file-io): records still in the buffer are lost if the process dies.
+        self.buffered = buffered
         self.native_traces = native_traces
         self.trace_python_allocators = trace_python_allocators
         self.follow_fork = follow_fork
@@ -271,6 +275,7 @@ class Session:
             ("fd", self.fd),
             ("seekable", int(self.seekable)),
             ("compress", int(self.compress)),
+            ("buffered_file_io", int(self.buffered)),
             ("native_traces", int(self.native_traces)),
             ("trace_python_allocators", int(self.trace_python_allocators)),
             ("follow_fork", int(self.follow_fork)),
@@ -418,6 +423,7 @@ def run_from_cli():
         follow_fork=env.pop("MEMRAY_RUN_FOLLOW_FORK", "0") == "1",
         memory_interval_ms=int(env.pop("MEMRAY_RUN_INTERVAL_MS", "10")),
         aggregated=env.pop("MEMRAY_RUN_AGGREGATE", "0") == "1",
+        buffered=env.pop("MEMRAY_RUN_BUFFERED", "0") == "1",
     )
     live_port = env.pop("MEMRAY_RUN_LIVE_PORT", "")
     live_address = env.pop("MEMRAY_RUN_LIVE_ADDRESS", "") or "127.0.0.1"

@@ -1011,7 +1011,7 @@ fn detach_process(args: &DetachArgs, pid: i32, log: &Log) -> Result<String> {
         if controls.iter().any(|(_, c)| c.tracker_active) {
             bail!("process {pid} is being tracked by memray run or memray.Tracker, not by memray attach: nothing to detach");
         }
-        bail!("process {pid} is not being tracked by memray (no previous `memray attach`)");
+        bail!("no previous `memray attach` call detected: process {pid} is not being tracked by memray");
     };
     log.step(&format!("attach session found in {path}: writing {}", control.message));
     let mut output = control.message.clone();

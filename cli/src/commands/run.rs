@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Interpreter to run the program with (default: $MEMRAY_PYTHON, else python3 on PATH)
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Write the capture with plain buffered writes instead of shared mappings of the file
+    /// (for file systems that do not support them well); a crash loses up to 1 MiB of records
+    #[arg(long, conflicts_with_all = ["live", "live_remote"])]
+    buffered_file_io: bool,
     /// Show a live view of the program in this terminal instead of writing a capture
     /// (the program's output goes to a log file)
     #[arg(long, conflicts_with_all = ["output", "live_remote"])]
@@ -175,6 +179,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .env("MEMRAY_RUN_PYALLOC", flag(args.tracking.trace_python_allocators))
         .env("MEMRAY_RUN_FOLLOW_FORK", flag(args.tracking.follow_fork))
         .env("MEMRAY_RUN_AGGREGATE", flag(args.tracking.aggregate))
+        .env("MEMRAY_RUN_BUFFERED", flag(args.buffered_file_io))
         .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string())
         .env("MEMRAY_RUN_QUIET", flag(args.quiet));
 
