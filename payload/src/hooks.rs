@@ -55,11 +55,31 @@ pub fn record_allocation(address: *mut c_void, size: usize, allocator: Allocator
     if address.is_null() || !ACTIVE.load(Ordering::Relaxed) {
         return;
     }
-    with_guard(|| record_allocation_slow(address as usize, size, allocator));
+    with_guard(|| record_with_stack(|writer, tid, native_id| writer.write_allocation(tid, address as usize, size, allocator, native_id)));
 }
 
+/// Records a Python object's creation (with the calling thread's stack) or destruction
+/// (`track_object_lifetimes`; called by CPython's reference tracer with the GIL held).
+pub fn record_object(obj: *mut c_void, created: bool) {
+    if obj.is_null() || !ACTIVE.load(Ordering::Relaxed) {
+        return;
+    }
+    with_guard(|| {
+        if created {
+            record_with_stack(|writer, tid, native_id| writer.write_object_created(tid, obj as usize, native_id));
+        } else {
+            let tid = thread_state::current_tid();
+            if let Some(writer) = WRITER.lock().as_mut() {
+                writer.write_object_destroyed(tid, obj as usize);
+            }
+        }
+    });
+}
+
+/// Brings the capture's view of this thread's stack up to date, then `write`s the record
+/// (given the thread and its native stack's id) under the writer lock.
 #[inline(never)]
-fn record_allocation_slow(address: usize, size: usize, allocator: Allocator) {
+fn record_with_stack(write: impl FnOnce(&mut crate::writer::Writer, u64, u64)) {
     let Some(interp) = interpreter() else { return };
     let tid = thread_state::current_tid();
     // The walk and the diff touch only this thread's state: do them before taking the
@@ -91,7 +111,7 @@ fn record_allocation_slow(address: usize, size: usize, allocator: Allocator) {
             native_id = writer.native_frame_id(&n.ips[..n.len], &mut n.prefix);
         }
     }
-    writer.write_allocation(tid, address, size, allocator, native_id);
+    write(writer, tid, native_id);
 }
 
 /// Records a deallocation (no stack: Memray's format carries none for frees).

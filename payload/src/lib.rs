@@ -15,6 +15,7 @@ mod dlopen;
 mod got;
 mod handoff;
 mod hooks;
+mod lifetimes;
 mod lock;
 mod log;
 mod native;
@@ -84,6 +85,30 @@ pub extern "C" fn memray_tracker_stop() -> i32 {
     } else {
         1
     }
+}
+
+/// `Tracker.get_surviving_objects`: copies up to `cap` addresses of the objects that were
+/// created during the last tracking session and were alive at its end into `out`; returns how
+/// many there are. Each is held alive by a reference of ours until
+/// `memray_release_surviving_objects`.
+///
+/// # Safety
+/// `out` is null (with `cap` 0) or points to `cap` writable words. The GIL is held.
+#[no_mangle]
+pub unsafe extern "C" fn memray_surviving_objects(out: *mut usize, cap: usize) -> usize {
+    if out.is_null() || cap == 0 {
+        return lifetimes::survivors(&mut []);
+    }
+    // SAFETY: the caller's contract above.
+    let out = unsafe { std::slice::from_raw_parts_mut(out, cap) };
+    lifetimes::survivors(out)
+}
+
+/// Drops the references `memray_surviving_objects` describes. The GIL is held.
+#[no_mangle]
+pub extern "C" fn memray_release_surviving_objects() {
+    let _g = thread_state::GuardScope::enter();
+    lifetimes::release();
 }
 
 /// `memray.set_log_level`: the lowest severity (Python `logging` level) the payload's

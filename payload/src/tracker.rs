@@ -28,6 +28,7 @@ pub struct Config {
     pub buffered_file_io: bool,
     pub native_traces: bool,
     pub trace_python_allocators: bool,
+    pub track_object_lifetimes: bool,
     pub follow_fork: bool,
     pub memory_interval_ms: u64,
     pub file_format: u8,
@@ -70,6 +71,7 @@ impl Config {
                 "buffered_file_io" => c.buffered_file_io = flag(v),
                 "native_traces" => c.native_traces = flag(v),
                 "trace_python_allocators" => c.trace_python_allocators = flag(v),
+                "track_object_lifetimes" => c.track_object_lifetimes = flag(v),
                 "follow_fork" => c.follow_fork = flag(v),
                 "memory_interval_ms" => c.memory_interval_ms = num(v)?.max(1) as u64,
                 "file_format" => c.file_format = num(v)? as u8,
@@ -110,7 +112,7 @@ impl Config {
             skipped_frames_on_main_tid: self.skipped_frames_on_main_tid,
             python_allocator: PythonAllocator::from_u8(self.python_allocator).unwrap_or(PythonAllocator::Other),
             trace_python_allocators: self.trace_python_allocators,
-            track_object_lifetimes: false,
+            track_object_lifetimes: self.track_object_lifetimes,
             libdest: self.libdest.clone(),
             site_packages: self.site_packages.clone(),
             sys_path: self.sys_path.clone(),
@@ -150,6 +152,12 @@ pub fn start(config: Config) -> Result<(), StartError> {
         crate::native::refresh();
     }
 
+    if config.track_object_lifetimes {
+        if let Err(e) = crate::lifetimes::install() {
+            *WRITER.lock() = None;
+            return Err(StartError::Unsupported(e));
+        }
+    }
     if config.trace_python_allocators {
         pymem::install();
     }
@@ -161,6 +169,8 @@ pub fn start(config: Config) -> Result<(), StartError> {
             ACTIVE.store(false, Ordering::Release);
             got::restore_all(&hooks::redirects());
             pymem::uninstall();
+            crate::lifetimes::uninstall(std::iter::empty());
+            crate::lifetimes::release();
             *WRITER.lock() = None;
             return Err(StartError::Thread(e));
         }
@@ -176,6 +186,12 @@ pub fn stop() -> bool {
     let Some(mut running) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return false;
     };
+    if running.config.track_object_lifetimes {
+        // First, while every destruction still reaches the writer: from the tracer's removal
+        // to the references taken on the survivors, no Python code runs (we hold the GIL).
+        let alive: Vec<usize> = WRITER.lock().as_ref().map(|w| w.live_objects().collect()).unwrap_or_default();
+        crate::lifetimes::uninstall(alive.into_iter());
+    }
     ACTIVE.store(false, Ordering::Release);
     running.sampler.stop();
     got::restore_all(&hooks::redirects());
@@ -269,6 +285,11 @@ extern "C" fn after_fork_child() {
     ACTIVE.store(false, Ordering::Release);
     if let Some(mut r) = running.take() {
         r.sampler.forget();
+        if r.config.track_object_lifetimes {
+            // The forking thread holds the GIL (os.fork): the child's interpreter gets its
+            // previous reference tracer back and none of the parent's objects are held.
+            crate::lifetimes::uninstall(std::iter::empty());
+        }
         if let Some(fd) = r.config.dir_fd {
             // SAFETY: the child's copy of the session's directory descriptor.
             unsafe { libc::close(fd) };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use memray_capture::{
-    Allocator, ByteSink, CodeObject, FileFormat, Header, ImageSegments, NativeFrame, PythonFrame, Segment, StreamEncoder,
+    Allocator, ByteSink, CodeObject, FileFormat, Header, ImageSegments, NativeFrame, PythonFrame, Segment, StreamEncoder, SurvivingObject,
 };
 
 use crate::aggregate::Aggregator;
@@ -63,6 +63,9 @@ pub struct Writer {
     /// pthread_t -> capture tid of every thread seen, so a name set from another thread
     /// (Python names threads from the parent) reaches the right one.
     tids_by_ident: PtrMap<u64>,
+    /// `track_object_lifetimes`: objects created while tracking and not yet destroyed, with
+    /// the native stack they were created at.
+    live_objects: PtrMap<u64>,
     pub n_allocations: u64,
     pub start_ms: i64,
     pub interp: &'static crate::python::Interpreter,
@@ -90,6 +93,7 @@ impl Writer {
             file_buf: Vec::with_capacity(1024),
             pending_names: PtrMap::default(),
             tids_by_ident: PtrMap::default(),
+            live_objects: PtrMap::default(),
             n_allocations: 0,
             start_ms,
             interp,
@@ -146,6 +150,32 @@ impl Writer {
         }
         // Memray's header count covers every ALLOCATION record, frees included.
         self.n_allocations += 1;
+    }
+
+    /// A Python object created while tracking (`track_object_lifetimes`).
+    pub fn write_object_created(&mut self, tid: u64, address: usize, native_id: u64) {
+        self.live_objects.insert(address, native_id);
+        self.switch_to(tid);
+        let native_traces = self.header.native_traces;
+        if let Output::Stream(enc) = &mut self.out {
+            enc.object_record(&mut self.sink, address as u64, true, native_id, native_traces);
+        }
+    }
+
+    /// The end of an object (recorded for every object, as Memray records them, also those
+    /// created before tracking started).
+    pub fn write_object_destroyed(&mut self, tid: u64, address: usize) {
+        self.live_objects.remove(&address);
+        self.switch_to(tid);
+        let native_traces = self.header.native_traces;
+        if let Output::Stream(enc) = &mut self.out {
+            enc.object_record(&mut self.sink, address as u64, false, 0, native_traces);
+        }
+    }
+
+    /// The objects created while tracking that are still alive.
+    pub fn live_objects(&self) -> impl Iterator<Item = usize> + '_ {
+        self.live_objects.keys().copied()
     }
 
     pub fn write_thread_name(&mut self, tid: u64, name: &[u8]) {
@@ -271,7 +301,12 @@ impl Writer {
             // Memray's aggregating writer never counts: its files say 0.
             self.header.n_allocations = 0;
             self.header.end_time_ms = end_ms;
-            let capture = agg.into_capture(self.header.clone());
+            let mut capture = agg.into_capture(self.header.clone());
+            capture.surviving_objects = self
+                .live_objects
+                .iter()
+                .map(|(&address, &native_frame_id)| SurvivingObject { address: address as u64, native_frame_id })
+                .collect();
             capture.encode(&mut self.sink);
             self.sink.finish();
             return;

@@ -45,7 +45,8 @@ class Tracker:
     """
 
     def __init__(self, file_name=None, *, destination=None, native_traces=False, memory_interval_ms=10,
-                 follow_fork=False, trace_python_allocators=False, file_format=FileFormat.ALL_ALLOCATIONS):
+                 follow_fork=False, trace_python_allocators=False, track_object_lifetimes=False,
+                 file_format=FileFormat.ALL_ALLOCATIONS):
         if (file_name is None) == (destination is None):
             raise TypeError("Exactly one of 'file_name' or 'destination' argument must be specified")
         if file_name is not None:
@@ -61,14 +62,19 @@ class Tracker:
                 raise RuntimeError("AGGREGATED_ALLOCATIONS requires an output file")
         if memory_interval_ms < 1:
             raise ValueError("memory_interval_ms must be at least 1")
+        if track_object_lifetimes and sys.version_info < (3, 13, 3):
+            raise RuntimeError("track_object_lifetimes requires Python 3.13.3 or later (this is %s)"
+                               % ".".join(map(str, sys.version_info[:3])))
         self.destination = destination
         self.native_traces = bool(native_traces)
         self.memory_interval_ms = int(memory_interval_ms)
         self.follow_fork = bool(follow_fork)
         self.trace_python_allocators = bool(trace_python_allocators)
+        self.track_object_lifetimes = bool(track_object_lifetimes)
         self.file_format = file_format
         self._session = None
         self._used = False
+        self._surviving_objects = None
 
     def __enter__(self):
         global _active_tracker
@@ -98,19 +104,33 @@ class Tracker:
         _active_tracker = self
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc_value, traceback):
+        # Named parameters, not *exc: that tuple would outlive the end of tracking and be
+        # counted among the survivors of track_object_lifetimes.
         global _active_tracker
         session, self._session = self._session, None
         if _active_tracker is self:
             _active_tracker = None
         if session is not None:
-            session.stop()
+            stopped = session.stop()
+            if stopped and self.track_object_lifetimes:
+                self._surviving_objects = session.take_surviving_objects()
         return False
+
+    def get_surviving_objects(self):
+        """The objects created while tracking that were still alive when it ended
+        (track_object_lifetimes=True; after the `with` block)."""
+        if not self.track_object_lifetimes:
+            raise RuntimeError("track_object_lifetimes=True was not provided at Tracker construction")
+        if self._surviving_objects is None:
+            raise RuntimeError("Tracking was never started or has not finished yet or failed.")
+        return tuple(self._surviving_objects)
 
     def _options(self):
         return dict(
             native_traces=self.native_traces,
             trace_python_allocators=self.trace_python_allocators,
+            track_object_lifetimes=self.track_object_lifetimes,
             follow_fork=self.follow_fork,
             memory_interval_ms=self.memory_interval_ms,
             aggregated=self.file_format == FileFormat.AGGREGATED_ALLOCATIONS,

@@ -7,6 +7,7 @@ own (`memray-max-memory`, `memray-leaked-memory`).
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 MAX_MEMORY_SECTION = "memray-max-memory"
 LEAKS_SECTION = "memray-leaked-memory"
+LEAKED_OBJECTS_SECTION = "memray-tracked-objects"
+# limit_leaked_objects shows this many of the objects, each's repr cut to REPR_CHARS ("..." included).
+SAMPLE_OBJECTS = 10
+REPR_CHARS = 100
 # limit_memory lists this many allocations below verbosity 2, then "...and N more".
 MAX_LISTED_ALLOCATIONS = 10
 # limit_leaks shows at least this many frames per location: its stacks are native ones,
@@ -66,7 +71,8 @@ class Stack:
 
 
 LeaksFilterFunction = Callable[[Stack], bool]
-LeakedObjectsFilterFunction = Callable[[Stack], bool]
+# Called with each surviving object; False leaves it out.
+LeakedObjectsFilterFunction = Callable[[object], bool]
 
 
 # --------------------------------------------------------------------------- records
@@ -173,3 +179,27 @@ def check_limit_leaks(reader, location_limit, *, filter_fn: Optional[LeaksFilter
                % sizeof_fmt(limit))
     lines = ["List of leaked allocations:"] + _entries(leaks, native=True, n_frames=max(n_frames, MIN_LEAK_FRAMES))
     return MemoryFailure(summary, (LEAKS_SECTION, "\n".join(lines)))
+
+
+def _short_repr(obj) -> str:
+    try:
+        text = repr(obj)
+    except Exception as e:  # a broken __repr__ must not hide the leak
+        text = "<repr failed: %s>" % type(e).__name__
+    return text if len(text) <= REPR_CHARS else text[: REPR_CHARS - 3] + "..."
+
+
+def check_leaked_objects(survivors, *, filter_fn: Optional[LeakedObjectsFilterFunction] = None
+                         ) -> Optional[MemoryFailure]:
+    """`survivors`: the objects created by the test and alive at its end."""
+    leaked = [obj for obj in survivors if filter_fn is None or filter_fn(obj)]
+    if not leaked:
+        return None
+    lines = ["List of leaked objects:", "    Object types that leaked (total: %d objects):" % len(leaked)]
+    for name, count in collections.Counter(type(obj).__name__ for obj in leaked).most_common():
+        lines.append("        - %d %s instance(s)" % (count, name))
+    lines += ["", "    Sample of leaked objects:"]
+    lines += ["        - %s: %s" % (type(obj).__name__, _short_repr(obj)) for obj in leaked[:SAMPLE_OBJECTS]]
+    if len(leaked) > SAMPLE_OBJECTS:
+        lines.append("        ... and %d more" % (len(leaked) - SAMPLE_OBJECTS))
+    return MemoryFailure("Test leaked %d objects" % len(leaked), (LEAKED_OBJECTS_SECTION, "\n".join(lines)))

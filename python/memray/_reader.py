@@ -247,6 +247,34 @@ class AllocationRecord:
         )
 
 
+class TrackedObjectRecord(AllocationRecord):
+    """A Python object's creation or destruction (captures made with
+    `track_object_lifetimes=True`). Creations carry the stack that created the object."""
+
+    __slots__ = ("is_created",)
+
+    def __init__(self, item, tables: Optional[_Tables] = None):
+        tid, address, is_created, stack, native_id, generation = item
+        super().__init__((tid, address, 0, 0, stack, 1, native_id, generation), tables)
+        self.is_created = bool(is_created)
+
+    def __eq__(self, other):
+        if isinstance(other, TrackedObjectRecord):
+            return self._tuple == other._tuple and self.is_created == other.is_created
+        return NotImplemented
+
+    def __hash__(self):
+        return hash((self._tuple, self.is_created))
+
+    def _check_not_deallocation(self):
+        if not self.is_created:
+            raise NotImplementedError("Stack traces for deallocations aren't captured.")
+
+    def __repr__(self):
+        return (f"TrackedObjectRecord<tid={hex(self.tid)}, address={hex(self.address)}, "
+                f"is_created={self.is_created}, stack_id={self.stack_id}>")
+
+
 class Interval:
     """Blocks of a location live (or part of a high-water mark) from snapshot
     `allocated_before_snapshot` until `deallocated_before_snapshot` (None: the end)."""
@@ -420,6 +448,8 @@ class FileReader:
             tag = item[0]
             if tag == "A":
                 yield AllocationRecord(item[1:], tables)
+            elif tag == "O":
+                yield TrackedObjectRecord(item[1:], tables)
             elif tag == "R":
                 yield TemporalAllocationRecord(item[1:6], tables, (Interval(*i) for i in item[6]))
             elif tag == "N":
@@ -530,6 +560,17 @@ class FileReader:
             records.close()
             raise OSError(f"{self._name}: the memray binary gave no high-water marks")
         return records, first[1]
+
+    def get_object_lifetime_events(self, included_objects=None) -> Iterator[TrackedObjectRecord]:
+        """Every object creation and destruction recorded (captures made with
+        `track_object_lifetimes=True`), in order; with `included_objects`, only the events of
+        those objects (matched by address, so only meaningful in the process that made the
+        capture, while they are alive)."""
+        self._ensure_not_closed()
+        wanted = None if included_objects is None else {id(o) for o in included_objects}
+        for record in self._records("objects"):
+            if wanted is None or record.address in wanted:
+                yield record
 
     def get_memory_snapshots(self) -> Iterator[MemorySnapshot]:
         """(time in ms since the epoch, RSS, heap) samples taken while tracking."""

@@ -57,6 +57,10 @@ def _load():
         lib.memray_tracker_is_active.restype = ctypes.c_int
         lib.memray_set_thread_name.argtypes = [ctypes.c_uint64, ctypes.c_char_p]
         lib.memray_set_thread_name.restype = None
+        lib.memray_surviving_objects.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.memray_surviving_objects.restype = ctypes.c_size_t
+        lib.memray_release_surviving_objects.argtypes = []
+        lib.memray_release_surviving_objects.restype = None
         _lib = lib
         _apply_log_level(lib)
     return _lib
@@ -247,7 +251,7 @@ class Session:
 
     def __init__(self, fd, path, seekable, compress, native_traces=False, trace_python_allocators=False,
                  follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0, dir_fd=None,
-                 buffered=False):
+                 buffered=False, track_object_lifetimes=False):
         self.fd = fd
         self.path = path
         # With dir_fd (a directory descriptor `memray attach` handed over), `path` is a
@@ -260,6 +264,7 @@ class Session:
         self.buffered = buffered
         self.native_traces = native_traces
         self.trace_python_allocators = trace_python_allocators
+        self.track_object_lifetimes = track_object_lifetimes
         self.follow_fork = follow_fork
         self.memory_interval_ms = memory_interval_ms
         self.aggregated = aggregated
@@ -278,6 +283,7 @@ class Session:
             ("buffered_file_io", int(self.buffered)),
             ("native_traces", int(self.native_traces)),
             ("trace_python_allocators", int(self.trace_python_allocators)),
+            ("track_object_lifetimes", int(self.track_object_lifetimes)),
             ("follow_fork", int(self.follow_fork)),
             ("memory_interval_ms", int(self.memory_interval_ms)),
             ("file_format", 1 if self.aggregated else 0),
@@ -303,19 +309,35 @@ class Session:
         # the capture's first records (a FREE in an empty `with Tracker(...): pass`).
         self._start_args = (self._config(), ctypes.create_string_buffer(512))
         config, err = self._start_args
+        # Patched before tracking starts: the patches are objects of ours, which object
+        # lifetime tracking would otherwise count as the program's survivors.
+        self._name_threads(lib)
         rc = lib.memray_tracker_start(config, err, len(err))
         if rc != 0:
+            self._unpatch_threading()
             message = err.value.decode("utf-8", "replace")
             if rc == 1:
                 raise RuntimeError("No more than one Tracker instance can be active at the same time")
             raise RuntimeError("Cannot start tracking: %s" % message)
-        self._name_threads(lib)
 
     def stop(self):
+        lib = _load()
+        stopped = lib.memray_tracker_stop() == 0
         self._unpatch_threading()
-        stopped = _load().memray_tracker_stop() == 0
         self._start_args = None
         return stopped
+
+    def take_surviving_objects(self):
+        """The objects created while tracking that were alive when it stopped (the payload
+        holds them until they are taken)."""
+        lib = _load()
+        n = lib.memray_surviving_objects(None, 0)
+        addresses = (ctypes.c_size_t * n)()
+        n = min(n, lib.memray_surviving_objects(addresses, n))
+        try:
+            return [ctypes.cast(address, ctypes.py_object).value for address in addresses[:n]]
+        finally:
+            lib.memray_release_surviving_objects()
 
     # Thread names come from Python's threading module, as in Memray: a thread that starts
     # while tracking names itself before run() (threading's profile hook runs on the new

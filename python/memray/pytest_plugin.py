@@ -47,6 +47,7 @@ from ._pytest_limits import (
     LeaksFilterFunction,
     Stack,
     StackFrame,
+    check_leaked_objects,
     check_limit_leaks,
     check_limit_memory,
     check_memory_increase,
@@ -180,7 +181,7 @@ def _int_setting(config, name, default: int) -> int:
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "limit_memory(memory_limit: str, *, current_thread_only: bool = False): fail the execution of the test "
+        "limit_memory(limit: str, *, current_thread_only: bool = False): fail the execution of the test "
         "if the test allocates more peak memory than allowed (e.g. '24 MB')",
     )
     config.addinivalue_line(
@@ -191,8 +192,8 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
-        "limit_leaked_objects(count: int, *, filter_fn: LeakedObjectsFilterFunction | None = None): fail the "
-        "execution of the test if it leaks more Python objects than allowed (Python 3.13.3 or later)",
+        "limit_leaked_objects(*, filter_fn: LeakedObjectsFilterFunction | None = None): fail the execution of "
+        "the test if Python objects it created survive it (filter_fn(obj) False leaves one out; Python 3.13.3+)",
     )
     manager = Manager(config)
     config.pluginmanager.register(manager, "memray_manager")
@@ -221,6 +222,8 @@ class Manager:
         self.config = config
         self.enabled = _bool(config, "memray")
         self.results: Dict[str, TrackedTest] = {}
+        # limit_leaked_objects: the objects each test left alive, until its check.
+        self._survivors: Dict[str, tuple] = {}
         self.native = _bool(config, "native")
         self.trace_python_allocators = _bool(config, "trace_python_allocators")
         self.fail_on_increase = config.getoption("fail_on_increase") or config.getini("fail-on-increase")
@@ -285,13 +288,11 @@ class Manager:
         return markers
 
     def pytest_collection_modifyitems(self, items):
-        if any(item.get_closest_marker("limit_leaked_objects") for item in items):
-            if sys.version_info < (3, 13, 3):
-                raise pytest.UsageError(
-                    "The limit_leaked_objects marker requires Python 3.13.3 or later. Current version: %s"
-                    % ".".join(map(str, sys.version_info[:3])))
-            raise pytest.UsageError("The limit_leaked_objects marker needs object lifetime tracking, which this "
-                                    "memray does not have yet")
+        # Object lifetime tracking needs CPython's reference tracer, complete from 3.13.3.
+        if sys.version_info < (3, 13, 3) and any(item.get_closest_marker("limit_leaked_objects") for item in items):
+            raise pytest.UsageError(
+                "The limit_leaked_objects marker requires Python 3.13.3 or later. Current version: %s"
+                % ".".join(map(str, sys.version_info[:3])))
 
     # -- hooks
 
@@ -314,12 +315,18 @@ class Manager:
         options = dict(
             native_traces=self.native or leaks,
             trace_python_allocators=self.trace_python_allocators or leaks,
+            track_object_lifetimes="limit_leaked_objects" in limits,
             file_format=FileFormat.AGGREGATED_ALLOCATIONS,
         )
         manager = self
         nodeid = pyfuncitem.nodeid
 
-        def record():
+        def record(tracker):
+            if tracker.track_object_lifetimes:
+                try:
+                    manager._survivors[nodeid] = tracker.get_surviving_objects()
+                except RuntimeError:  # tracking never started
+                    pass
             try:
                 with FileReader(result_file) as reader:
                     metadata = reader.metadata
@@ -334,19 +341,21 @@ class Manager:
         if inspect.iscoroutinefunction(testfunction):
             @functools.wraps(testfunction)
             async def wrapper(*args, **kwargs):
+                tracker = Tracker(destination=_file_destination(result_file), **options)
                 try:
-                    with Tracker(destination=_file_destination(result_file), **options):
+                    with tracker:
                         return await testfunction(*args, **kwargs)
                 finally:
-                    record()
+                    record(tracker)
         else:
             @functools.wraps(testfunction)
             def wrapper(*args, **kwargs):
+                tracker = Tracker(destination=_file_destination(result_file), **options)
                 try:
-                    with Tracker(destination=_file_destination(result_file), **options):
+                    with tracker:
                         return testfunction(*args, **kwargs)
                 finally:
-                    record()
+                    record(tracker)
 
         pyfuncitem.obj = wrapper
         try:
@@ -360,6 +369,7 @@ class Manager:
         if call.when != "call":
             return
         report = outcome.get_result()
+        survivors = self._survivors.pop(item.nodeid, ())
         result = self.results.get(item.nodeid)
         if result is None:
             return
@@ -373,7 +383,7 @@ class Manager:
                 report.outcome = "failed"
                 report.longrepr = "memray could not read this test's capture %s: %s" % (result.path, result.error)
             return
-        failure, peak = self._check(item.nodeid, limits, result)
+        failure, peak = self._check(item.nodeid, limits, result, survivors)
         if failure is not None:
             report.outcome = "failed"
             report.longrepr = failure.summary
@@ -389,10 +399,13 @@ class Manager:
         with open(os.path.join(os.path.dirname(result.path), "metadata", name + ".metadata"), "w") as f:
             json.dump({"test_id": result.nodeid, "peak_memory": result.peak_memory, "result_file": result.path}, f)
 
-    def _check(self, nodeid, limits, result):
+    def _check(self, nodeid, limits, result, survivors):
         """(the failure or None, the test's peak where it has a limit_memory marker)."""
         from . import FileReader
 
+        marker = limits.get("limit_leaked_objects")
+        if marker is not None:
+            return check_leaked_objects(survivors, **_marker_arguments(marker)), None
         with FileReader(result.path) as reader:
             marker = limits.get("limit_memory")
             if marker is not None:
@@ -403,7 +416,7 @@ class Manager:
                     failure = check_memory_increase(previous["total_allocated_memory"], peak)
                     if failure is not None:
                         return failure, peak
-                return check_limit_memory(peak, records, arguments["memory_limit"], native=self.native,
+                return check_limit_memory(peak, records, arguments["limit"], native=self.native,
                                           verbosity=self.verbosity, n_frames=self.stacks), peak
             marker = limits.get("limit_leaks")
             if marker is not None:
@@ -493,7 +506,7 @@ def _file_destination(path):
     return FileDestination(path, overwrite=True)
 
 
-def _limit_memory(memory_limit, *, current_thread_only=False):
+def _limit_memory(limit, *, current_thread_only=False):
     """The signature of the limit_memory marker."""
 
 
@@ -501,7 +514,12 @@ def _limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False):
     """The signature of the limit_leaks marker."""
 
 
-_SIGNATURES = {"limit_memory": inspect.signature(_limit_memory), "limit_leaks": inspect.signature(_limit_leaks)}
+def limit_leaked_objects(*, filter_fn=None):
+    """The signature of the limit_leaked_objects marker (named so for Python's message)."""
+
+
+_SIGNATURES = {"limit_memory": inspect.signature(_limit_memory), "limit_leaks": inspect.signature(_limit_leaks),
+               "limit_leaked_objects": inspect.signature(limit_leaked_objects)}
 
 
 def _marker_arguments(marker) -> dict:
@@ -509,7 +527,8 @@ def _marker_arguments(marker) -> dict:
     argument fails the test with pytest-memray's message instead of after running it."""
     bound = _SIGNATURES[marker.name].bind(*marker.args, **marker.kwargs)
     bound.apply_defaults()
-    parse_memory_string(next(iter(bound.arguments.values())))
+    if marker.name != "limit_leaked_objects":
+        parse_memory_string(next(iter(bound.arguments.values())))
     return dict(bound.arguments)
 
 

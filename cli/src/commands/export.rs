@@ -22,6 +22,11 @@
 //!   `temporal-hwm` first sends `["H", [high-water mark bytes by snapshot]]`. Snapshots
 //!   are every `--snapshot-stride`-th memory record (the `metadata` line says which).
 //!
+//! * `objects`: object lifetime events (`track_object_lifetimes`), with the same references
+//!   for creations, as `["O", tid, address, is_created, stack, native_frame_id,
+//!   native_segment_generation]`; an aggregated capture's objects alive at its end come as
+//!   creations with no thread and no Python stack.
+//!
 //! `all` streams as it reads (memory: stacks and threads); the others send Memray's
 //! aggregated records once the capture has been read.
 
@@ -32,7 +37,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use memray_reporter::engine::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, SnapshotKind};
+use memray_reporter::engine::records::{scan, snapshot_records, AllocationRecord, CaptureCursor, Event, ObjectRecord, SnapshotKind};
 use memray_reporter::engine::temporal::TemporalMode;
 use memray_reporter::engine::temporal_records::{temporal_records, LocationKey, Span};
 use memray_reporter::engine::temporary::temporary_allocations;
@@ -52,6 +57,7 @@ pub enum Query {
     Temporary,
     Temporal,
     TemporalHwm,
+    Objects,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +181,17 @@ impl<W: Write> Sender<W> {
         Ok(())
     }
 
+    fn object(&mut self, tables: Tables, o: &ObjectRecord) -> std::io::Result<()> {
+        if o.is_created {
+            self.references(tables, o.tid, o.stack, o.native_frame_id, o.native_segment_generation)?;
+        }
+        writeln!(
+            self.out,
+            "[\"O\",{},{},{},{},{},{}]",
+            o.tid, o.address, o.is_created as u8, o.stack, o.native_frame_id, o.native_segment_generation
+        )
+    }
+
     fn record(&mut self, tables: Tables, r: &AllocationRecord) -> std::io::Result<()> {
         let native_id = if r.allocator.is_deallocator() { 0 } else { r.native_frame_id };
         self.references(tables, r.tid, r.stack, native_id, r.native_segment_generation)?;
@@ -272,6 +289,16 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
             while let Some(event) = cursor.next_event()? {
                 if let Event::Allocation(r) = event {
                     sender.record((&cursor.stacks, &cursor.native, &cursor.thread_names), &r)?;
+                }
+            }
+            warn_missing(&cursor.native);
+        }
+        Query::Objects => {
+            let mut cursor = CaptureCursor::open(path, lenient)?;
+            let mut sender = Sender::new(out, cursor.header().native_traces);
+            while let Some(event) = cursor.next_event()? {
+                if let Event::Object(o) = event {
+                    sender.object((&cursor.stacks, &cursor.native, &cursor.thread_names), &o)?;
                 }
             }
             warn_missing(&cursor.native);

@@ -55,6 +55,20 @@ pub enum Event {
     Snapshot(MemorySnapshot),
     /// A row of an aggregated capture.
     Aggregated(AggregatedAllocation),
+    /// A Python object created or destroyed (`track_object_lifetimes`); in an aggregated
+    /// capture, one still alive at the end, as a creation with no Python stack.
+    Object(ObjectRecord),
+}
+
+/// `FileReader.get_object_lifetime_events()`'s record. `stack` is 0 for destructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub tid: u64,
+    pub address: u64,
+    pub is_created: bool,
+    pub stack: StackId,
+    pub native_frame_id: u64,
+    pub native_segment_generation: u64,
 }
 
 /// A capture read record by record, with stacks, thread names and the memory-map
@@ -139,14 +153,35 @@ impl Tables<'_> {
             }
             Record::PythonFrame { frame, .. } => self.stacks.add_indexed_frame(frame),
             Record::PythonTraceNode(node) => self.stacks.add_indexed_node(node)?,
+            Record::Object { tid, address, is_created, native_frame_id } => {
+                let stack = if is_created { self.stacks.current(tid) } else { 0 };
+                let generation = *self.generation;
+                return Ok(Some(Event::Object(ObjectRecord {
+                    tid,
+                    address,
+                    is_created,
+                    stack,
+                    native_frame_id,
+                    native_segment_generation: generation,
+                })));
+            }
+            Record::SurvivingObject(o) => {
+                let generation = *self.generation;
+                return Ok(Some(Event::Object(ObjectRecord {
+                    tid: 0,
+                    address: o.address,
+                    is_created: true,
+                    stack: 0,
+                    native_frame_id: o.native_frame_id,
+                    native_segment_generation: generation,
+                })));
+            }
             // Handled by `fold`, or nothing to keep.
             Record::FramePush { .. }
             | Record::FramePop { .. }
             | Record::Allocation { .. }
             | Record::Memory { .. }
-            | Record::ContextSwitch { .. }
-            | Record::Object { .. }
-            | Record::SurvivingObject(_) => {}
+            | Record::ContextSwitch { .. } => {}
         }
         Ok(None)
     }
@@ -334,6 +369,7 @@ pub fn scan(path: impl AsRef<Path>, max_memory_records: usize, allow_truncated: 
                 }
                 Event::Memory { ms_since_epoch, rss } => snapshots.push(MemorySnapshot { ms_since_epoch, rss, heap: finder.current() }),
                 Event::Snapshot(s) => snapshots.push(s),
+                Event::Object(_) => {}
             }
             Ok(true)
         },

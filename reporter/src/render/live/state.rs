@@ -99,7 +99,7 @@ impl LiveState {
                 self.history.record(ms_since_epoch.saturating_sub(self.start_ms), self.heap);
             }
             // Aggregated captures never arrive over a socket.
-            Event::Snapshot(_) | Event::Aggregated(_) => {}
+            Event::Snapshot(_) | Event::Aggregated(_) | Event::Object(_) => {}
         }
     }
 
