@@ -806,30 +806,42 @@ def _side(res, run_dir):
     return got
 
 
-@pytest.mark.skipif(not PYTEST_MEMRAY.exists(), reason="no .venvs/pytest-memray (scripts/setup-test-env makes it)")
-def test_same_as_pytest_memray(tmp_path, build):
-    """pytest-memray 1.11 itself and this plugin on the same test file, in the same interpreter:
-    the same outcomes, failure texts, allocation lists, report and capture files."""
-    sides = {}
+def run_both(tmp_path, build, python, test_file, text, *args, site=None):
+    """pytest-memray (installed for `python`, or in the directory `site`) and this plugin, each
+    on `text` in a directory of its own, plugin autoload off: {"pytest-memray": Result, "ours": Result}."""
+    results = {}
     for side in ("pytest-memray", "ours"):
         run_dir = tmp_path / side
         run_dir.mkdir()
         (run_dir / "pytest.ini").write_text("[pytest]\n")
-        (run_dir / "test_side.py").write_text(textwrap.dedent(SIDE_BY_SIDE))
+        (run_dir / test_file).write_text(textwrap.dedent(text))
         env = {k: v for k, v in os.environ.items()
                if not re.match(r"^(PYTHON\w*|MEMRAY_\w+|PYTEST_\w+|LD_PRELOAD|COLUMNS|VIRTUAL_ENV)$", k)}
         env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONDONTWRITEBYTECODE="1")
+        path = [str(site)] if site else []
         if side == "ours":
             # Ours first on the path: `pytest_memray` and `memray` are this checkout's.
-            env.update(PYTHONPATH=str(REPO / "python"), MEMRAY_BIN=str(build.binary),
-                       MEMRAY_PAYLOAD=str(build.payload))
-        res = run([PYTEST_MEMRAY, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_memray.plugin", "-rA",
-                   "--memray", "--most-allocations", "0", "--memray-bin-path", "caps", "--memray-bin-prefix", "cmp"],
-                  cwd=run_dir, env=env, timeout=180)
+            path.insert(0, str(REPO / "python"))
+            env.update(MEMRAY_BIN=str(build.binary), MEMRAY_PAYLOAD=str(build.payload))
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(path)
+        results[side] = run([python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_memray.plugin", "-rA",
+                             *args], cwd=run_dir, env=env, timeout=180)
+    return results
+
+
+@pytest.mark.skipif(not PYTEST_MEMRAY.exists(), reason="no .venvs/pytest-memray (scripts/setup-test-env makes it)")
+def test_same_as_pytest_memray(tmp_path, build):
+    """pytest-memray 1.11 itself and this plugin on the same test file, in the same interpreter:
+    the same outcomes, failure texts, allocation lists, report and capture files."""
+    results = run_both(tmp_path, build, PYTEST_MEMRAY, "test_side.py", SIDE_BY_SIDE, "--memray", "--most-allocations",
+                       "0", "--memray-bin-path", "caps", "--memray-bin-prefix", "cmp")
+    sides = {}
+    for side, res in results.items():
         assert res.returncode == 1, res.describe()
         plugin_dir = "site-packages/pytest_memray" if side == "pytest-memray" else str(REPO / "python" / "memray")
         assert plugin_dir in res.stdout, "the run did not use %s's plugin\n%s" % (side, res.describe())
-        sides[side] = _side(res, run_dir)
+        sides[side] = _side(res, tmp_path / side)
     theirs, ours = sides["pytest-memray"], sides["ours"]
     for key in ("outcomes", "failures", "sections", "created", "files"):
         assert ours[key] == theirs[key], "%s differ:\nours:          %r\npytest-memray: %r" % (key, ours[key], theirs[key])
@@ -891,23 +903,9 @@ LEAKED_OBJECTS = """
 def test_limit_leaked_objects_as_pytest_memray(tmp_path, build):
     """limit_leaked_objects on CPython 3.14 (object lifetime tracking): pytest-memray 1.11 and
     this plugin on the same file, with the same outcomes and failure texts."""
-    sides = {}
-    for side in ("pytest-memray", "ours"):
-        run_dir = tmp_path / side
-        run_dir.mkdir()
-        (run_dir / "pytest.ini").write_text("[pytest]\n")
-        (run_dir / "test_objects.py").write_text(textwrap.dedent(LEAKED_OBJECTS))
-        env = {k: v for k, v in os.environ.items()
-               if not re.match(r"^(PYTHON\w*|MEMRAY_\w+|PYTEST_\w+|LD_PRELOAD|COLUMNS|VIRTUAL_ENV)$", k)}
-        env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONDONTWRITEBYTECODE="1",
-                   PYTHONPATH=str(PYTEST_MEMRAY_314))
-        if side == "ours":
-            env.update(PYTHONPATH="%s:%s" % (REPO / "python", PYTEST_MEMRAY_314), MEMRAY_BIN=str(build.binary),
-                       MEMRAY_PAYLOAD=str(build.payload))
-        res = run([ORACLE_314, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_memray.plugin", "-rA"],
-                  cwd=run_dir, env=env, timeout=180)
+    sides = run_both(tmp_path, build, ORACLE_314, "test_objects.py", LEAKED_OBJECTS, site=PYTEST_MEMRAY_314)
+    for res in sides.values():
         assert res.returncode == 1, res.describe()
-        sides[side] = res
     theirs, ours = sides["pytest-memray"], sides["ours"]
     assert outcomes(ours) == outcomes(theirs), ours.stdout + "\n---- pytest-memray ----\n" + theirs.stdout
     assert outcomes(ours) == {
