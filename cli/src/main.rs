@@ -44,6 +44,9 @@ enum Command {
     /// Records of a capture as JSON lines (used by memray.FileReader)
     #[command(hide = true)]
     ExportRecords(commands::export::ExportArgs),
+    /// A live stream's current snapshot on request (used by memray.SocketReader)
+    #[command(hide = true)]
+    SocketReader(commands::socket_reader::SocketReaderArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Summary(args) => commands::summary::run(args),
         Command::Transform(args) => commands::transform::run(args),
         Command::ExportRecords(args) => commands::export::run(args),
+        Command::SocketReader(args) => commands::socket_reader::run(args),
     };
     match result {
         Ok(code) => code,

@@ -12,7 +12,15 @@ from ._api import (
 )
 from ._allocators import AllocatorType
 # Interval and TemporalAllocationRecord are importable but, as in Memray, not in __all__.
-from ._reader import AllocationRecord, FileReader, Interval, MemorySnapshot, Metadata, TemporalAllocationRecord
+from ._reader import (
+    AllocationRecord,
+    FileReader,
+    Interval,
+    MemorySnapshot,
+    Metadata,
+    SocketReader,
+    TemporalAllocationRecord,
+)
 
 __version__ = "0.1.0"
 
@@ -26,6 +34,7 @@ __all__ = [
     "MemorySnapshot",
     "Metadata",
     "SocketDestination",
+    "SocketReader",
     "Tracker",
     "__version__",
     "dump_all_records",

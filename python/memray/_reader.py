@@ -351,6 +351,33 @@ class TemporalAllocationRecord:
         return self._record.hybrid_stack_trace(max_stacks)
 
 
+def _decode(item, tables: _Tables):
+    """One line of `memray export-records` (or `memray socket-reader`): a record
+    (AllocationRecord "A", TrackedObjectRecord "O", TemporalAllocationRecord "R"), None for
+    what it adds to `tables` (frames, stacks, native frames, thread names), else the line."""
+    tag = item[0]
+    if tag == "A":
+        return AllocationRecord(item[1:], tables)
+    if tag == "O":
+        return TrackedObjectRecord(item[1:], tables)
+    if tag == "R":
+        return TemporalAllocationRecord(item[1:6], tables, (Interval(*i) for i in item[6]))
+    if tag == "N":
+        tables.nodes[item[1]] = (item[2], item[3])
+    elif tag == "F":
+        tables.frames[item[1]] = (item[2], item[3], item[4])
+        tables.entry[item[1]] = bool(item[5]) if len(item) > 5 else True
+    elif tag == "f":
+        tables.native_frames[item[1]] = (item[2], item[3], item[4])
+    elif tag == "X":
+        tables.native_nodes[(item[1], item[2])] = (item[3], item[4])
+    elif tag == "T":
+        tables.thread_names[item[1]] = item[2]
+    else:
+        return item
+    return None
+
+
 def _error_text(stderr: bytes) -> str:
     lines = [l.strip() for l in stderr.decode(errors="replace").splitlines() if l.strip()]
     text = lines[0] if lines else "the memray binary failed"
@@ -445,26 +472,9 @@ class FileReader:
         ("R"), and any other line not about frames, stacks or threads, as it is."""
         tables = _Tables(self._metadata.main_thread_id, self._skipped_frames)
         for item in self._export(query, *args):
-            tag = item[0]
-            if tag == "A":
-                yield AllocationRecord(item[1:], tables)
-            elif tag == "O":
-                yield TrackedObjectRecord(item[1:], tables)
-            elif tag == "R":
-                yield TemporalAllocationRecord(item[1:6], tables, (Interval(*i) for i in item[6]))
-            elif tag == "N":
-                tables.nodes[item[1]] = (item[2], item[3])
-            elif tag == "F":
-                tables.frames[item[1]] = (item[2], item[3], item[4])
-                tables.entry[item[1]] = bool(item[5]) if len(item) > 5 else True
-            elif tag == "f":
-                tables.native_frames[item[1]] = (item[2], item[3], item[4])
-            elif tag == "X":
-                tables.native_nodes[(item[1], item[2])] = (item[3], item[4])
-            elif tag == "T":
-                tables.thread_names[item[1]] = item[2]
-            else:
-                yield item
+            record = _decode(item, tables)
+            if record is not None:
+                yield record
 
     def _ensure_not_closed(self):
         if self._file is None:
@@ -575,3 +585,96 @@ class FileReader:
     def get_memory_snapshots(self) -> Iterator[MemorySnapshot]:
         """(time in ms since the epoch, RSS, heap) samples taken while tracking."""
         yield from self._snapshots
+
+
+class SocketReader:
+    """Reads the stream of a process tracked with a `SocketDestination`, live.
+
+    >>> with SocketReader(port=12345) as reader:
+    ...     records = list(reader.get_current_snapshot(merge_threads=True))
+
+    Entering connects to the tracked process (waiting for it to listen); from then on the
+    stream is followed in the background, and `get_current_snapshot` gives the allocations
+    live at that moment, merged per location.
+    """
+
+    def __init__(self, port: int):
+        self._port = int(port)
+        self._proc = None
+        self._tables = None
+        self._header = None
+        self._active = False
+
+    def __enter__(self):
+        if self._proc is not None:
+            raise ValueError("Can not enter the same SocketReader twice")
+        proc = subprocess.Popen([_binary(), "socket-reader", str(self._port)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = proc.stdout.readline() if proc.stdout is not None else b""
+        if not line:
+            stderr = proc.stderr.read() if proc.stderr is not None else b""
+            proc.wait()
+            raise OSError(_error_text(stderr))
+        self._proc = proc
+        self._header = json.loads(line)["header"]
+        self._tables = _Tables(self._header["main_thread_id"], self._header["skipped_frames_on_main_tid"])
+        self._active = True
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+            proc.kill()
+            proc.wait()
+        self._active = False
+
+    def _ask(self, request: str):
+        if self._proc is None:
+            raise ValueError("Operation on a SocketReader that is not entered")
+        try:
+            self._proc.stdin.write(request.encode() + b"\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise OSError("the memray socket reader ended") from None
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:
+                raise OSError("the memray socket reader ended")
+            yield json.loads(line)
+
+    @property
+    def command_line(self) -> Optional[str]:
+        return self._header["command_line"] if self._header else None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._header["pid"] if self._header else None
+
+    @property
+    def has_native_traces(self) -> bool:
+        return bool(self._header and self._header["has_native_traces"])
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the tracked process is still streaming."""
+        if self._proc is None:
+            return False
+        for item in self._ask("status"):
+            if item[0] == "STATUS":
+                self._active = bool(item[1])
+                return self._active
+        return self._active
+
+    def get_current_snapshot(self, *, merge_threads: bool) -> Iterator[AllocationRecord]:
+        """The allocations live now (as of the last record received), merged per location."""
+        records = []
+        for item in self._ask("snapshot" if merge_threads else "snapshot split"):
+            if item[0] == "END":
+                self._active = bool(item[1])
+                return iter(records)
+            record = _decode(item, self._tables)
+            if isinstance(record, AllocationRecord):
+                records.append(record)

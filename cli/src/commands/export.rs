@@ -84,7 +84,7 @@ pub struct ExportArgs {
 }
 
 /// Sends frames, stack nodes and thread names once, before the first record needing them.
-struct Sender<W: Write> {
+pub(super) struct Sender<W: Write> {
     out: W,
     sent_nodes: Vec<bool>,
     sent_frames: Vec<bool>,
@@ -97,7 +97,7 @@ struct Sender<W: Write> {
 }
 
 impl<W: Write> Sender<W> {
-    fn new(out: W, native_traces: bool) -> Self {
+    pub(super) fn new(out: W, native_traces: bool) -> Self {
         Sender {
             out,
             sent_nodes: vec![true],
@@ -192,7 +192,11 @@ impl<W: Write> Sender<W> {
         )
     }
 
-    fn record(&mut self, tables: Tables, r: &AllocationRecord) -> std::io::Result<()> {
+    pub(super) fn out(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    pub(super) fn record(&mut self, tables: Tables, r: &AllocationRecord) -> std::io::Result<()> {
         let native_id = if r.allocator.is_deallocator() { 0 } else { r.native_frame_id };
         self.references(tables, r.tid, r.stack, native_id, r.native_segment_generation)?;
         writeln!(
@@ -204,7 +208,7 @@ impl<W: Write> Sender<W> {
 }
 
 /// Stacks, native stacks and thread names, as a query's records refer to them.
-type Tables<'a> = (&'a StackTable, &'a NativeStacks, &'a BTreeMap<u64, String>);
+pub(super) type Tables<'a> = (&'a StackTable, &'a NativeStacks, &'a BTreeMap<u64, String>);
 
 fn temporal_record(sender: &mut Sender<impl Write>, tables: Tables, key: &LocationKey, spans: &[Span]) -> std::io::Result<()> {
     sender.references(tables, key.tid, key.stack, key.native_frame_id, key.native_segment_generation)?;

@@ -6,6 +6,7 @@ pub mod live;
 pub mod parse;
 pub mod run;
 pub mod seconds;
+pub mod socket_reader;
 pub mod stats;
 pub mod summary;
 pub mod table;
