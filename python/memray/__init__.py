@@ -11,6 +11,7 @@ from ._api import (
     start_thread_trace,
 )
 from ._allocators import AllocatorType
+from ._ipython import load_ipython_extension
 # Interval and TemporalAllocationRecord are importable but, as in Memray, not in __all__.
 from ._reader import (
     AllocationRecord,
@@ -38,6 +39,7 @@ __all__ = [
     "Tracker",
     "__version__",
     "dump_all_records",
+    "load_ipython_extension",
     "set_log_level",
     "start_thread_trace",
 ]
