@@ -713,11 +713,6 @@ def test_error_no_pid_without_terminal(cli):
     assert_clean_error(cli("attach", "-o", "x.bin"), "PID")
 
 
-def test_error_live_mode_needs_a_terminal(cli):
-    # Without -o attach shows a live view (tests/test_live.py), which needs a terminal.
-    assert_clean_error(cli("attach", str(os.getpid())), "terminal")
-
-
 @pytest.mark.parametrize("flag", ["--aggregate", "--follow-fork", "--children"])
 def test_error_output_needed_is_a_usage_error(cli, flag):
     """As Memray's argparse: exit 2, before anything touches the process."""

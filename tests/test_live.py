@@ -297,10 +297,63 @@ def test_run_live_view(interp, build, tracked_env, workdir, tmux):
         assert bad not in text, text
 
 
-def test_live_view_needs_a_terminal(build, tracked_env, workdir):
-    for args in (["live", "1"], ["run", "--live", "-c", "pass"]):
-        res = run([build.binary, *args], cwd=workdir, env=tracked_env, timeout=30)
-        assert_clean_error(res, "terminal")
+# --------------------------------------------------------------------------- without a terminal
+
+SHORT_PROGRAM = """
+import sys
+def holder():
+    return [bytearray(100000) for _ in range(30)]
+kept = holder()
+print("short program done")
+sys.exit(3)
+"""
+
+
+def view_text(stdout):
+    """The view printed as text: its lines, without the blank ones at the end."""
+    assert "\x1b[" not in stdout, "escape sequences in the text view:\n" + stdout
+    return stdout.rstrip("\n").splitlines()
+
+
+def test_run_live_without_a_terminal_prints_the_view_when_the_program_ends(interp, build, tracked_env, workdir):
+    """A script or CI drives `run --live` with stdout redirected: the program runs, the view is
+    printed once as plain text when its stream ends, and memray exits with its status."""
+    prog = workdir / "short.py"
+    prog.write_text(SHORT_PROGRAM)
+    env = dict(tracked_env, MEMRAY_PYTHON=interp.executable, COLUMNS="120", LINES="30")
+    res = run([build.binary, "run", "--live", prog], cwd=workdir, env=env, timeout=60)
+    assert res.returncode == 3, res.describe()
+    lines = view_text(res.stdout)
+    assert len(lines) <= 30 and max(len(l) for l in lines) <= 120, res.stdout
+    assert lines[1].startswith("PID: ") and "tracking ended" in res.stdout, res.stdout
+    row = next(l for l in lines if l.startswith("holder"))
+    # 30 blocks of 100,001 bytes (and, on some versions, the list holding them).
+    assert re.search(r"\b3\.00\dMB\b", row) and re.search(r"\s3[01]\s", row), row
+    assert "short program done" not in res.stdout  # the program's output went to its log
+    log = re.search(r"the program's output is in (\S+)", res.stderr).group(1)
+    assert "short program done" in Path(log).read_text()
+
+
+def test_live_without_a_terminal_ends_on_a_signal(interp, build, tracked_env, workdir):
+    """`memray live PORT` with stdout redirected, ended by SIGINT (as a script's timeout would):
+    the view as text, and the program runs on untracked."""
+    proc, port = start_remote(build, tracked_env, workdir)
+    try:
+        out = open(workdir / "viewer.out", "wb")
+        viewer = subprocess.Popen([str(build.binary), "live", str(port)], cwd=workdir, env=tracked_env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE)
+        wait_file(workdir / "pid", timeout=30)
+        time.sleep(1.0)  # a few snapshots
+        viewer.send_signal(signal.SIGINT)
+        assert viewer.wait(timeout=30) == 0, viewer.stderr.read()
+        lines = view_text((workdir / "viewer.out").read_text())
+        assert any(l.startswith("holder") or l.startswith("leaf_big") for l in lines), lines
+        assert "viewer closed" in viewer.stderr.read().decode()
+        wait_file(workdir / "untracked", timeout=15)
+        assert stop_remote(proc, workdir) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- --live-remote
@@ -548,6 +601,43 @@ def test_attach_live_view(interp, build, tracked_env, workdir, tmux):
         assert proc.wait(timeout=30) == 0
         text = (workdir / "prog.out").read_text()
         assert "program says goodbye" in text and "Traceback" not in text, text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_attach_live_without_a_terminal(interp, build, tracked_env, workdir):
+    """`memray attach PID` (no -o) with stdout redirected follows the process until SIGTERM,
+    prints the view as text, and leaves the process running untracked."""
+    refusal = _ptrace_allowed()
+    if refusal:
+        pytest.skip(refusal)
+    prog = workdir / "prog.py"
+    prog.write_text(PROGRAM)
+    out = open(workdir / "prog.out", "wb")
+    proc = subprocess.Popen([interp.executable, str(prog), str(workdir)], cwd=workdir, env=tracked_env,
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    try:
+        pid = int(wait_file(workdir / "pid", proc=proc))
+        view_out = open(workdir / "view.out", "wb")
+        viewer = subprocess.Popen([str(build.binary), "attach", str(pid)], cwd=workdir, env=tracked_env,
+                                  stdin=subprocess.DEVNULL, stdout=view_out, stderr=subprocess.PIPE)
+        # Attached once the payload is in the process; then a few snapshots.
+        deadline = time.time() + 60
+        while "memray_payload" not in Path("/proc/%d/maps" % pid).read_text():
+            assert viewer.poll() is None and time.time() < deadline, viewer.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        viewer.send_signal(signal.SIGTERM)
+        assert viewer.wait(timeout=60) == 0, viewer.stderr.read()
+        lines = view_text((workdir / "view.out").read_text())
+        assert lines[1].startswith("PID: %d" % pid), lines
+        assert any(l.startswith("leaf_big") or l.startswith("holder") for l in lines), lines
+        wait_file(workdir / "untracked", timeout=15)
+        res = run([build.binary, "detach", pid], cwd=workdir, env=tracked_env, timeout=30)
+        assert_clean_error(res, "not being tracked")
+        (workdir / "stop").write_text("")
+        assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

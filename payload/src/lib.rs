@@ -111,6 +111,17 @@ pub extern "C" fn memray_release_surviving_objects() {
     lifetimes::release();
 }
 
+/// greenlet's trace callback: the calling thread switches from greenlet `origin` to
+/// greenlet `target` (their `id()`s); `origin_dead` when `origin` has finished.
+#[no_mangle]
+pub extern "C" fn memray_greenlet_switch(origin: u64, target: u64, origin_dead: i32) {
+    if !tracker::is_active() {
+        return;
+    }
+    let _g = thread_state::GuardScope::enter();
+    thread_state::switch_greenlet(origin, target, origin_dead != 0);
+}
+
 /// `memray.set_log_level`: the lowest severity (Python `logging` level) the payload's
 /// messages on stderr may have to be printed.
 #[no_mangle]

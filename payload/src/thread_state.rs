@@ -53,6 +53,41 @@ pub struct ThreadState {
     pub scratch: Vec<RawFrame>,
     /// Native unwinding state, made on the first allocation of a `--native` capture.
     pub native: Option<Box<crate::native::ThreadNative>>,
+    /// Greenlets this thread switched away from, by greenlet (its `id()`): each is a thread
+    /// of its own in the capture, as in Memray, with the stack last written for it.
+    pub greenlets: Option<std::collections::HashMap<u64, SuspendedGreenlet>>,
+}
+
+/// What a greenlet had written to the capture when this thread switched away from it.
+pub struct SuspendedGreenlet {
+    tid: u64,
+    name_written: bool,
+    written: Vec<RawFrame>,
+}
+
+/// The thread switches from greenlet `origin` to greenlet `target` (greenlet's trace
+/// callback, with the GIL): records then belong to `target`'s capture thread, a new one
+/// the first time it runs, and continue from the stack last written for it. A dead
+/// origin is forgotten. Call only with the guard set.
+pub fn switch_greenlet(origin: u64, target: u64, origin_dead: bool) {
+    let tid = current_tid();
+    let Some(state) = current() else { return };
+    let greenlets = state.greenlets.get_or_insert_with(Default::default);
+    if !origin_dead {
+        let written = std::mem::take(&mut state.written);
+        greenlets.insert(origin, SuspendedGreenlet { tid, name_written: state.name_written, written });
+    }
+    let (tid, name_written, written) = match greenlets.remove(&target) {
+        Some(g) => (g.tid, g.name_written, g.written),
+        None => (NEXT_TID.fetch_add(1, Ordering::Relaxed), false, Vec::with_capacity(64)),
+    };
+    tls().tid = tid;
+    state.name_written = name_written;
+    state.written = written;
+    if let Some(native) = state.native.as_mut() {
+        // Another C stack from here on: nothing of the last unwind can be reused.
+        native.prefix.clear();
+    }
 }
 
 /// Runs `f` with the reentrancy guard set, unless it is already set on this thread (a
@@ -151,6 +186,7 @@ pub fn current() -> Option<&'static mut ThreadState> {
             written: Vec::with_capacity(64),
             scratch: vec![RawFrame::default(); MAX_FRAMES],
             native: None,
+            greenlets: None,
         });
         ptr = Box::into_raw(state);
         tls().state = ptr as *mut libc::c_void;
@@ -165,6 +201,7 @@ pub fn current() -> Option<&'static mut ThreadState> {
         state.generation = generation;
         state.name_written = false;
         state.written.clear();
+        state.greenlets = None;
         if let Some(native) = state.native.as_mut() {
             // Node ids belong to the previous capture's frame tree.
             native.prefix.clear();

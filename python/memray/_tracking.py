@@ -61,6 +61,8 @@ def _load():
         lib.memray_surviving_objects.restype = ctypes.c_size_t
         lib.memray_release_surviving_objects.argtypes = []
         lib.memray_release_surviving_objects.restype = None
+        lib.memray_greenlet_switch.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int]
+        lib.memray_greenlet_switch.restype = None
         _lib = lib
         _apply_log_level(lib)
     return _lib
@@ -312,6 +314,7 @@ class Session:
         # Patched before tracking starts: the patches are objects of ours, which object
         # lifetime tracking would otherwise count as the program's survivors.
         self._name_threads(lib)
+        self._greenlets = GreenletFollower(lib)
         rc = lib.memray_tracker_start(config, err, len(err))
         if rc != 0:
             self._unpatch_threading()
@@ -383,6 +386,9 @@ class Session:
             name_thread(lib, thread)
 
     def _unpatch_threading(self):
+        greenlets, self._greenlets = getattr(self, "_greenlets", None), None
+        if greenlets is not None:
+            greenlets.stop()
         if self._saved_profile is not None:
             threading.setprofile(self._saved_profile[1])
             self._saved_profile = None
@@ -392,6 +398,89 @@ class Session:
             if thread_class.__dict__.get("name") is ours:
                 thread_class.name = original
             self._saved_name_property = None
+
+
+class GreenletFollower:
+    """Tells the payload about greenlet switches, so that each greenlet is a thread of its
+    own in the capture with its own stack (as in Memray), whether greenlet was imported
+    before tracking started or is imported while it runs."""
+
+    def __init__(self, lib):
+        self._lib = lib
+        self._module = None
+        self._previous = None
+        self._finder = None
+        module = sys.modules.get("greenlet")
+        if module is not None:
+            self._follow(module)
+        else:
+            self._finder = _ImportWatcher("greenlet", self._follow)
+            sys.meta_path.insert(0, self._finder)
+
+    def _follow(self, module):
+        settrace = getattr(module, "settrace", None)
+        if settrace is None or self._module is not None:
+            return
+        switch = self._lib.memray_greenlet_switch
+        previous = None
+
+        def trace(event, args):
+            if event in ("switch", "throw"):
+                origin, target = args
+                switch(id(origin), id(target), 1 if getattr(origin, "dead", False) else 0)
+            if previous is not None:
+                previous(event, args)
+
+        previous = settrace(trace)
+        self._module, self._previous, self._trace = module, previous, trace
+
+    def stop(self):
+        if self._finder is not None:
+            try:
+                sys.meta_path.remove(self._finder)
+            except ValueError:
+                pass
+            self._finder = None
+        if self._module is not None:
+            # Put the previous trace back only if nobody replaced ours since.
+            if self._module.gettrace() is self._trace:
+                self._module.settrace(self._previous)
+            self._module = None
+
+
+class _ImportWatcher:
+    """A meta path finder that calls `on_import(module)` once `name` has been imported."""
+
+    def __init__(self, name, on_import):
+        self._name = name
+        self._on_import = on_import
+        self._looking = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self._name or self._looking:
+            return None
+        import importlib.util
+
+        self._looking = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._looking = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        on_import, exec_module = self._on_import, spec.loader.exec_module
+
+        class Loader:
+            def create_module(self, spec):
+                return spec_loader.create_module(spec)
+
+            def exec_module(self, module):
+                exec_module(module)
+                on_import(module)
+
+        spec_loader = spec.loader
+        spec.loader = Loader()
+        return spec
 
 
 def name_thread(lib, thread):

@@ -494,7 +494,6 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         if args.tracking.follow_fork {
             return Err(usage("--follow-fork needs an output file: give -o FILE"));
         }
-        super::live::require_terminal()?;
     }
     let output = match &args.output {
         Some(o) => std::env::current_dir().context("cannot read the current directory")?.join(o),

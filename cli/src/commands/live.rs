@@ -6,7 +6,7 @@
 //! `open_socket_destination`): it listens, serves the first viewer that greets it and
 //! then stops listening. The stream is the capture format, uncompressed.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -36,21 +36,12 @@ pub struct LiveArgs {
 }
 
 pub fn run(args: LiveArgs) -> Result<ExitCode> {
-    require_terminal()?;
     let addr = resolve(&args.address, args.port)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let stream = connect(addr, deadline, || Ok(()))?;
     let outcome = view(stream, addr, terminal_gone)?;
     report_end(&outcome, None);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The live view draws on stdout: refuse early, before anything is started.
-pub fn require_terminal() -> Result<()> {
-    if !std::io::stdout().is_terminal() {
-        bail!("the live view needs a terminal: stdout is not a tty (write a capture with -o instead)");
-    }
-    Ok(())
 }
 
 pub fn resolve(address: &str, port: u16) -> Result<SocketAddr> {
@@ -152,7 +143,7 @@ pub fn view<S: Stream>(stream: S, addr: impl std::fmt::Display, stop: fn() -> bo
     Ok(outcome)
 }
 
-/// Whether the view's terminal went away (SIGHUP/SIGTERM, or a hangup on stdin/stdout).
+/// Whether the view's terminal went away (SIGHUP/SIGTERM/SIGINT, or a hangup on stdin/stdout).
 pub fn terminal_gone() -> bool {
     hangup::terminal_gone()
 }
@@ -172,7 +163,8 @@ pub fn report_end(outcome: &live::Outcome, after_quit: Option<&str>) {
 }
 
 /// The view must end when its terminal goes away (the terminal emulator closed, tmux
-/// killed): SIGHUP/SIGTERM set a flag, and a hangup seen on stdout counts too.
+/// killed): SIGHUP/SIGTERM set a flag, and a hangup seen on stdout counts too. Without a
+/// terminal, SIGINT ends it the same way (in a terminal's raw mode Ctrl-C is a key).
 mod hangup {
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -183,7 +175,7 @@ mod hangup {
     }
 
     pub fn install() {
-        for sig in [libc::SIGHUP, libc::SIGTERM] {
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
             // SAFETY: installs an async-signal-safe handler (one atomic store) with an
             // initialised sigaction.
             unsafe {

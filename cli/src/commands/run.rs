@@ -143,9 +143,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if live && (args.tracking.follow_fork || args.tracking.aggregate) {
         bail!("--follow-fork and --aggregate need an output file: they can't be used with --live or --live-remote");
     }
-    if args.live {
-        super::live::require_terminal()?;
-    }
 
     // The output name may hold {pid}: only the child knows its pid before tracking starts.
     let output_template = match &args.output {

@@ -4,7 +4,7 @@
 //! times a second only keeps the reader thread busy: keys act on the snapshot already
 //! on screen.
 
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use ratatui::DefaultTerminal;
 use crate::engine::records::{CaptureCursor, Event};
 use crate::render::live::snapshot::{Snapshot, StreamStatus};
 use crate::render::live::state::LiveState;
-use crate::render::live::view::{render, ViewState};
+use crate::render::live::view::{render, text, ViewState};
 
 /// Least time between two snapshots.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
@@ -50,21 +50,49 @@ impl Shared {
 
 /// Shows the stream read by `reader` until the user quits or `gone()` says the terminal
 /// went away (a hangup: crossterm then reads end-of-file forever and never reports it).
-/// Stdout must be a terminal. The reader thread is left to end by itself when its input
-/// closes: the caller closes the connection after this returns.
+/// Without a terminal on stdout (a script, CI, a pipe), follows the stream until it ends
+/// or `gone()`, then prints the view once as plain text. The reader thread is left to end
+/// by itself when its input closes: the caller closes the connection after this returns.
 pub fn run<R: Read + Send + 'static>(reader: Reader<R>, gone: fn() -> bool) -> io::Result<Outcome> {
-    if !io::stdout().is_terminal() {
-        return Err(io::Error::other("the live view needs a terminal: stdout is not a tty"));
-    }
     let shared = Arc::new(Shared::default());
     let for_reader = Arc::clone(&shared);
     std::thread::Builder::new().name("memray-live-reader".into()).spawn(move || read_stream(reader, &for_reader))?;
-    let mut terminal = ratatui::try_init()?;
-    let result = ui_loop(&mut terminal, &shared, gone);
-    ratatui::restore();
+    let result = if io::stdout().is_terminal() {
+        let mut terminal = ratatui::try_init()?;
+        let result = ui_loop(&mut terminal, &shared, gone);
+        ratatui::restore();
+        result
+    } else {
+        headless(&shared, gone)
+    };
     shared.stop.store(true, Ordering::Release);
     result?;
     Ok(Outcome { last: shared.latest() })
+}
+
+/// The size of the text printed without a terminal: $COLUMNS × $LINES, else 100 × 40.
+fn headless_size() -> (u16, u16) {
+    let get = |name: &str, default: u16| {
+        std::env::var(name).ok().and_then(|v| v.trim().parse::<u16>().ok()).filter(|&n| (10..=1000).contains(&n)).unwrap_or(default)
+    };
+    (get("COLUMNS", 100), get("LINES", 40))
+}
+
+fn headless(shared: &Shared, gone: fn() -> bool) -> io::Result<()> {
+    while !gone() && shared.latest().is_none_or(|s| s.status == StreamStatus::Live) {
+        std::thread::sleep(FRAME);
+    }
+    let Some(last) = shared.latest() else { return Ok(()) };
+    let (width, height) = headless_size();
+    let mut lines: Vec<String> = text(&last, &ViewState::default(), width, height).iter().map(|l| l.trim_end().to_string()).collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let mut out = io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
 }
 
 fn read_stream<R: Read>(reader: Reader<R>, shared: &Shared) {

@@ -242,12 +242,23 @@ fn keep_end(text: &str, width: usize) -> String {
     format!("\u{2026}{tail}")
 }
 
+/// The view of `snap` as `height` lines of plain text `width` columns wide (trailing
+/// blanks kept), for output that is not a terminal.
+pub fn text(snap: &Snapshot, view: &ViewState, width: u16, height: u16) -> Vec<String> {
+    // An in-memory terminal cannot fail (its error type is Infallible).
+    let mut term = match ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height)) {
+        Ok(term) => term,
+        Err(never) => match never {},
+    };
+    let _ = term.draw(|f| render(f, snap, view));
+    let buf = term.backend().buffer();
+    (0..buf.area.height).map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::render::live::snapshot::ThreadSites;
-    use ratatui::backend::TestBackend;
-    use ratatui::Terminal;
 
     fn site(function: &str, total: u64, own: u64, count: u64) -> Site {
         Site { function: function.into(), file: format!("{function}.py"), total, own, count }
@@ -281,14 +292,9 @@ mod tests {
     }
 
     fn screen(snap: &Snapshot, view: &ViewState) -> String {
-        let mut term = Terminal::new(TestBackend::new(120, 30)).unwrap();
-        term.draw(|f| render(f, snap, view)).unwrap();
-        let buf = term.backend().buffer().clone();
         let mut out = String::new();
-        for y in 0..buf.area.height {
-            for x in 0..buf.area.width {
-                out.push_str(buf[(x, y)].symbol());
-            }
+        for line in super::text(snap, view, 120, 30) {
+            out.push_str(&line);
             out.push('\n');
         }
         out
