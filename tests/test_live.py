@@ -569,15 +569,20 @@ def _ptrace_allowed():
     return _REFUSAL
 
 
-def test_attach_live_view(interp, build, tracked_env, workdir, tmux):
+def start_attach_target(interp, tracked_env, workdir):
+    """PROGRAM started directly (not by memray), its output in prog.out, for attach tests."""
     refusal = _ptrace_allowed()
     if refusal:
         pytest.skip(refusal)
     prog = workdir / "prog.py"
     prog.write_text(PROGRAM)
     out = open(workdir / "prog.out", "wb")
-    proc = subprocess.Popen([interp.executable, str(prog), str(workdir)], cwd=workdir, env=tracked_env,
+    return subprocess.Popen([interp.executable, str(prog), str(workdir)], cwd=workdir, env=tracked_env,
                             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
+def test_attach_live_view(interp, build, tracked_env, workdir, tmux):
+    proc = start_attach_target(interp, tracked_env, workdir)
     try:
         pid = int(wait_file(workdir / "pid", proc=proc))
         assert pid == proc.pid
@@ -609,14 +614,7 @@ def test_attach_live_view(interp, build, tracked_env, workdir, tmux):
 def test_attach_live_without_a_terminal(interp, build, tracked_env, workdir):
     """`memray attach PID` (no -o) with stdout redirected follows the process until SIGTERM,
     prints the view as text, and leaves the process running untracked."""
-    refusal = _ptrace_allowed()
-    if refusal:
-        pytest.skip(refusal)
-    prog = workdir / "prog.py"
-    prog.write_text(PROGRAM)
-    out = open(workdir / "prog.out", "wb")
-    proc = subprocess.Popen([interp.executable, str(prog), str(workdir)], cwd=workdir, env=tracked_env,
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    proc = start_attach_target(interp, tracked_env, workdir)
     try:
         pid = int(wait_file(workdir / "pid", proc=proc))
         view_out = open(workdir / "view.out", "wb")

@@ -275,6 +275,7 @@ class Session:
         self.skipped_frames = skipped_frames
         self._saved_profile = None
         self._saved_name_property = None
+        self._greenlets = None
         self._start_args = None
 
     def _config(self):
@@ -386,9 +387,9 @@ class Session:
             name_thread(lib, thread)
 
     def _unpatch_threading(self):
-        greenlets, self._greenlets = getattr(self, "_greenlets", None), None
-        if greenlets is not None:
-            greenlets.stop()
+        if self._greenlets is not None:
+            self._greenlets.stop()
+            self._greenlets = None
         if self._saved_profile is not None:
             threading.setprofile(self._saved_profile[1])
             self._saved_profile = None
@@ -468,19 +469,26 @@ class _ImportWatcher:
             self._looking = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        on_import, exec_module = self._on_import, spec.loader.exec_module
-
-        class Loader:
-            def create_module(self, spec):
-                return spec_loader.create_module(spec)
-
-            def exec_module(self, module):
-                exec_module(module)
-                on_import(module)
-
-        spec_loader = spec.loader
-        spec.loader = Loader()
+        spec.loader = _NotifyingLoader(spec.loader, self._on_import)
         return spec
+
+
+class _NotifyingLoader:
+    """`loader`, which then calls `on_import(module)` once the module has run."""
+
+    def __init__(self, loader, on_import):
+        self._loader = loader
+        self._on_import = on_import
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._on_import(module)
+
+    def __getattr__(self, name):  # everything else (resources, is_package...) is the loader's
+        return getattr(self._loader, name)
 
 
 def name_thread(lib, thread):

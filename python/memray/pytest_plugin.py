@@ -514,12 +514,12 @@ def _limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False):
     """The signature of the limit_leaks marker."""
 
 
-def limit_leaked_objects(*, filter_fn=None):
-    """The signature of the limit_leaked_objects marker (named so for Python's message)."""
+def _limit_leaked_objects(*, filter_fn=None):
+    """The signature of the limit_leaked_objects marker."""
 
 
 _SIGNATURES = {"limit_memory": inspect.signature(_limit_memory), "limit_leaks": inspect.signature(_limit_leaks),
-               "limit_leaked_objects": inspect.signature(limit_leaked_objects)}
+               "limit_leaked_objects": inspect.signature(_limit_leaked_objects)}
 
 
 def _marker_arguments(marker) -> dict:

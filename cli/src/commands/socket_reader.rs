@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -99,9 +99,9 @@ pub fn run(args: SocketReaderArgs) -> Result<ExitCode> {
                 Err(TryRecvError::Disconnected) => return Ok(ExitCode::SUCCESS),
             }
         } else {
-            match receive(&rx) {
-                Some(r) => r,
-                None => return Ok(ExitCode::SUCCESS),
+            match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return Ok(ExitCode::SUCCESS),
             }
         };
         match request {
@@ -119,8 +119,4 @@ pub fn run(args: SocketReaderArgs) -> Result<ExitCode> {
         }
         sender.out().flush()?;
     }
-}
-
-fn receive(rx: &Receiver<Request>) -> Option<Request> {
-    rx.recv().ok()
 }
