@@ -1,8 +1,8 @@
 //! Embeds the payload library into the `memray` binary, so that a lone binary
 //! (`cargo install --path cli`) can run and attach with nothing installed beside it.
 //!
-//! The payload crate is built by a nested `cargo build` into OUT_DIR (its own target
-//! directory: the outer build holds the lock on the usual one), then included with
+//! The payload crate is built by a nested `cargo build` into `<target>/embedded-payload`
+//! (its own target directory: the outer build holds the lock on the usual one), then included with
 //! `include_bytes!` by src/payload_file.rs, which writes it to a content-hashed file in a
 //! cache directory on first use when no payload sits next to the binary.
 //!
@@ -55,7 +55,7 @@ fn main() {
     }
 
     let release = env::var("PROFILE").map(|p| p != "debug").unwrap_or(true);
-    let target_dir = out_dir.join("payload-target");
+    let target_dir = embed_target_dir(&out_dir);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
@@ -89,6 +89,18 @@ fn main() {
         &generated,
         &format!("pub const EMBEDDED: Option<(&[u8], &str)> = Some((include_bytes!({:?}), {:?}));\n", copy.display().to_string(), hash),
     );
+}
+
+/// `<target>/embedded-payload` when OUT_DIR has cargo's usual shape
+/// (`<target>/<profile>/build/<pkg>-<hash>/out`): one payload build shared by `cargo build`,
+/// `clippy`, `test` and `install --target-dir`, whose OUT_DIRs differ. Not the outer target
+/// directory itself, whose lock the outer build holds. Otherwise a folder inside OUT_DIR.
+fn embed_target_dir(out_dir: &Path) -> PathBuf {
+    let mut up = out_dir.ancestors();
+    match (up.nth(2), up.nth(1)) {
+        (Some(build), Some(target)) if build.file_name().is_some_and(|n| n == "build") => target.join("embedded-payload"),
+        _ => out_dir.join("payload-target"),
+    }
 }
 
 fn write_if_changed(path: &Path, text: &str) {

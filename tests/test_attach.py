@@ -47,9 +47,13 @@ def touch(name):
 started = []
 
 def worker_inner(i):
+    phase2 = 0
     while not flag("stop"):
         if flag("phase2"):
             H.helper_free(H.helper_malloc(%(PHASE2_WORKER)d + i))  # @worker_phase2
+            phase2 += 1
+            if phase2 == 200:
+                touch("phase2-worker-%%d" %% i)
         else:
             H.helper_free(H.helper_malloc(%(WORKER_SIZE)d + i))  # @worker_alloc
         time.sleep(0.001)
@@ -62,9 +66,13 @@ def worker_outer(i):
     worker_middle(i)  # @worker_call_middle
 
 def main_inner():
+    phase2 = 0
     while not flag("stop"):
         if flag("phase2"):
             H.helper_free(H.helper_malloc(%(PHASE2_MAIN)d))  # @main_phase2
+            phase2 += 1
+            if phase2 == 200:
+                touch("phase2-main")
         else:
             H.helper_free(H.helper_malloc(%(MAIN_SIZE)d))  # @main_alloc
         if not flag("ready") and len(started) == N_WORKERS:
@@ -154,6 +162,20 @@ class Target:
 
     def touch(self, name):
         (self.workdir / name).write_text("")
+
+    def run_phase2(self, n_workers):
+        """Switches TARGET to its second phase and waits until every thread has made
+        200 allocations of it."""
+        self.touch("phase2")
+        for name in ["phase2-main", *("phase2-worker-%d" % i for i in range(n_workers))]:
+            self.wait_for(name)
+
+    def wait_output(self, text, timeout=30):
+        deadline = time.time() + timeout
+        while text not in self.output():
+            if time.time() > deadline:
+                raise AssertionError("target did not print %r in %ss\n%s" % (text, timeout, self.output()))
+            time.sleep(0.05)
 
     def alive(self):
         return self.proc.poll() is None
@@ -306,14 +328,12 @@ def test_attach_duration_stops_by_itself(interp, target, memray_cli, reader, wor
     attached_at = time.time()
     res = assert_ok(memray_cli("attach", "--duration", "2", "-o", str(out), str(t.pid)))
     assert "for 2" in res.stderr
-    # The session ends by itself: detach then finds nothing to stop.
-    time.sleep(3.5)
+    # The session ends by itself, with Memray's line on the target's stderr; detach then
+    # finds nothing to stop.
+    t.wait_output("memray: Deactivating tracking: 2 seconds have elapsed\n")
     assert_clean_error(memray_cli("detach", str(t.pid)), "no previous `memray attach` call detected")
     assert t.alive(), t.output()
-    # Memray's line on the target's stderr when the time is up.
-    assert "memray: Deactivating tracking: 2 seconds have elapsed\n" in t.output(), t.output()
-    t.touch("phase2")  # allocations after the end of the session
-    time.sleep(0.5)
+    t.run_phase2(1)  # allocations after the end of the session
     assert t.finish() == 0
     assert_no_crash_output(t.output())
     cap = reader.read(out, "all", "sizes=%d,%d" % (MAIN_SIZE, PHASE2_MAIN))
@@ -346,8 +366,7 @@ def test_detach_stops_recording_and_process_runs_on(interp, target, memray_cli, 
     assert str(out) in res.stderr
     # Detaching twice: nothing left to stop.
     assert_clean_error(memray_cli("detach", str(t.pid)), "not being tracked")
-    t.touch("phase2")
-    time.sleep(3)  # several more seconds of allocations, none of them hooked
+    t.run_phase2(2)  # allocations in every thread, none of them hooked
     assert t.alive(), t.output()
     assert t.finish() == 0
     assert_no_crash_output(t.output())
@@ -747,6 +766,7 @@ open(os.path.join(WORK, "ready"), "w").close()
 threading.Event().wait(float(sys.argv[2]))   # blocked: no Python code, no allocation
 for i in range(200):
     H.helper_free(H.helper_malloc(1000 + i))
+open(os.path.join(WORK, "woke"), "w").close()
 while not os.path.exists(os.path.join(WORK, "stop")):
     time.sleep(0.01)
 open(os.path.join(WORK, "done"), "w").close()
@@ -794,7 +814,7 @@ def test_attacher_killed_mid_attach_leaves_target_unharmed(interp, target, build
     assert _state(t.pid) not in ("t", "T"), "target left stopped"
     if kind == "waiting":
         # Its wait ends now: it runs into whatever the dead attacher left.
-        time.sleep(3.5)
+        t.wait_for("woke")
         assert t.alive(), "target died after its wait (%s)\n%s" % (t.proc.returncode, t.output())
     # A later attach works and puts the program's SIGTRAP disposition back.
     # Where the dead attacher's call sequence finished by itself, tracking had started.

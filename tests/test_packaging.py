@@ -2,10 +2,12 @@
 
 Once per session a wheel is built with `pip wheel` from a clean copy of the
 repository (the files git knows about: tracked plus untracked-but-not-ignored,
-so nothing staged or built in this checkout leaks in). The copy lives at a fixed
-place and cargo's target directory is kept between sessions
-(tests/.artifacts/packaging/), so only the first session pays for a full
-release build; MEMRAY_PACKAGING_CLEAN=1 starts that target directory afresh.
+so nothing staged or built in this checkout leaks in), at tests/.artifacts/packaging/src.
+cargo builds it in this checkout's own target directory (CARGO_TARGET_DIR, else
+target/): cargo names a workspace crate's artefacts by its path relative to the
+workspace root, so the copy reuses what `scripts/test` just built instead of a second
+release build from scratch. MEMRAY_PACKAGING_TARGET=DIR builds elsewhere (an empty DIR:
+the full build a user's `pip install .` does).
 
 The wheel is then installed into a fresh virtualenv per interpreter (pip
 installs pytest there too, from the package index or pip's cache), where
@@ -13,6 +15,8 @@ installs pytest there too, from the package index or pip's cache), where
 `pytest --memray` (the plugin found through its entry point) must work with no
 help from this checkout.
 """
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -61,13 +65,28 @@ def _copy_sources(dest: Path) -> None:
         shutil.copy2(src, target)  # mtimes kept: cargo's fingerprints stay valid between sessions
 
 
+def _target_dir() -> Path:
+    return Path(os.environ.get("MEMRAY_PACKAGING_TARGET") or os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+
+
+@contextlib.contextmanager
+def _sources_locked():
+    """Every pytest-xdist worker runs the session fixtures: one at a time copies the
+    sources and builds from them."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with _sources_locked():
+        return _build_wheel(tmp_path_factory)
+
+
+def _build_wheel(tmp_path_factory) -> Path:
     src = ARTIFACTS / "src"
-    target = ARTIFACTS / "target"
-    if os.environ.get("MEMRAY_PACKAGING_CLEAN") == "1" and target.exists():
-        shutil.rmtree(target)
     _copy_sources(src)
     for staged in ("python/memray/_bin", "python/memray/_payload", "target", "build"):
         assert not (src / staged).exists(), f"{staged} was copied: it must be ignored by git"
@@ -75,7 +94,7 @@ def wheel(tmp_path_factory) -> Path:
     res = run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", dist, src],
         cwd=src,
-        env=_clean_env(CARGO_TARGET_DIR=str(target)),
+        env=_clean_env(CARGO_TARGET_DIR=str(_target_dir())),
         timeout=BUILD_TIMEOUT,
     )
     assert res.returncode == 0, "pip wheel failed\n" + res.describe()
@@ -202,11 +221,12 @@ def cargo_installed(wheel, tmp_path_factory) -> Path:
     directory make it reuse the wheel build's artefacts (a plain `cargo install` resolves
     the dependencies afresh and builds everything again: same binary, minutes slower)."""
     root = tmp_path_factory.mktemp("cargo-root")
-    res = run(
-        ["cargo", "install", "--locked", "--path", ARTIFACTS / "src" / "cli", "--root", root,
-         "--target-dir", ARTIFACTS / "target"],
-        env=_clean_env(), timeout=BUILD_TIMEOUT,
-    )
+    with _sources_locked():
+        res = run(
+            ["cargo", "install", "--locked", "--path", ARTIFACTS / "src" / "cli", "--root", root,
+             "--target-dir", _target_dir()],
+            env=_clean_env(), timeout=BUILD_TIMEOUT,
+        )
     assert res.returncode == 0, "cargo install failed\n" + res.describe()
     binary = root / "bin" / "memray"
     assert binary.is_file() and sorted(p.name for p in binary.parent.iterdir()) == ["memray"]

@@ -20,7 +20,9 @@ import re
 
 import pytest
 
-from support import SELF_CHECK, assert_clean_error, assert_ok, run
+from support import SELF_CHECK, TESTS, Result, assert_clean_error, assert_ok, run
+
+HELPERS = TESTS / "helpers"
 
 WORKLOAD = """
 import threading
@@ -126,13 +128,6 @@ def _ours(build, interp, env, *args, cwd=None):
     return run([*cmd, *map(str, args)], cwd=cwd, env=env)
 
 
-def _memray(reader, *args, cwd=None, columns=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MEMRAY_")) and k != "COLUMNS"}
-    if columns:
-        env["COLUMNS"] = str(columns)
-    return run([reader.python, "-m", "memray", *map(str, args)], cwd=cwd, env=env)
-
-
 def _env(tracked_env, columns=None):
     env = dict(tracked_env)
     env.pop("COLUMNS", None)
@@ -172,23 +167,70 @@ def _module_dirs(build, interp, tracked_env, capture):
     return [p for p in paths[1:] if os.path.isdir(p)]
 
 
+class _MemrayBatch:
+    """Memray's side of the comparisons of one capture: commands are queued, then run
+    in one process of the oracle venv (tests/helpers/oracle_cli.py), because starting
+    Memray's CLI costs about half a second and a capture is compared on some thirty
+    reports. Each check queues its commands and returns a function that compares once
+    the batch has run."""
+
+    def __init__(self, reader, workdir):
+        self.reader, self.workdir, self.jobs = reader, workdir, []
+
+    def cli(self, *args, columns=None):
+        return self._add({"argv": [str(a) for a in args], "columns": columns, "script": None})
+
+    def script(self, path, *args):
+        return self._add({"argv": [str(a) for a in args], "columns": None, "script": str(path)})
+
+    def _add(self, job):
+        self.jobs.append({**job, "cwd": str(self.workdir)})
+        return len(self.jobs) - 1
+
+    def run(self):
+        jobs, results = self.workdir / "oracle-jobs.json", self.workdir / "oracle-results.json"
+        jobs.write_text(json.dumps(self.jobs))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MEMRAY_")) and k != "COLUMNS"}
+        assert_ok(run([self.reader.python, HELPERS / "oracle_cli.py", jobs, results], cwd=self.workdir, env=env))
+        return [Result(cmd=["memray", *job["argv"]] if job["script"] is None else [job["script"], *job["argv"]], **r)
+                for job, r in zip(self.jobs, json.loads(results.read_text()))]
+
+
+def _check_reports(build, interp, tracked_env, reader, capture, workdir, aggregated=False):
+    """summary, transform and tree of `capture`, ours against Memray's."""
+    memray = _MemrayBatch(reader, workdir)
+    checks = [
+        *_summary_checks(build, interp, tracked_env, memray, capture, workdir, aggregated),
+        *_transform_checks(build, interp, tracked_env, memray, capture, workdir, aggregated),
+        *_tree_checks(build, interp, tracked_env, memray, capture, workdir, aggregated),
+    ]
+    theirs = memray.run()
+    for check in checks:
+        check(theirs)
+
+
 SUMMARY_ARGS = [(), ("-s", "3"), ("-s", "5", "-r", "4"), ("-s", "4", "-r", "40"), ("--temporary-allocations",),
                 ("--temporary-allocation-threshold", "0", "-s", "2")]
 
 
-def _check_summary(build, interp, tracked_env, reader, capture, workdir, args_list=SUMMARY_ARGS, aggregated=False):
-    for args in args_list:
+def _summary_checks(build, interp, tracked_env, memray, capture, workdir, aggregated):
+    for args in SUMMARY_ARGS:
         if aggregated and any(a.startswith("--temporary") for a in args):
             continue
         for columns in (None, 131):
             ours = _ours(build, interp, _env(tracked_env, columns), "summary", *args, capture, cwd=workdir)
-            theirs = _memray(reader, "summary", *args, capture, cwd=workdir, columns=columns)
-            assert ours.returncode == 0, ours.describe()
-            assert theirs.returncode == 0, theirs.describe()
-            assert "\x1b" not in ours.stdout, "plain text when stdout is not a terminal"
-            assert ours.stdout == _strip_progress(theirs.stdout), (
-                f"summary {' '.join(args)} (COLUMNS={columns}) differs\n--- ours\n{ours.stdout}\n--- Memray\n{theirs.stdout}"
-            )
+            job = memray.cli("summary", *args, capture, columns=columns)
+
+            def check(results, ours=ours, job=job, args=args, columns=columns):
+                theirs = results[job]
+                assert ours.returncode == 0, ours.describe()
+                assert theirs.returncode == 0, theirs.describe()
+                assert "\x1b" not in ours.stdout, "plain text when stdout is not a terminal"
+                assert ours.stdout == _strip_progress(theirs.stdout), (
+                    f"summary {' '.join(args)} (COLUMNS={columns}) differs\n--- ours\n{ours.stdout}\n--- Memray\n{theirs.stdout}"
+                )
+
+            yield check
 
 
 TRANSFORM_ARGS = [(), ("--leaks",), ("--temporary-allocations",), ("--temporary-allocation-threshold", "3")]
@@ -237,31 +279,36 @@ def _tree_lines_match(ours, theirs):
     return head == their_head and re.search(r":\d+$", pos) is not None and re.search(r":\d+$", their_pos) is None
 
 
-def _check_transform(build, interp, tracked_env, reader, capture, workdir, aggregated=False):
+def _transform_checks(build, interp, tracked_env, memray, capture, workdir, aggregated):
     for fmt in ("csv", "gprof2dot", "speedscope"):
-        for args in TRANSFORM_ARGS:
+        for i, args in enumerate(TRANSFORM_ARGS):
             if aggregated and any(a.startswith("--temporary") for a in args):
                 continue
-            a, b = workdir / f"ours.{fmt}", workdir / f"theirs.{fmt}"
+            a, b = workdir / f"ours-{i}.{fmt}", workdir / f"theirs-{i}.{fmt}"
             assert_ok(_ours(build, interp, tracked_env, "transform", fmt, "-f", "-o", a, *args, capture, cwd=workdir))
-            assert_ok(_memray(reader, "transform", fmt, "-f", "-o", b, *args, capture, cwd=workdir))
-            what = f"transform {fmt} {' '.join(args)}"
-            if fmt == "speedscope":
-                ours, theirs = json.loads(a.read_text()), json.loads(b.read_text())
-                assert ours.pop("exporter").startswith("memray@") and theirs.pop("exporter") == "memray@1.20.0"
-                if interp.minor <= 9:
-                    assert _speedscope_without_lines(ours) == _speedscope_without_lines(theirs), what
+            job = memray.cli("transform", fmt, "-f", "-o", b, *args, capture)
+
+            def check(results, fmt=fmt, args=args, a=a, b=b, job=job):
+                assert_ok(results[job])
+                what = f"transform {fmt} {' '.join(args)}"
+                if fmt == "speedscope":
+                    ours, theirs = json.loads(a.read_text()), json.loads(b.read_text())
+                    assert ours.pop("exporter").startswith("memray@") and theirs.pop("exporter") == "memray@1.20.0"
+                    if interp.minor <= 9:
+                        assert _speedscope_without_lines(ours) == _speedscope_without_lines(theirs), what
+                    else:
+                        assert ours == theirs, what
+                elif fmt == "csv" and interp.minor <= 9:
+                    theirs = _csv_rows(b.read_text())
+                    assert _csv_rows(a.read_text(), theirs) == theirs, what
+                    assert a.read_bytes().count(b"\r\n") == b.read_bytes().count(b"\r\n")
                 else:
-                    assert ours == theirs, what
-            elif fmt == "csv" and interp.minor <= 9:
-                theirs = _csv_rows(b.read_text())
-                assert _csv_rows(a.read_text(), theirs) == theirs, what
-                assert a.read_bytes().count(b"\r\n") == b.read_bytes().count(b"\r\n")
-            else:
-                assert a.read_bytes() == b.read_bytes(), f"{what}:\n--- ours\n{a.read_text()[:3000]}\n--- Memray\n{b.read_text()[:3000]}"
+                    assert a.read_bytes() == b.read_bytes(), f"{what}:\n--- ours\n{a.read_text()[:3000]}\n--- Memray\n{b.read_text()[:3000]}"
+
+            yield check
 
 
-def _check_tree(build, interp, tracked_env, reader, capture, workdir, aggregated=False):
+def _tree_checks(build, interp, tracked_env, memray, capture, workdir, aggregated):
     dirs = json.dumps(_module_dirs(build, interp, tracked_env, capture))
     script = workdir / "oracle_tree.py"
     script.write_text(ORACLE_TREE)
@@ -269,23 +316,26 @@ def _check_tree(build, interp, tracked_env, reader, capture, workdir, aggregated
         for threshold in ((-1,) if aggregated else (-1, 1)):
             extra = ("--temporary-allocation-threshold", threshold) if threshold >= 0 else ()
             ours = _ours(build, interp, tracked_env, "tree", "-b", biggest, *extra, capture, cwd=workdir)
-            assert ours.returncode == 0, ours.describe()
-            assert "\x1b" not in ours.stdout
-            expected = assert_ok(run([reader.python, script, capture, biggest, threshold, dirs], cwd=workdir))
-            message = f"tree -b {biggest} {extra}\n--- ours\n{ours.stdout}\n--- Memray\n{expected.stdout}"
-            if interp.minor <= 9:
-                a, b = ours.stdout.splitlines(), expected.stdout.splitlines()
-                assert len(a) == len(b) and all(map(_tree_lines_match, a, b)), message
-            else:
-                assert ours.stdout == expected.stdout, message
+            job = memray.script(script, capture, biggest, threshold, dirs)
+
+            def check(results, ours=ours, job=job, biggest=biggest, extra=extra):
+                assert ours.returncode == 0, ours.describe()
+                assert "\x1b" not in ours.stdout
+                expected = assert_ok(results[job])
+                message = f"tree -b {biggest} {extra}\n--- ours\n{ours.stdout}\n--- Memray\n{expected.stdout}"
+                if interp.minor <= 9:
+                    a, b = ours.stdout.splitlines(), expected.stdout.splitlines()
+                    assert len(a) == len(b) and all(map(_tree_lines_match, a, b)), message
+                else:
+                    assert ours.stdout == expected.stdout, message
+
+            yield check
 
 
 @pytest.mark.ours_only
 def test_reports_of_our_captures_match_memray(interp, script, memray_run, build, tracked_env, reader, workdir):
     s, out = _capture(script, memray_run, workdir)
-    _check_summary(build, interp, tracked_env, reader, out, workdir)
-    _check_transform(build, interp, tracked_env, reader, out, workdir)
-    _check_tree(build, interp, tracked_env, reader, out, workdir)
+    _check_reports(build, interp, tracked_env, reader, out, workdir)
     tree = _ours(build, interp, tracked_env, "tree", out).stdout
     assert f"leaf  workload:{s.line('leaf')}" in tree or f"leaf  {s.path}:{s.line('leaf')}" in tree, tree
 
@@ -293,9 +343,7 @@ def test_reports_of_our_captures_match_memray(interp, script, memray_run, build,
 @pytest.mark.ours_only
 def test_reports_of_our_aggregated_captures_match_memray(interp, script, memray_run, build, tracked_env, reader, workdir):
     s, out = _capture(script, memray_run, workdir, "--aggregate", name="agg.bin")
-    _check_summary(build, interp, tracked_env, reader, out, workdir, aggregated=True)
-    _check_transform(build, interp, tracked_env, reader, out, workdir, aggregated=True)
-    _check_tree(build, interp, tracked_env, reader, out, workdir, aggregated=True)
+    _check_reports(build, interp, tracked_env, reader, out, workdir, aggregated=True)
 
 
 @pytest.mark.ours_only
@@ -303,10 +351,7 @@ def test_reports_of_our_aggregated_captures_match_memray(interp, script, memray_
                          ids=["default", "aggregate", "pymalloc"])
 def test_reports_of_memray_captures_match_memray(interp, script, build, tracked_env, oracle, helper_lib, workdir, flags):
     s, out = _memray_capture(oracle, script, workdir, helper_lib, *flags)
-    aggregated = "--aggregate" in flags
-    _check_summary(build, interp, tracked_env, oracle, out, workdir, aggregated=aggregated)
-    _check_transform(build, interp, tracked_env, oracle, out, workdir, aggregated=aggregated)
-    _check_tree(build, interp, tracked_env, oracle, out, workdir, aggregated=aggregated)
+    _check_reports(build, interp, tracked_env, oracle, out, workdir, aggregated="--aggregate" in flags)
 
 
 THRESHOLD = """
