@@ -185,3 +185,25 @@ def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir
     assert counts(merged) == expected
     text = assert_ok(memray_cli("stats", *paths)).stdout
     assert "%d captures merged" % len(paths) in text and "sum of each process's own peak" in text
+
+    # `memray summary` too: one table whose allocation counts per location are the sums of
+    # each process's own table (a location's figures are summed over the processes).
+    tracked_env["COLUMNS"] = "1000"  # one line per row
+
+    def summary(*caps):
+        res = assert_ok(memray_cli("summary", "-r", "100000", *caps))
+        rows = {}
+        for line in res.stdout.splitlines():
+            cells = [c.strip() for c in line.split("│")[1:-1]]
+            if len(cells) == 6 and cells[5].isdigit():
+                rows[cells[0]] = int(cells[5])
+        return rows, res.stdout
+
+    expected = {}
+    for path in paths:
+        for location, n in summary(path)[0].items():
+            expected[location] = expected.get(location, 0) + n
+    rows, text = summary(*paths)
+    assert rows and rows == expected, text
+    assert text.startswith("%d captures merged (processes %s)" % (len(paths), ", ".join(
+        str(p) for p in [master.pid] + workers + [late]))), text

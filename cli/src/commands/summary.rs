@@ -14,8 +14,10 @@ use super::tree::{load_records, print_stdout, TemporaryArgs};
 
 #[derive(Args, Debug)]
 pub struct SummaryArgs {
-    /// Capture file written by `memray run`
-    results: PathBuf,
+    /// Capture file written by `memray run`; several (a process tree's, e.g. cap.bin.*)
+    /// are merged into one table
+    #[arg(required = true, num_args = 1..)]
+    results: Vec<PathBuf>,
     /// Column to sort on: 1-2 total memory, 3-4 own memory, 5 allocation count
     #[arg(short = 's', long = "sort-column", default_value_t = 1, allow_negative_numbers = true)]
     sort_column: i64,
@@ -47,11 +49,18 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
     }
     let threshold = args.temporary.threshold();
     // Memray merges threads for the peak but not for temporary allocations.
-    let set = load_records(&args.results, threshold, threshold.is_none())?;
-    let summary = Summary::build(&set);
-    if let Some(w) = set.native.missing_warning() {
-        eprintln!("memray: {w}");
+    let mut parts = Vec::new();
+    let mut pids = Vec::new();
+    for path in &args.results {
+        let set = load_records(path, threshold, threshold.is_none())?;
+        parts.push(Summary::build(&set));
+        pids.push(set.header.pid.to_string());
+        if let Some(w) = set.native.missing_warning() {
+            eprintln!("memray: {w}");
+        }
     }
+    let merged = parts.len() > 1;
+    let summary = if merged { Summary::merge(parts) } else { parts.remove(0) };
     let stdout_is_terminal = std::io::stdout().is_terminal();
     // rich: COLUMNS, else the terminal on stdin/stdout/stderr, else 80.
     let size = terminal_size().filter(|(w, _)| *w > 0);
@@ -59,6 +68,12 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
     // Memray: `max_rows or max(lines - 5, 10)`, lines from stdout only (24 if not a tty).
     let lines = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).map(|w| w.ws_row as i64).unwrap_or(24);
     let max_rows = args.max_rows.filter(|&r| r != 0).unwrap_or_else(|| (lines - 5).max(10));
-    print_stdout(&summary.render(args.sort_column as usize, max_rows, width, stdout_is_terminal))?;
+    let mut text = String::new();
+    if merged {
+        let what = if threshold.is_some() { "their temporary allocations" } else { "each at its own peak" };
+        text = format!("{} captures merged (processes {}): figures are summed over the processes, {what}\n", pids.len(), pids.join(", "));
+    }
+    text.push_str(&summary.render(args.sort_column as usize, max_rows, width, stdout_is_terminal));
+    print_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
 }

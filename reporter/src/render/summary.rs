@@ -90,6 +90,34 @@ impl Summary {
         Summary { entries, current_memory_size, total_allocations }
     }
 
+    /// Several processes' summaries as one (`memray summary a.bin b.bin ...`): each built
+    /// over its own capture (its own peak, its own 95% cut), then the figures of each
+    /// (function, file) summed, rows in first-seen order across the parts.
+    pub fn merge(parts: Vec<Summary>) -> Summary {
+        let mut merged = Summary { entries: Vec::new(), current_memory_size: 0, total_allocations: 0 };
+        let mut index: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+        for part in parts {
+            merged.current_memory_size = merged.current_memory_size.wrapping_add(part.current_memory_size);
+            merged.total_allocations += part.total_allocations;
+            for e in part.entries {
+                match index.get(&(e.function.clone(), e.file.clone())) {
+                    Some(&at) => {
+                        let m = &mut merged.entries[at];
+                        m.native |= e.native;
+                        m.own_memory = m.own_memory.wrapping_add(e.own_memory);
+                        m.total_memory = m.total_memory.wrapping_add(e.total_memory);
+                        m.n_allocations += e.n_allocations;
+                    }
+                    None => {
+                        index.insert((e.function.clone(), e.file.clone()), merged.entries.len());
+                        merged.entries.push(e);
+                    }
+                }
+            }
+        }
+        merged
+    }
+
     /// The rows shown: sorted on `sort_column` (1-5), at most `max_rows` (Python's
     /// `[:max_rows]`, so a negative count drops rows from the end).
     pub fn rows(&self, sort_column: usize, max_rows: i64) -> Vec<&Entry> {
@@ -484,6 +512,24 @@ mod tests {
         for width in [0, 10, 30, 200] {
             assert!(!s.render(1, 10, width, true).is_empty());
         }
+    }
+
+    #[test]
+    fn merge_sums_each_location_in_first_seen_order() {
+        let e = |function: &str, own, total, n| Entry {
+            function: function.into(),
+            file: "a.py".into(),
+            native: false,
+            own_memory: own,
+            total_memory: total,
+            n_allocations: n,
+        };
+        let a = Summary { entries: vec![e("f", 10, 30, 1), e("main", 0, 30, 1)], current_memory_size: 30, total_allocations: 1 };
+        let b =
+            Summary { entries: vec![e("g", 5, 5, 2), e("main", 0, 5, 2), e("f", 1, 1, 1)], current_memory_size: 6, total_allocations: 3 };
+        let m = Summary::merge(vec![a, b]);
+        assert_eq!(m.entries, vec![e("f", 11, 31, 2), e("main", 0, 35, 3), e("g", 5, 5, 2)]);
+        assert_eq!((m.current_memory_size, m.total_allocations), (36, 4));
     }
 
     #[test]
