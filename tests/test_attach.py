@@ -328,9 +328,10 @@ def test_attach_duration_stops_by_itself(interp, target, memray_cli, reader, wor
     attached_at = time.time()
     res = assert_ok(memray_cli("attach", "--duration", "2", "-o", str(out), str(t.pid)))
     assert "for 2" in res.stderr
-    # The session ends by itself, with Memray's line on the target's stderr; detach then
-    # finds nothing to stop.
+    # The session ends by itself, with Memray's line on the target's stderr (written as it
+    # starts stopping, which takes milliseconds); detach then finds nothing to stop.
     t.wait_output("memray: Deactivating tracking: 2 seconds have elapsed\n")
+    time.sleep(1.0)
     assert_clean_error(memray_cli("detach", str(t.pid)), "no previous `memray attach` call detected")
     assert t.alive(), t.output()
     t.run_phase2(1)  # allocations after the end of the session

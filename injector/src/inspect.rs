@@ -169,42 +169,7 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     cpython::resolve(version, debug_block.as_ref().map(|(_, b)| b.as_slice())).map_err(|cause| Error::Interpreter { pid, cause })?;
     let runtime = debug_block.and_then(|(addr, bytes)| Some((addr, cpython::DebugOffsets::parse(&bytes).ok()?)));
 
-    let mut symbols = Symbols::default();
-    // dlopen/dlerror/dlsym: libc (glibc >= 2.34, musl), else libdl.
-    let mut dl_object = String::new();
-    let dl_candidates: Vec<&String> =
-        paths.iter().filter(|p| is_libc(p)).chain(paths.iter().filter(|p| elf::basename(p).starts_with("libdl.so"))).collect();
-    for path in dl_candidates {
-        let Ok(obj) = Object::open(pid, path, &maps) else { continue };
-        let Ok(s) = obj.lookup(&["dlopen", "dlerror", "dlsym"]) else { continue };
-        if let (Some(o), Some(e), Some(y)) = (s.get("dlopen"), s.get("dlerror"), s.get("dlsym")) {
-            symbols.dlopen = o.addr;
-            symbols.dlerror = e.addr;
-            symbols.dlsym = y.addr;
-            dl_object = path.clone();
-            break;
-        }
-    }
-    if symbols.dlopen == 0 {
-        return Err(Error::SymbolNotFound { pid, symbol: "dlopen".into(), detail: "neither libc nor libdl defines it".into() });
-    }
-
-    // Safe points: the allocator's entries wherever they are defined (an LD_PRELOADed
-    // allocator included), CPython's allocator and signal-check entries.
-    for path in &paths {
-        let preloaded_allocator = elf::basename(path).contains("malloc");
-        if !(is_libc(path) || preloaded_allocator) || is_loader(path) || elf::basename(path).contains("memray_payload") {
-            continue;
-        }
-        let Ok(obj) = Object::open(pid, path, &maps) else { continue };
-        if let Ok(s) = obj.lookup(ALLOCATOR_ENTRIES) {
-            for (name, sym) in s {
-                if sym.is_function() {
-                    symbols.safe_points.push((sym.addr, name));
-                }
-            }
-        }
-    }
+    let (mut symbols, dl_object) = native_symbols(pid, &maps, &paths)?;
     if let Ok(s) = py.lookup(PYTHON_ENTRIES) {
         for (name, sym) in s {
             if sym.is_function() {
@@ -217,7 +182,6 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     if symbols.safe_points.is_empty() {
         return Err(Error::SymbolNotFound { pid, symbol: "malloc".into(), detail: "no allocator entry point found".into() });
     }
-    symbols.loader_range = loader_range(&maps);
 
     Ok(ProcessInfo {
         pid,
@@ -231,6 +195,47 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
         symbols,
         runtime,
     })
+}
+
+/// What any process offers the tracer, Python or not: dlopen/dlerror/dlsym (libc on
+/// glibc 2.34+ and musl, else libdl; the second value names that object), the entries of
+/// the allocator wherever it is defined (an LD_PRELOADed one included) as safe points,
+/// and the loader's range. CPython's safe points are added by [`inspect`].
+pub(crate) fn native_symbols(pid: i32, maps: &[Mapping], paths: &[String]) -> Result<(Symbols, String)> {
+    let mut symbols = Symbols::default();
+    let mut dl_object = String::new();
+    let dl_candidates: Vec<&String> =
+        paths.iter().filter(|p| is_libc(p)).chain(paths.iter().filter(|p| elf::basename(p).starts_with("libdl.so"))).collect();
+    for path in dl_candidates {
+        let Ok(obj) = Object::open(pid, path, maps) else { continue };
+        let Ok(s) = obj.lookup(&["dlopen", "dlerror", "dlsym"]) else { continue };
+        if let (Some(o), Some(e), Some(y)) = (s.get("dlopen"), s.get("dlerror"), s.get("dlsym")) {
+            symbols.dlopen = o.addr;
+            symbols.dlerror = e.addr;
+            symbols.dlsym = y.addr;
+            dl_object = path.clone();
+            break;
+        }
+    }
+    if symbols.dlopen == 0 {
+        return Err(Error::SymbolNotFound { pid, symbol: "dlopen".into(), detail: "neither libc nor libdl defines it".into() });
+    }
+    for path in paths {
+        let preloaded_allocator = elf::basename(path).contains("malloc");
+        if !(is_libc(path) || preloaded_allocator) || is_loader(path) || elf::basename(path).contains("memray_payload") {
+            continue;
+        }
+        let Ok(obj) = Object::open(pid, path, maps) else { continue };
+        if let Ok(s) = obj.lookup(ALLOCATOR_ENTRIES) {
+            for (name, sym) in s {
+                if sym.is_function() {
+                    symbols.safe_points.push((sym.addr, name));
+                }
+            }
+        }
+    }
+    symbols.loader_range = loader_range(maps);
+    Ok((symbols, dl_object))
 }
 
 fn loader_range(maps: &[Mapping]) -> Option<(u64, u64)> {

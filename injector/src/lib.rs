@@ -43,6 +43,17 @@ mod remote_exec;
 mod sys;
 mod tracer;
 
+/// Tests that start child processes take turns with the tracer's tests: the tracer waits
+/// for any child of the process (`waitid(P_ALL, __WALL)`, to see new threads at once) and
+/// would take another test's events or reap its children.
+#[cfg(test)]
+pub(crate) static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+pub(crate) fn children_turn() -> std::sync::MutexGuard<'static, ()> {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -108,7 +119,7 @@ impl Default for InjectOptions<'_> {
 /// `entry(arg)` there, where `arg` is passed as a NUL-terminated string that lives until
 /// the call returns.
 pub fn inject(info: &ProcessInfo, library: &str, entry: &str, arg: &[u8], opts: &InjectOptions) -> Result<Injected> {
-    let by_ptrace = || tracer::Tracer::new(info, opts).inject(library, entry, arg);
+    let by_ptrace = || tracer::Tracer::new(info.pid, info.symbols.clone(), opts).inject(library, entry, arg);
     let log = |m: &str| {
         if let Some(l) = opts.log {
             l(m)

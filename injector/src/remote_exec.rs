@@ -273,6 +273,7 @@ mod tests {
     /// run by a real interpreter, with libc's `puts` standing in for the payload's entry.
     #[test]
     fn script_runs_only_while_the_attaching_side_waits() {
+        let _turn = crate::children_turn();
         let python = Path::new("/usr/bin/python3");
         assert!(python.exists(), "this test runs the script with {}", python.display());
         let dir = std::env::temp_dir().join(format!("memray-script-test-{}", std::process::id()));

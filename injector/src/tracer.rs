@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::cave::{self, Cave};
 use crate::error::{Error, Result};
-use crate::inspect::{ProcessInfo, Symbols};
+use crate::inspect::Symbols;
 use crate::memory;
 use crate::proc;
 use crate::sys::{self, FpState, Regs, Wait};
@@ -153,11 +153,11 @@ pub struct Tracer<'a> {
 }
 
 impl<'a> Tracer<'a> {
-    pub fn new(info: &ProcessInfo, opts: &'a InjectOptions<'a>) -> Tracer<'a> {
+    pub fn new(pid: i32, syms: Symbols, opts: &'a InjectOptions<'a>) -> Tracer<'a> {
         Tracer {
-            pid: info.pid,
+            pid,
             opts,
-            syms: info.symbols.clone(),
+            syms,
             threads: BTreeMap::new(),
             children: BTreeMap::new(),
             released: BTreeSet::new(),
@@ -1249,3 +1249,6 @@ fn resume_point(regs: Regs, wake: bool) -> (Regs, Option<i64>) {
     out.orig_rax = u64::MAX;
     (out, woken)
 }
+
+#[cfg(test)]
+mod tests;
