@@ -315,7 +315,10 @@ def test_attach_sees_full_stacks_of_running_threads(interp, target, memray_cli, 
             # ...down to threading's bootstrap, the bottom of a Python thread.
             assert names(rec)[-1] == "_bootstrap", stack
             worker_tids.add(rec["tid"])
-            assert rec["thread_name"] == "worker-%d" % i
+        # Threads running at the attach are named moments after tracking starts: on a busy
+        # machine their first few records can come before the name, none after it.
+        named = [r["thread_name"] for r in recs]
+        assert "worker-%d" % i in named and set(named[named.index("worker-%d" % i):]) == {"worker-%d" % i}, named
     assert len(worker_tids) == 2
     assert main[0]["tid"] not in worker_tids
 

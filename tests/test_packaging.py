@@ -33,7 +33,9 @@ import pytest
 
 from support import REPO, TESTS, run
 
-pytestmark = pytest.mark.ours_only
+# The session fixtures build (cargo, pip): minutes on a busy machine, counted against the
+# first test that needs them.
+pytestmark = [pytest.mark.ours_only, pytest.mark.timeout(1800)]
 
 ARTIFACTS = TESTS / ".artifacts" / "packaging"
 BUILD_TIMEOUT = float(os.environ.get("MEMRAY_PACKAGING_BUILD_TIMEOUT", "3600"))
