@@ -117,33 +117,68 @@ fn state_and_tracer(pid: i32) -> (String, i32) {
     (field("State:"), field("TracerPid:").parse().unwrap_or(-1))
 }
 
-#[test]
-fn inject_into_a_native_process_leaves_it_as_it_was() {
-    let _turn = crate::children_turn();
-    let dir = scratch_dir("once");
+/// A started child with everything an injection into it needs.
+struct Setup {
+    dir: PathBuf,
+    lib: PathBuf,
+    target: Target,
+    out: BufReader<std::process::ChildStdout>,
+    pid: i32,
+    syms: inspect::Symbols,
+}
+
+fn setup(test: &str) -> Setup {
+    let dir = scratch_dir(test);
     let exe = compile(&dir, "child", CHILD, &[]);
     let lib = compile(&dir, "libentry.so", LIBRARY, &["-shared", "-fPIC"]);
-    let marker = dir.join("called");
-    let (mut target, mut out) = start_child(&exe);
-    let child = &mut target.0;
-    let pid = child.id() as i32;
-
+    let (target, out) = start_child(&exe);
+    let pid = target.0.id() as i32;
     let maps = proc::maps(pid).unwrap();
     let (syms, _) = inspect::native_symbols(pid, &maps, &elf::object_paths(&maps)).unwrap();
     assert!(syms.safe_points.iter().any(|(_, name)| name == "malloc"), "{:?}", syms.safe_points);
-    let original: Vec<Vec<u8>> = syms.safe_points.iter().map(|(addr, _)| memory::read(pid, *addr, 16).unwrap()).collect();
+    Setup { dir, lib, target, out, pid, syms }
+}
 
-    // The main thread stays in its read (not woken): the spinner reaches malloc.
-    let opts = InjectOptions { wake_main_thread: false, timeout: Duration::from_secs(20), ..InjectOptions::default() };
-    let injected = Tracer::new(pid, syms.clone(), &opts)
-        .inject(lib.to_str().unwrap(), "tracer_test_entry", marker.to_str().unwrap().as_bytes())
-        .unwrap();
+impl Setup {
+    /// One injection of LIBRARY's entry, which writes `marker`. The main thread stays in
+    /// its read (not woken): the spinner reaches malloc.
+    fn inject(&self, marker: &Path) -> super::Injected {
+        let opts = InjectOptions { wake_main_thread: false, timeout: Duration::from_secs(20), ..InjectOptions::default() };
+        Tracer::new(self.pid, self.syms.clone(), &opts)
+            .inject(self.lib.to_str().unwrap(), "tracer_test_entry", marker.to_str().unwrap().as_bytes())
+            .unwrap()
+    }
+
+    /// Sends `text` to the child's read; returns what it echoed once it exited, and its
+    /// exit status and stderr.
+    fn finish(mut self, text: &[u8]) -> (Vec<u8>, std::process::ExitStatus, String) {
+        let child = &mut self.target.0;
+        child.stdin.as_mut().unwrap().write_all(text).unwrap();
+        let mut echoed = Vec::new();
+        self.out.read_to_end(&mut echoed).unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        (echoed, status, err)
+    }
+}
+
+#[test]
+fn inject_into_a_native_process_leaves_it_as_it_was() {
+    let _turn = crate::children_turn();
+    let s = setup("once");
+    let pid = s.pid;
+    let marker = s.dir.join("called");
+    let original: Vec<Vec<u8>> = s.syms.safe_points.iter().map(|(addr, _)| memory::read(pid, *addr, 16).unwrap()).collect();
+
+    let injected = s.inject(&marker);
     assert_eq!(injected.entry_return, 42);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "called");
     assert_ne!(injected.thread, pid, "the spinner, not the thread blocked in read, reached a safe point");
 
     // No int3 (or any other byte of ours) left at a safe point; every thread let go.
-    let after: Vec<Vec<u8>> = syms.safe_points.iter().map(|(addr, _)| memory::read(pid, *addr, 16).unwrap()).collect();
+    let after: Vec<Vec<u8>> = s.syms.safe_points.iter().map(|(addr, _)| memory::read(pid, *addr, 16).unwrap()).collect();
     assert_eq!(original, after);
     for tid in proc::tasks(pid).unwrap() {
         let (state, tracer) = state_and_tracer(tid);
@@ -155,42 +190,22 @@ fn inject_into_a_native_process_leaves_it_as_it_was() {
     // The spinner keeps its registers across many more calls; the read interrupted by the
     // seize resumes and gets what we send (not EINTR).
     std::thread::sleep(Duration::from_millis(200));
-    child.stdin.as_mut().unwrap().write_all(b"echo me").unwrap();
-    let mut echoed = Vec::new();
-    out.read_to_end(&mut echoed).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (echoed, status, err) = s.finish(b"echo me");
     assert!(status.success(), "child failed after the injection: {status}, stderr: {err}");
     assert_eq!(echoed, b"echo me");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn many_injections_in_a_row() {
     // Each leaves the process fit for the next: handler, cave and breakpoints all undone.
     let _turn = crate::children_turn();
-    let dir = scratch_dir("many");
-    let exe = compile(&dir, "child", CHILD, &[]);
-    let lib = compile(&dir, "libentry.so", LIBRARY, &["-shared", "-fPIC"]);
-    let (mut target, mut out) = start_child(&exe);
-    let child = &mut target.0;
-    let pid = child.id() as i32;
-    let maps = proc::maps(pid).unwrap();
-    let (syms, _) = inspect::native_symbols(pid, &maps, &elf::object_paths(&maps)).unwrap();
-    let opts = InjectOptions { wake_main_thread: false, timeout: Duration::from_secs(20), ..InjectOptions::default() };
+    let s = setup("many");
     for i in 0..10 {
-        let marker = dir.join(format!("called-{i}"));
-        let injected = Tracer::new(pid, syms.clone(), &opts)
-            .inject(lib.to_str().unwrap(), "tracer_test_entry", marker.to_str().unwrap().as_bytes())
-            .unwrap();
-        assert_eq!(injected.entry_return, 42, "injection {i}");
+        let marker = s.dir.join(format!("called-{i}"));
+        assert_eq!(s.inject(&marker).entry_return, 42, "injection {i}");
         assert!(marker.exists(), "injection {i}");
     }
-    child.stdin.as_mut().unwrap().write_all(b"done").unwrap();
-    let mut echoed = Vec::new();
-    out.read_to_end(&mut echoed).unwrap();
-    assert!(child.wait().unwrap().success());
+    let (echoed, status, err) = s.finish(b"done");
+    assert!(status.success(), "child failed after the injections: {status}, stderr: {err}");
     assert_eq!(echoed, b"done");
-    let _ = std::fs::remove_dir_all(&dir);
 }
