@@ -2,9 +2,10 @@
 //! (`cargo install --path cli`) can run and attach with nothing installed beside it.
 //!
 //! The payload crate is built by a nested `cargo build` into `<target>/embedded-payload`
-//! (its own target directory: the outer build holds the lock on the usual one), then included with
-//! `include_bytes!` by src/payload_file.rs, which writes it to a content-hashed file in a
-//! cache directory on first use when no payload sits next to the binary.
+//! (its own target directory: the outer build holds the lock on the usual one), then
+//! included with `include_bytes!` by src/payload_file.rs, which writes it to a
+//! content-hashed file in a cache directory on first use when no payload sits next to
+//! the binary.
 //!
 //! `MEMRAY_EMBED_PAYLOAD=0` skips this (the binary then needs the payload beside it or
 //! MEMRAY_PAYLOAD); so does a source tree without ../payload (a packaged crate).

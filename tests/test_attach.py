@@ -151,14 +151,16 @@ class Target:
         self.pid = self.proc.pid
 
     def wait_for(self, name, timeout=30):
+        self._wait_until(lambda: (self.workdir / name).exists(), "create %s" % name, timeout)
+
+    def _wait_until(self, done, what, timeout):
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            if (self.workdir / name).exists():
-                return
+        while not done():
             if self.proc.poll() is not None:
                 raise AssertionError("target exited early (%s)\n%s" % (self.proc.returncode, self.output()))
+            if time.time() > deadline:
+                raise AssertionError("target did not %s in %ss\n%s" % (what, timeout, self.output()))
             time.sleep(0.02)
-        raise AssertionError("target did not create %s in %ss\n%s" % (name, timeout, self.output()))
 
     def touch(self, name):
         (self.workdir / name).write_text("")
@@ -171,11 +173,7 @@ class Target:
             self.wait_for(name)
 
     def wait_output(self, text, timeout=30):
-        deadline = time.time() + timeout
-        while text not in self.output():
-            if time.time() > deadline:
-                raise AssertionError("target did not print %r in %ss\n%s" % (text, timeout, self.output()))
-            time.sleep(0.05)
+        self._wait_until(lambda: text in self.output(), "print %r" % text, timeout)
 
     def alive(self):
         return self.proc.poll() is None

@@ -47,10 +47,8 @@ mod tracer;
 /// for any child of the process (`waitid(P_ALL, __WALL)`, to see new threads at once) and
 /// would take another test's events or reap its children.
 #[cfg(test)]
-pub(crate) static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-#[cfg(test)]
 pub(crate) fn children_turn() -> std::sync::MutexGuard<'static, ()> {
+    static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
 }
 

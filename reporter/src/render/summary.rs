@@ -94,22 +94,23 @@ impl Summary {
     /// over its own capture (its own peak, its own 95% cut), then the figures of each
     /// (function, file) summed, rows in first-seen order across the parts.
     pub fn merge(parts: Vec<Summary>) -> Summary {
+        use std::collections::hash_map::Entry;
         let mut merged = Summary { entries: Vec::new(), current_memory_size: 0, total_allocations: 0 };
         let mut index: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
         for part in parts {
             merged.current_memory_size = merged.current_memory_size.wrapping_add(part.current_memory_size);
             merged.total_allocations += part.total_allocations;
             for e in part.entries {
-                match index.get(&(e.function.clone(), e.file.clone())) {
-                    Some(&at) => {
-                        let m = &mut merged.entries[at];
+                match index.entry((e.function.clone(), e.file.clone())) {
+                    Entry::Occupied(at) => {
+                        let m = &mut merged.entries[*at.get()];
                         m.native |= e.native;
                         m.own_memory = m.own_memory.wrapping_add(e.own_memory);
                         m.total_memory = m.total_memory.wrapping_add(e.total_memory);
                         m.n_allocations += e.n_allocations;
                     }
-                    None => {
-                        index.insert((e.function.clone(), e.file.clone()), merged.entries.len());
+                    Entry::Vacant(slot) => {
+                        slot.insert(merged.entries.len());
                         merged.entries.push(e);
                     }
                 }
