@@ -14,7 +14,7 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-#[path = "src/content_hash.rs"]
+#[path = "../injector/src/session/content_hash.rs"]
 mod content_hash;
 use content_hash::content_hash;
 

@@ -1,7 +1,6 @@
 //! The `memray` command. Each subcommand lives in `commands/`; this file only wires clap.
 
 mod commands;
-mod content_hash;
 mod payload_file;
 mod progress_bar;
 mod usage_error;

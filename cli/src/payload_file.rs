@@ -1,10 +1,8 @@
 //! Finds the payload library (the .so loaded into the tracked interpreter).
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 const NAME: &str = "libmemray_payload.so";
 
@@ -56,52 +54,10 @@ fn write_embedded(bytes: &[u8], hash: &str) -> Result<PathBuf> {
     let uid = rustix::process::geteuid().as_raw();
     let mut errors = Vec::new();
     for dir in cache_dirs(uid) {
-        match write_into(&dir, uid, bytes, hash) {
+        match memray_injector::session::write_payload_copy(&dir, uid, bytes, hash) {
             Ok(p) => return Ok(p),
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     bail!("cannot write the embedded payload to a cache directory: {}", errors.join("; "))
-}
-
-/// Writes `libmemray_payload-<hash>.so` (0644, ours) into `dir`, which must be a directory
-/// owned by us that nobody else can write into; an existing identical file is reused.
-pub fn write_into(dir: &Path, uid: u32, bytes: &[u8], hash: &str) -> Result<PathBuf> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        bail!("{} is not a directory owned by uid {uid} and closed to others", dir.display());
-    }
-    let dest = dir.join(format!("libmemray_payload-{hash}.so"));
-    if let Ok(m) = std::fs::symlink_metadata(&dest) {
-        if m.is_file()
-            && m.uid() == uid
-            && m.mode() & 0o7777 == 0o644
-            && m.len() == bytes.len() as u64
-            && std::fs::read(&dest).map(|b| b == bytes).unwrap_or(false)
-        {
-            // Fresh again: older copies are cleaned up by age, and this one is in use.
-            let _ = std::fs::OpenOptions::new().write(true).open(&dest).and_then(|f| f.set_modified(std::time::SystemTime::now()));
-            return Ok(dest);
-        }
-    }
-    // Write a private temporary file, then rename: a concurrent reader never sees a
-    // partial library.
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let tmp = dir.join(format!(".payload-{}-{nonce:x}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &dest)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
-    }
-    Ok(dest)
 }

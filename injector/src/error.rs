@@ -51,6 +51,51 @@ pub enum Error {
     Io { what: String, source: std::io::Error },
     #[error("this architecture is not supported by the injector (x86_64 only)")]
     UnsupportedArch,
+
+    // Attach sessions (the payload's control block, its copy, the capture file).
+    #[error("{0}")]
+    PayloadNotFound(String),
+    #[error("no directory the target could load the payload from: {0}")]
+    NoStagingDirectory(String),
+    #[error("{dir} is not a directory owned by uid {uid} and closed to others")]
+    OpenDirectory { dir: PathBuf, uid: u32 },
+    #[error("the memray payload in process {0} has an unknown layout")]
+    UnknownPayloadLayout(i32),
+    #[error("the payload refused the attach (code {0})")]
+    PayloadRefused(u64),
+    #[error("the payload is not mapped in process {0} after the injection")]
+    PayloadNotMapped(i32),
+    #[error(
+        "process {pid} is already being tracked by memray attach{}; run `memray detach {pid}` first",
+        writing.as_ref().map(|w| format!(" (writing {w})")).unwrap_or_default()
+    )]
+    AlreadyAttached { pid: i32, writing: Option<String> },
+    #[error("process {pid} is already being tracked (by memray run or memray.Tracker, payload {payload})")]
+    AlreadyTracked { pid: i32, payload: String },
+    #[error("output file {} already exists (use -f/--force to overwrite it)", .0.display())]
+    OutputExists(PathBuf),
+    #[error("output file {} keeps reappearing; not overwriting it", .0.display())]
+    OutputKeepsReappearing(PathBuf),
+    #[error("cannot write {output}: directory {} does not exist", dir.display())]
+    NoOutputDirectory { output: String, dir: PathBuf },
+    #[error("tracking could not start in process {pid}: {message}")]
+    TrackingFailed { pid: i32, message: String },
+    #[error("interrupted; asked process {0} to stop tracking if it had started")]
+    InterruptedStarting(i32),
+    #[error("interrupted before the view started (the process stops waiting for it by itself)")]
+    InterruptedBeforeView,
+    #[error("timed out waiting for process {0} to start tracking (is a thread holding the GIL?)")]
+    LiveStartTimedOut(i32),
+    #[error("process {pid} could not stop tracking cleanly: {message}")]
+    StopFailed { pid: i32, message: String },
+    #[error("timed out waiting for process {0} to stop tracking; run `memray detach {0}`")]
+    StopTimedOut(i32),
+    #[error("process {0} exited before it stopped tracking")]
+    ExitedBeforeStop(i32),
+    #[error("process {0} is being tracked by memray run or memray.Tracker, not by memray attach: nothing to detach")]
+    TrackedNotAttached(i32),
+    #[error("no previous `memray attach` call detected: process {0} is not being tracked by memray")]
+    NotTracked(i32),
 }
 
 impl Error {

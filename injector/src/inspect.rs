@@ -11,8 +11,6 @@ use crate::proc::{self, Mapping};
 /// What the injector learned about a process.
 pub struct ProcessInfo {
     pub pid: i32,
-    /// Effective uid of the process.
-    pub uid: u32,
     pub command_line: String,
     /// The CPython in it.
     pub python_version: cpython::Version,
@@ -133,7 +131,7 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     if !cfg!(target_arch = "x86_64") {
         return Err(Error::UnsupportedArch);
     }
-    let status = check_permissions(pid)?;
+    check_permissions(pid)?;
     let maps = proc::maps(pid)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let paths = elf::object_paths(&maps);
@@ -185,7 +183,6 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
 
     Ok(ProcessInfo {
         pid,
-        uid: status.uid,
         command_line: proc::cmdline(pid),
         python_version: version,
         static_python: py.path == exe,

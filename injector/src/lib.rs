@@ -30,16 +30,24 @@
 //! state and the interpreter runs our script at its next eval-breaker check, so the
 //! process is never stopped (`remote_exec.rs`). [`Method::Auto`] takes it when the target
 //! allows it and falls back to ptrace otherwise.
+//!
+//! On top of that primitive, [`session`] is what `memray attach` and `memray detach` do
+//! to a process (stage the payload, inject it, hand over the capture, talk to the
+//! payload's control block; a whole process tree too) and [`find`] lists the CPython
+//! processes one may attach to. The CLI turns arguments into these calls and their results
+//! into messages.
 
 mod cave;
 mod death_points;
 mod elf;
 mod error;
-pub mod handoff;
+pub mod find;
+mod handoff;
 mod inspect;
-pub mod memory;
+mod memory;
 mod proc;
 mod remote_exec;
+pub mod session;
 mod sys;
 mod tracer;
 
@@ -57,8 +65,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use inspect::{check_permissions, inspect, ProcessInfo};
-pub use remote_exec::{Script, Unavailable};
+pub(crate) use inspect::check_permissions;
+pub use inspect::{inspect, ProcessInfo};
+pub use remote_exec::Script;
 pub use tracer::Injected;
 
 /// How code gets into the target.
@@ -279,14 +288,14 @@ pub(crate) fn explain_exit(pid: i32, e: Error) -> Error {
 
 /// An object mapped in the process whose file name contains `needle`: its path and the
 /// address of each requested dynamic symbol it defines.
-pub struct MappedObject {
+pub(crate) struct MappedObject {
     pub path: String,
     pub symbols: std::collections::HashMap<String, u64>,
 }
 
 /// Finds the mapped objects whose file name contains `needle` and resolves `symbols` in
 /// each (from the file the target mapped).
-pub fn find_mapped(pid: i32, needle: &str, symbols: &[&str]) -> Result<Vec<MappedObject>> {
+pub(crate) fn find_mapped(pid: i32, needle: &str, symbols: &[&str]) -> Result<Vec<MappedObject>> {
     let maps = proc::maps(pid)?;
     let mut out = Vec::new();
     for path in elf::object_paths(&maps) {
@@ -301,19 +310,19 @@ pub fn find_mapped(pid: i32, needle: &str, symbols: &[&str]) -> Result<Vec<Mappe
 }
 
 /// Whether the process exists (and is not a zombie).
-pub fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     proc::exists(pid) && proc::status(pid).map(|s| s.state != 'Z' && s.state != 'X').unwrap_or(false)
 }
 
 /// The process's command line, space-joined.
 /// The process's id in its own PID namespace (a container's), which is what it calls
 /// itself (`getpid`); `pid` itself when it shares ours.
-pub fn pid_in_its_namespace(pid: i32) -> i32 {
+pub(crate) fn pid_in_its_namespace(pid: i32) -> i32 {
     proc::status(pid).ok().and_then(|s| s.ns_pid).unwrap_or(pid)
 }
 
 /// Whether the process sees our file system (same mount namespace and root).
-pub fn shares_our_files(pid: i32) -> bool {
+pub(crate) fn shares_our_files(pid: i32) -> bool {
     proc::same_mount_namespace(pid)
         && match (std::fs::read_link("/proc/self/root"), std::fs::read_link(format!("/proc/{pid}/root"))) {
             (Ok(a), Ok(b)) => a == b,
@@ -323,7 +332,7 @@ pub fn shares_our_files(pid: i32) -> bool {
 
 /// The process's descendants (children, their children, ...), parents before children,
 /// as /proc lists them now.
-pub fn descendants(pid: i32) -> Vec<i32> {
+pub(crate) fn descendants(pid: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -351,6 +360,6 @@ pub fn command_line(pid: i32) -> String {
 }
 
 /// Duration helper for callers that print latencies.
-pub fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }

@@ -174,10 +174,6 @@ pub struct Script {
 }
 
 impl Script {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn path_in_target(&self) -> &str {
         &self.there
     }
@@ -284,9 +280,9 @@ mod tests {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         let waited = write_script(&dir, &dir.to_string_lossy(), "libc.so.6", "puts", b"entry called").unwrap();
-        assert_eq!(run(waited.path()), "entry called\n");
+        assert_eq!(run(&waited.path), "entry called\n");
         let abandoned = write_script(&dir, &dir.to_string_lossy(), "libc.so.6", "puts", b"entry called").unwrap();
-        let path = abandoned.path().to_path_buf();
+        let path = abandoned.path.clone();
         drop(abandoned); // the attaching side dies: its lock goes with it, the file stays
         assert_eq!(run(&path), "");
         waited.remove();
