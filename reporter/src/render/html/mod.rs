@@ -445,49 +445,93 @@ pub fn flamegraph(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlR
         let mode = if data.mode == TemporalMode::Leaks { "leaks" } else { "peak" };
         (tree, ni_tree, Some(TemporalJson { mode, intervals, no_imports_intervals: ni_intervals }))
     } else {
-        for r in &rows {
-            let th = thread_id(r.tid, &mut strings);
+        let mut trees = Trees { main, no_imports };
+        trees.add_rows(&mut strings, stacks, &native, hybrid, &rows, thread_id);
+        let (tree, no_imports_tree) = trees.finish(&mut strings);
+        (tree, no_imports_tree, None)
+    };
+    let parts = FlameParts { strings, tree, no_imports_tree, threads, temporal, memory: memory_json(&ta), stats: stats_json(&ta) };
+    let html = flame_page(parts, options, title("flamegraph", options))?;
+    Ok(HtmlReport { html, reached_trailer: ta.analysis.reached_trailer, warning: native.missing_warning() })
+}
+
+/// The flame graph's trees: all frames, and (inverted) without the import system.
+struct Trees {
+    main: TreeBuilder,
+    no_imports: Option<TreeBuilder>,
+}
+
+impl Trees {
+    /// Adds one capture's rows; `thread_id` gives each thread's label (a string id).
+    fn add_rows(
+        &mut self,
+        strings: &mut Strings,
+        stacks: &mut crate::model::stacks::StackTable,
+        native: &NativeStacks,
+        hybrid: bool,
+        rows: &[Row],
+        mut thread_id: impl FnMut(u64, &mut Strings) -> u32,
+    ) {
+        for r in rows {
+            let th = thread_id(r.tid, strings);
             if hybrid {
                 // Memray's flame graph of a native capture: hybrid stacks.
-                let stack = hybrid_stack_trace(stacks, &native, true, &r.record(), None);
-                main.add_hybrid(&mut strings, &stack, th, r.count, r.bytes);
-                if let Some(b) = &mut no_imports {
-                    b.add_hybrid(&mut strings, &stack, th, r.count, r.bytes);
+                let stack = hybrid_stack_trace(stacks, native, true, &r.record(), None);
+                self.main.add_hybrid(strings, &stack, th, r.count, r.bytes);
+                if let Some(b) = &mut self.no_imports {
+                    b.add_hybrid(strings, &stack, th, r.count, r.bytes);
                 }
                 continue;
             }
-            main.add(stacks, &mut strings, r.stack, r.tid, th, r.count, r.bytes);
-            if let Some(b) = &mut no_imports {
-                b.add(stacks, &mut strings, r.stack, r.tid, th, r.count, r.bytes);
+            self.main.add(stacks, strings, r.stack, r.tid, th, r.count, r.bytes);
+            if let Some(b) = &mut self.no_imports {
+                b.add(stacks, strings, r.stack, r.tid, th, r.count, r.bytes);
             }
         }
-        let (tree, _) = main.finish(&mut strings, NODE_BUDGET);
-        (tree, no_imports.map(|b| b.finish(&mut strings, NODE_BUDGET).0), None)
-    };
+    }
+
+    fn finish(self, strings: &mut Strings) -> (Tree, Option<Tree>) {
+        let (tree, _) = self.main.finish(strings, NODE_BUDGET);
+        (tree, self.no_imports.map(|b| b.finish(strings, NODE_BUDGET).0))
+    }
+}
+
+/// What a flame graph page shows, however many captures it was made from.
+struct FlameParts {
+    strings: Strings,
+    tree: Tree,
+    no_imports_tree: Option<Tree>,
+    /// Thread labels, for the filter.
+    threads: BTreeSet<String>,
+    temporal: Option<TemporalJson>,
+    memory: MemoryJson,
+    stats: StatsJson,
+}
+
+fn flame_page(parts: FlameParts, options: &HtmlOptions, title: String) -> Result<String, HtmlError> {
+    let FlameParts { mut strings, tree, no_imports_tree, threads, temporal, memory, stats } = parts;
     let pruned = tree.flags.iter().any(|f| f & tree::OTHER != 0);
     let thread_ids: Vec<u32> = threads.iter().map(|t| strings.intern(t)).collect();
     let (mode, threshold) = mode_name(options.kind);
-    let title = title("flamegraph", options);
     let data = FlameJson {
         kind: "flamegraph",
         title: title.clone(),
         mode,
         threshold,
         inverted: options.inverted,
-        merge_threads: merged,
+        merge_threads: !options.split_threads,
         node_budget: NODE_BUDGET,
         pruned,
         strings: strings.into_vec(),
         tree,
         no_imports_tree,
         threads: thread_ids,
-        memory: memory_json(&ta),
-        stats: stats_json(&ta),
+        memory,
+        stats,
         temporal,
     };
     let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
-    let warning = native.missing_warning();
-    Ok(HtmlReport { html: page::flamegraph_page(&title, &json), reached_trailer: ta.analysis.reached_trailer, warning })
+    Ok(page::flamegraph_page(&title, &json))
 }
 
 /// `memray table`: the rows of Memray's table reporter. Peak and leak rows are the
@@ -519,57 +563,84 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
     if hybrid {
         native.prepare(rows.iter().map(|r: &Row| (r.native_frame_id, r.generation)));
     }
-    let mut strings = Strings::default();
-    let mut index: FastMap<(u32, u32, u32), usize> = FastMap::default();
-    let mut out: Vec<(u32, u64, u64, u32, u32)> = Vec::new();
-    let mut native_locations = BTreeSet::new();
-    for r in &rows {
-        let thread = strings.intern(&thread_label(r.tid, &names, merged));
-        let allocator = strings.intern(r.allocator.name());
-        // Memray's `stack_trace(max_stacks=1)` (`hybrid_stack_trace(max_stacks=1)`
-        // with native traces): the innermost frame, hidden or not.
-        let innermost = if hybrid {
-            hybrid_stack_trace(&stacks, &native, true, &r.record(), Some(1)).pop()
-        } else {
-            stacks.frames(r.stack).next().map(|f| stacks.resolve(f))
-        };
-        let location = match innermost {
-            Some(l) => {
-                let id = strings.intern(&format!("{} at {}:{}", l.function, l.filename, l.lineno));
-                if l.native {
-                    native_locations.insert(id);
+    let mut table = TableRows::default();
+    table.add(&rows, &stacks, &native, hybrid, |tid| thread_label(tid, &names, merged));
+    let html = table_page(table, &options, title("table", &options), memory, stats)?;
+    Ok(HtmlReport { html, reached_trailer, warning: native.missing_warning() })
+}
+
+/// The table's rows, one per (thread, allocator, innermost location), over one or more
+/// captures.
+#[derive(Default)]
+struct TableRows {
+    strings: Strings,
+    index: FastMap<(u32, u32, u32), usize>,
+    /// [thread, bytes, allocations, allocator, location]
+    out: Vec<(u32, u64, u64, u32, u32)>,
+    native_locations: BTreeSet<u32>,
+}
+
+impl TableRows {
+    /// Adds one capture's rows; `thread` labels a thread.
+    fn add(
+        &mut self,
+        rows: &[Row],
+        stacks: &crate::model::stacks::StackTable,
+        native: &NativeStacks,
+        hybrid: bool,
+        mut thread: impl FnMut(u64) -> String,
+    ) {
+        let strings = &mut self.strings;
+        for r in rows {
+            let thread = strings.intern(&thread(r.tid));
+            let allocator = strings.intern(r.allocator.name());
+            // Memray's `stack_trace(max_stacks=1)` (`hybrid_stack_trace(max_stacks=1)`
+            // with native traces): the innermost frame, hidden or not.
+            let innermost = if hybrid {
+                hybrid_stack_trace(stacks, native, true, &r.record(), Some(1)).pop()
+            } else {
+                stacks.frames(r.stack).next().map(|f| stacks.resolve(f))
+            };
+            let location = match innermost {
+                Some(l) => {
+                    let id = strings.intern(&format!("{} at {}:{}", l.function, l.filename, l.lineno));
+                    if l.native {
+                        self.native_locations.insert(id);
+                    }
+                    id
                 }
-                id
-            }
-            None => strings.intern("???"),
-        };
-        let key = (thread, allocator, location);
-        match index.get(&key) {
-            Some(&i) => {
-                let row = &mut out[i];
-                row.1 = row.1.wrapping_add(r.bytes);
-                row.2 = row.2.wrapping_add(r.count);
-            }
-            None => {
-                index.insert(key, out.len());
-                out.push((thread, r.bytes, r.count, allocator, location));
+                None => strings.intern("???"),
+            };
+            let key = (thread, allocator, location);
+            match self.index.get(&key) {
+                Some(&i) => {
+                    let row = &mut self.out[i];
+                    row.1 = row.1.wrapping_add(r.bytes);
+                    row.2 = row.2.wrapping_add(r.count);
+                }
+                None => {
+                    self.index.insert(key, self.out.len());
+                    self.out.push((thread, r.bytes, r.count, allocator, location));
+                }
             }
         }
     }
+}
+
+fn table_page(table: TableRows, options: &HtmlOptions, title: String, memory: MemoryJson, stats: StatsJson) -> Result<String, HtmlError> {
     let (mode, threshold) = mode_name(options.kind);
-    let title = title("table", &options);
     let data = TableJson {
         kind: "table",
         title: title.clone(),
         mode,
         threshold,
-        merge_threads: merged,
-        strings: strings.into_vec(),
-        rows: out,
-        native_locations: native_locations.into_iter().collect(),
+        merge_threads: !options.split_threads,
+        strings: table.strings.into_vec(),
+        rows: table.out,
+        native_locations: table.native_locations.into_iter().collect(),
         memory,
         stats,
     };
     let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
-    Ok(HtmlReport { html: page::table_page(&title, &json), reached_trailer, warning: native.missing_warning() })
+    Ok(page::table_page(&title, &json))
 }
