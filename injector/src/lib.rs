@@ -31,6 +31,7 @@
 //! process is never stopped (`remote_exec.rs`). [`Method::Auto`] takes it when the target
 //! allows it and falls back to ptrace otherwise.
 
+mod arch;
 mod cave;
 mod death_points;
 mod elf;
