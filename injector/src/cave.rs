@@ -9,275 +9,36 @@
 //! `/proc/PID/mem` gives the target a private copy of that one page; nothing else changes.
 //!
 //! - **The call sequence** (`call`): entered at a function entry (the safe point) with
-//!   `rbx` pointing at a block on the thread's own stack, it calls `dlopen`, `dlsym` and
-//!   the entry, stores the results in the block, makes a `getpid` system call (where a
-//!   live tracer takes the thread back, under `PTRACE_SYSCALL`) and then restores every
-//!   general register from the block and returns to the interrupted function's entry. A
-//!   tracer that dies anywhere in between leaves a thread that finishes the attach and
-//!   carries on by itself.
+//!   a register (`rbx` on x86-64) pointing at a block on the thread's own stack, it
+//!   calls `dlopen`, `dlsym` and the entry, stores the results in the block, makes a
+//!   `getpid` system call (where a live tracer takes the thread back, under
+//!   `PTRACE_SYSCALL`) and then restores every general register from the block and
+//!   returns to the interrupted function's entry. A tracer that dies anywhere in between
+//!   leaves a thread that finishes the attach and carries on by itself.
 //! - **The system-call stub** (`syscall`): one system call at an arbitrary point of a
 //!   thread (here, `rt_sigaction`), then the same self-restoring tail, ending with a jump
-//!   through `resume_rip`.
+//!   through `resume_pc`.
 //! - **The SIGTRAP handler** (`handler`), installed while our int3s are armed: a thread
 //!   that runs into one after the tracer died gets a SIGTRAP the kernel now delivers. The
 //!   handler writes every original byte back (through `/proc/self/mem`), moves the thread
-//!   back onto the restored instruction (unless the tracer already had: rip is then on a
+//!   back onto the restored instruction (unless the tracer already had: its pc is then on a
 //!   breakpoint rather than just past one) and returns; a single step left armed is
 //!   cleared; any other SIGTRAP gets the program's own disposition back and is raised
 //!   again, so the program sees it as it would have. A live tracer sees every SIGTRAP
 //!   first and suppresses ours, so the handler runs only after the tracer's death. The
 //!   tracer puts the program's disposition back before it detaches.
 //!
-//! The code is assembled here, into our own read-only data (we never run it), and copied.
+//! The code is assembled for each architecture in [`crate::arch`] (x86-64:
+//! `arch/x86_64/cave_asm.rs`), into our own read-only data (we never run it), and copied;
+//! this module finds the place for it and reads and writes its data.
 
+use crate::arch::{self, Label};
 use crate::error::{Error, Result};
 use crate::memory;
 use crate::proc::{self, Mapping};
 
-/// At most this many breakpoints are known to the handler.
+/// At most this many breakpoints are known to the handler (its table has room for them).
 pub const MAX_BREAKPOINTS: usize = 32;
-
-/// Offsets in the call-sequence block (`rbx`), shared with the assembly below.
-pub mod block {
-    pub const DLOPEN: usize = 0x00;
-    pub const DLSYM: usize = 0x08;
-    pub const DLERROR: usize = 0x10;
-    pub const PATH: usize = 0x18;
-    pub const FLAGS: usize = 0x20;
-    pub const ARG: usize = 0x28;
-    pub const HANDLE: usize = 0x30;
-    pub const ENTRY: usize = 0x38;
-    pub const RESULT: usize = 0x40;
-    pub const ERROR: usize = 0x48;
-    pub const SAVED: usize = 0x60;
-    pub const SYMBOL: usize = 0xf0;
-    pub const SYMBOL_MAX: usize = 0x40;
-    pub const STRINGS: usize = 0x130;
-}
-
-/// The saved-register area both tails pop: 15 general registers, rflags, rsp.
-pub const SAVED_LEN: usize = 17 * 8;
-
-/// Pops what `tracer::saved_area` lays out: 15 general registers and rflags (the rsp to
-/// load comes next, popped by the caller of this macro).
-macro_rules! restore_registers {
-    () => {
-        "pop r15\npop r14\npop r13\npop r12\npop r11\npop r10\npop r9\npop r8\n\
-         pop rdi\npop rsi\npop rbp\npop rbx\npop rdx\npop rcx\npop rax\npopfq"
-    };
-}
-
-#[cfg(target_arch = "x86_64")]
-std::arch::global_asm!(
-    ".pushsection .rodata.memray_cave,\"a\",@progbits",
-    ".balign 16",
-    ".globl memray_cave_begin",
-    ".hidden memray_cave_begin",
-    "memray_cave_begin:",
-    // ---- the call sequence ----
-    ".globl memray_cave_call",
-    ".hidden memray_cave_call",
-    "memray_cave_call:",
-    "mov rdi, qword ptr [rbx + 0x18]",
-    "mov esi, dword ptr [rbx + 0x20]",
-    "call qword ptr [rbx + 0x00]",
-    "mov qword ptr [rbx + 0x30], rax",
-    "test rax, rax",
-    "jz memray_cave_call_failed",
-    "mov rdi, rax",
-    "lea rsi, [rbx + 0xf0]",
-    "call qword ptr [rbx + 0x08]",
-    "mov qword ptr [rbx + 0x38], rax",
-    "test rax, rax",
-    "jz memray_cave_call_report",
-    "mov rdi, qword ptr [rbx + 0x28]",
-    "call rax",
-    "mov qword ptr [rbx + 0x40], rax",
-    "jmp memray_cave_call_report",
-    "memray_cave_call_failed:",
-    "call qword ptr [rbx + 0x10]",
-    "mov qword ptr [rbx + 0x48], rax",
-    "memray_cave_call_report:",
-    "mov eax, 39",
-    "syscall",
-    ".globl memray_cave_call_done",
-    ".hidden memray_cave_call_done",
-    "memray_cave_call_done:",
-    "lea rsp, [rbx + 0x60]",
-    restore_registers!(),
-    // rsp = the entry's rsp - 8, where the entry's own address was stored: ret lands there
-    // with rsp exactly as it was.
-    "pop rsp",
-    "ret",
-    // ---- one system call anywhere ----
-    ".globl memray_cave_syscall",
-    ".hidden memray_cave_syscall",
-    "memray_cave_syscall:",
-    "syscall",
-    ".globl memray_cave_syscall_done",
-    ".hidden memray_cave_syscall_done",
-    "memray_cave_syscall_done:",
-    restore_registers!(),
-    "pop rsp",
-    "jmp qword ptr [rip + memray_cave_resume_rip]",
-    // ---- SIGTRAP handler (rdi = signo, rsi = siginfo, rdx = ucontext) ----
-    ".globl memray_cave_handler",
-    ".hidden memray_cave_handler",
-    "memray_cave_handler:",
-    "push rbx",
-    "push rbp",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
-    "mov r12, rdx",
-    "mov eax, dword ptr [rsi + 8]",
-    "cmp eax, 2", // TRAP_TRACE: a single step whose tracer is gone
-    "je memray_cave_handler_step",
-    "cmp eax, 0x80", // SI_KERNEL: an int3
-    "jne memray_cave_handler_foreign",
-    "mov rbx, qword ptr [r12 + 168]", // uc_mcontext.gregs[REG_RIP]
-    "dec rbx",
-    "lea r14, [rip + memray_cave_bp_table]",
-    "mov r15, qword ptr [rip + memray_cave_bp_count]",
-    "memray_cave_handler_search:",
-    "test r15, r15",
-    "jz memray_cave_handler_on_bp",
-    "cmp qword ptr [r14], rbx",
-    "je memray_cave_handler_ours",
-    "add r14, 16",
-    "dec r15",
-    "jmp memray_cave_handler_search",
-    // Not just past one of ours: maybe already on one (a tracer that moved the thread
-    // back and died before consuming the stop). Then rip stays where it is.
-    "memray_cave_handler_on_bp:",
-    "cmp rbx, qword ptr [r12 + 168]",
-    "je memray_cave_handler_foreign",
-    "mov rbx, qword ptr [r12 + 168]",
-    "lea r14, [rip + memray_cave_bp_table]",
-    "mov r15, qword ptr [rip + memray_cave_bp_count]",
-    "jmp memray_cave_handler_search",
-    "memray_cave_handler_ours:",
-    "mov eax, 2", // open("/proc/self/mem", O_RDWR)
-    "lea rdi, [rip + memray_cave_mem_path]",
-    "mov esi, 2",
-    "xor edx, edx",
-    "syscall",
-    "test rax, rax",
-    "js memray_cave_handler_foreign",
-    "mov r13, rax",
-    "lea r14, [rip + memray_cave_bp_table]",
-    "mov r15, qword ptr [rip + memray_cave_bp_count]",
-    "memray_cave_handler_restore:",
-    "test r15, r15",
-    "jz memray_cave_handler_restored",
-    "mov eax, 18", // pwrite64(fd, &original, 1, addr)
-    "mov rdi, r13",
-    "lea rsi, [r14 + 8]",
-    "mov edx, 1",
-    "mov r10, qword ptr [r14]",
-    "syscall",
-    "add r14, 16",
-    "dec r15",
-    "jmp memray_cave_handler_restore",
-    "memray_cave_handler_restored:",
-    "mov eax, 3", // close(fd)
-    "mov rdi, r13",
-    "syscall",
-    "mov qword ptr [r12 + 168], rbx",
-    "jmp memray_cave_handler_out",
-    "memray_cave_handler_step:",
-    "and qword ptr [r12 + 176], -257", // gregs[REG_EFL] &= ~TF
-    "jmp memray_cave_handler_out",
-    "memray_cave_handler_foreign:",
-    "mov eax, 13", // rt_sigaction(SIGTRAP, &old, NULL, 8)
-    "mov edi, 5",
-    "lea rsi, [rip + memray_cave_old_act]",
-    "xor edx, edx",
-    "mov r10d, 8",
-    "syscall",
-    "mov eax, 39", // tgkill(getpid(), gettid(), SIGTRAP): pending until we return
-    "syscall",
-    "mov r13, rax",
-    "mov eax, 186",
-    "syscall",
-    "mov rsi, rax",
-    "mov rdi, r13",
-    "mov edx, 5",
-    "mov eax, 234",
-    "syscall",
-    "memray_cave_handler_out:",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
-    "pop rbp",
-    "pop rbx",
-    "ret",
-    ".globl memray_cave_restorer",
-    ".hidden memray_cave_restorer",
-    "memray_cave_restorer:",
-    "mov eax, 15", // rt_sigreturn
-    "syscall",
-    // ---- data (read-only for the target: the tracer writes it through /proc/PID/mem) ----
-    ".balign 8",
-    ".globl memray_cave_resume_rip",
-    ".hidden memray_cave_resume_rip",
-    "memray_cave_resume_rip:",
-    ".quad 0",
-    ".globl memray_cave_old_act",
-    ".hidden memray_cave_old_act",
-    "memray_cave_old_act:",
-    ".quad 0, 0, 0, 0",
-    ".globl memray_cave_bp_count",
-    ".hidden memray_cave_bp_count",
-    "memray_cave_bp_count:",
-    ".quad 0",
-    ".globl memray_cave_bp_table",
-    ".hidden memray_cave_bp_table",
-    "memray_cave_bp_table:",
-    ".zero 512",
-    "memray_cave_mem_path:",
-    ".asciz \"/proc/self/mem\"",
-    ".balign 8",
-    ".globl memray_cave_end",
-    ".hidden memray_cave_end",
-    "memray_cave_end:",
-    ".popsection",
-);
-
-extern "C" {
-    static memray_cave_begin: u8;
-    static memray_cave_call: u8;
-    static memray_cave_call_done: u8;
-    static memray_cave_syscall: u8;
-    static memray_cave_syscall_done: u8;
-    static memray_cave_handler: u8;
-    static memray_cave_restorer: u8;
-    static memray_cave_resume_rip: u8;
-    static memray_cave_old_act: u8;
-    static memray_cave_bp_count: u8;
-    static memray_cave_bp_table: u8;
-    static memray_cave_end: u8;
-}
-
-/// A label's offset from the start of the image.
-fn offset(label: &'static u8) -> u64 {
-    // Only the addresses of the assembled labels are taken, never their contents.
-    let begin = std::ptr::addr_of!(memray_cave_begin) as u64;
-    label as *const u8 as u64 - begin
-}
-
-/// The assembled image, as it goes into the target (data fields zero).
-pub fn image() -> &'static [u8] {
-    // SAFETY: `memray_cave_begin..memray_cave_end` is one contiguous run of bytes in our
-    // read-only data, emitted by the global_asm! block above.
-    unsafe {
-        let begin = std::ptr::addr_of!(memray_cave_begin);
-        let end = std::ptr::addr_of!(memray_cave_end);
-        std::slice::from_raw_parts(begin, end as usize - begin as usize)
-    }
-}
 
 /// The image placed at `addr` in the target: where each piece is.
 #[derive(Debug, Clone, Copy)]
@@ -288,23 +49,22 @@ pub struct Cave {
 macro_rules! at {
     ($name:ident, $label:ident) => {
         pub fn $name(&self) -> u64 {
-            // SAFETY: taking the address of an assembled label (no read).
-            self.addr + offset(unsafe { &$label })
+            self.addr + arch::cave_label(Label::$label)
         }
     };
 }
 
 impl Cave {
-    at!(call, memray_cave_call);
-    at!(call_done, memray_cave_call_done);
-    at!(syscall, memray_cave_syscall);
-    at!(syscall_done, memray_cave_syscall_done);
-    at!(handler, memray_cave_handler);
-    at!(restorer, memray_cave_restorer);
-    at!(resume_rip, memray_cave_resume_rip);
-    at!(old_act, memray_cave_old_act);
-    at!(bp_count, memray_cave_bp_count);
-    at!(bp_table, memray_cave_bp_table);
+    at!(call, Call);
+    at!(call_done, CallDone);
+    at!(syscall, Syscall);
+    at!(syscall_done, SyscallDone);
+    at!(handler, Handler);
+    at!(restorer, Restorer);
+    at!(resume_pc, ResumePc);
+    at!(old_act, OldAct);
+    at!(bp_count, BpCount);
+    at!(bp_table, BpTable);
 
     pub fn len() -> u64 {
         image().len() as u64
@@ -338,11 +98,16 @@ pub struct EarlierData {
     pub breakpoints: Vec<(u64, u8)>,
 }
 
+/// The assembled image, as it goes into the target (data fields zero).
+pub fn image() -> &'static [u8] {
+    arch::cave_image()
+}
+
 /// The data of `bytes` read from the cave, if they hold our code (an earlier attach of
 /// this same build).
 pub fn earlier_data(bytes: &[u8]) -> Option<EarlierData> {
     let c = Cave { addr: 0 };
-    let code = c.resume_rip() as usize;
+    let code = c.resume_pc() as usize;
     let img = image();
     if bytes.len() != img.len() || bytes[..code] != img[..code] {
         return None;
@@ -416,16 +181,11 @@ mod tests {
     fn image_labels_are_in_order_and_fit_a_page() {
         let c = Cave { addr: 0x1000 };
         assert!(c.call() < c.call_done() && c.call_done() < c.syscall() && c.syscall() < c.syscall_done());
-        assert!(c.syscall_done() < c.handler() && c.handler() < c.restorer() && c.restorer() < c.resume_rip());
-        assert_eq!(c.resume_rip() % 8, 0);
+        assert!(c.syscall_done() < c.handler() && c.handler() < c.restorer() && c.restorer() < c.resume_pc());
+        assert_eq!(c.resume_pc() % 8, 0);
         assert_eq!(c.bp_table() - c.bp_count(), 8);
         assert!(Cave::len() < 2048, "image is {} bytes", Cave::len());
-        // `getpid; syscall` right before the done labels: a live tracer's marker.
-        let img = image();
-        let done = (c.call_done() - c.addr) as usize;
-        assert_eq!(&img[done - 2..done], &[0x0f, 0x05]);
-        let done = (c.syscall_done() - c.addr) as usize;
-        assert_eq!(&img[done - 2..done], &[0x0f, 0x05]);
+        // The marker before the done labels is checked by each architecture's own test.
     }
 
     #[test]

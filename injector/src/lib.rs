@@ -37,6 +37,7 @@
 //! processes one may attach to. The CLI turns arguments into these calls and their results
 //! into messages.
 
+mod arch;
 mod cave;
 mod death_points;
 mod elf;

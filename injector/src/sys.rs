@@ -8,9 +8,8 @@ use nix::errno::Errno;
 use nix::sys::ptrace;
 use nix::unistd::Pid;
 
+use crate::arch::Regs;
 use crate::error::{Error, Result};
-
-pub use libc::user_regs_struct as Regs;
 
 fn check(op: &'static str, tid: i32, rc: libc::c_long) -> Result<libc::c_long> {
     if rc == -1 {

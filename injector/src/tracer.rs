@@ -8,7 +8,7 @@
 //! - code runs in the target only from the cave, and puts the thread back by itself;
 //! - every int3 we wrote is replaced by its original byte before we detach, in the
 //!   process and in any child it forked meanwhile;
-//! - a thread that ran into one of our int3s gets its `rip` moved back onto the
+//! - a thread that ran into one of our int3s gets its pc moved back onto the
 //!   instruction *before* its stop is consumed (see `next_status`), and the SIGTRAP is
 //!   never delivered;
 //! - the hijacked thread gets all its registers back (general, FP and vector state);
@@ -21,43 +21,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::arch::{self, Regs};
 use crate::cave::{self, Cave};
 use crate::error::{Error, Result};
 use crate::inspect::Symbols;
 use crate::memory;
 use crate::proc;
-use crate::sys::{self, FpState, Regs, Wait};
+use crate::sys::{self, FpState, Wait};
 use crate::InjectOptions;
-
-const SI_KERNEL: i32 = 0x80;
-const ERESTARTSYS: i64 = 512;
-const ERESTARTNOINTR: i64 = 513;
-const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
-const RED_ZONE: u64 = 128;
-
-/// Blocking calls Python retries after EINTR (PEP 475), having first run
-/// `PyErr_CheckSignals`: a main thread asleep in one of them can be woken to reach a safe
-/// point without any visible effect.
-const WAKEABLE_SYSCALLS: &[i64] = &[
-    libc::SYS_read,
-    libc::SYS_readv,
-    libc::SYS_poll,
-    libc::SYS_select,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_recvfrom,
-    libc::SYS_recvmsg,
-    libc::SYS_wait4,
-    libc::SYS_waitid,
-    libc::SYS_pselect6,
-    libc::SYS_ppoll,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_epoll_pwait2,
-];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
@@ -80,7 +51,7 @@ struct Breakpoint {
 /// What a phase of the session may be waiting for.
 #[derive(Debug)]
 enum Ev {
-    /// A thread stopped on one of our int3s (left stopped, rip = addr + 1).
+    /// A thread stopped on one of our int3s (left stopped, pc = addr + BREAKPOINT_LEN).
     Trap { tid: i32, addr: u64 },
     /// The focus thread got a signal (left stopped).
     Signal { tid: i32, sig: i32 },
@@ -276,7 +247,7 @@ impl<'a> Tracer<'a> {
                 self.program_act = data.program_act;
                 for (addr, original) in data.breakpoints {
                     self.known.insert(addr, original);
-                    if memory::read(self.pid, addr, 1).is_ok_and(|b| b[0] == 0xCC) {
+                    if memory::read(self.pid, addr, 1).is_ok_and(|b| b[0] == arch::BREAKPOINT) {
                         self.bps.push(Breakpoint { addr, original });
                     }
                 }
@@ -321,46 +292,39 @@ impl<'a> Tracer<'a> {
     fn remote_sigaction(&mut self, tid: i32, act: &[u8; 32], wake: bool) -> Result<[u8; 32]> {
         let cave = self.cave()?;
         let regs0 = sys::getregs(tid)?;
-        let (back, woken) = resume_point(regs0, wake);
+        let (back, woken) = arch::resume_point(regs0, wake);
         if let Some(nr) = woken {
             self.log(&format!("main thread was blocked in system call {nr}: woken with EINTR (Python retries it)"));
         }
         let fp = sys::save_fp(tid)?;
         // Below the red zone: [saved registers][act][old].
-        let area = (regs0.rsp - RED_ZONE - 0x200) & !15;
-        let mut block = saved_area(&back, back.rsp);
+        let area = arch::below_red_zone(arch::sp(&regs0), 0x200);
+        let mut block = arch::saved_area(&back, arch::sp(&back));
         block.extend_from_slice(act);
         block.extend_from_slice(&[0u8; 32]);
         self.write_mem(tid, area, &block)?;
-        cave.write(self.pid, cave.resume_rip(), &back.rip.to_le_bytes())?;
+        cave.write(self.pid, cave.resume_pc(), &arch::pc(&back).to_le_bytes())?;
         let mut regs = regs0;
-        regs.rax = libc::SYS_rt_sigaction as u64;
-        regs.rdi = libc::SIGTRAP as u64;
-        regs.rsi = area + cave::SAVED_LEN as u64;
-        regs.rdx = area + cave::SAVED_LEN as u64 + 32;
-        regs.r10 = 8;
-        regs.rip = cave.syscall();
-        regs.rsp = area;
-        regs.orig_rax = u64::MAX;
-        regs.eflags &= !((1 << 10) | (1 << 8));
+        let args = [libc::SIGTRAP as u64, area + arch::SAVED_LEN as u64, area + arch::SAVED_LEN as u64 + 32, 8];
+        arch::set_syscall(&mut regs, cave.syscall(), area, libc::SYS_rt_sigaction, args);
         self.saved = Some((tid, back, fp));
         sys::setregs(tid, regs)?;
         self.test_pause("sigaction");
         let mut stops = 0;
-        let rax = self.run_until(tid, "rt_sigaction", |r| {
-            if r.rip == cave.syscall_done() {
+        let ret = self.run_until(tid, "rt_sigaction", |r| {
+            if arch::pc(r) == cave.syscall_done() {
                 stops += 1;
             }
             stops == 2
         })?;
-        if (rax as i64) < 0 {
+        if (ret as i64) < 0 {
             return Err(Error::RemoteCall {
                 pid: self.pid,
                 function: "rt_sigaction".into(),
-                detail: format!("failed with errno {}", -(rax as i64)),
+                detail: format!("failed with errno {}", -(ret as i64)),
             });
         }
-        let old = memory::read(self.pid, area + cave::SAVED_LEN as u64 + 32, 32)?;
+        let old = memory::read(self.pid, area + arch::SAVED_LEN as u64 + 32, 32)?;
         self.restore_focus()?;
         let mut out = [0u8; 32];
         out.copy_from_slice(&old);
@@ -370,10 +334,10 @@ impl<'a> Tracer<'a> {
     /// Runs dlopen, dlsym and the entry in `tid`, stopped at the entry of a function
     /// (`addr`), through the cave's call sequence, and puts the thread back.
     fn call_sequence(&mut self, tid: i32, addr: u64, library: &str, entry: &str, arg: &[u8]) -> Result<CallResults> {
-        use cave::block as b;
+        use arch::block as b;
         let cave = self.cave()?;
         let mut regs0 = sys::getregs(tid)?;
-        regs0.rip = addr;
+        arch::set_pc(&mut regs0, addr);
         let fp = sys::save_fp(tid)?;
         let path = c_string(library.as_bytes());
         let arg = c_string(arg);
@@ -382,9 +346,10 @@ impl<'a> Tracer<'a> {
             return Err(Error::SymbolNotFound { pid: self.pid, symbol: entry.into(), detail: "name too long".into() });
         }
         let len = b::STRINGS + path.len() + arg.len();
-        // At a function's entry nothing below rsp is in use: the return slot for the
-        // cave's `ret` goes at rsp - 8, the block below the red zone.
-        let base = (regs0.rsp - 8 - RED_ZONE - len as u64) & !15;
+        // At a function's entry nothing below the stack pointer is in use: the return slot
+        // for the cave's return goes just below it, the block below the red zone.
+        let slot = arch::call_return_slot(&regs0);
+        let base = arch::below_red_zone(slot, len as u64);
         let mut block = vec![0u8; len];
         let mut put = |at: usize, v: u64| block[at..at + 8].copy_from_slice(&v.to_le_bytes());
         put(b::DLOPEN, self.syms.dlopen);
@@ -393,24 +358,18 @@ impl<'a> Tracer<'a> {
         put(b::PATH, base + b::STRINGS as u64);
         put(b::FLAGS, libc::RTLD_NOW as u64);
         put(b::ARG, base + (b::STRINGS + path.len()) as u64);
-        block[b::SAVED..b::SAVED + cave::SAVED_LEN].copy_from_slice(&saved_area(&regs0, regs0.rsp - 8));
+        block[b::SAVED..b::SAVED + arch::SAVED_LEN].copy_from_slice(&arch::saved_area(&regs0, slot));
         block[b::SYMBOL..b::SYMBOL + symbol.len()].copy_from_slice(&symbol);
         block[b::STRINGS..b::STRINGS + path.len()].copy_from_slice(&path);
         block[b::STRINGS + path.len()..].copy_from_slice(&arg);
         self.write_mem(tid, base, &block)?;
-        self.write_mem(tid, regs0.rsp - 8, &addr.to_le_bytes())?;
+        self.write_mem(tid, slot, &addr.to_le_bytes())?;
         let mut regs = regs0;
-        regs.rip = cave.call();
-        regs.rsp = base;
-        regs.rbx = base;
-        // Not in a system call: no restart logic may touch rip/rax on resume.
-        regs.orig_rax = u64::MAX;
-        // Direction flag and trap flag clear, as the ABI requires at a call.
-        regs.eflags &= !((1 << 10) | (1 << 8));
+        arch::set_call(&mut regs, cave.call(), base);
         self.saved = Some((tid, regs0, fp));
         sys::setregs(tid, regs)?;
         self.test_pause("call");
-        self.run_until(tid, "dlopen", |r| r.rip == cave.call_done() && r.orig_rax == libc::SYS_getpid as u64)?;
+        self.run_until(tid, "dlopen", |r| arch::pc(r) == cave.call_done() && arch::syscall_nr(r) == libc::SYS_getpid)?;
         let out = memory::read(self.pid, base, b::SAVED)?;
         let get = |at: usize| u64::from_le_bytes(out[at..at + 8].try_into().unwrap_or_default());
         let done = CallResults { handle: get(b::HANDLE), entry: get(b::ENTRY), result: get(b::RESULT), error: get(b::ERROR) };
@@ -419,9 +378,9 @@ impl<'a> Tracer<'a> {
     }
 
     /// Resumes `tid` under PTRACE_SYSCALL until `done` holds at one of its system-call
-    /// stops (left stopped there); returns rax at that stop. Code running in the target
-    /// cannot be abandoned (it may hold the loader lock): this waits for as long as it
-    /// takes, telling the user after 5 s.
+    /// stops (left stopped there); returns the return-value register at that stop
+    /// ([`arch::return_value`]). Code running in the target cannot be abandoned (it may
+    /// hold the loader lock): this waits for as long as it takes, telling the user after 5 s.
     fn run_until(&mut self, tid: i32, what: &str, mut done: impl FnMut(&Regs) -> bool) -> Result<u64> {
         self.syscall_mode = Some(tid);
         let result = self.run_until_inner(tid, what, &mut done);
@@ -438,7 +397,7 @@ impl<'a> Tracer<'a> {
                 Some(Ev::Syscall { tid: t }) if t == tid => {
                     let regs = sys::getregs(tid)?;
                     if done(&regs) {
-                        return Ok(regs.rax);
+                        return Ok(arch::return_value(&regs));
                     }
                     self.resume(tid, 0)?;
                 }
@@ -448,7 +407,7 @@ impl<'a> Tracer<'a> {
                     return Err(Error::RemoteCall {
                         pid: self.pid,
                         function: what.into(),
-                        detail: format!("crashed with signal {sig} at {:#x}", regs.rip),
+                        detail: format!("crashed with signal {sig} at {:#x}", arch::pc(&regs)),
                     });
                 }
                 Some(Ev::Interrupted { tid: t })
@@ -597,7 +556,7 @@ impl<'a> Tracer<'a> {
                 Some(&b) => b,
                 None => sys::peek_byte(via, addr)?,
             };
-            if original == 0xCC {
+            if original == arch::BREAKPOINT {
                 // Someone else's breakpoint (or a function starting with int3): leave it.
                 continue;
             }
@@ -614,7 +573,7 @@ impl<'a> Tracer<'a> {
         for (addr, original) in arm {
             // Record first, so a failure between the two leaves nothing unrecorded.
             self.bps.push(Breakpoint { addr, original });
-            if let Err(e) = sys::poke_byte(via, addr, 0xCC) {
+            if let Err(e) = sys::poke_byte(via, addr, arch::BREAKPOINT) {
                 self.bps.pop();
                 return Err(e);
             }
@@ -633,7 +592,7 @@ impl<'a> Tracer<'a> {
     /// Puts the original bytes back in a forked child's copy of our memory.
     fn clean_child(&mut self, child: i32) {
         for (&addr, &original) in &self.known {
-            if sys::peek_byte(child, addr).ok() == Some(0xCC) {
+            if sys::peek_byte(child, addr).ok() == Some(arch::BREAKPOINT) {
                 let _ = sys::poke_byte(child, addr, original);
             }
         }
@@ -675,12 +634,12 @@ impl<'a> Tracer<'a> {
 
     /// The next status of a traced thread, consumed, in an order that leaves nothing to
     /// us at any instant. The kernel forgets the signal of a stop once its status is
-    /// consumed: a thread stopped on one of our int3s (rip just past it) whose status we
+    /// consumed: a thread stopped on one of our int3s (pc just past it) whose status we
     /// had collected would, if we died then, run on from the middle of the instruction the
-    /// int3 replaced. So its rip is moved back onto the breakpoint *before* the status is
+    /// int3 replaced. So its pc is moved back onto the breakpoint *before* the status is
     /// consumed: dying before that, the SIGTRAP is still due and the cave's handler
     /// rewinds it; dying after, the thread runs into the int3 again and the handler sees
-    /// it then; dying in between, the handler finds rip already on a breakpoint. Likewise
+    /// it then; dying in between, the handler finds pc already on a breakpoint. Likewise
     /// a signal for a thread we have no reason to hold is delivered by resuming the thread
     /// with it, never consumed first (`deliver`, except while parking threads to detach).
     /// Returns None when no status is pending, or when the status was handled here.
@@ -690,7 +649,7 @@ impl<'a> Tracer<'a> {
             if sig == libc::SIGTRAP {
                 if let Some(addr) = self.stopped_on_our_int3(tid) {
                     if let Ok(mut regs) = sys::getregs(tid) {
-                        regs.rip = addr;
+                        arch::set_pc(&mut regs, addr);
                         sys::setregs(tid, regs)?;
                         sys::reap(tid);
                         if let Some(t) = self.threads.get_mut(&tid) {
@@ -719,8 +678,8 @@ impl<'a> Tracer<'a> {
     /// The breakpoint address, if `tid` is in a signal-delivery stop for one of our int3s.
     fn stopped_on_our_int3(&self, tid: i32) -> Option<u64> {
         let regs = sys::getregs(tid).ok()?;
-        let addr = regs.rip.wrapping_sub(1);
-        (self.known.contains_key(&addr) && sys::si_code(tid).ok() == Some(SI_KERNEL)).then_some(addr)
+        let addr = arch::pc(&regs).wrapping_sub(arch::BREAKPOINT_LEN);
+        (self.known.contains_key(&addr) && sys::si_code(tid).ok() == Some(arch::BREAKPOINT_SI_CODE)).then_some(addr)
     }
 
     fn is_thread_of_target(&self, tid: i32) -> bool {
@@ -814,7 +773,7 @@ impl<'a> Tracer<'a> {
                     self.resume(tid, 0)?;
                     return Ok(None);
                 }
-                if sig == libc::SIGTRAP && self.stepping == Some(tid) && sys::si_code(tid)? != SI_KERNEL {
+                if sig == libc::SIGTRAP && self.stepping == Some(tid) && sys::si_code(tid)? != arch::BREAKPOINT_SI_CODE {
                     self.stepping = None;
                     return Ok(Some(Ev::Stepped { tid }));
                 }
@@ -930,7 +889,7 @@ impl<'a> Tracer<'a> {
     fn called_from_loader(&self, tid: i32) -> Result<bool> {
         let Some((lo, hi)) = self.syms.loader_range else { return Ok(false) };
         let regs = sys::getregs(tid)?;
-        let ret = sys::peek(tid, regs.rsp)?;
+        let ret = arch::entry_return_address(tid, &regs)?;
         Ok((lo..hi).contains(&ret))
     }
 
@@ -938,7 +897,7 @@ impl<'a> Tracer<'a> {
     fn step_past(&mut self, tid: i32, addr: u64, deadline: Instant) -> Result<()> {
         self.remove_breakpoints(tid)?;
         let mut regs = sys::getregs(tid)?;
-        regs.rip = addr;
+        arch::set_pc(&mut regs, addr);
         sys::setregs(tid, regs)?;
         self.stepping = Some(tid);
         sys::singlestep(tid)?;
@@ -1145,7 +1104,7 @@ impl<'a> Tracer<'a> {
     /// longer needed. Run in a thread that is not in a system call if there is one, so no
     /// restart needs emulating.
     fn restore_trap_disposition(&mut self, parked: &BTreeMap<i32, i32>) {
-        let in_user_mode = |tid: &i32| sys::getregs(*tid).is_ok_and(|r| (r.orig_rax as i64) < 0);
+        let in_user_mode = |tid: &i32| sys::getregs(*tid).is_ok_and(|r| arch::syscall_nr(&r) < 0);
         let Some(tid) = parked.keys().copied().find(in_user_mode).or_else(|| parked.keys().copied().next()) else { return };
         self.test_pause("restore");
         let act = self.program_act;
@@ -1193,61 +1152,6 @@ struct CallResults {
     result: u64,
     /// dlerror()'s text, when dlopen failed.
     error: u64,
-}
-
-/// The registers as the cave's tails pop them: r15..rax, rflags, then the rsp to load.
-fn saved_area(regs: &Regs, rsp: u64) -> Vec<u8> {
-    let words = [
-        regs.r15,
-        regs.r14,
-        regs.r13,
-        regs.r12,
-        regs.r11,
-        regs.r10,
-        regs.r9,
-        regs.r8,
-        regs.rdi,
-        regs.rsi,
-        regs.rbp,
-        regs.rbx,
-        regs.rdx,
-        regs.rcx,
-        regs.rax,
-        regs.eflags & !(1 << 8),
-        rsp,
-    ];
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-/// The registers with which a thread stopped at `regs` carries on as the kernel would have
-/// let it: a system call it was interrupted in is restarted (the kernel does that only on
-/// the way out of the stop, which code we run first would skip), or, with `wake` and one
-/// of the calls Python retries after EINTR (PEP 475), it returns EINTR so the thread
-/// passes `PyErr_CheckSignals`, a safe point. Returns the system call woken, if any.
-fn resume_point(regs: Regs, wake: bool) -> (Regs, Option<i64>) {
-    let mut out = regs;
-    let nr = regs.orig_rax as i64;
-    let ret = regs.rax as i64;
-    let mut woken = None;
-    if nr >= 0 {
-        match -ret {
-            ERESTARTSYS | ERESTARTNOHAND | ERESTART_RESTARTBLOCK if wake && WAKEABLE_SYSCALLS.contains(&nr) => {
-                out.rax = (-libc::EINTR as i64) as u64;
-                woken = Some(nr);
-            }
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-                out.rax = regs.orig_rax;
-                out.rip = regs.rip - 2;
-            }
-            ERESTART_RESTARTBLOCK => {
-                out.rax = libc::SYS_restart_syscall as u64;
-                out.rip = regs.rip - 2;
-            }
-            _ => {}
-        }
-    }
-    out.orig_rax = u64::MAX;
-    (out, woken)
 }
 
 #[cfg(test)]

@@ -15,22 +15,9 @@ use crate::thread_state::GuardScope;
 
 pub type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 
-/// What the GOT's `dlopen` slots point at: calls `hooks::dlopen_hook(filename, flags,
-/// return address)`. A tail jump, so the hook returns straight to the caller and the
-/// stack is as the caller left it.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-pub unsafe extern "C" fn entry(filename: *const c_char, flags: c_int) -> *mut c_void {
-    // At entry the return address is at [rsp]; it becomes the third argument.
-    std::arch::naked_asm!("mov rdx, [rsp]", "jmp {hook}", hook = sym crate::hooks::dlopen_hook)
-}
-
-#[cfg(target_arch = "aarch64")]
-#[unsafe(naked)]
-pub unsafe extern "C" fn entry(filename: *const c_char, flags: c_int) -> *mut c_void {
-    // The return address is in the link register.
-    std::arch::naked_asm!("mov x2, x30", "b {hook}", hook = sym crate::hooks::dlopen_hook)
-}
+/// What the GOT's `dlopen` slots point at: a trampoline (one per architecture, in
+/// [`crate::arch`]) that calls `hooks::dlopen_hook(filename, flags, return address)`.
+pub use crate::arch::dlopen_entry as entry;
 
 /// glibc's `Dl_serpath` / `Dl_serinfo` (<dlfcn.h>); not in the libc crate.
 #[repr(C)]

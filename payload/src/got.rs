@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use libc::{c_char, c_int, c_void, dl_phdr_info, size_t};
 
+use crate::arch::RELOC_TYPES;
+
 // ELF constants (x86_64 / aarch64 are both RELA, 64-bit).
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -27,11 +29,6 @@ const DT_RELASZ: i64 = 8;
 const DT_STRSZ: i64 = 10;
 const DT_PLTREL: i64 = 20;
 const DT_JMPREL: i64 = 23;
-
-#[cfg(target_arch = "x86_64")]
-const RELOC_TYPES: [u32; 3] = [1 /* R_X86_64_64 */, 6 /* GLOB_DAT */, 7 /* JUMP_SLOT */];
-#[cfg(target_arch = "aarch64")]
-const RELOC_TYPES: [u32; 3] = [257 /* R_AARCH64_ABS64 */, 1025 /* GLOB_DAT */, 1026 /* JUMP_SLOT */];
 
 #[repr(C)]
 struct Elf64Dyn {

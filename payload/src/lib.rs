@@ -8,6 +8,7 @@
 //! (so the GIL is held during the calls).
 
 mod aggregate;
+mod arch;
 mod attach;
 mod capture_dir;
 mod compress;

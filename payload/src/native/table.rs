@@ -12,12 +12,12 @@ use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use framehop::x86_64::UnwinderX86_64;
-use framehop::{ExplicitModuleSectionInfo, Module, MustNotAllocateDuringUnwind, Unwinder};
+use framehop::{ExplicitModuleSectionInfo, Module, MustNotAllocateDuringUnwind, Unwinder as _};
 
 use super::objects::LoadedObject;
+use crate::arch;
 
-pub type FrameUnwinder = UnwinderX86_64<MappedBytes, MustNotAllocateDuringUnwind>;
+pub type FrameUnwinder = arch::Unwinder<MappedBytes, MustNotAllocateDuringUnwind>;
 
 /// A read-only byte range inside a loaded object's mapped segments (empty by default).
 #[derive(Clone, Copy, Default)]

@@ -6,12 +6,12 @@
 //! stack pointer and the mapping's end, found once per thread in /proc/self/maps with
 //! plain syscalls (no allocation, no libc lock).
 
-use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
-use framehop::{MustNotAllocateDuringUnwind, Unwinder};
+use framehop::{MustNotAllocateDuringUnwind, Unwinder as _};
 
 use super::table::Table;
+use crate::arch;
 
-pub type FrameCache = CacheX86_64<MustNotAllocateDuringUnwind>;
+pub type FrameCache = arch::Cache<MustNotAllocateDuringUnwind>;
 
 /// Readable stack range [low, high) of the calling thread, as last found.
 #[derive(Clone, Copy, Default)]
@@ -20,32 +20,12 @@ pub struct StackBounds {
     high: u64,
 }
 
-/// The program counter, stack pointer and frame pointer of the caller at this point.
-#[inline(always)]
-fn registers() -> (u64, u64, u64) {
-    let (pc, sp, bp): (u64, u64, u64);
-    // SAFETY: reads rip (through a rip-relative lea), rsp and rbp into registers; no
-    // memory access, no stack change, flags untouched.
-    unsafe {
-        std::arch::asm!(
-            "lea {pc}, [rip]",
-            "mov {sp}, rsp",
-            "mov {bp}, rbp",
-            pc = out(reg) pc,
-            sp = out(reg) sp,
-            bp = out(reg) bp,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
-    (pc, sp, bp)
-}
-
 /// Fills `out` with the return addresses (minus one) of the calling thread's native frames,
 /// innermost first, starting at the frame that called into the payload; the payload's
 /// own frames are left out. Returns how many were written.
 #[inline(never)]
 pub fn walk(table: &Table, cache: &mut FrameCache, bounds: &mut StackBounds, out: &mut [u64]) -> usize {
-    let (pc, sp, bp) = registers();
+    let (pc, sp, regs) = arch::current_regs();
     if !(bounds.low <= sp && sp < bounds.high) {
         // Kept as the whole mapping, so that deeper calls later on this thread do not
         // search /proc/self/maps again (the main thread's mapping may still grow: then
@@ -62,7 +42,7 @@ pub fn walk(table: &Table, cache: &mut FrameCache, bounds: &mut StackBounds, out
         // current stack pointer, which is mapped and readable.
         Ok(unsafe { (addr as *const u64).read_unaligned() })
     };
-    let mut frames = table.unwinder.iter_frames(pc, UnwindRegsX86_64::new(pc, sp, bp), cache, &mut read_stack);
+    let mut frames = table.unwinder.iter_frames(pc, regs, cache, &mut read_stack);
     let mut n = 0;
     while n < out.len() {
         // Memray stores a return address minus one (inside the call instruction), so
