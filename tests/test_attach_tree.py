@@ -207,3 +207,17 @@ def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir
     assert rows and rows == expected, text
     assert text.startswith("%d captures merged (processes %s)" % (len(paths), ", ".join(
         str(p) for p in [master.pid] + workers + [late]))), text
+
+    # And the HTML flame graph: one tree over the processes, its statistics summed.
+    import re
+    def flamegraph(name, *caps):
+        out = workdir / name
+        assert_ok(memray_cli("flamegraph", "-f", "-o", str(out), *caps))
+        found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', out.read_text(), re.S)
+        return json.loads(found.group(1))
+
+    data = flamegraph("tree.html", *paths)
+    assert data["stats"]["processes"] == [master.pid] + workers + [late]
+    assert data["stats"]["peak_memory"] == sum(s["metadata"]["peak_memory"] for s in singles)
+    roots = [flamegraph("one%d.html" % i, path)["tree"]["value"][0] for i, path in enumerate(paths)]
+    assert data["tree"]["value"][0] == sum(roots)

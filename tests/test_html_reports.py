@@ -292,6 +292,84 @@ def test_aggregated_capture(mrun, cli, workdir, reader, oracle_py):
         assert len(res.stderr.strip().splitlines()) == 1
 
 
+OTHER = """
+def other_site():
+    return [bytearray(300_000) for _ in range(7)]
+
+kept = other_site()
+"""
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_several_captures_make_one_report_summed_over_them(split, mrun, cli, workdir):
+    """`memray attach --children` leaves one capture per process: flamegraph and table
+    take them all and sum their figures (the same frame in two processes is one frame)."""
+    demo = {"heavymod.py": HEAVYMOD}
+    caps = [capture(mrun, workdir, "demo.py", DEMO, extra_files=demo)]
+    caps.append(workdir / "demo-again.bin")
+    caps[0].rename(caps[1])
+    caps[0] = capture(mrun, workdir, "demo.py", DEMO, extra_files=demo)
+    caps.append(capture(mrun, workdir, "other.py", OTHER))
+    flags = ["--split-threads"] if split else []
+    singles = []
+    for i, cap in enumerate(caps):
+        assert_ok(cli("flamegraph", "-f", *flags, "-o", workdir / ("f%d.html" % i), cap))
+        assert_ok(cli("table", "-f", *flags, "-o", workdir / ("t%d.html" % i), cap))
+        singles.append((page_data(workdir / ("f%d.html" % i)), page_data(workdir / ("t%d.html" % i))))
+    assert_ok(cli("flamegraph", "-f", *flags, "-o", workdir / "f.html", *caps))
+    assert_ok(cli("table", "-f", *flags, "-o", workdir / "t.html", *caps))
+    flame, table = page_data(workdir / "f.html"), page_data(workdir / "t.html")
+
+    for data in (flame, table):
+        assert data["title"].endswith(", 3 processes merged"), data["title"]
+        stats = data["stats"]
+        assert stats["processes"] == [f["stats"]["pid"] for f, _ in singles]
+        for key in ("peak_memory", "total_allocations"):
+            assert stats[key] == sum(f["stats"][key] for f, _ in singles), key
+    # The tree: its root sums the roots; the two runs of demo.py share every frame.
+    assert flame["tree"]["value"][0] == sum(f["tree"]["value"][0] for f, _ in singles)
+    assert flame["tree"]["count"][0] == sum(f["tree"]["count"][0] for f, _ in singles)
+
+    def frames(data):
+        t, s = data["tree"], data["strings"]
+        return {(s[t["fn"][i]], s[t["file"][i]], t["line"][i]) for i in range(len(t["fn"]))}
+
+    def paths(data):
+        t, s = data["tree"], data["strings"]
+        out = []
+        for i in range(len(t["fn"])):
+            frame = (s[t["fn"][i]], s[t["file"][i]], t["line"][i], s[t["thread"][i]])
+            out.append(out[t["parent"][i]] + (frame,) if i else (frame,))
+        return out
+
+    assert frames(flame) == set().union(*(frames(f) for f, _ in singles))
+    if not split:
+        # One node per distinct path from the root: shared frames were merged, not repeated.
+        merged_paths = paths(flame)
+        assert len(merged_paths) == len(set(merged_paths))
+        assert set(merged_paths) == set().union(*(set(paths(f)) for f, _ in singles))
+    # The table: each (allocator, location) summed over the captures.
+    expected = defaultdict(lambda: [0, 0])
+    for _, t in singles:
+        for key, (size, count) in table_rows(t).items():
+            expected[key][0] += size
+            expected[key][1] += count
+    assert table_rows(table) == {k: tuple(v) for k, v in expected.items()}
+    threads = {table["strings"][row[0]] for row in table["rows"]}
+    if split:
+        assert all(re.search(r" in process \d+$", t) for t in threads), threads
+        assert {int(t.rsplit(" ", 1)[1]) for t in threads} == set(flame["stats"]["processes"])
+    else:
+        assert threads == {"merged thread"}
+
+    # One line for what cannot be merged or read, naming the capture.
+    assert_clean_error(cli("flamegraph", "-f", "--temporal", *caps), "temporal", "one capture")
+    junk = workdir / "junk.bin"
+    junk.write_bytes(os.urandom(200))
+    assert_clean_error(cli("table", "-f", caps[0], junk), str(junk))
+    assert_clean_error(cli("flamegraph", "-f", caps[0], workdir / "missing.bin"), "missing.bin")
+
+
 def test_bad_input(cli, workdir):
     junk = workdir / "junk.bin"
     junk.write_bytes(os.urandom(200))
@@ -550,6 +628,28 @@ def test_temporal_range_in_browser(browser, mrun, cli, workdir):
         p.check_clean()
     finally:
         p.close()
+
+
+def test_merged_report_in_browser(browser, mrun, cli, workdir):
+    caps = [capture(mrun, workdir, "other.py", OTHER)]
+    caps.append(workdir / "other-again.bin")
+    caps[0].rename(caps[1])
+    caps[0] = capture(mrun, workdir, "other.py", OTHER)
+    for report in ("flamegraph", "table"):
+        out = workdir / (report + "-merged.html")
+        assert_ok(cli(report, "-f", "-o", out, *caps))
+        p = Page(browser, out)
+        try:
+            stats = p.page.text_content("#stats")
+            assert "Processes" in stats and "2 captures merged" in stats, stats
+            assert "own peak" in stats
+            assert "2 processes merged" in p.page.text_content("#title")
+            if report == "flamegraph":
+                assert "other_site" in " ".join(p.frame_texts())
+            p.screenshot(report + "-merged.png")
+            p.check_clean()
+        finally:
+            p.close()
 
 
 def test_table_in_browser(browser, demo_pages):

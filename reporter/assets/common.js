@@ -79,7 +79,9 @@ const MR = (function () {
     const end = s.end_time_ms > 0 ? s.end_time_ms : data.memory.end_ms;
     const rows = [
       ['Command line', s.command_line],
-      ['PID', String(s.pid)],
+      s.processes
+        ? ['Processes', s.processes.length + ' (' + s.processes.join(', ') + ')']
+        : ['PID', String(s.pid)],
       ['Start time', formatTime(s.start_time_ms)],
       ['End time', s.end_time_ms > 0 ? formatTime(s.end_time_ms) : 'unknown'],
       ['Duration', formatDuration(end - s.start_time_ms)],
@@ -89,6 +91,9 @@ const MR = (function () {
       ['Python allocator', s.python_allocator],
       ['Capture format', s.file_format + (s.native_traces ? ' (native traces)' : '')],
     ].concat(extra || []);
+    if (s.processes) {
+      rows.push(['Note', s.processes.length + ' captures merged: every figure is summed over the processes, and the peak is the sum of each process\u2019s own peak (they need not have peaked at the same time).']);
+    }
     if (!s.complete) {
       rows.push(['Note', 'The capture has no trailer (the process was killed or is still running): the figures cover the records written so far.']);
     }

@@ -38,8 +38,10 @@ impl KindArgs {
 /// Options every HTML report takes.
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {
-    /// Capture file written by `memray run`
-    pub results: PathBuf,
+    /// Capture file written by `memray run`; several (the processes of a tree, e.g.
+    /// `memray attach --children`'s OUTPUT.<pid> files) make one report summed over them
+    #[arg(required = true, num_args = 1..)]
+    pub results: Vec<PathBuf>,
     /// Output file (default: memray-<report>-<capture name>.html next to the capture)
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -90,22 +92,23 @@ pub fn default_output(results: &Path, report: &str) -> PathBuf {
     results.with_file_name(format!("memray-{report}-{name}"))
 }
 
-/// Checks the paths, renders with `render` and writes the page.
-pub fn write_report(out: &OutputArgs, report: &str, render: impl FnOnce(&Path) -> Result<HtmlReport, HtmlError>) -> Result<ExitCode> {
-    check_capture_exists(&out.results)?;
-    let output = out.output.clone().unwrap_or_else(|| default_output(&out.results, report));
+/// Checks the paths, renders with `render` (given every capture) and writes the page,
+/// named after the first capture by default.
+pub fn write_report(out: &OutputArgs, report: &str, render: impl FnOnce(&[PathBuf]) -> Result<HtmlReport, HtmlError>) -> Result<ExitCode> {
+    for path in &out.results {
+        check_capture_exists(path)?;
+    }
+    let first = &out.results[0];
+    let output = out.output.clone().unwrap_or_else(|| default_output(first, report));
     if !out.force && output.exists() {
         bail!("{}: file already exists, will not overwrite without --force", output.display());
     }
-    let page = render(&out.results).map_err(|e| match e {
-        HtmlError::Report(e) => capture_failure(&out.results, e),
-        HtmlError::Unsupported(msg) => anyhow!("{}: {msg}", out.results.display()),
-    })?;
+    let page = render(&out.results).map_err(|e| html_failure(first, e))?;
     if !page.reached_trailer && !memray_capture::cut::cut_seen() {
+        let which = if out.results.len() == 1 { first.display().to_string() } else { "one of the captures".into() };
         eprintln!(
-            "memray: warning: {}: the capture has no trailer (the tracked process was killed or is \
-             still running); the report covers the records written so far",
-            out.results.display()
+            "memray: warning: {which}: the capture has no trailer (the tracked process was killed or is \
+             still running); the report covers the records written so far"
         );
     }
     if let Some(w) = &page.warning {
@@ -116,10 +119,22 @@ pub fn write_report(out: &OutputArgs, report: &str, render: impl FnOnce(&Path) -
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line naming the capture that failed and why.
+fn html_failure(path: &Path, e: HtmlError) -> anyhow::Error {
+    match e {
+        HtmlError::Report(e) => capture_failure(path, e),
+        HtmlError::Unsupported(msg) => anyhow!("{}: {msg}", path.display()),
+        HtmlError::InCapture { path, source } => html_failure(&path, *source),
+    }
+}
+
 pub fn run(args: FlamegraphArgs) -> Result<ExitCode> {
     let kind = args.kind.kind();
     if args.temporal && matches!(kind, ReportKind::Temporary(_)) {
         bail!("can't create a temporal flame graph of temporary allocations");
+    }
+    if args.temporal && args.out.results.len() > 1 {
+        bail!("a temporal flame graph shows one process's timeline: give one capture, or drop --temporal");
     }
     let options = HtmlOptions {
         kind,
@@ -129,7 +144,10 @@ pub fn run(args: FlamegraphArgs) -> Result<ExitCode> {
         max_memory_records: args.max_memory_records,
         allow_truncated: true,
     };
-    write_report(&args.out, "flamegraph", |path| html::flamegraph(path, &options))
+    write_report(&args.out, "flamegraph", |paths| match paths {
+        [one] => html::flamegraph(one, &options),
+        several => html::flamegraph_merged(several, &options),
+    })
 }
 
 #[cfg(test)]

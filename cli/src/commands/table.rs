@@ -21,5 +21,8 @@ pub struct TableArgs {
 
 pub fn run(args: TableArgs) -> Result<ExitCode> {
     let options = HtmlOptions { kind: args.kind.kind(), split_threads: args.split_threads, ..HtmlOptions::default() };
-    write_report(&args.out, "table", |path| html::table(path, &options))
+    write_report(&args.out, "table", |paths| match paths {
+        [one] => html::table(one, &options),
+        several => html::table_merged(several, &options),
+    })
 }

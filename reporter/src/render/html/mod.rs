@@ -68,6 +68,15 @@ pub enum HtmlError {
     /// What the capture cannot give (one line).
     #[error("{0}")]
     Unsupported(String),
+    /// One of several captures failed.
+    #[error("{}: {source}", path.display())]
+    InCapture { path: std::path::PathBuf, source: Box<HtmlError> },
+}
+
+impl HtmlError {
+    fn in_capture(path: &Path, e: HtmlError) -> HtmlError {
+        HtmlError::InCapture { path: path.to_path_buf(), source: Box::new(e) }
+    }
 }
 
 impl From<CaptureError> for HtmlError {
@@ -272,6 +281,9 @@ struct StatsJson {
     native_traces: bool,
     trace_python_allocators: bool,
     complete: bool,
+    /// Several captures merged: their processes (`pid` is the first's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes: Option<Vec<i32>>,
 }
 
 /// [node, from, to (-1: never), count, bytes]
@@ -375,6 +387,7 @@ fn stats_json(ta: &TimelineAnalysis) -> StatsJson {
         native_traces: h.native_traces,
         trace_python_allocators: h.trace_python_allocators,
         complete: a.reached_trailer,
+        processes: None,
     }
 }
 
@@ -539,9 +552,29 @@ fn flame_page(parts: FlameParts, options: &HtmlOptions, title: String) -> Result
 /// of the allocation that speaks for it), so a second pass replays the capture up to
 /// the peak; temporary rows come from the first pass.
 pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
-    let path = path.as_ref();
     let options = HtmlOptions { temporal: false, inverted: false, ..*options };
-    let Collected { ta, rows, native } = collect(path, &options)?;
+    let merged = !options.split_threads;
+    let input = table_input(path.as_ref(), &options)?;
+    let mut table = TableRows::default();
+    table.add(&input.rows, &input.stacks, &input.native, input.hybrid, |tid| thread_label(tid, &input.names, merged));
+    let html = table_page(table, &options, title("table", &options), input.memory, input.stats)?;
+    Ok(HtmlReport { html, reached_trailer: input.reached_trailer, warning: input.native.missing_warning() })
+}
+
+/// What the table takes from one capture.
+struct TableInput {
+    rows: Vec<Row>,
+    stacks: crate::model::stacks::StackTable,
+    names: BTreeMap<u64, String>,
+    native: NativeStacks,
+    hybrid: bool,
+    memory: MemoryJson,
+    stats: StatsJson,
+    reached_trailer: bool,
+}
+
+fn table_input(path: &Path, options: &HtmlOptions) -> Result<TableInput, HtmlError> {
+    let Collected { ta, rows, native } = collect(path, options)?;
     let merged = !options.split_threads;
     let memory = memory_json(&ta);
     let stats = stats_json(&ta);
@@ -563,10 +596,7 @@ pub fn table(path: impl AsRef<Path>, options: &HtmlOptions) -> Result<HtmlReport
     if hybrid {
         native.prepare(rows.iter().map(|r: &Row| (r.native_frame_id, r.generation)));
     }
-    let mut table = TableRows::default();
-    table.add(&rows, &stacks, &native, hybrid, |tid| thread_label(tid, &names, merged));
-    let html = table_page(table, &options, title("table", &options), memory, stats)?;
-    Ok(HtmlReport { html, reached_trailer, warning: native.missing_warning() })
+    Ok(TableInput { rows, stacks, names, native, hybrid, memory, stats, reached_trailer })
 }
 
 /// The table's rows, one per (thread, allocator, innermost location), over one or more
@@ -643,4 +673,201 @@ fn table_page(table: TableRows, options: &HtmlOptions, title: String, memory: Me
     };
     let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
     Ok(page::table_page(&title, &json))
+}
+
+// ---- several captures (the processes of a tree) --------------------------------------
+
+/// A thread's label in a report over several captures: split threads say their process
+/// (thread ids repeat across processes).
+fn thread_label_in(tid: u64, names: &BTreeMap<u64, String>, merged: bool, pid: i32) -> String {
+    let label = thread_label(tid, names, merged);
+    if merged {
+        label
+    } else {
+        format!("{label} in process {pid}")
+    }
+}
+
+/// "memray flamegraph report, 4 processes merged".
+fn merged_title(report: &str, options: &HtmlOptions, n: usize) -> String {
+    format!("{}, {n} processes merged", title(report, options))
+}
+
+fn check_several<P: AsRef<Path>>(paths: &[P], options: &HtmlOptions) -> Result<(), HtmlError> {
+    if paths.len() < 2 {
+        return Err(HtmlError::Unsupported("a report over several captures needs at least two".into()));
+    }
+    if options.temporal {
+        return Err(HtmlError::Unsupported("a temporal report shows one process's timeline: give one capture, or drop --temporal".into()));
+    }
+    Ok(())
+}
+
+/// `memray flamegraph` over several captures: one tree whose figures are summed over the
+/// processes, each taken at its own peak (or, with --leaks, at its end). Not temporal.
+pub fn flamegraph_merged<P: AsRef<Path>>(paths: &[P], options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
+    check_several(paths, options)?;
+    let merged = !options.split_threads;
+    let mut strings = Strings::default();
+    let main = TreeBuilder::new(&mut strings, options.inverted, false);
+    let no_imports = options.inverted.then(|| TreeBuilder::new(&mut strings, true, true));
+    let mut trees = Trees { main, no_imports };
+    let mut threads = BTreeSet::new();
+    let mut each = Vec::with_capacity(paths.len());
+    let mut warnings = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let path = path.as_ref();
+        let Collected { mut ta, rows, native } = collect(path, options).map_err(|e| HtmlError::in_capture(path, e))?;
+        if i > 0 {
+            trees.main.next_capture();
+            if let Some(b) = &mut trees.no_imports {
+                b.next_capture();
+            }
+        }
+        let hybrid = ta.analysis.header.native_traces;
+        if hybrid {
+            native.prepare(rows.iter().map(|r| (r.native_frame_id, r.generation)));
+        }
+        let names = std::mem::take(&mut ta.analysis.thread_names);
+        let pid = ta.analysis.header.pid;
+        trees.add_rows(&mut strings, &mut ta.analysis.stacks, &native, hybrid, &rows, |tid, strings| {
+            let label = thread_label_in(tid, &names, merged, pid);
+            let id = strings.intern(&label);
+            threads.insert(label);
+            id
+        });
+        warnings.extend(native.missing_warning());
+        each.push((memory_json(&ta), stats_json(&ta)));
+    }
+    let (tree, no_imports_tree) = trees.finish(&mut strings);
+    let reached_trailer = each.iter().all(|(_, s)| s.complete);
+    let (memory, stats) = merge_figures(each, options.max_memory_records);
+    let parts = FlameParts { strings, tree, no_imports_tree, threads, temporal: None, memory, stats };
+    let html = flame_page(parts, options, merged_title("flamegraph", options, paths.len()))?;
+    Ok(HtmlReport { html, reached_trailer, warning: join_warnings(warnings) })
+}
+
+/// `memray table` over several captures: rows of the same thread label, allocator and
+/// location are one row, summed over the processes.
+pub fn table_merged<P: AsRef<Path>>(paths: &[P], options: &HtmlOptions) -> Result<HtmlReport, HtmlError> {
+    let options = HtmlOptions { inverted: false, ..*options };
+    check_several(paths, &options)?;
+    let merged = !options.split_threads;
+    let mut table = TableRows::default();
+    let mut each = Vec::with_capacity(paths.len());
+    let mut warnings = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let input = table_input(path, &options).map_err(|e| HtmlError::in_capture(path, e))?;
+        let pid = input.stats.pid;
+        table.add(&input.rows, &input.stacks, &input.native, input.hybrid, |tid| thread_label_in(tid, &input.names, merged, pid));
+        warnings.extend(input.native.missing_warning());
+        each.push((input.memory, input.stats));
+    }
+    let reached_trailer = each.iter().all(|(_, s)| s.complete);
+    let (memory, stats) = merge_figures(each, options.max_memory_records);
+    let html = table_page(table, &options, merged_title("table", &options, paths.len()), memory, stats)?;
+    Ok(HtmlReport { html, reached_trailer, warning: join_warnings(warnings) })
+}
+
+fn join_warnings(mut warnings: Vec<String>) -> Option<String> {
+    warnings.dedup();
+    (!warnings.is_empty()).then(|| warnings.join("; "))
+}
+
+/// The statistics and the memory chart of several processes: figures summed (the peak is
+/// the sum of each process's own peak), the chart the sum of their heaps and RSS over time.
+fn merge_figures(each: Vec<(MemoryJson, StatsJson)>, max_samples: usize) -> (MemoryJson, StatsJson) {
+    let (memories, stats): (Vec<MemoryJson>, Vec<StatsJson>) = each.into_iter().unzip();
+    let mut commands: Vec<&str> = Vec::new();
+    for s in &stats {
+        if !commands.contains(&s.command_line.as_str()) {
+            commands.push(&s.command_line);
+        }
+    }
+    let merged = StatsJson {
+        command_line: commands.join(" | "),
+        pid: stats[0].pid,
+        start_time_ms: stats.iter().map(|s| s.start_time_ms).min().unwrap_or(0),
+        // 0 (unknown) if any capture has no end.
+        end_time_ms: if stats.iter().any(|s| s.end_time_ms <= 0) { 0 } else { stats.iter().map(|s| s.end_time_ms).max().unwrap_or(0) },
+        total_allocations: stats.iter().map(|s| s.total_allocations).sum(),
+        total_frames: stats.iter().map(|s| s.total_frames).sum(),
+        peak_memory: stats.iter().map(|s| s.peak_memory).sum(),
+        python_allocator: if stats.iter().all(|s| s.python_allocator == stats[0].python_allocator) {
+            stats[0].python_allocator
+        } else {
+            "mixed"
+        },
+        file_format: if stats.iter().all(|s| s.file_format == stats[0].file_format) { stats[0].file_format } else { "mixed" },
+        native_traces: stats.iter().any(|s| s.native_traces),
+        trace_python_allocators: stats.iter().all(|s| s.trace_python_allocators),
+        complete: stats.iter().all(|s| s.complete),
+        processes: Some(stats.iter().map(|s| s.pid).collect()),
+    };
+    (sum_memory(&memories, max_samples), merged)
+}
+
+/// The processes' samples on one time axis: at each instant one of them sampled, the sum
+/// of each process's latest sample (0 before its first and after its capture ended).
+fn sum_memory(memories: &[MemoryJson], max_samples: usize) -> MemoryJson {
+    let start_ms = memories.iter().map(|m| m.start_ms).min().unwrap_or(0);
+    let end_ms = memories.iter().map(|m| m.end_ms).max().unwrap_or(start_ms);
+    let mut times: Vec<u64> = memories.iter().flat_map(|m| m.samples.iter().map(|s| s[0])).collect();
+    times.sort_unstable();
+    times.dedup();
+    let mut cursors = vec![0usize; memories.len()];
+    let mut samples = Vec::with_capacity(times.len());
+    for &t in &times {
+        let (mut rss, mut heap) = (0u64, 0u64);
+        for (m, cursor) in memories.iter().zip(cursors.iter_mut()) {
+            while *cursor < m.samples.len() && m.samples[*cursor][0] <= t {
+                *cursor += 1;
+            }
+            if *cursor > 0 && t as i64 <= m.end_ms {
+                let s = m.samples[*cursor - 1];
+                rss = rss.saturating_add(s[1]);
+                heap = heap.saturating_add(s[2]);
+            }
+        }
+        samples.push([t, rss, heap]);
+    }
+    // As many samples as one capture may show: every n-th, the last kept.
+    let n = samples.len().div_ceil(max_samples.max(1)).max(1);
+    if n > 1 {
+        let last = samples.last().copied();
+        samples = samples.into_iter().step_by(n).collect();
+        if let (Some(l), Some(&kept)) = (last, samples.last()) {
+            if kept != l {
+                samples.push(l);
+            }
+        }
+    }
+    MemoryJson { start_ms, end_ms, samples, unit_peaks: Vec::new(), stride: 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(end_ms: i64, samples: &[[u64; 3]]) -> MemoryJson {
+        MemoryJson { start_ms: samples[0][0] as i64, end_ms, samples: samples.to_vec(), unit_peaks: vec![1], stride: 1 }
+    }
+
+    #[test]
+    fn memory_of_several_processes_is_summed_on_one_time_axis() {
+        // Process a from 10 to 30 ms, b from 20 to 50 ms.
+        let a = memory(30, &[[10, 100, 10], [30, 300, 30]]);
+        let b = memory(50, &[[20, 1000, 100], [40, 2000, 200]]);
+        let m = sum_memory(&[a, b], 100);
+        assert_eq!((m.start_ms, m.end_ms), (10, 50));
+        // Before b's first sample only a counts; after a's end only b does.
+        assert_eq!(m.samples, vec![[10, 100, 10], [20, 1100, 110], [30, 1300, 130], [40, 2000, 200]]);
+        assert!(m.unit_peaks.is_empty());
+        // At most `max_samples` (and the last one kept).
+        let many: Vec<[u64; 3]> = (0..1000).map(|i| [i, i, i]).collect();
+        let m = sum_memory(&[memory(999, &many), memory(999, &many)], 10);
+        assert!(m.samples.len() <= 11, "{}", m.samples.len());
+        assert_eq!(m.samples.last(), Some(&[999, 1998, 1998]));
+    }
 }

@@ -89,7 +89,7 @@ fn is_memray_module(file: &str) -> bool {
     (stem.starts_with('_')) && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Desc {
     function: u32,
     file: u32,
@@ -120,6 +120,11 @@ pub struct TreeBuilder {
     too_deep_desc: u32,
     nodes: Vec<Node>,
     children: FastMap<(u32, u32, u32), u32>,
+    /// Past the first capture of several: location ids are per capture, so frames are
+    /// matched by what they show (the same function and line in two processes is one
+    /// frame of the merged tree), through `desc_of_content`.
+    merging: bool,
+    desc_of_content: HashMap<Desc, u32>,
 }
 
 impl TreeBuilder {
@@ -135,12 +140,27 @@ impl TreeBuilder {
             too_deep_desc: 1,
             nodes: vec![Node { parent: 0, desc: 0, thread: strings.intern(""), value: 0, count: 0, flags: INTERESTING }],
             children: FastMap::default(),
+            merging: false,
+            desc_of_content: HashMap::new(),
         }
     }
 
+    /// The paths added from now on come from another capture (another stack table).
+    pub fn next_capture(&mut self) {
+        self.desc_of_location.clear();
+        self.merging = true;
+    }
+
     fn push_desc(&mut self, strings: &mut Strings, loc: &Location, flags: u8) -> u32 {
+        let desc = Desc { function: strings.intern(&loc.function), file: strings.intern(&loc.filename), line: loc.lineno, flags };
+        if self.merging {
+            if let Some(&d) = self.desc_of_content.get(&desc) {
+                return d;
+            }
+        }
         let d = self.descs.len() as u32;
-        self.descs.push(Desc { function: strings.intern(&loc.function), file: strings.intern(&loc.filename), line: loc.lineno, flags });
+        self.descs.push(desc);
+        self.desc_of_content.insert(desc, d);
         d
     }
 
@@ -458,6 +478,8 @@ mod tests {
             too_deep_desc: b.too_deep_desc,
             nodes: b.nodes.clone(),
             children: b.children.clone(),
+            merging: b.merging,
+            desc_of_content: b.desc_of_content.clone(),
         }
     }
 
