@@ -722,6 +722,76 @@ def test_capture_belongs_to_the_attaching_user(tracked_env, build, cli, workdir)
         proc.wait()
 
 
+SECCOMP_RUNNER = r"""
+/* seccomp-run NR PROGRAM ARGS...: runs PROGRAM under a seccomp filter that makes system
+   call NR fail with EPERM, as Docker's default profile does for ptrace without
+   CAP_SYS_PTRACE. */
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    unsigned nr = (unsigned)atoi(argv[1]);
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof(code) / sizeof(code[0]), code };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        return 3;
+    }
+    execv(argv[2], argv + 2);
+    perror("execv");
+    return 4;
+}
+"""
+
+# x86-64 system call numbers.
+SYSCALL_NUMBERS = {"ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311}
+
+
+@pytest.mark.parametrize("call", sorted(SYSCALL_NUMBERS))
+def test_error_seccomp_names_the_refused_call(call, tracked_env, build, workdir):
+    """A container's seccomp profile that refuses what attaching needs: one line naming the
+    call and what to change; the target runs on untouched."""
+    python = Path("/usr/bin/python3.11")
+    if not python.exists():
+        pytest.skip("needs /usr/bin/python3.11")
+    runner = workdir / "seccomp-run"
+    (workdir / "seccomp-run.c").write_text(SECCOMP_RUNNER)
+    subprocess.run([support.c_compiler(), "-O1", "-o", str(runner), str(workdir / "seccomp-run.c")], check=True)
+    ready = workdir / "ready"
+    proc = subprocess.Popen([str(python), "-c", "import time, pathlib\npathlib.Path(%r).touch()\n"
+                             "while True: time.sleep(0.01); x = [bytearray(100) for i in range(10)]" % str(ready)],
+                            cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        out = workdir / "cap.bin"
+        res = support.run([str(runner), str(SYSCALL_NUMBERS[call]), build.binary, "attach", "--method", "ptrace",
+                           "-o", str(out), str(proc.pid)], env=tracked_env)
+        assert_clean_error(res, "seccomp", call, "SYS_PTRACE")
+        assert not out.exists()
+        assert proc.poll() is None
+        # Nothing was changed: an attach without the filter works.
+        assert_ok(support.run([build.binary, "attach", "-o", str(out), str(proc.pid)], env=tracked_env))
+        assert_ok(support.run([build.binary, "detach", str(proc.pid)], env=tracked_env))
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_error_output_exists(cli, workdir):
     existing = workdir / "exists.bin"
     existing.write_text("keep me")

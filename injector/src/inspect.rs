@@ -7,6 +7,7 @@ use crate::elf::{self, Object, Symbol};
 use crate::error::{Error, Result};
 use crate::memory;
 use crate::proc::{self, Mapping};
+use crate::sys;
 
 /// What the injector learned about a process.
 pub struct ProcessInfo {
@@ -122,6 +123,12 @@ pub fn check_permissions(pid: i32) -> Result<proc::Status> {
     }
     if status.state == 'T' || status.state == 't' {
         return Err(Error::ProcessStopped(pid));
+    }
+    // Whatever the route, the control block is read and written from outside.
+    for call in [sys::Needed::ProcessVmReadv, sys::Needed::ProcessVmWritev] {
+        if sys::refused_outright(call) {
+            return Err(Error::PermissionDenied { pid, cause: refused_cause(call) });
+        }
     }
     Ok(status)
 }
@@ -259,4 +266,19 @@ fn python_version(pid: i32, py: &Object, probes: &HashMap<String, Symbol>) -> Re
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "an old version".into());
     Err(Error::UnsupportedVersion { pid, version: format!("CPython {}", version.trim_end_matches('.')) })
+}
+
+/// Why a call refused outright (see [`sys::refused_outright`]) stops the attach, and what
+/// to change.
+pub(crate) fn refused_cause(call: sys::Needed) -> String {
+    let who = match proc::own_seccomp_mode() {
+        Some(2) => "memray's seccomp filter (Seccomp: 2 in /proc/self/status)",
+        _ => "something in front of the kernel (a seccomp filter or a security module)",
+    };
+    format!(
+        "{who} refuses {}, which attaching needs: allow it where memray runs (Docker: --cap-add=SYS_PTRACE; \
+         Kubernetes: add the SYS_PTRACE capability; or a seccomp profile that allows ptrace, process_vm_readv \
+         and process_vm_writev)",
+        call.name()
+    )
 }

@@ -28,8 +28,7 @@ pub const NOT_DUMPABLE: &str = "it is not dumpable (it called prctl(PR_SET_DUMPA
      only root (CAP_SYS_PTRACE) can attach to it";
 
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Who traces a process, for a message: another `memray attach`, or a debugger.
@@ -178,6 +177,12 @@ pub fn target_path(pid: i32, path: &str) -> PathBuf {
 /// The kernel's Yama setting, if the module is present.
 pub fn ptrace_scope() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?.trim().parse().ok()
+}
+
+/// This process's seccomp mode (/proc/self/status: 0 none, 1 strict, 2 filter).
+pub fn own_seccomp_mode() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Seccomp:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether this process has CAP_SYS_PTRACE in its effective set.

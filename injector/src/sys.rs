@@ -6,6 +6,7 @@
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 
 use crate::arch::Regs;
@@ -215,4 +216,60 @@ pub fn tgkill(pid: i32, tid: i32, sig: i32) {
     crate::death_points::before_change("tgkill", tid);
     // SAFETY: tgkill takes plain integers; a vanished thread gives ESRCH, which is fine.
     unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+}
+
+/// A system call attaching needs, which a seccomp profile may refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needed {
+    Ptrace,
+    ProcessVmReadv,
+    ProcessVmWritev,
+}
+
+impl Needed {
+    pub fn name(self) -> &'static str {
+        match self {
+            Needed::Ptrace => "ptrace",
+            Needed::ProcessVmReadv => "process_vm_readv",
+            Needed::ProcessVmWritev => "process_vm_writev",
+        }
+    }
+}
+
+/// Whether something in front of the kernel (a seccomp filter; Docker's default profile
+/// answers EPERM) refuses `call` outright. The call is made on PID 0, which never exists:
+/// the kernel itself would answer ESRCH.
+pub fn refused_outright(call: Needed) -> bool {
+    let mut byte = [0u8; 1];
+    let remote = [RemoteIoVec { base: 0x1000, len: 1 }];
+    let errno = match call {
+        Needed::Ptrace => {
+            Errno::clear();
+            // SAFETY: PEEKDATA on a PID that cannot exist reads nothing and writes nothing;
+            // the pointers are never dereferenced.
+            let rc = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, 0, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) };
+            (rc == -1).then(Errno::last)
+        }
+        Needed::ProcessVmReadv => {
+            process_vm_readv(Pid::from_raw(0), &mut [std::io::IoSliceMut::new(&mut byte)], &remote).err()
+        }
+        Needed::ProcessVmWritev => process_vm_writev(Pid::from_raw(0), &[std::io::IoSlice::new(&byte)], &remote).err(),
+    };
+    matches!(errno, Some(Errno::EPERM | Errno::EACCES | Errno::ENOSYS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_refused_without_a_filter() {
+        if crate::proc::own_seccomp_mode().unwrap_or(0) != 0 {
+            eprintln!("skipped: these tests run under a seccomp filter");
+            return;
+        }
+        for call in [Needed::Ptrace, Needed::ProcessVmReadv, Needed::ProcessVmWritev] {
+            assert!(!refused_outright(call), "{call:?}");
+        }
+    }
 }

@@ -454,6 +454,8 @@ impl<'a> Tracer<'a> {
                         let tracer = proc::status(self.pid).map(|s| s.tracer_pid).unwrap_or(0);
                         let cause = if tracer != 0 {
                             proc::describe_tracer(tracer)
+                        } else if sys::refused_outright(sys::Needed::Ptrace) {
+                            crate::inspect::refused_cause(sys::Needed::Ptrace)
                         } else if proc::status(self.pid).is_ok_and(|s| s.uid == proc::euid()) && !proc::dumpable_by_us(self.pid) {
                             proc::NOT_DUMPABLE.to_string()
                         } else {
