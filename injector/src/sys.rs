@@ -247,12 +247,12 @@ pub fn refused_outright(call: Needed) -> bool {
             Errno::clear();
             // SAFETY: PEEKDATA on a PID that cannot exist reads nothing and writes nothing;
             // the pointers are never dereferenced.
-            let rc = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, 0, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) };
+            let rc = unsafe {
+                libc::ptrace(libc::PTRACE_PEEKDATA, 0, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>())
+            };
             (rc == -1).then(Errno::last)
         }
-        Needed::ProcessVmReadv => {
-            process_vm_readv(Pid::from_raw(0), &mut [std::io::IoSliceMut::new(&mut byte)], &remote).err()
-        }
+        Needed::ProcessVmReadv => process_vm_readv(Pid::from_raw(0), &mut [std::io::IoSliceMut::new(&mut byte)], &remote).err(),
         Needed::ProcessVmWritev => process_vm_writev(Pid::from_raw(0), &[std::io::IoSlice::new(&byte)], &remote).err(),
     };
     matches!(errno, Some(Errno::EPERM | Errno::EACCES | Errno::ENOSYS))
