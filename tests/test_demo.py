@@ -24,9 +24,11 @@ def test_demo_attaches_to_the_service_tree_and_writes_its_reports(tracked_env):
     assert "memray attach --children" in out and "memray detach --children" in out, out
     captures = re.search(r"captures, one per process: +(.*)", out).group(1).split()
     assert len(captures) == 3, out   # the master and its two workers
-    leaks = Path(re.search(r"flame graph \(leaks\): +(\S+)", out).group(1))
-    peak = Path(re.search(r"flame graph \(peak memory\): +(\S+)", out).group(1))
-    # The worker's leak is the cache of load_user; its peak is dominated by render_page.
+    leaks = Path(re.search(r"flame graph of the tree \(leaks\): +(\S+)", out).group(1))
+    peak = Path(re.search(r"flame graph of the tree \(peak\): +(\S+)", out).group(1))
+    # The workers' leak is the cache of load_user; their peak is dominated by render_page.
     assert "load_user" in leaks.read_text() and "render_page" in peak.read_text()
+    # One page over the three processes.
+    assert '"processes":[' in peak.read_text() and "3 processes merged" in peak.read_text()
     assert "render_page" in out   # the stats' top locations
     shutil.rmtree(leaks.parent, ignore_errors=True)
