@@ -54,15 +54,50 @@ with open(work + "/done", "w") as f:
     f.write("%%d %%s" %% (n, sys.version.split()[0]))
 """ % dict(SIZE=SIZE, APP=APP)
 
-# Runs in the new namespaces: the container's mounts, then its Python (not as PID 1: an
-# init stays, as tini or dumb-init would).
+# A pre-fork service as many images run it: the master forks two workers (after which it
+# says it is ready) and all three allocate in their loop until told to stop.
+TREE_TARGET = """
+import os, sys, time
+
+def alloc_in_container():
+    return bytearray(%(SIZE)d)
+
+work = "/%(APP)s"
+
+def loop():
+    n = 0
+    while not os.path.exists(work + "/stop"):
+        block = alloc_in_container()
+        del block
+        n += 1
+        time.sleep(0.002)
+    return n
+
+workers = []
+for i in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if loop() > 10 else 1)
+    workers.append(pid)
+with open(work + "/pid.tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(work + "/pid.tmp", work + "/pid")
+n = loop()
+codes = [os.waitstatus_to_exitcode(os.waitpid(w, 0)[1]) for w in workers]
+with open(work + "/done", "w") as f:
+    f.write("%%d %%s %%s" %% (n, sys.version.split()[0], ",".join(map(str, codes))))
+""" % dict(SIZE=SIZE, APP=APP)
+
+# Runs in the new namespaces: the container's mounts, then its Python: not as PID 1 (an
+# init stays, as tini or dumb-init would), or, with `exec`, as PID 1 itself (an image
+# whose CMD is the interpreter).
 CONTAINER = """
 set -e
 mount --rbind /dev "$R/dev"
 mount --bind "$SID/usr" "$R/usr"
 mount --bind "$SID/etc" "$R/etc"
 mount -t proc proc "$R/proc"
-chroot "$R" /opt/python %s
+$EXEC chroot "$R" /opt/python %s
 """ % APP_SCRIPT
 
 
@@ -78,7 +113,7 @@ def _requirements():
 
 
 class Container:
-    def __init__(self, minor, kind, userns, top, net=False):
+    def __init__(self, minor, kind, userns, top, net=False, pid1=False, script=TARGET):
         self.root = Path(tempfile.mkdtemp(prefix="ctr-", dir=top))
         os.chmod(self.root, 0o755)
         for d in ("usr", "etc", "proc", "dev", "opt", "tmp", APP):
@@ -96,8 +131,8 @@ class Container:
             shutil.copy(SID_ROOT / "usr" / "bin" / f"python3.{minor}-shared", python)
             subprocess.run(["patchelf", "--set-interpreter", "/lib64/ld-linux-x86-64.so.2", "--remove-rpath", str(python)],
                            check=True)
-        (self.root / APP / "target.py").write_text(TARGET)
-        env = dict(os.environ, R=str(self.root), SID=str(SID_ROOT), PYTHONHOME="/usr")
+        (self.root / APP / "target.py").write_text(script)
+        env = dict(os.environ, R=str(self.root), SID=str(SID_ROOT), PYTHONHOME="/usr", EXEC="exec" if pid1 else "")
         cmd = ["unshare", "--pid", "--mount", "--fork", "--kill-child", "--propagation", "private"] + (["--net"] if net else []) \
             + ["bash", "-c", CONTAINER]
         if userns:
@@ -177,10 +212,10 @@ def container(tmp_path):
     os.chmod(top, 0o755)
     made = []
 
-    def make(minor, kind, userns=False, net=False):
+    def make(minor, kind, userns=False, net=False, pid1=False, script=TARGET):
         if not (SID_ROOT / "usr" / "bin" / f"python3.{minor}").exists():
             pytest.skip(f"no Debian sid python3.{minor}")
-        c = Container(minor, kind, userns, top, net)
+        c = Container(minor, kind, userns, top, net, pid1, script)
         made.append(c)
         c.wait_started()
         return c
@@ -199,11 +234,13 @@ def _reader(minor):
     pytest.skip("no oracle venv to read the capture")
 
 
-def _check_capture(out, minor):
+def _check_capture(out, minor, pid=None):
     assert out.read_bytes()[:4] == LZ4_MAGIC, "the capture was not compressed"
     # A file of the attaching user (root here), whatever the target's user was.
     assert out.stat().st_uid == os.geteuid()
     cap = _reader(minor).read(out, "all")
+    if pid is not None:
+        assert cap.metadata["pid"] == pid
     ours = [r for r in cap.records if r["stack"] and r["stack"][0][0] == "alloc_in_container" and r["size"] >= SIZE]
     assert ours, "no allocation of the container's loop in the capture"
     assert ours[0]["stack"][0][1] == APP_SCRIPT, ours[0]["stack"]
@@ -282,3 +319,31 @@ def test_live_view_of_a_container_with_its_own_network(container, build, tracked
     finally:
         view.close()
     assert c.stop() == 0, c.output()
+
+
+@pytest.mark.parametrize("kind", ["shared", "static"])
+def test_attach_children_of_a_pid1_master_in_a_container(container, build, tracked_env, tmp_path, kind):
+    """The master is the container's PID 1 (no init) and forks its workers: `attach
+    --children` from the host tracks all three, each capture named by the process's own
+    PID inside the container, and `detach --children` ends it; the service stops normally."""
+    c = container(14, kind, pid1=True, script=TREE_TARGET)
+    assert c.ns_pid == 1
+    memray = str(build.binary)
+    out = tmp_path / "host-only" / "tree.bin"
+    out.parent.mkdir()
+    res = support.run([memray, "attach", "--children", "-o", str(out), str(c.host_pid)], env=tracked_env)
+    assert res.returncode == 0, res.describe() + c.output()
+    assert res.stderr.count("memray: attached to ") == 3, res.stderr
+    assert c.leftovers() == [], c.leftovers()
+    time.sleep(0.5)
+    res = support.run([memray, "detach", "--children", str(c.host_pid)], env=tracked_env)
+    assert res.returncode == 0, res.describe()
+    assert "stopped tracking 3 processes" in res.stderr, res.stderr
+    assert c.stop() == 0, c.output()
+    n, version, codes = c.work("done").read_text().split()
+    assert int(n) > 10 and codes == "0,0", (n, codes)
+    captures = sorted(out.parent.glob("tree.bin.*"), key=lambda p: int(p.suffix[1:]))
+    pids = [int(p.suffix[1:]) for p in captures]
+    assert len(pids) == 3 and pids[0] == 1, pids
+    for path, pid in zip(captures, pids):
+        _check_capture(path, 14, pid)
