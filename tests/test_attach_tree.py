@@ -13,12 +13,15 @@ import time
 
 import pytest
 
+import support
+from conftest import INTERPRETERS
 from support import assert_ok
 from test_attach import needs_ptrace
 
 pytestmark = pytest.mark.ours_only
 
 TICK_SIZE = 23456
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
 REQUEST_SIZE = 34567
 
 SERVER = """
@@ -221,3 +224,65 @@ def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir
     assert data["stats"]["peak_memory"] == sum(s["metadata"]["peak_memory"] for s in singles)
     roots = [flamegraph("one%d.html" % i, path)["tree"]["value"][0] for i, path in enumerate(paths)]
     assert data["tree"]["value"][0] == sum(roots)
+
+
+@needs_ptrace
+@pytest.mark.parametrize("it", [pytest.param(it, id=it.id) for it in INTERPRETERS
+                                if it.id in ("py3.12", "static-py3.11") and not it.missing])
+def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, tracked_env):
+    """`attach --children --duration`: a worker forked after the attach follows the fork
+    and stops with its parent's session, not later."""
+    import subprocess
+    memray = lambda *args: support.run([build.binary, *map(str, args)], env=tracked_env)  # noqa: E731
+    (workdir / "server.py").write_text(SERVER)
+    master = subprocess.Popen([it.executable, str(workdir / "server.py"), str(workdir)], env=tracked_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        port, *workers = map(int, _wait(workdir / "ready").split())
+        out = workdir / "tree.bin"
+        started = time.monotonic()
+        assert_ok(memray("attach", "--children", "--duration", "2", "-o", out, master.pid))
+        (workdir / "spawn").write_text("")
+        late = int(_wait(workdir / "late"))
+        assert time.monotonic() - started < 2, "too slow to fork the late worker before the end"
+        # The session's end compresses its capture: without a detach, the late worker's
+        # is compressed when the parent's duration is over, not before and not never.
+        late_capture = workdir / ("tree.bin.%d" % late)
+        deadline = time.monotonic() + 30
+        while not (late_capture.exists() and late_capture.read_bytes()[:4] == LZ4_MAGIC):
+            assert time.monotonic() < deadline, "the late worker still tracks 30 s after a 2 s duration"
+            time.sleep(0.05)
+        assert time.monotonic() - started > 1.9
+        # The others (attached one after another, each for 2 s of its own) end too.
+        for pid in [master.pid] + workers:
+            capture = workdir / ("tree.bin.%d" % pid)
+            while capture.read_bytes()[:4] != LZ4_MAGIC:
+                assert time.monotonic() < deadline, "process %d still tracks" % pid
+                time.sleep(0.05)
+        res = memray("detach", "--children", master.pid)
+        assert res.returncode != 0 and "no process of the tree" in res.stderr, res.describe()
+        # Ended by the duration, not by the process: the late worker runs on, untracked.
+        assert master.poll() is None and late in _children(master.pid)
+        (workdir / "stop").write_text("")
+        assert master.wait(timeout=30) == 0, master.stdout.read().decode(errors="replace")
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+    reader = support.Reader(support.nearest_oracle(it.minor), "Memray 1.20")
+    cap = reader.read(workdir / ("tree.bin.%d" % late), "all")
+    assert cap.metadata["pid"] == late
+
+
+def _children(pid):
+    from pathlib import Path
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out

@@ -13,8 +13,9 @@
 //! reads and writes with process_vm_readv/writev (so detaching needs no ptrace stop).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::{hooks, thread_state};
@@ -37,6 +38,36 @@ pub static memray_attach_control: AttachControl = AttachControl::new(&hooks::ACT
 /// thread that may have held it in the parent does not exist in the child. Held only for
 /// a few stores, never across an allocation.
 static CONTROL_LOCK: ControlLock = ControlLock(AtomicBool::new(false));
+
+/// When the current session's `--duration` ends, in nanoseconds after [`clock_base`] (0:
+/// no duration), and that duration: a fork child that adopts the session (follow_fork)
+/// stops when its parent's session does, as `attach --children --duration` promises for
+/// workers forked later. Both clocks are CLOCK_MONOTONIC, which a fork child shares.
+static SESSION_END_NS: AtomicU64 = AtomicU64::new(0);
+static SESSION_DURATION_NS: AtomicU64 = AtomicU64::new(0);
+
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// The session's end and duration, remembered for fork children (None: no duration).
+fn session_end(duration: Option<Duration>) -> Option<(Instant, Duration)> {
+    let end = duration.and_then(|d| Some((Instant::now().checked_add(d)?, d)));
+    let ns = end.map_or(0, |(at, _)| at.saturating_duration_since(clock_base()).as_nanos().min(u64::MAX as u128) as u64);
+    SESSION_DURATION_NS.store(duration.map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64), Ordering::Release);
+    SESSION_END_NS.store(ns.max(u64::from(end.is_some())), Ordering::Release);
+    end
+}
+
+/// In an adopting fork child: the parent's session end, if it had one.
+fn inherited_end() -> Option<(Instant, Duration)> {
+    let ns = SESSION_END_NS.load(Ordering::Acquire);
+    (ns != 0).then(|| {
+        let at = clock_base().checked_add(Duration::from_nanos(ns)).unwrap_or_else(Instant::now);
+        (at, Duration::from_nanos(SESSION_DURATION_NS.load(Ordering::Acquire)))
+    })
+}
 
 struct ControlLock(AtomicBool);
 
@@ -201,7 +232,7 @@ pub fn adopt_fork_child(output: &str) -> c_int {
 
 extern "C" fn adopted_main(arg: *mut c_void) -> *mut c_void {
     thread_state::set_guard_permanently();
-    supervise(arg as usize as u64, None);
+    supervise(arg as usize as u64, inherited_end());
     std::ptr::null_mut()
 }
 
@@ -267,15 +298,17 @@ extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
             return std::ptr::null_mut();
         }
     }
-    supervise(nonce, args.duration());
+    supervise(nonce, session_end(args.duration()));
     std::ptr::null_mut()
 }
 
-/// Waits for the end of the session: `--duration` elapsed, a detach request, or tracking
-/// stopped by someone else (the program exiting, a fork without follow_fork...).
-fn supervise(nonce: u64, duration: Option<Duration>) {
+/// Waits for the end of the session: `end` reached (`--duration` elapsed), a detach
+/// request, or tracking stopped by someone else (the program exiting, a fork without
+/// follow_fork...).
+fn supervise(nonce: u64, end: Option<(Instant, Duration)>) {
     let c = control();
-    let deadline = duration.and_then(|d| Instant::now().checked_add(d));
+    let deadline = end.map(|(at, _)| at);
+    let duration = end.map(|(_, d)| d);
     let active_path = message_text();
     let stopped = |path: &str| {
         if crate::tracker::COMPRESSION_LEFT.swap(false, Ordering::AcqRel) {
