@@ -11,6 +11,7 @@ Tests that need ptrace skip (with the reason) where the kernel refuses it.
 import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -787,6 +788,30 @@ def test_error_seccomp_names_the_refused_call(call, tracked_env, build, workdir)
         assert_ok(support.run([build.binary, "attach", "-o", str(out), str(proc.pid)], env=tracked_env))
         assert_ok(support.run([build.binary, "detach", str(proc.pid)], env=tracked_env))
         assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_error_target_on_musl_libc(cli, workdir):
+    """A process of an Alpine image runs on musl, where the glibc-built payload cannot
+    load: one line saying so, before the process is touched."""
+    musl_gcc = shutil.which("musl-gcc")
+    if musl_gcc is None:
+        pytest.skip("needs musl-gcc (scripts/setup-test-env installs musl-tools)")
+    (workdir / "wait.c").write_text("#include <unistd.h>\nint main(void) { for (;;) pause(); }\n")
+    subprocess.run([musl_gcc, "-o", str(workdir / "wait"), str(workdir / "wait.c")], check=True)
+    proc = subprocess.Popen([str(workdir / "wait")])
+    try:
+        deadline = time.time() + 10
+        while "musl" not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert time.time() < deadline
+            time.sleep(0.01)
+        res = cli("attach", "-o", str(workdir / "cap.bin"), str(proc.pid))
+        assert_clean_error(res, "musl", "glibc", str(proc.pid))
+        assert proc.poll() is None
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "TracerPid:\t0" in status
     finally:
         proc.kill()
         proc.wait()

@@ -71,6 +71,8 @@ pub struct Object {
     map: FileMap,
     /// Where each executable segment's content ends, as mapped in the target.
     pub exec_ends: Vec<u64>,
+    /// The program interpreter (PT_INTERP) an executable names: its dynamic loader.
+    pub interpreter: Option<String>,
 }
 
 impl Object {
@@ -113,7 +115,12 @@ impl Object {
             .filter(|ph| ph.p_type == PT_LOAD && ph.p_flags & goblin::elf::program_header::PF_X != 0)
             .map(|ph| base.wrapping_add(ph.p_vaddr).wrapping_add(ph.p_filesz.max(ph.p_memsz)))
             .collect();
-        Ok(Object { path: path.to_string(), base, map, exec_ends })
+        let interpreter = phdrs.iter().find(|ph| ph.p_type == goblin::elf::program_header::PT_INTERP).and_then(|ph| {
+            let bytes = map.bytes().get(ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize)?;
+            let text = bytes.split(|&b| b == 0).next()?;
+            Some(String::from_utf8_lossy(text).into_owned())
+        });
+        Ok(Object { path: path.to_string(), base, map, exec_ends, interpreter })
     }
 
     /// Looks up several defined dynamic symbols at once. Where a name has several

@@ -49,6 +49,11 @@ pub enum Error {
     Memory { pid: i32, addr: u64, errno: nix::errno::Errno },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(
+        "process {pid} runs on musl libc (its loader is {loader}: an Alpine image?): memray's payload is built for \
+         glibc and cannot be loaded there; attach to a glibc-based build of the program (e.g. a python:3.X-slim image)"
+    )]
+    UnsupportedLibc { pid: i32, loader: String },
     #[error("this architecture is not supported by the injector (x86_64 only)")]
     UnsupportedArch,
 

@@ -142,6 +142,12 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     let maps = proc::maps(pid)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let paths = elf::object_paths(&maps);
+    // The payload is built for glibc: a process on musl (an Alpine image) cannot load it.
+    if let Some(loader) = paths.iter().find(|p| **p == exe).and_then(|p| Object::open(pid, p, &maps).ok()?.interpreter) {
+        if elf::basename(&loader).starts_with("ld-musl") {
+            return Err(Error::UnsupportedLibc { pid, loader });
+        }
+    }
 
     // CPython: the executable (static build) or a libpython.
     let mut candidates: Vec<&String> = paths.iter().filter(|p| **p == exe).collect();
