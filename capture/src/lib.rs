@@ -14,6 +14,7 @@ mod decompress;
 pub mod dump;
 mod encoder;
 mod error;
+pub mod fasthash;
 mod header;
 mod input;
 mod progress;

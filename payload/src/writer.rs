@@ -1,9 +1,6 @@
 //! The record writer: one per capture, behind one lock. Owns the output (`sink.rs`), the
 //! stream encoder's state and the code-object ids.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use memray_capture::{
     Allocator, ByteSink, CodeObject, FileFormat, Header, ImageSegments, NativeFrame, PythonFrame, Segment, StreamEncoder, SurvivingObject,
 };
@@ -15,27 +12,8 @@ use crate::native::trie::{NativeTrie, Prefix};
 use crate::python::frames::RawFrame;
 use crate::sink::FdSink;
 
-/// Fx-style hash for integer keys (pointers, native frame tree nodes): the std SipHash
-/// costs more than the rest of a lookup.
-#[derive(Default)]
-pub struct PtrHasher(u64);
-impl Hasher for PtrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(*b as u64);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
+/// Maps keyed by addresses (code objects, threads, objects).
+pub type PtrMap<V> = memray_capture::fasthash::FastMap<usize, V>;
 
 struct CodeEntry {
     id: u64,

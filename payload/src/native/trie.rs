@@ -6,17 +6,14 @@
 //! Each thread keeps the path of its previous stack (`Prefix`): consecutive stacks of a
 //! thread share most of their outer frames, and those need no lookup.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-
-use crate::writer::PtrHasher;
+use memray_capture::fasthash::FastMap;
 
 /// A thread's previous stack as (ip, node id), outermost first.
 pub type Prefix = Vec<(u64, u64)>;
 
 #[derive(Default)]
 pub struct NativeTrie {
-    nodes: HashMap<(u64, u64), u64, BuildHasherDefault<PtrHasher>>,
+    nodes: FastMap<(u64, u64), u64>,
 }
 
 impl NativeTrie {

@@ -30,7 +30,7 @@ use crate::engine::pipeline;
 use crate::error::ReportError;
 use crate::model::stacks::{FrameKey, LocationId, StackId, StackTable};
 use crate::structures::addrmap::AddressMap;
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 use memray_capture::ranges::RangeSet;
 
 /// Where allocations come from, at the granularity Memray aggregates them.

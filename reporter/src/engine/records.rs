@@ -25,7 +25,7 @@ use crate::error::ReportError;
 use crate::model::native::{hybrid, NativeStacks};
 use crate::model::stacks::{FrameKey, Location, StackId, StackTable};
 use crate::structures::addrmap::AddressMap;
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 use memray_capture::ranges::RangeSet;
 
 /// One allocation record (`memray.AllocationRecord`'s tuple).

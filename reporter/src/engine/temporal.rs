@@ -32,7 +32,7 @@ use crate::engine::analysis::{Analysis, AnalyzeOptions, HeapEvent, HeapLedger, H
 use crate::engine::pipeline;
 use crate::error::ReportError;
 use crate::model::stacks::StackId;
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 use memray_capture::ranges::{Cut, RangeSet};
 
 /// Which per-range figure the intervals answer.

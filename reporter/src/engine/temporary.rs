@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::engine::records::{replay, AllocationRecord, CaptureCursor, LocationMap, RecordSet};
 use crate::error::ReportError;
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 
 /// Finds temporary allocations in a stream of allocation records.
 pub struct TemporaryAggregator {

@@ -15,8 +15,8 @@ use std::rc::Rc;
 
 use memray_capture::{CodeObject, PythonFrame, TraceNode};
 
-use crate::structures::fasthash::FastMap;
 use cpython::linetable::line_number;
+use memray_capture::fasthash::FastMap;
 
 /// A node of the stack trie; 0 is the empty stack.
 pub type StackId = u32;

@@ -121,7 +121,7 @@ impl NativeStacks {
         let mut maps = self.maps.borrow_mut();
         let mut symbolizer = self.symbolizer.borrow_mut();
         let symbolizer = symbolizer.get_or_insert_with(Symbolizer::new);
-        let mut seen = crate::structures::fasthash::FastMap::default();
+        let mut seen = memray_capture::fasthash::FastMap::default();
         let mut by_object: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
         for (node, generation) in keys {
             if node == 0 || seen.insert((node, generation), ()).is_some() {

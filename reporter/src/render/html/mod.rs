@@ -24,7 +24,7 @@ use crate::error::ReportError;
 use crate::model::native::NativeStacks;
 use crate::model::stacks::StackId;
 use crate::render::format::python_allocator_label;
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 use tree::{Strings, Tree, TreeBuilder, NODE_BUDGET};
 
 /// Which allocations a report shows.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::model::stacks::{FrameId, Location, LocationId, StackId, StackTable};
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 
 /// Memray's `MAX_STACKS` with the default recursion limit (1000 // 2.5): deeper frames
 /// are cut and the last node shown is `<STACK TOO DEEP>`.

@@ -15,7 +15,7 @@ use crate::engine::records::{AllocationRecord, Event};
 use crate::model::stacks::{LocationId, StackId, StackTable};
 use crate::render::live::history::HeapHistory;
 use crate::render::live::snapshot::{Site, Snapshot, StreamStatus, ThreadSites};
-use crate::structures::fasthash::FastMap;
+use memray_capture::fasthash::FastMap;
 use memray_capture::ranges::{Cut, RangeSet};
 
 /// A live block: its size and the (stack, thread) it was allocated from.

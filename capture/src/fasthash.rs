@@ -1,5 +1,7 @@
-//! A small multiplicative hasher for the integer-keyed maps on the per-record path
-//! (SipHash costs more than the rest of the bookkeeping for an allocation).
+//! A small multiplicative hasher for integer keys (addresses, ids) on per-record paths,
+//! the reporter's reading pass and the payload's writer alike: SipHash costs more than
+//! the rest of the bookkeeping for an allocation. It allocates nothing, so the payload's
+//! hooks may use it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
