@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use memray_reporter::compat::pyjson::Json;
+use serde::Serialize;
+
+use memray_reporter::compat::pyjson::dumps;
 use memray_reporter::{analyze_file, AnalyzeOptions, Usage};
 
 fn main() {
@@ -34,35 +36,48 @@ fn main() {
             e.bytes += usage.bytes;
         }
     }
-    let rows = |map: &BTreeMap<(u64, u32), Usage>| {
-        Json::List(
-            map.iter()
-                .map(|(&(tid, stack), u)| {
-                    let frames = analysis.stacks.visible_frames(stack, tid);
-                    let stack = frames
-                        .iter()
-                        .map(|&f| {
-                            let l = analysis.stacks.resolve(f);
-                            Json::List(vec![Json::str(&*l.function), Json::str(&*l.filename), Json::int(l.lineno)])
-                        })
-                        .collect();
-                    Json::dict([
-                        ("tid", Json::int(tid)),
-                        ("n_allocations", Json::int(u.count)),
-                        ("size", Json::int(u.bytes)),
-                        ("stack", Json::List(stack)),
-                    ])
-                })
-                .collect(),
-        )
+    let rows = |map: &BTreeMap<(u64, u32), Usage>| -> Vec<Row> {
+        map.iter()
+            .map(|(&(tid, stack), u)| {
+                let stack = analysis
+                    .stacks
+                    .visible_frames(stack, tid)
+                    .iter()
+                    .map(|&f| {
+                        let l = analysis.stacks.resolve(f);
+                        (l.function.to_string(), l.filename.to_string(), l.lineno)
+                    })
+                    .collect();
+                Row { tid, n_allocations: u.count, size: u.bytes, stack }
+            })
+            .collect()
     };
-    let doc = Json::dict([
-        ("peak_memory", Json::int(analysis.peak_memory)),
-        ("n_allocation_records", Json::int(analysis.n_allocation_records)),
-        ("total_allocations", Json::int(analysis.total_allocations)),
-        ("reached_trailer", Json::Bool(analysis.reached_trailer)),
-        ("hwm", rows(&hwm)),
-        ("leaks", rows(&leaks)),
-    ]);
-    println!("{}", doc.to_python_string());
+    let doc = Doc {
+        peak_memory: analysis.peak_memory,
+        n_allocation_records: analysis.n_allocation_records,
+        total_allocations: analysis.total_allocations,
+        reached_trailer: analysis.reached_trailer,
+        hwm: rows(&hwm),
+        leaks: rows(&leaks),
+    };
+    println!("{}", dumps(&doc, Some(2)));
+}
+
+#[derive(Serialize)]
+struct Row {
+    tid: u64,
+    n_allocations: u64,
+    size: u64,
+    /// (function, file, line), innermost first.
+    stack: Vec<(String, String, i32)>,
+}
+
+#[derive(Serialize)]
+struct Doc {
+    peak_memory: u64,
+    n_allocation_records: u64,
+    total_allocations: u64,
+    reached_trailer: bool,
+    hwm: Vec<Row>,
+    leaks: Vec<Row>,
 }

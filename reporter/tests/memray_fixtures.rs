@@ -32,7 +32,7 @@ const OLD: [&str; 2] = ["memray-py39", "ours-py3.8"];
 fn our_stats_json(name: &str, num_largest: usize) -> Value {
     let analysis = load(&format!("{name}.bin"));
     let stats = Stats::compute(&analysis, num_largest).unwrap();
-    serde_json::from_str(&stats.to_json().to_python_string()).unwrap()
+    serde_json::from_str(&stats.to_json()).unwrap()
 }
 
 /// Drops the metadata timestamps (local-time strings), checked separately.

@@ -103,7 +103,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
     let stats = if merged { Stats::merge(&parts, args.num_largest) } else { parts.remove(0) };
     match json_path {
         Some(p) => {
-            std::fs::write(&p, stats.to_json().to_python_string()).with_context(|| format!("{}: cannot write", p.display()))?;
+            std::fs::write(&p, stats.to_json()).with_context(|| format!("{}: cannot write", p.display()))?;
             println!("Wrote {}", p.display());
         }
         None => {

@@ -7,11 +7,12 @@ use memray_capture::{Allocator, FileFormat, PythonAllocator};
 
 use crate::compat::localtime::format_millis;
 use crate::compat::modules::ModuleResolver;
-use crate::compat::pyjson::Json;
+use crate::compat::pyjson::{dumps, Ordered};
 use crate::engine::analysis::Analysis;
 use crate::error::ReportError;
 use crate::model::stacks::Location;
 use crate::render::format::{allocator_type_name, format_location, python_allocator_label, size_fmt};
+use serde::Serialize;
 
 /// Bins of the allocation size histogram.
 pub const HISTOGRAM_BINS: usize = 10;
@@ -19,7 +20,7 @@ pub const HISTOGRAM_BINS: usize = 10;
 pub const HISTOGRAM_SCALE: usize = 25;
 
 /// Allocations and bytes of one top-level module.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModuleTotals {
     pub module: String,
     pub num_allocations: u64,
@@ -292,8 +293,8 @@ impl Stats {
         out
     }
 
-    /// The JSON document `memray stats --json` writes.
-    pub fn to_json(&self) -> Json {
+    /// The JSON document `memray stats --json` writes (`json.dump(..., indent=2)`).
+    pub fn to_json(&self) -> String {
         let histogram = histogram_bins(&self.allocation_count_by_size, HISTOGRAM_BINS)
             .map(|bins| {
                 let mut start = 0u64;
@@ -303,79 +304,100 @@ impl Stats {
                     .map(|(i, &(end, count))| {
                         // The last bin's upper bound is inclusive.
                         let max = if i == last { end } else { end.wrapping_sub(1) };
-                        let bin = Json::dict([("min_bytes", Json::int(start)), ("max_bytes", Json::int(max)), ("count", Json::int(count))]);
+                        let bin = HistogramBin { min_bytes: start, max_bytes: max, count };
                         start = end;
                         bin
                     })
                     .collect()
             })
             .unwrap_or_default();
-        let modules = |list: &[ModuleTotals]| {
-            Json::List(
-                list.iter()
-                    .map(|m| {
-                        Json::dict([
-                            ("module", Json::str(m.module.clone())),
-                            ("num_allocations", Json::int(m.num_allocations)),
-                            ("total_bytes", Json::int(m.total_bytes)),
-                        ])
-                    })
-                    .collect(),
-            )
+        let top = |list: &[(Option<Location>, u64)], by_size: bool| -> Vec<TopEntry> {
+            list.iter()
+                .map(|(l, n)| TopEntry {
+                    location: format_location(l.as_ref()),
+                    size: by_size.then_some(*n),
+                    count: (!by_size).then_some(*n),
+                })
+                .collect()
         };
         let md = &self.metadata;
-        let mut doc = Json::dict([
-            ("total_num_allocations", Json::int(self.total_num_allocations)),
-            ("total_bytes_allocated", Json::int(self.total_bytes_allocated)),
-            ("allocation_size_histogram", Json::List(histogram)),
-            (
-                "allocator_type_distribution",
-                Json::dict(self.allocator_distribution.iter().map(|(a, n)| (allocator_type_name(*a), Json::int(*n)))),
-            ),
-            (
-                "top_allocations_by_size",
-                Json::List(
-                    self.top_allocations_by_size
-                        .iter()
-                        .map(|(l, n)| Json::dict([("location", Json::str(format_location(l.as_ref()))), ("size", Json::int(*n))]))
-                        .collect(),
-                ),
-            ),
-            (
-                "top_allocations_by_count",
-                Json::List(
-                    self.top_allocations_by_count
-                        .iter()
-                        .map(|(l, n)| Json::dict([("location", Json::str(format_location(l.as_ref()))), ("count", Json::int(*n))]))
-                        .collect(),
-                ),
-            ),
-            ("top_modules_by_allocation_size", modules(&self.top_modules_by_allocation_size)),
-            ("top_modules_by_allocation_count", modules(&self.top_modules_by_allocation_count)),
-            (
-                "metadata",
-                Json::dict([
-                    ("start_time", Json::str(format_millis(md.start_time_ms))),
-                    ("end_time", Json::str(format_millis(md.end_time_ms))),
-                    ("total_allocations", Json::int(md.total_allocations)),
-                    ("total_frames", Json::int(md.total_frames)),
-                    ("peak_memory", Json::int(md.peak_memory)),
-                    ("command_line", Json::str(md.command_line.clone())),
-                    ("pid", Json::int(md.pid)),
-                    ("main_thread_id", Json::int(md.main_thread_id)),
-                    ("python_allocator", Json::str(python_allocator_label(md.python_allocator))),
-                    ("has_native_traces", Json::Bool(md.has_native_traces)),
-                    ("trace_python_allocators", Json::Bool(md.trace_python_allocators)),
-                    ("file_format", Json::int(md.file_format as u8)),
-                ]),
-            ),
-        ]);
-        // Merged captures say so (a key Memray's single-capture document never has).
-        if let (false, Json::Dict(items)) = (self.merged_pids.is_empty(), &mut doc) {
-            items.push(("merged_pids".to_string(), Json::List(self.merged_pids.iter().map(|&p| Json::int(p)).collect())));
-        }
-        doc
+        let doc = StatsDocument {
+            total_num_allocations: self.total_num_allocations,
+            total_bytes_allocated: self.total_bytes_allocated,
+            allocation_size_histogram: histogram,
+            allocator_type_distribution: Ordered(self.allocator_distribution.iter().map(|(a, n)| (allocator_type_name(*a), *n)).collect()),
+            top_allocations_by_size: top(&self.top_allocations_by_size, true),
+            top_allocations_by_count: top(&self.top_allocations_by_count, false),
+            top_modules_by_allocation_size: &self.top_modules_by_allocation_size,
+            top_modules_by_allocation_count: &self.top_modules_by_allocation_count,
+            metadata: MetadataDocument {
+                start_time: format_millis(md.start_time_ms),
+                end_time: format_millis(md.end_time_ms),
+                total_allocations: md.total_allocations,
+                total_frames: md.total_frames,
+                peak_memory: md.peak_memory,
+                command_line: &md.command_line,
+                pid: md.pid,
+                main_thread_id: md.main_thread_id,
+                python_allocator: python_allocator_label(md.python_allocator),
+                has_native_traces: md.has_native_traces,
+                trace_python_allocators: md.trace_python_allocators,
+                file_format: md.file_format as u8,
+            },
+            // Merged captures say so (a key Memray's single-capture document never has).
+            merged_pids: (!self.merged_pids.is_empty()).then_some(&self.merged_pids),
+        };
+        dumps(&doc, Some(2))
     }
+}
+
+/// `memray stats --json`, key for key as Memray writes it.
+#[derive(Serialize)]
+struct StatsDocument<'a> {
+    total_num_allocations: u64,
+    total_bytes_allocated: u64,
+    allocation_size_histogram: Vec<HistogramBin>,
+    allocator_type_distribution: Ordered<String, u64>,
+    top_allocations_by_size: Vec<TopEntry>,
+    top_allocations_by_count: Vec<TopEntry>,
+    top_modules_by_allocation_size: &'a [ModuleTotals],
+    top_modules_by_allocation_count: &'a [ModuleTotals],
+    metadata: MetadataDocument<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merged_pids: Option<&'a Vec<i32>>,
+}
+
+#[derive(Serialize)]
+struct HistogramBin {
+    min_bytes: u64,
+    max_bytes: u64,
+    count: u64,
+}
+
+/// A top location: `size` or `count`, whichever the list ranks by.
+#[derive(Serialize)]
+struct TopEntry {
+    location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct MetadataDocument<'a> {
+    start_time: String,
+    end_time: String,
+    total_allocations: u64,
+    total_frames: u64,
+    peak_memory: u64,
+    command_line: &'a str,
+    pid: i32,
+    main_thread_id: u64,
+    python_allocator: &'static str,
+    has_native_traces: bool,
+    trace_python_allocators: bool,
+    file_format: u8,
 }
 
 /// Python's `float // float` (CPython `float_floor_div`), which the histogram uses.

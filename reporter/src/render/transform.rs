@@ -15,6 +15,9 @@
 
 use std::fmt::Write;
 
+use serde::Serialize;
+
+use crate::compat::pyjson::dumps;
 use crate::engine::records::{format_thread_name, RecordSet};
 use crate::render::format::allocator_type_name;
 
@@ -108,36 +111,89 @@ impl<K: std::hash::Hash + Eq> Interner<K> {
 }
 
 fn gprof2dot(set: &RecordSet) -> String {
-    let mut functions = Interner::new();
-    let mut function_json: Vec<String> = Vec::new();
-    let mut events: Vec<String> = Vec::new();
-    for r in &set.records {
-        let mut chain = Vec::new();
-        for l in set.report_stack(r) {
-            let (i, new) = functions.get((l.function.to_string(), l.filename.to_string()));
-            if new {
-                function_json.push(format!("{{\"name\": {}, \"module\": {}}}", json_str(&l.function), json_str(&l.filename)));
-            }
-            chain.push(i.to_string());
-        }
-        if chain.is_empty() {
-            continue;
-        }
-        events.push(format!("{{\"callchain\": [{}], \"cost\": [{}]}}", chain.join(", "), r.size));
+    #[derive(Serialize)]
+    struct Cost {
+        description: &'static str,
+        unit: &'static str,
     }
-    format!(
-        "{{\"version\": 0, \"costs\": [{{\"description\": \"Memory\", \"unit\": \"bytes\"}}], \"events\": [{}], \"functions\": [{}]}}",
-        events.join(", "),
-        function_json.join(", ")
-    )
+    #[derive(Serialize)]
+    struct Event {
+        callchain: Vec<usize>,
+        cost: [u64; 1],
+    }
+    #[derive(Serialize)]
+    struct Function {
+        name: String,
+        module: String,
+    }
+    #[derive(Serialize)]
+    struct Document {
+        version: u32,
+        costs: [Cost; 1],
+        events: Vec<Event>,
+        functions: Vec<Function>,
+    }
+    let mut interner = Interner::new();
+    let mut functions = Vec::new();
+    let mut events = Vec::new();
+    for r in &set.records {
+        let mut callchain = Vec::new();
+        for l in set.report_stack(r) {
+            let (i, new) = interner.get((l.function.to_string(), l.filename.to_string()));
+            if new {
+                functions.push(Function { name: l.function.to_string(), module: l.filename.to_string() });
+            }
+            callchain.push(i);
+        }
+        if !callchain.is_empty() {
+            events.push(Event { callchain, cost: [r.size] });
+        }
+    }
+    let doc = Document { version: 0, costs: [Cost { description: "Memory", unit: "bytes" }], events, functions };
+    dumps(&doc, None)
 }
 
 /// A speedscope sample: frame indices root first, bytes, allocations.
 type Sample = (Vec<usize>, u64, u64);
 
 fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
-    let mut frames = Interner::new();
-    let mut frame_json: Vec<String> = Vec::new();
+    #[derive(Serialize)]
+    struct Frame {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        line: Option<i32>,
+    }
+    #[derive(Serialize)]
+    struct Shared {
+        frames: Vec<Frame>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Profile<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        name: &'static str,
+        unit: &'static str,
+        start_value: u64,
+        end_value: u128,
+        samples: Vec<&'a [usize]>,
+        weights: Vec<u64>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Document<'a> {
+        #[serde(rename = "$schema")]
+        schema: &'static str,
+        shared: Shared,
+        profiles: [Profile<'a>; 2],
+        name: &'a str,
+        active_profile_index: u32,
+        exporter: String,
+    }
+    let mut interner = Interner::new();
+    let mut frames = Vec::new();
     let mut samples = Interner::new();
     // (stack, bytes, allocations) per distinct sample, in first-seen order.
     let mut weights: Vec<Sample> = Vec::new();
@@ -148,17 +204,13 @@ fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
         }
         let mut sample = Vec::with_capacity(stack.len());
         for l in stack.iter().rev() {
-            let (i, new) = frames.get((l.function.to_string(), l.filename.to_string(), l.lineno));
+            let (i, new) = interner.get((l.function.to_string(), l.filename.to_string(), l.lineno));
             if new {
-                let mut f = format!("{{\"name\": {}", json_str(&l.function));
-                if !l.filename.is_empty() {
-                    let _ = write!(f, ", \"file\": {}", json_str(&l.filename));
-                }
-                if l.lineno > 0 {
-                    let _ = write!(f, ", \"line\": {}", l.lineno);
-                }
-                f.push('}');
-                frame_json.push(f);
+                frames.push(Frame {
+                    name: l.function.to_string(),
+                    file: (!l.filename.is_empty()).then(|| l.filename.to_string()),
+                    line: (l.lineno > 0).then_some(l.lineno),
+                });
             }
             sample.push(i);
         }
@@ -170,35 +222,32 @@ fn speedscope(set: &RecordSet, name: &str, version: &str) -> String {
         w.1 = w.1.wrapping_add(r.size);
         w.2 += r.n_allocations;
     }
-    let profile = |name: &str, unit: &str, weight: &dyn Fn(&Sample) -> u64| {
+    let profile = |name: &'static str, unit: &'static str, weight: &dyn Fn(&Sample) -> u64| {
         let kept: Vec<&Sample> = weights.iter().filter(|w| weight(w) > 0).collect();
-        let total: u128 = kept.iter().map(|w| weight(w) as u128).sum();
-        let samples: Vec<String> =
-            kept.iter().map(|w| format!("[{}]", w.0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))).collect();
-        let values: Vec<String> = kept.iter().map(|w| weight(w).to_string()).collect();
-        format!(
-            "{{\"type\": \"sampled\", \"name\": {}, \"unit\": {}, \"startValue\": 0, \"endValue\": {total}, \"samples\": [{}], \"weights\": [{}]}}",
-            json_str(name),
-            json_str(unit),
-            samples.join(", "),
-            values.join(", ")
-        )
+        Profile {
+            kind: "sampled",
+            name,
+            unit,
+            start_value: 0,
+            end_value: kept.iter().map(|w| weight(w) as u128).sum(),
+            samples: kept.iter().map(|w| w.0.as_slice()).collect(),
+            weights: kept.iter().map(|w| weight(w)).collect(),
+        }
     };
-    format!(
-        "{{\"$schema\": \"https://www.speedscope.app/file-format-schema.json\", \"shared\": {{\"frames\": [{}]}}, \"profiles\": [{}, {}], \"name\": {}, \"activeProfileIndex\": 0, \"exporter\": {}}}",
-        frame_json.join(", "),
-        profile("Memory", "bytes", &|w| w.1),
-        profile("Allocations", "none", &|w| w.2),
-        json_str(name),
-        json_str(&format!("memray@{version}"))
-    )
+    let doc = Document {
+        schema: "https://www.speedscope.app/file-format-schema.json",
+        shared: Shared { frames },
+        profiles: [profile("Memory", "bytes", &|w| w.1), profile("Allocations", "none", &|w| w.2)],
+        name,
+        active_profile_index: 0,
+        exporter: format!("memray@{version}"),
+    };
+    dumps(&doc, None)
 }
 
 /// A JSON string as Python's `json.dumps` writes it (`ensure_ascii`).
 pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    crate::compat::pyjson::write_str(&mut out, s);
-    out
+    crate::compat::pyjson::dumps(s, None)
 }
 
 #[cfg(test)]
