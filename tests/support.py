@@ -55,6 +55,21 @@ def hybrid_unavailable(interp) -> Optional[str]:
 
 SUBPROCESS_TIMEOUT = float(os.environ.get("MEMRAY_TESTS_SUBPROCESS_TIMEOUT", "90"))
 
+def children_of(pid: int) -> List[int]:
+    """The processes whose parent is `pid`, as /proc lists them now, by PID."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The command name may hold spaces and parentheses: the fields follow the last ')'.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return sorted(out)
+
+
 def c_compiler() -> str:
     """The C compiler the tests build helpers with: $CC, else cc or gcc on PATH."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")

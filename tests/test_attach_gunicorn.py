@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -83,19 +82,6 @@ class Client(threading.Thread):
             time.sleep(0.002)
 
 
-def _children(pid):
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return sorted(out)
-
-
 def _until(what, check, timeout=60):
     deadline = time.time() + timeout
     while True:
@@ -121,7 +107,7 @@ def test_attach_children_of_gunicorn_under_load(it, build, tracked_env, workdir)
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     memray = lambda *args: support.run([build.binary, *map(str, args)], env=tracked_env)  # noqa: E731
     try:
-        workers = _until("%d workers" % WORKERS, lambda: len(_children(master.pid)) == WORKERS and _children(master.pid))
+        workers = _until("%d workers" % WORKERS, lambda: len(support.children_of(master.pid)) == WORKERS and support.children_of(master.pid))
         client = Client(port)
         client.start()
         _until("a first answer", lambda: client.answered > 0 or client.failed)
@@ -131,7 +117,7 @@ def test_attach_children_of_gunicorn_under_load(it, build, tracked_env, workdir)
             assert "attached to %d " % pid in res.stderr, res.stderr
         # A worker forked after the attach is followed.
         os.kill(master.pid, signal.SIGTTIN)
-        late = _until("the fifth worker", lambda: [p for p in _children(master.pid) if p not in workers])[0]
+        late = _until("the fifth worker", lambda: [p for p in support.children_of(master.pid) if p not in workers])[0]
         before = client.answered
         _until("more answers", lambda: client.answered > before + 50)
         res = assert_ok(memray("detach", "--children", master.pid))

@@ -262,7 +262,7 @@ def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, 
         res = memray("detach", "--children", master.pid)
         assert res.returncode != 0 and "no process of the tree" in res.stderr, res.describe()
         # Ended by the duration, not by the process: the late worker runs on, untracked.
-        assert master.poll() is None and late in _children(master.pid)
+        assert master.poll() is None and late in support.children_of(master.pid)
         (workdir / "stop").write_text("")
         assert master.wait(timeout=30) == 0, master.stdout.read().decode(errors="replace")
     finally:
@@ -273,16 +273,3 @@ def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, 
     cap = reader.read(workdir / ("tree.bin.%d" % late), "all")
     assert cap.metadata["pid"] == late
 
-
-def _children(pid):
-    from pathlib import Path
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
