@@ -22,7 +22,7 @@ fn check(op: &'static str, tid: i32, rc: libc::c_long) -> Result<libc::c_long> {
     Ok(rc)
 }
 
-fn raw(op: &'static str, req: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<libc::c_long> {
+pub(crate) fn raw(op: &'static str, req: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<libc::c_long> {
     if !matches!(req, libc::PTRACE_GETREGSET | libc::PTRACE_GETFPREGS) {
         crate::death_points::before_change(op, tid);
     }
@@ -126,40 +126,6 @@ pub fn poke_byte(tid: i32, addr: u64, byte: u8) -> Result<()> {
         poke(tid, aligned, new)?;
     }
     Ok(())
-}
-
-const NT_X86_XSTATE: usize = 0x202;
-
-/// The thread's whole FP/vector state: XSAVE area (x87, SSE, AVX, AVX-512...) when the
-/// kernel offers it, else the FXSAVE area of PTRACE_GETFPREGS.
-pub enum FpState {
-    Xstate(Vec<u8>),
-    Fxsave(Box<libc::user_fpregs_struct>),
-}
-
-pub fn save_fp(tid: i32) -> Result<FpState> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    if raw("GETREGSET", libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec as usize).is_ok() {
-        buf.truncate(iov.iov_len);
-        return Ok(FpState::Xstate(buf));
-    }
-    // SAFETY: user_fpregs_struct is plain integers; all-zero is a valid value.
-    let mut fx: Box<libc::user_fpregs_struct> = Box::new(unsafe { std::mem::zeroed() });
-    raw("GETFPREGS", libc::PTRACE_GETFPREGS, tid, 0, &mut *fx as *mut libc::user_fpregs_struct as usize)?;
-    Ok(FpState::Fxsave(fx))
-}
-
-pub fn restore_fp(tid: i32, state: &mut FpState) -> Result<()> {
-    match state {
-        FpState::Xstate(buf) => {
-            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-            raw("SETREGSET", libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec as usize).map(drop)
-        }
-        FpState::Fxsave(fx) => {
-            raw("SETFPREGS", libc::PTRACE_SETFPREGS, tid, 0, &mut **fx as *mut libc::user_fpregs_struct as usize).map(drop)
-        }
-    }
 }
 
 /// A decoded wait status.

@@ -21,13 +21,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::arch::FpState;
 use crate::arch::{self, Regs};
 use crate::cave::{self, Cave};
 use crate::error::{Error, Result};
 use crate::inspect::Symbols;
 use crate::memory;
 use crate::proc;
-use crate::sys::{self, FpState, Wait};
+use crate::sys::{self, Wait};
 use crate::InjectOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -267,11 +268,7 @@ impl<'a> Tracer<'a> {
     /// Installs the cave's SIGTRAP handler, through `tid` stopped anywhere.
     fn install_trap_handler(&mut self, tid: i32) -> Result<()> {
         let cave = self.cave()?;
-        let mut act = [0u8; 32];
-        act[0..8].copy_from_slice(&cave.handler().to_le_bytes());
-        let flags = (libc::SA_SIGINFO | libc::SA_RESTART) as u64 | 0x0400_0000; // SA_RESTORER
-        act[8..16].copy_from_slice(&flags.to_le_bytes());
-        act[16..24].copy_from_slice(&cave.restorer().to_le_bytes());
+        let act = arch::trap_action(cave.handler(), cave.restorer());
         let wake = self.opts.wake_main_thread && tid == self.pid;
         let old = self.remote_sigaction(tid, &act, wake)?;
         let old_handler = u64::from_le_bytes(old[0..8].try_into().unwrap_or_default());
@@ -296,7 +293,7 @@ impl<'a> Tracer<'a> {
         if let Some(nr) = woken {
             self.log(&format!("main thread was blocked in system call {nr}: woken with EINTR (Python retries it)"));
         }
-        let fp = sys::save_fp(tid)?;
+        let fp = arch::save_fp(tid)?;
         // Below the red zone: [saved registers][act][old].
         let area = arch::below_red_zone(arch::sp(&regs0), 0x200);
         let mut block = arch::saved_area(&back, arch::sp(&back));
@@ -338,7 +335,7 @@ impl<'a> Tracer<'a> {
         let cave = self.cave()?;
         let mut regs0 = sys::getregs(tid)?;
         arch::set_pc(&mut regs0, addr);
-        let fp = sys::save_fp(tid)?;
+        let fp = arch::save_fp(tid)?;
         let path = c_string(library.as_bytes());
         let arg = c_string(arg);
         let symbol = c_string(entry.as_bytes());
@@ -939,7 +936,7 @@ impl<'a> Tracer<'a> {
     fn restore_focus(&mut self) -> Result<()> {
         if let Some((tid, regs, mut fp)) = self.saved.take() {
             sys::setregs(tid, regs)?;
-            sys::restore_fp(tid, &mut fp)?;
+            arch::restore_fp(tid, &mut fp)?;
         }
         Ok(())
     }

@@ -6,11 +6,14 @@
 //!   run a piece of the cave ([`set_call`], [`set_syscall`]), where a function's return
 //!   address is at its entry ([`entry_return_address`], [`call_return_slot`]), the red
 //!   zone ([`below_red_zone`]) and the saved-register area the cave restores
-//!   ([`saved_area`], [`SAVED_LEN`]);
+//!   ([`saved_area`], [`SAVED_LEN`]), and the FP/vector state saved around the cave's
+//!   code ([`save_fp`], [`restore_fp`], [`FpState`]);
 //! - system calls: how a thread stopped in one carries on ([`resume_point`]);
 //! - breakpoints: the instruction ([`BREAKPOINT`]), how far past it a trapped thread's
 //!   pc is ([`BREAKPOINT_LEN`]) and the `si_code` of its SIGTRAP
 //!   ([`BREAKPOINT_SI_CODE`]);
+//! - signals: the kernel's `sigaction` that installs the cave's SIGTRAP handler
+//!   ([`trap_action`]);
 //! - the cave: the assembled image ([`cave_image`]), where each of its pieces
 //!   ([`Label`]) is ([`cave_label`]) and the layout of the call sequence's block
 //!   ([`block`]).
