@@ -485,3 +485,21 @@ def test_a_cut_capture_reads_to_the_cut_in_every_reporter(interp, script, memray
                 first = bool(said_cut)
             assert bool(said_cut) == first, (n, report, res.stderr)
     assert cuts_inside > 0, "no cut landed inside a record: the test checked nothing about cuts"
+
+
+@pytest.mark.ours_only
+@pytest.mark.parametrize("tz", ["EST5EDT,M3.2.0,M11.1.0", "Europe/Paris", "Asia/Kolkata", "UTC"])
+def test_stats_times_in_the_local_zone_match_memray(tz, build, tmp_path):
+    """`stats --json` writes local times as Python's datetime does (the C library's
+    localtime): with TZ a zone name or a POSIX rule string."""
+    import support
+    oracle = support.nearest_oracle(12)
+    if oracle is None:
+        pytest.skip("no Memray 1.20 oracle venv")
+    capture = support.REPO / "reporter" / "tests" / "fixtures" / "memray-py310.bin"
+    env = dict(os.environ, TZ=tz)
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    assert_ok(run([build.binary, "stats", "--json", "-f", "-o", ours, capture], env=env))
+    assert_ok(run([oracle, "-m", "memray", "stats", "--json", "-f", "-o", theirs, capture], env=env))
+    a, b = json.loads(ours.read_text())["metadata"], json.loads(theirs.read_text())["metadata"]
+    assert (a["start_time"], a["end_time"]) == (b["start_time"], b["end_time"])

@@ -1,11 +1,7 @@
 //! Timestamps as Memray prints them in report metadata: `str()` of an aware local
 //! datetime, e.g. `2024-05-01 12:00:00.250000+02:00`.
 //!
-//! The local UTC offset comes from the TZif file named by `TZ` (or `/etc/localtime`).
-//! Instants after the file's last transition use that transition's offset; zones whose
-//! future offsets only follow from the footer's DST rule may be off by that rule.
-
-use std::path::PathBuf;
+//! The local UTC offset is the C library's (see [`local_offset`]); the text is Python's.
 
 /// Formats milliseconds since the epoch in local time, as Memray's `millis_to_dt`.
 pub fn format_millis(ms: i64) -> String {
@@ -46,77 +42,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// The local UTC offset (seconds) at `t` (seconds since the epoch); 0 if unknown.
+/// The local UTC offset (seconds) at `t` (seconds since the epoch), as `localtime_r`
+/// gives it (what CPython's `datetime.astimezone()` uses): chrono's `Local` reads `TZ`
+/// (a zone name, a path or a POSIX rule string) or /etc/localtime, footer rules included.
+/// 0 if unknown.
 pub fn local_offset(t: i64) -> i64 {
-    let path = match std::env::var("TZ") {
-        Ok(tz) => {
-            let tz = tz.strip_prefix(':').unwrap_or(&tz).to_string();
-            if tz.is_empty() || tz == "UTC" || tz == "UTC0" || tz == "GMT" {
-                return 0;
-            }
-            if tz.starts_with('/') {
-                PathBuf::from(tz)
-            } else {
-                PathBuf::from("/usr/share/zoneinfo").join(tz)
-            }
-        }
-        Err(_) => PathBuf::from("/etc/localtime"),
-    };
-    std::fs::read(path).ok().and_then(|data| tzif_offset(&data, t)).unwrap_or(0)
-}
-
-/// Offset at `t` from TZif data (RFC 8536), using the 64-bit section when present.
-pub fn tzif_offset(data: &[u8], t: i64) -> Option<i64> {
-    let header = |at: usize| -> Option<[usize; 6]> {
-        if data.get(at..at + 4)? != b"TZif" {
-            return None;
-        }
-        let mut counts = [0usize; 6];
-        for (i, c) in counts.iter_mut().enumerate() {
-            let b = data.get(at + 20 + 4 * i..at + 24 + 4 * i)?;
-            *c = u32::from_be_bytes(b.try_into().ok()?) as usize;
-        }
-        Some(counts)
-    };
-    let [isut, isstd, leap, timecnt, typecnt, charcnt] = header(0)?;
-    let version = *data.get(4)?;
-    let v1_len = timecnt * 5 + typecnt * 6 + charcnt + leap * 8 + isstd + isut;
-    let (start, counts, time_size) = if version >= b'2' {
-        let at = 44 + v1_len;
-        (at + 44, header(at)?, 8)
-    } else {
-        (44, [isut, isstd, leap, timecnt, typecnt, charcnt], 4)
-    };
-    let [_, _, _, timecnt, typecnt, _] = counts;
-    let times = data.get(start..start + timecnt * time_size)?;
-    let indices = data.get(start + timecnt * time_size..start + timecnt * (time_size + 1))?;
-    let types = data.get(start + timecnt * (time_size + 1)..start + timecnt * (time_size + 1) + typecnt * 6)?;
-    let utoff = |i: usize| -> Option<i64> {
-        let b = types.get(i * 6..i * 6 + 4)?;
-        Some(i32::from_be_bytes(b.try_into().ok()?) as i64)
-    };
-    let transition = |i: usize| -> i64 {
-        let b = &times[i * time_size..(i + 1) * time_size];
-        if time_size == 8 {
-            i64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
-        } else {
-            i32::from_be_bytes(b.try_into().unwrap_or([0; 4])) as i64
-        }
-    };
-    // The last transition at or before t; before the first, the first standard type.
-    let mut chosen = None;
-    for i in 0..timecnt {
-        if transition(i) <= t {
-            chosen = Some(*indices.get(i)? as usize);
-        } else {
-            break;
-        }
+    use chrono::{Offset, TimeZone};
+    match chrono::Local.timestamp_opt(t, 0) {
+        chrono::LocalResult::Single(dt) | chrono::LocalResult::Ambiguous(dt, _) => i64::from(dt.offset().fix().local_minus_utc()),
+        chrono::LocalResult::None => 0,
     }
-    let index = match chosen {
-        Some(i) => i,
-        None => (0..typecnt).find(|&i| types.get(i * 6 + 4) == Some(&0)).unwrap_or(0),
-    };
-    utoff(index)
 }
 
 #[cfg(test)]
@@ -131,15 +66,34 @@ mod tests {
         assert_eq!(format_millis_with_offset(-1, 0), "1969-12-31 23:59:59.999000+00:00");
     }
 
+    /// (TZ, offset in November 2023, in July 2023, in July 2050: past any transition a
+    /// zone file lists, where only its footer rule says).
+    const ZONES: [(&str, i64, i64, i64); 3] =
+        [("UTC", 0, 0, 0), ("Europe/Paris", 3600, 7200, 7200), ("EST5EDT,M3.2.0,M11.1.0", -18000, -14400, -14400)];
+    const INSTANTS: [i64; 3] = [1_700_000_000, 1_690_000_000, 2_540_000_000];
+
+    /// Each zone in a child process of this test binary (TZ is process-wide: setting it
+    /// here would race with the other tests' local times).
     #[test]
-    fn reads_system_zones() {
-        // Only when the zone database is installed.
-        if let Ok(data) = std::fs::read("/usr/share/zoneinfo/Europe/Paris") {
-            assert_eq!(tzif_offset(&data, 1_700_000_000), Some(3600)); // November 2023
-            assert_eq!(tzif_offset(&data, 1_690_000_000), Some(7200)); // July 2023
+    fn local_offsets_follow_tz() {
+        let exe = std::env::current_exe().expect("the test binary");
+        for (i, (tz, ..)) in ZONES.iter().enumerate() {
+            let out = std::process::Command::new(&exe)
+                .args(["--exact", "compat::localtime::tests::offsets_of_the_zone_in_tz", "--nocapture", "--test-threads=1"])
+                .env("TZ", tz)
+                .env("MEMRAY_TEST_ZONE", i.to_string())
+                .output()
+                .expect("run the test binary");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "TZ={tz}:\n{text}");
         }
-        if let Ok(data) = std::fs::read("/usr/share/zoneinfo/Etc/UTC") {
-            assert_eq!(tzif_offset(&data, 1_700_000_000), Some(0));
-        }
+    }
+
+    #[test]
+    fn offsets_of_the_zone_in_tz() {
+        let Some(i) = std::env::var("MEMRAY_TEST_ZONE").ok().and_then(|v| v.parse::<usize>().ok()) else { return };
+        let (tz, a, b, c) = ZONES[i];
+        let got: Vec<i64> = INSTANTS.iter().map(|&t| local_offset(t)).collect();
+        assert_eq!(got, vec![a, b, c], "TZ={tz}");
     }
 }
