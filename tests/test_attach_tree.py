@@ -148,6 +148,9 @@ def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir
         (workdir / "stop").write_text("")
         assert master.wait(timeout=30) == 0, master.stdout.read().decode(errors="replace")
     finally:
+        # Workers stop on the flag, whatever happened (killing the master alone would
+        # leave them running).
+        (workdir / "stop").write_text("")
         if master.poll() is None:
             master.kill()
             master.wait()
@@ -266,6 +269,9 @@ def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, 
         (workdir / "stop").write_text("")
         assert master.wait(timeout=30) == 0, master.stdout.read().decode(errors="replace")
     finally:
+        # Workers stop on the flag, whatever happened (killing the master alone would
+        # leave them running).
+        (workdir / "stop").write_text("")
         if master.poll() is None:
             master.kill()
             master.wait()
