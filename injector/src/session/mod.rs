@@ -94,15 +94,29 @@ pub struct Session {
     /// The control block's address in the target.
     addr: u64,
     nonce: u64,
+    /// Until then, a block that cannot be read yet is waited for: through PEP 768 the
+    /// loader may still be mapping the payload's segments (the first one's mapping spans
+    /// them all until each is mapped over it).
+    settling: Option<Instant>,
 }
 
 impl Session {
+    /// The control block, or None while it may still be settling.
+    fn read(&self) -> Result<Option<control::Control>> {
+        match control::read(self.pid, self.addr) {
+            Ok(c) => Ok(Some(c)),
+            Err(_) if !crate::process_alive(self.pid) => Err(exited(self.pid)),
+            Err(_) if self.settling.is_some_and(|until| Instant::now() < until) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ok while the session may still start (the live view waits on it to connect).
     pub fn check_starting(&self) -> Result<()> {
         if !crate::process_alive(self.pid) {
             return Err(exited(self.pid));
         }
-        let c = control::read(self.pid, self.addr)?;
+        let Some(c) = self.read()? else { return Ok(()) };
         if c.session == self.nonce && c.state == STATE_FAILED {
             return Err(Error::TrackingFailed { pid: self.pid, message: c.message });
         }
@@ -312,8 +326,9 @@ pub fn attach(pid: i32, req: &AttachRequest) -> Result<Attached> {
             return Err(Error::PayloadNotMapped(pid));
         }
     };
-    let session = Session { pid, addr, nonce };
     let deadline = Instant::now() + req.timeout.max(Duration::from_secs(2));
+    let settling = (injected.method == Method::RemoteExec).then_some(deadline);
+    let session = Session { pid, addr, nonce, settling };
     if live {
         let stream = match (socket_pair, live_port) {
             (Some((ours, theirs)), _) => {
@@ -324,7 +339,7 @@ pub fn attach(pid: i32, req: &AttachRequest) -> Result<Attached> {
             (None, Some(port)) => {
                 // The entry has run once its nonce shows: then the payload listens (or
                 // reports why it does not, which the view's connect notices).
-                while control::read(pid, addr)?.session != nonce {
+                while session.read()?.is_none_or(|c| c.session != nonce) {
                     session.check_starting()?;
                     if req.cancelled() {
                         return Err(Error::InterruptedBeforeView);
@@ -416,7 +431,10 @@ fn await_live_handoff(session: &Session, theirs: &UnixStream, req: &AttachReques
         if req.cancelled() {
             return Err(Error::InterruptedBeforeView);
         }
-        let c = control::read(pid, addr)?;
+        let Some(c) = session.read()? else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
         if c.session == nonce && c.handoff > 0 {
             let still_waiting = || control::read(pid, addr).is_ok_and(|now| now.session == nonce && now.handoff == c.handoff);
             return crate::handoff::send(pid, c.handoff - 1, &[theirs.as_raw_fd()], still_waiting);
