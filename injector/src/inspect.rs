@@ -142,19 +142,18 @@ pub fn inspect(pid: i32) -> Result<ProcessInfo> {
     let maps = proc::maps(pid)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let paths = elf::object_paths(&maps);
+    let exe_object = paths.iter().find(|p| **p == exe).and_then(|p| Object::open(pid, p, &maps).ok());
     // The payload is built for glibc: a process on musl (an Alpine image) cannot load it.
-    if let Some(loader) = paths.iter().find(|p| **p == exe).and_then(|p| Object::open(pid, p, &maps).ok()?.interpreter) {
-        if elf::basename(&loader).starts_with("ld-musl") {
-            return Err(Error::UnsupportedLibc { pid, loader });
+    if let Some(loader) = exe_object.as_ref().and_then(|o| o.interpreter.as_deref()) {
+        if elf::basename(loader).starts_with("ld-musl") {
+            return Err(Error::UnsupportedLibc { pid, loader: loader.to_string() });
         }
     }
 
     // CPython: the executable (static build) or a libpython.
-    let mut candidates: Vec<&String> = paths.iter().filter(|p| **p == exe).collect();
-    candidates.extend(paths.iter().filter(|p| elf::basename(p).starts_with("libpython")));
+    let libpythons = paths.iter().filter(|p| elf::basename(p).starts_with("libpython")).filter_map(|p| Object::open(pid, p, &maps).ok());
     let mut found: Option<(Object, HashMap<String, Symbol>)> = None;
-    for path in candidates {
-        let Ok(obj) = Object::open(pid, path, &maps) else { continue };
+    for obj in exe_object.into_iter().chain(libpythons) {
         let Ok(syms) = obj.lookup(&version_probes()) else { continue };
         if syms.contains_key("Py_Initialize") && syms.contains_key("PyGILState_Ensure") {
             found = Some((obj, syms));

@@ -315,7 +315,6 @@ pub(crate) fn process_alive(pid: i32) -> bool {
     proc::exists(pid) && proc::status(pid).map(|s| s.state != 'Z' && s.state != 'X').unwrap_or(false)
 }
 
-/// The process's command line, space-joined.
 /// The process's id in its own PID namespace (a container's), which is what it calls
 /// itself (`getpid`); `pid` itself when it shares ours.
 pub(crate) fn pid_in_its_namespace(pid: i32) -> i32 {
@@ -356,6 +355,7 @@ pub(crate) fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
+/// The process's command line, space-joined.
 pub fn command_line(pid: i32) -> String {
     proc::cmdline(pid)
 }

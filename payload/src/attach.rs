@@ -54,9 +54,10 @@ fn clock_base() -> Instant {
 /// The session's end and duration, remembered for fork children (None: no duration).
 fn session_end(duration: Option<Duration>) -> Option<(Instant, Duration)> {
     let end = duration.and_then(|d| Some((Instant::now().checked_add(d)?, d)));
-    let ns = end.map_or(0, |(at, _)| at.saturating_duration_since(clock_base()).as_nanos().min(u64::MAX as u128) as u64);
+    // 0 stands for "none": an end is stored as at least 1 ns after the base.
+    let ns = end.map_or(0, |(at, _)| at.saturating_duration_since(clock_base()).as_nanos().clamp(1, u64::MAX as u128) as u64);
     SESSION_DURATION_NS.store(duration.map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64), Ordering::Release);
-    SESSION_END_NS.store(ns.max(u64::from(end.is_some())), Ordering::Release);
+    SESSION_END_NS.store(ns, Ordering::Release);
     end
 }
 
@@ -291,6 +292,9 @@ extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
             }
         }
     }
+    // Recorded before tracking starts: a fork child adopting the session from the first
+    // moment must not find the end of an earlier session there.
+    let end = session_end(args.duration());
     match run_python("start", &args.text) {
         Ok(path) => publish(STATE_ACTIVE, &path),
         Err(e) => {
@@ -298,7 +302,7 @@ extern "C" fn attach_main(arg: *mut c_void) -> *mut c_void {
             return std::ptr::null_mut();
         }
     }
-    supervise(nonce, session_end(args.duration()));
+    supervise(nonce, end);
     std::ptr::null_mut()
 }
 

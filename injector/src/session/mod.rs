@@ -111,16 +111,23 @@ impl Session {
         }
     }
 
-    /// Ok while the session may still start (the live view waits on it to connect).
-    pub fn check_starting(&self) -> Result<()> {
+    /// The control block while the session may still start (None while it settles); an
+    /// error once the process is gone or the session failed to start.
+    fn starting(&self) -> Result<Option<control::Control>> {
         if !crate::process_alive(self.pid) {
             return Err(exited(self.pid));
         }
-        let Some(c) = self.read()? else { return Ok(()) };
-        if c.session == self.nonce && c.state == STATE_FAILED {
-            return Err(Error::TrackingFailed { pid: self.pid, message: c.message });
+        match self.read()? {
+            Some(c) if c.session == self.nonce && c.state == STATE_FAILED => {
+                Err(Error::TrackingFailed { pid: self.pid, message: c.message })
+            }
+            other => Ok(other),
         }
-        Ok(())
+    }
+
+    /// Ok while the session may still start (the live view waits on it to connect).
+    pub fn check_starting(&self) -> Result<()> {
+        self.starting().map(drop)
     }
 
     /// Asks the session to stop and waits until it has. Ok(false) if the process is gone.
@@ -339,8 +346,7 @@ pub fn attach(pid: i32, req: &AttachRequest) -> Result<Attached> {
             (None, Some(port)) => {
                 // The entry has run once its nonce shows: then the payload listens (or
                 // reports why it does not, which the view's connect notices).
-                while session.read()?.is_none_or(|c| c.session != nonce) {
-                    session.check_starting()?;
+                while session.starting()?.is_none_or(|c| c.session != nonce) {
                     if req.cancelled() {
                         return Err(Error::InterruptedBeforeView);
                     }
@@ -427,11 +433,10 @@ fn await_live_handoff(session: &Session, theirs: &UnixStream, req: &AttachReques
     use std::os::fd::AsRawFd;
     let (pid, addr, nonce) = (session.pid, session.addr, session.nonce);
     loop {
-        session.check_starting()?;
         if req.cancelled() {
             return Err(Error::InterruptedBeforeView);
         }
-        let Some(c) = session.read()? else {
+        let Some(c) = session.starting()? else {
             std::thread::sleep(Duration::from_millis(1));
             continue;
         };
