@@ -36,7 +36,7 @@ pub fn memray_parse_dump<R: Read>(reader: &mut Reader<R>, out: &mut impl Write) 
         h.native_traces,
         h.file_format.name(),
         h.n_allocations,
-        h.n_frames,
+        h.sampling_interval,
         h.start_time_ms,
         h.end_time_ms,
         h.pid,

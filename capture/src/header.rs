@@ -17,8 +17,9 @@ pub struct Header {
     /// ALLOCATION records written, frees included (Memray's streaming writer counts every
     /// record; its aggregating writer leaves this 0).
     pub n_allocations: u64,
-    /// Always 0 in Memray 1.20.
-    pub n_frames: u64,
+    /// The wire's `n_frames`, which Memray 1.20 leaves 0: a sampled capture keeps its
+    /// sampling interval (bytes) here, 0 meaning every allocation was recorded.
+    pub sampling_interval: u64,
     pub start_time_ms: i64,
     pub end_time_ms: i64,
     pub command_line: String,
@@ -44,7 +45,7 @@ impl Default for Header {
             native_traces: false,
             file_format: FileFormat::AllAllocations,
             n_allocations: 0,
-            n_frames: 0,
+            sampling_interval: 0,
             start_time_ms: 0,
             end_time_ms: 0,
             command_line: String::new(),
@@ -76,7 +77,7 @@ impl Header {
         s.put_u8(self.native_traces as u8);
         s.put_u8(self.file_format as u8);
         s.put(&self.n_allocations.to_ne_bytes());
-        s.put(&self.n_frames.to_ne_bytes());
+        s.put(&self.sampling_interval.to_ne_bytes());
         s.put(&self.start_time_ms.to_ne_bytes());
         s.put(&self.end_time_ms.to_ne_bytes());
         put_cstr(s, self.command_line.as_bytes());

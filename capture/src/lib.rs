@@ -20,6 +20,7 @@ mod input;
 mod progress;
 pub mod ranges;
 mod reader;
+pub mod sampling;
 mod types;
 mod varint;
 

@@ -128,7 +128,7 @@ pub(crate) fn read_header<S: Read>(input: &mut Input<S>) -> Result<Header, Captu
     let file_format =
         FileFormat::from_u8(format_byte).ok_or_else(|| input.corrupt(format!("unknown file format {format_byte} in header")))?;
     let n_allocations = input.u64()?;
-    let n_frames = input.u64()?;
+    let sampling_interval = input.u64()?;
     let start_time_ms = input.u64()? as i64;
     let end_time_ms = input.u64()? as i64;
     let command_line = input.cstr()?;
@@ -157,7 +157,7 @@ pub(crate) fn read_header<S: Read>(input: &mut Input<S>) -> Result<Header, Captu
         native_traces,
         file_format,
         n_allocations,
-        n_frames,
+        sampling_interval,
         start_time_ms,
         end_time_ms,
         command_line,

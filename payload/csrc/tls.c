@@ -14,10 +14,14 @@ struct memray_tls {
     uint64_t generation;
     uint64_t tid;
     void *state;
+    /* The sampler's countdown (see sampling.rs). */
+    int64_t bytes_left;
+    uint64_t rng;
+    uint64_t sampling_generation;
 };
 
 static __thread struct memray_tls tls __attribute__((tls_model("initial-exec"))) = {
-    0, 0, UINT64_MAX, 0, 0,
+    0, 0, UINT64_MAX, 0, 0, 0, 0, UINT64_MAX,
 };
 
 struct memray_tls *memray_tls_get(void) { return &tls; }

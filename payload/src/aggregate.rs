@@ -52,7 +52,10 @@ pub struct Aggregator {
     threads: Vec<(u64, String)>,
     keys: HashMap<LocationKey, usize>,
     locations: Vec<(LocationKey, Location)>,
-    live: PtrMap<(u64, usize)>,
+    /// Live blocks: (bytes, location, allocations it stands for).
+    live: PtrMap<(u64, usize, u64)>,
+    /// The capture's sampling interval (0: every allocation is recorded).
+    sampling_interval: u64,
     /// Live mmap ranges, owned by their locations.
     ranges: RangeSet<usize>,
     heap: u64,
@@ -66,7 +69,7 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new() -> Self {
+    pub fn new(sampling_interval: u64) -> Self {
         Aggregator {
             code_objects: Vec::new(),
             frames: Vec::new(),
@@ -78,6 +81,7 @@ impl Aggregator {
             keys: HashMap::new(),
             locations: Vec::new(),
             live: PtrMap::default(),
+            sampling_interval,
             ranges: RangeSet::new(),
             heap: 0,
             peak: 0,
@@ -135,9 +139,9 @@ impl Aggregator {
     pub fn allocation(&mut self, tid: u64, address: u64, size: u64, allocator: Allocator, native_frame_id: u64, generation: u64) {
         match (allocator.is_ranged(), allocator.is_deallocator()) {
             (false, true) => {
-                if let Some((size, loc)) = self.live.remove(&(address as usize)) {
+                if let Some((size, loc, count)) = self.live.remove(&(address as usize)) {
                     self.heap = self.heap.wrapping_sub(size);
-                    self.change(loc, 1u64.wrapping_neg(), size.wrapping_neg());
+                    self.change(loc, count.wrapping_neg(), size.wrapping_neg());
                 }
             }
             (true, true) => {
@@ -155,13 +159,15 @@ impl Aggregator {
                         self.change(loc, 1, size);
                     }
                 } else {
-                    if let Some((old_size, old_loc)) = self.live.insert(address as usize, (size, loc)) {
+                    // A sampled record stands for several allocations, as in the reporter.
+                    let count = memray_capture::sampling::estimated_count(size, self.sampling_interval, address, false);
+                    if let Some((old_size, old_loc, old_count)) = self.live.insert(address as usize, (size, loc, count)) {
                         // Its free was never seen (made before tracking started, or
                         // missed): the block leaves its location but, as in the
                         // reporter, its bytes stay in the heap.
-                        self.change(old_loc, 1u64.wrapping_neg(), old_size.wrapping_neg());
+                        self.change(old_loc, old_count.wrapping_neg(), old_size.wrapping_neg());
                     }
-                    self.change(loc, 1, size);
+                    self.change(loc, count, size);
                 }
             }
         }
@@ -255,7 +261,7 @@ mod tests {
 
     #[test]
     fn peak_and_leaks_per_location() {
-        let mut a = Aggregator::new();
+        let mut a = Aggregator::new(0);
         a.push(1, frame(1));
         a.allocation(1, 0x1000, 100, Allocator::Malloc, 0, 0); // heap 100
         a.pop(1, 1);
@@ -276,7 +282,7 @@ mod tests {
 
     #[test]
     fn partial_munmap_keeps_the_rest_live() {
-        let mut a = Aggregator::new();
+        let mut a = Aggregator::new(0);
         a.allocation(1, 0x10000, 0x4000, Allocator::Mmap, 0, 0);
         a.allocation(1, 0x11000, 0x1000, Allocator::Munmap, 0, 0);
         let rows = rows(a);
@@ -286,7 +292,7 @@ mod tests {
 
     #[test]
     fn trie_shares_common_prefixes() {
-        let mut a = Aggregator::new();
+        let mut a = Aggregator::new(0);
         a.push(1, frame(1));
         a.push(1, frame(2));
         a.pop(1, 1);
@@ -362,7 +368,7 @@ mod tests {
         /// capture of the same records: the same high-water mark, location by location.
         #[test]
         fn aggregated_rows_equal_the_full_captures_analysis(events in proptest::collection::vec(event(), 1..120)) {
-            let mut agg = Aggregator::new();
+            let mut agg = Aggregator::new(0);
             let mut enc = memray_capture::StreamEncoder::new();
             let mut full = Vec::new();
             header(memray_capture::FileFormat::AllAllocations).encode(&mut full);

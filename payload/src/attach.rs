@@ -573,6 +573,7 @@ def _attach_start(opts):
         session = Session(fd, None, False, False,
                           native_traces=opts.get('native') == '1',
                           trace_python_allocators=opts.get('trace_python_allocators') == '1',
+                          sampling_interval=int(opts.get('sampling_interval') or 0),
                           memory_interval_ms=int(opts.get('memory_interval_ms') or 10))
     else:
         fd = open_file_destination(output, opts.get('force') == '1')
@@ -582,6 +583,7 @@ def _attach_start(opts):
             trace_python_allocators=opts.get('trace_python_allocators') == '1',
             follow_fork=opts.get('follow_fork') == '1',
             aggregated=opts.get('aggregate') == '1',
+            sampling_interval=int(opts.get('sampling_interval') or 0),
             memory_interval_ms=int(opts.get('memory_interval_ms') or 10),
         )
     try:
@@ -600,6 +602,7 @@ def _attach_start_handed(opts, output, fds):
     options = dict(
         native_traces=opts.get('native') == '1',
         trace_python_allocators=opts.get('trace_python_allocators') == '1',
+        sampling_interval=int(opts.get('sampling_interval') or 0),
         memory_interval_ms=int(opts.get('memory_interval_ms') or 10),
     )
     try:

@@ -14,6 +14,8 @@ use memray_capture::Allocator;
 use crate::got::Redirect;
 use crate::lock::FutexMutex;
 use crate::python::Interpreter;
+use crate::sampled_blocks::SAMPLED;
+use crate::sampling;
 use crate::stack::{diff_and_update, StackSource};
 use crate::thread_state::{self, with_guard};
 use crate::writer::Writer;
@@ -55,7 +57,28 @@ pub fn record_allocation(address: *mut c_void, size: usize, allocator: Allocator
     if address.is_null() || !ACTIVE.load(Ordering::Relaxed) {
         return;
     }
+    let interval = sampling::interval();
+    if interval != 0 && allocator != Allocator::Mmap {
+        return record_sampled_allocation(address as usize, size, allocator, interval);
+    }
     with_guard(|| record_with_stack(|writer, tid, native_id| writer.write_allocation(tid, address as usize, size, allocator, native_id)));
+}
+
+/// A sampled capture: the allocation is recorded, with its weight as its size, only if
+/// the thread's countdown says so (see `sampling.rs`).
+#[inline(never)]
+fn record_sampled_allocation(address: usize, size: usize, allocator: Allocator, interval: u64) {
+    // Our own allocations take no part in the program's sampling.
+    if thread_state::guard_is_set() {
+        return;
+    }
+    let Some(weight) = sampling::sample(size, interval) else { return };
+    with_guard(|| {
+        record_with_stack(|writer, tid, native_id| {
+            SAMPLED.insert(writer, address);
+            writer.write_allocation(tid, address, weight as usize, allocator, native_id)
+        })
+    });
 }
 
 /// Records a Python object's creation (with the calling thread's stack) or destruction
@@ -114,17 +137,24 @@ fn record_with_stack(write: impl FnOnce(&mut crate::writer::Writer, u64, u64)) {
     write(writer, tid, native_id);
 }
 
-/// Records a deallocation (no stack: Memray's format carries none for frees).
+/// Records a deallocation (no stack: Memray's format carries none for frees). In a
+/// sampled capture, only the frees of sampled blocks are recorded (munmap always is).
 #[inline(always)]
 pub fn record_deallocation(address: *mut c_void, size: usize, allocator: Allocator) {
     if address.is_null() || !ACTIVE.load(Ordering::Relaxed) {
+        return;
+    }
+    let sampled = sampling::interval() != 0 && allocator != Allocator::Munmap;
+    if sampled && !SAMPLED.may_contain(address as usize) {
         return;
     }
     with_guard(|| {
         let tid = thread_state::current_tid();
         let mut guard = WRITER.lock();
         if let Some(writer) = guard.as_mut() {
-            writer.write_allocation(tid, address as usize, size, allocator, 0);
+            if !sampled || SAMPLED.remove(writer, address as usize) {
+                writer.write_allocation(tid, address as usize, size, allocator, 0);
+            }
         }
     });
 }

@@ -23,6 +23,8 @@ mod native;
 mod pymem;
 pub mod python;
 mod rss;
+mod sampled_blocks;
+mod sampling;
 mod sink;
 mod stack;
 mod thread_state;

@@ -25,6 +25,18 @@ struct Tls {
     tid: u64,
     /// A `*mut ThreadState` (opaque to C).
     state: *mut libc::c_void,
+    countdown: Countdown,
+}
+
+/// The thread's place in the sampler's Poisson process (`sampling.rs`): in TLS, because
+/// the sampler runs before anything else in every sampled hook and must not allocate.
+#[repr(C)]
+pub struct Countdown {
+    /// Bytes to allocate before the next sample.
+    pub bytes_left: i64,
+    pub rng: u64,
+    /// The tracker generation the countdown was drawn for (u64::MAX: never drawn).
+    pub generation: u64,
 }
 
 extern "C" {
@@ -101,6 +113,18 @@ pub fn with_guard<R>(f: impl FnOnce() -> R) -> Option<R> {
     let r = f();
     tls().guard = 0;
     Some(r)
+}
+
+/// Whether the reentrancy guard is set: the hook was reached from our own work.
+#[inline(always)]
+pub fn guard_is_set() -> bool {
+    tls().guard != 0
+}
+
+/// The calling thread's sampling countdown.
+#[inline(always)]
+pub fn countdown() -> &'static mut Countdown {
+    &mut tls().countdown
 }
 
 /// Sets the guard for the rest of the thread's life (the RSS sampler thread uses this).

@@ -40,6 +40,10 @@ pub struct Config {
     pub site_packages: Vec<String>,
     pub sys_path: Vec<String>,
     pub skipped_frames_on_main_tid: u64,
+    /// Mean bytes between sampled allocations; 0 records every one.
+    pub sampling_interval: u64,
+    /// Non-zero: a fixed seed for the sampler's random streams (reproducible tests).
+    pub sampling_seed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,10 @@ impl Config {
                 "site_packages" => c.site_packages.push(v.to_string()),
                 "sys_path" => c.sys_path.push(v.to_string()),
                 "skipped_frames_on_main_tid" => c.skipped_frames_on_main_tid = num(v)?.max(0) as u64,
+                "sampling_interval" => c.sampling_interval = num(v)?.max(0) as u64,
+                "sampling_seed" => {
+                    c.sampling_seed = v.parse::<u64>().map_err(|_| StartError::BadConfig(format!("{k}: not a number: {v:?}")))?
+                }
                 _ => return Err(StartError::BadConfig(format!("unknown key {k:?}"))),
             }
         }
@@ -103,7 +111,7 @@ impl Config {
             native_traces: self.native_traces,
             file_format: if self.file_format == 1 { FileFormat::AggregatedAllocations } else { FileFormat::AllAllocations },
             n_allocations: 0,
-            n_frames: 0,
+            sampling_interval: self.sampling_interval,
             start_time_ms: now_ms(),
             end_time_ms: 0,
             command_line: self.command_line.clone(),
@@ -145,6 +153,7 @@ pub fn start(config: Config) -> Result<(), StartError> {
     thread_state::reset_tids();
     let main_tid = thread_state::current_tid();
     *WRITER.lock() = Some(Writer::new(config.fd, config.buffered_file_io, config.header(main_tid), interp));
+    start_sampling(&config);
     hooks::NATIVE_TRACES.store(config.native_traces, Ordering::Release);
     if config.native_traces {
         // The first memory map follows the header, and the unwind table must exist
@@ -177,6 +186,14 @@ pub fn start(config: Config) -> Result<(), StartError> {
     };
     *running = Some(Running { config, sampler });
     Ok(())
+}
+
+/// Sets the sampler up for a capture whose writer exists: no sampled block is known yet.
+fn start_sampling(config: &Config) {
+    crate::sampling::configure(config.sampling_interval, config.sampling_seed);
+    if let Some(w) = WRITER.lock().as_mut() {
+        crate::sampled_blocks::SAMPLED.clear(w);
+    }
 }
 
 /// Stops tracking and finishes the capture. Returns false if no tracker was active.
@@ -330,6 +347,7 @@ fn continue_in_child(r: &mut Running) -> std::io::Result<()> {
     let main_tid = thread_state::current_tid();
     let interp = hooks::interpreter().ok_or_else(|| std::io::Error::other("no interpreter"))?;
     *WRITER.lock() = Some(Writer::new(fd, r.config.buffered_file_io, r.config.header(main_tid), interp));
+    start_sampling(&r.config);
     if r.config.native_traces {
         crate::native::refresh();
     }

@@ -57,7 +57,7 @@ impl Writer {
     pub fn new(fd: i32, buffered: bool, header: Header, interp: &'static crate::python::Interpreter) -> Self {
         let start_ms = header.start_time_ms;
         let out = match header.file_format {
-            FileFormat::AggregatedAllocations => Output::Aggregate(Box::new(Aggregator::new())),
+            FileFormat::AggregatedAllocations => Output::Aggregate(Box::new(Aggregator::new(header.sampling_interval))),
             _ => Output::Stream(StreamEncoder::new()),
         };
         let mut w = Writer {

@@ -46,7 +46,7 @@ class Tracker:
 
     def __init__(self, file_name=None, *, destination=None, native_traces=False, memory_interval_ms=10,
                  follow_fork=False, trace_python_allocators=False, track_object_lifetimes=False,
-                 file_format=FileFormat.ALL_ALLOCATIONS):
+                 file_format=FileFormat.ALL_ALLOCATIONS, sampling_interval=0):
         if (file_name is None) == (destination is None):
             raise TypeError("Exactly one of 'file_name' or 'destination' argument must be specified")
         if file_name is not None:
@@ -62,6 +62,9 @@ class Tracker:
                 raise RuntimeError("AGGREGATED_ALLOCATIONS requires an output file")
         if memory_interval_ms < 1:
             raise ValueError("memory_interval_ms must be at least 1")
+        if isinstance(sampling_interval, bool) or not isinstance(sampling_interval, int) or sampling_interval < 0:
+            raise ValueError("sampling_interval must be a number of bytes (0 records every allocation), not %r"
+                             % (sampling_interval,))
         if track_object_lifetimes and sys.version_info < (3, 13, 3):
             raise RuntimeError("track_object_lifetimes requires Python 3.13.3 or later (this is %s)"
                                % ".".join(map(str, sys.version_info[:3])))
@@ -72,6 +75,7 @@ class Tracker:
         self.trace_python_allocators = bool(trace_python_allocators)
         self.track_object_lifetimes = bool(track_object_lifetimes)
         self.file_format = file_format
+        self.sampling_interval = sampling_interval
         self._session = None
         self._used = False
         self._surviving_objects = None
@@ -134,6 +138,7 @@ class Tracker:
             follow_fork=self.follow_fork,
             memory_interval_ms=self.memory_interval_ms,
             aggregated=self.file_format == FileFormat.AGGREGATED_ALLOCATIONS,
+            sampling_interval=self.sampling_interval,
         )
 
 

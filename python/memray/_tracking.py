@@ -253,7 +253,7 @@ class Session:
 
     def __init__(self, fd, path, seekable, compress, native_traces=False, trace_python_allocators=False,
                  follow_fork=False, memory_interval_ms=10, aggregated=False, skipped_frames=0, dir_fd=None,
-                 buffered=False, track_object_lifetimes=False):
+                 buffered=False, track_object_lifetimes=False, sampling_interval=0):
         self.fd = fd
         self.path = path
         # With dir_fd (a directory descriptor `memray attach` handed over), `path` is a
@@ -269,6 +269,8 @@ class Session:
         self.track_object_lifetimes = track_object_lifetimes
         self.follow_fork = follow_fork
         self.memory_interval_ms = memory_interval_ms
+        # Mean bytes between recorded allocations (0: record every one).
+        self.sampling_interval = int(sampling_interval or 0)
         self.aggregated = aggregated
         # Frames of the starting thread that belong to memray itself (the `run` bootstrap);
         # readers hide them.
@@ -296,7 +298,12 @@ class Session:
             ("python_allocator", _python_allocator()),
             ("libdest", sysconfig.get_path("stdlib") or ""),
             ("skipped_frames_on_main_tid", self.skipped_frames),
+            ("sampling_interval", self.sampling_interval),
         ]
+        seed = os.environ.get("MEMRAY_SAMPLING_SEED")
+        if seed and self.sampling_interval:
+            # Reproducible sampling (tests): the sampler's random streams start from it.
+            pairs.append(("sampling_seed", int(seed)))
         if self.dir_fd is not None:
             pairs.append(("dir_fd", self.dir_fd))
             pairs.append(("path", self.path))
@@ -543,6 +550,7 @@ def run_from_cli():
         memory_interval_ms=int(env.pop("MEMRAY_RUN_INTERVAL_MS", "10")),
         aggregated=env.pop("MEMRAY_RUN_AGGREGATE", "0") == "1",
         buffered=env.pop("MEMRAY_RUN_BUFFERED", "0") == "1",
+        sampling_interval=int(env.pop("MEMRAY_RUN_SAMPLING_INTERVAL", "0")),
     )
     live_port = env.pop("MEMRAY_RUN_LIVE_PORT", "")
     live_address = env.pop("MEMRAY_RUN_LIVE_ADDRESS", "") or "127.0.0.1"

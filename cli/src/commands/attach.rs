@@ -212,6 +212,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         trace_python_allocators: args.tracking.trace_python_allocators,
         follow_fork: args.tracking.follow_fork,
         aggregate: args.tracking.aggregate,
+        sampling_interval: args.tracking.sampling_interval.unwrap_or(0),
         duration: args.duration,
         timeout: Duration::from_secs_f64(args.timeout),
         method: args.method.resolve(),

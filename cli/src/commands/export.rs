@@ -266,7 +266,7 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
                 h.start_time_ms,
                 h.end_time_ms,
                 s.n_records,
-                h.n_frames,
+                h.sampling_interval,
                 s.peak_memory,
                 json_str(&h.command_line),
                 h.pid,

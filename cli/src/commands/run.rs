@@ -79,7 +79,7 @@ pub fn normalize_argv(argv: Vec<String>) -> Vec<String> {
         return argv;
     }
     let run_at = 1;
-    let takes_value = ["-o", "--output", "--memory-interval-ms", "--python", "-p", "--live-port", "--live-address"];
+    let takes_value = ["-o", "--output", "--memory-interval-ms", "--python", "-p", "--live-port", "--live-address", "--sampling-interval"];
     let mut out: Vec<String> = argv[..=run_at].to_vec();
     let mut i = run_at + 1;
     while i < argv.len() {
@@ -178,6 +178,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .env("MEMRAY_RUN_AGGREGATE", flag(args.tracking.aggregate))
         .env("MEMRAY_RUN_BUFFERED", flag(args.buffered_file_io))
         .env("MEMRAY_RUN_INTERVAL_MS", args.memory_interval_ms.to_string())
+        .env("MEMRAY_RUN_SAMPLING_INTERVAL", args.tracking.sampling_interval.unwrap_or(0).to_string())
         .env("MEMRAY_RUN_QUIET", flag(args.quiet));
 
     if live {

@@ -47,6 +47,8 @@ pub struct AttachRequest<'a> {
     pub trace_python_allocators: bool,
     pub follow_fork: bool,
     pub aggregate: bool,
+    /// Mean bytes between recorded allocations (0: every allocation).
+    pub sampling_interval: u64,
     /// Stop by itself after this many seconds.
     pub duration: Option<f64>,
     /// For the safe point, the tracker's start and the live view's connection.
@@ -274,6 +276,7 @@ pub fn attach(pid: i32, req: &AttachRequest) -> Result<Attached> {
         ("trace_python_allocators", flag(req.trace_python_allocators).into()),
         ("follow_fork", flag(req.follow_fork).into()),
         ("aggregate", flag(req.aggregate).into()),
+        ("sampling_interval", req.sampling_interval.to_string()),
         ("duration", req.duration.map(|d| d.to_string()).unwrap_or_default()),
         ("live_port", live_port.map(|p| p.to_string()).unwrap_or_default()),
         ("live_address", LIVE_ADDRESS.into()),

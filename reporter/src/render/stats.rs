@@ -126,7 +126,7 @@ impl Stats {
                 start_time_ms: h.start_time_ms,
                 end_time_ms: h.end_time_ms,
                 total_allocations: analysis.n_allocation_records,
-                total_frames: h.n_frames,
+                total_frames: h.sampling_interval,
                 peak_memory: analysis.peak_memory,
                 command_line: h.command_line.clone(),
                 pid: h.pid,
