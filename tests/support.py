@@ -296,6 +296,10 @@ class Reader:
     def cli(self, *args, cwd=None, timeout=None) -> Result:
         return run([self.python, "-m", "memray", *args], cwd=cwd, timeout=timeout)
 
+    def run_script(self, path, *args, timeout=None) -> Result:
+        """Runs a script under this reader's Python (which has Memray 1.20)."""
+        return run([self.python, path, *args], timeout=timeout)
+
     def stats_json(self, capture, out_json) -> dict:
         res = self.cli("stats", "--json", "-f", "-o", out_json, capture)
         assert res.returncode == 0, f"{self.label} memray stats failed\n" + res.describe()

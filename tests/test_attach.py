@@ -9,6 +9,7 @@ with this project's CLI and read the captures with Memray 1.20 (the `reader` fix
 Tests that need ptrace skip (with the reason) where the kernel refuses it.
 """
 import ctypes
+import math
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import support
-from support import MALLOC, assert_clean_error, assert_ok
+from support import FREE, MALLOC, assert_clean_error, assert_ok
 
 pytestmark = pytest.mark.ours_only
 
@@ -418,6 +419,35 @@ def test_attach_options_reach_the_tracker(interp, target, memray_cli, reader, wo
     assert cap.metadata["trace_python_allocators"] is True
     assert cap.metadata["file_format"] == 1
     assert isinstance(cap.hwm, list)
+
+
+@needs_ptrace
+def test_attach_with_sampling(interp, target, memray_cli, reader, workdir):
+    """`attach --sampling-interval`: the capture is sampled (its interval in the header's
+    n_frames, which Memray reads as total_frames), the sampled blocks weigh size / p, and
+    only their frees are recorded."""
+    t = target(TARGET, 1)
+    t.wait_for("ready")
+    out = workdir / "sampled.bin"
+    interval = 16 * 1024
+    assert_ok(memray_cli("attach", "--sampling-interval", "16KiB", "-o", str(out), str(t.pid)))
+    t.run_phase2(1)
+    assert_ok(memray_cli("detach", str(t.pid)))
+    assert t.finish() == 0
+    cap = reader.read(out, "all")
+    assert cap.metadata["total_frames"] == interval
+    weight = round(PHASE2_MAIN / -math.expm1(-PHASE2_MAIN / interval))
+    main = [r for r in cap.records if r["size"] == weight and r["allocator"] == MALLOC]
+    # 200 or more allocations, each sampled with p = 1 - exp(-61001/16384) = 98%.
+    assert len(main) >= 150, len(main)
+    assert main[0]["stack"][0][0] == "main_inner"
+    seen = set()
+    for r in cap.records:
+        if r["allocator"] == FREE:
+            assert r["address"] in seen, f"free of a block that was not sampled: {r}"
+            seen.discard(r["address"])
+        else:
+            seen.add(r["address"])
 
 
 SLEEPER = """
