@@ -68,10 +68,6 @@ pub fn record_allocation(address: *mut c_void, size: usize, allocator: Allocator
 /// the thread's countdown says so (see `sampling.rs`).
 #[inline(never)]
 fn record_sampled_allocation(address: usize, size: usize, allocator: Allocator, interval: u64) {
-    // Our own allocations take no part in the program's sampling.
-    if thread_state::guard_is_set() {
-        return;
-    }
     let Some(weight) = sampling::sample(size, interval) else { return };
     with_guard(|| {
         record_with_stack(|writer, tid, native_id| {

@@ -39,10 +39,12 @@ pub fn interval() -> u64 {
 /// size to write for it. Call with sampling on (`interval() != 0`).
 #[inline(always)]
 pub fn sample(size: usize, interval: u64) -> Option<u64> {
-    let c = thread_state::countdown();
     let generation = GENERATION.load(Ordering::Relaxed);
+    let mut c = thread_state::countdown_unless_guarded()?;
     if c.generation != generation {
-        start_countdown(c, generation, interval);
+        start_countdown(generation, interval);
+        // Borrowed anew: start_countdown went through the thread's TLS block itself.
+        c = thread_state::countdown_unless_guarded()?;
     }
     let size = size.min(i64::MAX as usize) as i64;
     if c.bytes_left > size {
@@ -57,9 +59,10 @@ pub fn sample(size: usize, interval: u64) -> Option<u64> {
 /// exponential distribution's memorylessness, a countdown drawn afresh is as good as one
 /// carried over; carrying none over keeps a forked child's stream apart from its parent's.)
 #[cold]
-fn start_countdown(c: &mut Countdown, generation: u64, interval: u64) {
+fn start_countdown(generation: u64, interval: u64) {
     let fixed = SEED.load(Ordering::Relaxed);
     let tid = thread_state::current_tid();
+    let Some(c) = thread_state::countdown_unless_guarded() else { return };
     c.rng = if fixed != 0 {
         fixed ^ tid.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     } else {

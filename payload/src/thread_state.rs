@@ -115,16 +115,13 @@ pub fn with_guard<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(r)
 }
 
-/// Whether the reentrancy guard is set: the hook was reached from our own work.
+/// The calling thread's sampling countdown, unless the reentrancy guard is set (the hook
+/// was reached from our own work, which takes no part in the program's sampling). One
+/// TLS lookup for both: this runs on every allocation of a sampled capture.
 #[inline(always)]
-pub fn guard_is_set() -> bool {
-    tls().guard != 0
-}
-
-/// The calling thread's sampling countdown.
-#[inline(always)]
-pub fn countdown() -> &'static mut Countdown {
-    &mut tls().countdown
+pub fn countdown_unless_guarded() -> Option<&'static mut Countdown> {
+    let t = tls();
+    (t.guard == 0).then_some(&mut t.countdown)
 }
 
 /// Sets the guard for the rest of the thread's life (the RSS sampler thread uses this).
