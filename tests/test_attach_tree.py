@@ -234,7 +234,8 @@ def test_attach_children_of_a_prefork_server(interp, memray_cli, reader, workdir
                                 if it.id in ("py3.12", "static-py3.11") and not it.missing])
 def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, tracked_env):
     """`attach --children --duration`: a worker forked after the attach follows the fork
-    and stops with its parent's session, not later."""
+    and stops with its parent's session, not later. (Sampled: the late worker's capture is
+    sampled at the tree's interval too.)"""
     import subprocess
     memray = lambda *args: support.run([build.binary, *map(str, args)], env=tracked_env)  # noqa: E731
     (workdir / "server.py").write_text(SERVER)
@@ -244,7 +245,8 @@ def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, 
         port, *workers = map(int, _wait(workdir / "ready").split())
         out = workdir / "tree.bin"
         started = time.monotonic()
-        assert_ok(memray("attach", "--children", "--duration", "4", "-o", out, master.pid))
+        assert_ok(memray("attach", "--children", "--duration", "4", "--sampling-interval", "4KiB", "-o", out,
+                         master.pid))
         (workdir / "spawn").write_text("")
         late = int(_wait(workdir / "late"))
         assert time.monotonic() - started < 4, "too slow to fork the late worker before the end"
@@ -278,4 +280,5 @@ def test_duration_ends_the_sessions_of_workers_forked_later(it, build, workdir, 
     reader = support.Reader(support.nearest_oracle(it.minor), "Memray 1.20")
     cap = reader.read(workdir / ("tree.bin.%d" % late), "all")
     assert cap.metadata["pid"] == late
+    assert cap.metadata["total_frames"] == 4096, "the late worker's capture is not sampled at the tree's interval"
 
