@@ -7,7 +7,7 @@
 //! behind a pointer, allocated on the thread's first tracked event and freed by a pthread
 //! key destructor when the thread exits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::Once;
 
 use crate::python::frames::RawFrame;
@@ -43,13 +43,27 @@ extern "C" {
     fn memray_tls_get() -> *mut Tls;
 }
 
-/// This thread's TLS block.
+/// Where the TLS block is from the thread pointer: the same in every thread for
+/// initial-exec TLS (the C library reserves the module's static TLS at one offset). 0
+/// until `init` measured it (the block is never at the thread pointer itself).
+static TLS_OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+/// This thread's TLS block. Every hook reads it, so it is computed inline (thread pointer
+/// plus offset) rather than through a call into the C file, once `init` has run.
 #[inline(always)]
 fn tls() -> &'static mut Tls {
-    // SAFETY: memray_tls_get returns the address of the calling thread's own initial-exec
-    // TLS struct, valid for the thread's lifetime; only this thread accesses it, and no
-    // two references to it are alive at once in this module's functions.
-    unsafe { &mut *memray_tls_get() }
+    let offset = TLS_OFFSET.load(Ordering::Relaxed);
+    let block = if offset != 0 {
+        crate::arch::thread_pointer().wrapping_add_signed(offset) as *mut Tls
+    } else {
+        // SAFETY: memray_tls_get has no preconditions.
+        unsafe { memray_tls_get() }
+    };
+    // SAFETY: `block` is the calling thread's own initial-exec TLS struct (memray_tls_get's
+    // answer, or the same address computed from the thread pointer), valid for the
+    // thread's lifetime; only this thread accesses it, and no two references to it are
+    // alive at once in this module's functions.
+    unsafe { &mut *block }
 }
 
 /// Bumped at every tracker start, so threads forget what they wrote to an older capture.
@@ -178,6 +192,9 @@ fn key() -> libc::pthread_key_t {
 /// Must be called once before tracking starts (outside any hook).
 pub fn init() {
     key();
+    // SAFETY: memray_tls_get has no preconditions.
+    let block = unsafe { memray_tls_get() } as isize;
+    TLS_OFFSET.store(block.wrapping_sub(crate::arch::thread_pointer() as isize), Ordering::Relaxed);
 }
 
 /// The calling thread's id in the current capture, assigned on first use.

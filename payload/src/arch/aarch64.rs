@@ -15,5 +15,15 @@ pub unsafe extern "C" fn dlopen_entry(filename: *const c_char, flags: c_int) -> 
     std::arch::naked_asm!("mov x2, x30", "b {hook}", hook = sym crate::hooks::dlopen_hook)
 }
 
+/// The thread pointer (`tpidr_el0`). Initial-exec TLS lies at a fixed offset from it,
+/// the same in every thread.
+#[inline(always)]
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reads a system register the C library sets per thread; no other effect.
+    unsafe { std::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags, pure)) };
+    tp
+}
+
 /// The relocation types of a GOT slot that holds a function's address.
 pub const RELOC_TYPES: [u32; 3] = [257 /* R_AARCH64_ABS64 */, 1025 /* GLOB_DAT */, 1026 /* JUMP_SLOT */];

@@ -3,6 +3,7 @@
 //!
 //! - `dlopen_entry`: the trampoline the GOT's `dlopen` slots point at (`dlopen.rs`);
 //! - `RELOC_TYPES`: the relocation types of a GOT slot (`got.rs`);
+//! - `thread_pointer`: the base initial-exec TLS is a fixed offset from (`thread_state.rs`);
 //! - `Unwinder`, `UnwindRegs`, `Cache`, `current_regs`: framehop's unwinder for this
 //!   architecture and the registers a walk starts from (`native/`).
 

@@ -13,6 +13,17 @@ pub unsafe extern "C" fn dlopen_entry(filename: *const c_char, flags: c_int) -> 
     std::arch::naked_asm!("mov rdx, [rsp]", "jmp {hook}", hook = sym crate::hooks::dlopen_hook)
 }
 
+/// The thread pointer: on x86-64, `fs:0` holds the thread control block's own address.
+/// Initial-exec TLS lies at a fixed offset from it, the same in every thread.
+#[inline(always)]
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reads one word through the fs segment, which the C library points at the
+    // calling thread's control block for the thread's whole life; no other effect.
+    unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags, pure)) };
+    tp
+}
+
 /// The relocation types of a GOT slot that holds a function's address.
 pub const RELOC_TYPES: [u32; 3] = [1 /* R_X86_64_64 */, 6 /* GLOB_DAT */, 7 /* JUMP_SLOT */];
 
