@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -88,7 +89,8 @@ def allocator_numbers():
     return {member.name: int(member) for member in namespace["AllocatorType"]}
 
 
-globals().update(allocator_numbers())
+_ALLOCATORS = allocator_numbers()
+globals().update(_ALLOCATORS)
 
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 MEMRAY_MAGIC = b"memray\x00"
@@ -172,6 +174,38 @@ def assert_clean_error(result: Result, *mentions: str) -> None:
     assert len(err_lines) <= 3, "error message should be short (one line)\n" + result.describe()
     for m in mentions:
         assert m in out, f"error message should mention {m!r}\n" + result.describe()
+
+
+def sigkill_once_started(cmd, *, cwd, env, settle=1.0) -> int:
+    """Starts `cmd` (a program that prints its PID once it has done its work, then
+    waits), SIGKILLs that PID `settle` seconds later and returns it, once `cmd` ended."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode().strip()
+        assert line.isdigit(), f"script did not start: {line!r} {proc.stderr.read(4000) if proc.poll() is not None else ''}"
+        time.sleep(settle)
+        os.kill(int(line), signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode != 0, "the killed program's runner exited 0"
+    return int(line)
+
+
+def assert_frees_only_of_recorded_blocks(records: List[dict]) -> None:
+    """A sampled capture records the free of a block only if it recorded the block."""
+    live = set()
+    for r in records:
+        if r["allocator"] == _ALLOCATORS["FREE"]:
+            assert r["address"] in live, f"free of a block that was not sampled: {r}"
+            live.discard(r["address"])
+        else:
+            live.add(r["address"])
 
 
 def assert_no_crash(result: Result) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import support
-from support import FREE, MALLOC, assert_clean_error, assert_ok
+from support import MALLOC, assert_clean_error, assert_ok
 
 pytestmark = pytest.mark.ours_only
 
@@ -441,13 +441,7 @@ def test_attach_with_sampling(interp, target, memray_cli, reader, workdir):
     # 200 or more allocations, each sampled with p = 1 - exp(-61001/16384) = 98%.
     assert len(main) >= 150, len(main)
     assert main[0]["stack"][0][0] == "main_inner"
-    seen = set()
-    for r in cap.records:
-        if r["allocator"] == FREE:
-            assert r["address"] in seen, f"free of a block that was not sampled: {r}"
-            seen.discard(r["address"])
-        else:
-            seen.add(r["address"])
+    support.assert_frees_only_of_recorded_blocks(cap.records)
 
 
 SLEEPER = """

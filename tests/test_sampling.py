@@ -6,15 +6,23 @@ bench/sampling_accuracy.py, the harness `scripts/bench sampling` uses, under Mem
 """
 import json
 import math
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from support import FREE, MALLOC, MMAP, MUNMAP, REPO, SELF_CHECK, assert_clean_error, assert_ok, top
+from support import (
+    FREE,
+    MALLOC,
+    MMAP,
+    MUNMAP,
+    REPO,
+    SELF_CHECK,
+    assert_clean_error,
+    assert_frees_only_of_recorded_blocks,
+    assert_ok,
+    sigkill_once_started,
+    top,
+)
 
 pytestmark = pytest.mark.skipif(SELF_CHECK, reason="sampling is this project's extension; Memray 1.20 has none")
 
@@ -70,13 +78,7 @@ def test_a_sampled_capture_estimates_what_it_did_not_record(interp, script, run_
     estimate = sum(r["size"] for r in small)
     assert abs(estimate - 20_000_000) < 0.12 * 20_000_000, estimate
 
-    allocated = set()
-    for r in cap.records:
-        if r["allocator"] == FREE:
-            assert r["address"] in allocated, f"free of a block that was not sampled: {r}"
-            allocated.discard(r["address"])
-        else:
-            allocated.add(r["address"])
+    assert_frees_only_of_recorded_blocks(cap.records)
     frees = [r for r in cap.records if r["allocator"] == FREE]
     # Half the recorded small blocks and the big one were freed.
     assert abs(len(frees) - (len(small) / 2 + 1)) < 0.15 * len(small), (len(frees), len(small))
@@ -140,24 +142,10 @@ def test_sampled_capture_cut_by_sigkill_is_readable(interp, script, memray_run, 
         time.sleep(120)
         """)
     out = workdir / "killed.bin"
-    proc = subprocess.Popen(
-        memray_run.cmd("--no-compress", "-q", "--sampling-interval", "1MiB", "-o", out, s.path),
-        cwd=workdir, env=memray_run.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        line = proc.stdout.readline().decode().strip()
-        assert line.isdigit(), f"script did not start: {line!r}"
-        time.sleep(1.0)
-        os.kill(int(line), signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+    cmd = memray_run.cmd("--no-compress", "-q", "--sampling-interval", "1MiB", "-o", out, s.path)
+    pid = sigkill_once_started(cmd, cwd=workdir, env=memray_run.env)
     cap = reader.read(out, "all")
+    assert cap.metadata["pid"] == pid
     recs = cap.find(size=64 << 20, allocator=MALLOC)
     assert len(recs) == 5, recs
     assert all(top(r, 2) == [("before_kill", s.path.name, s.line("alloc")), ("<module>", s.path.name, s.line("call"))]

@@ -8,7 +8,6 @@ and the records are checked.
 """
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from support import (
     c_compiler,
     frames,
     run,
+    sigkill_once_started,
     top,
 )
 
@@ -1015,28 +1015,7 @@ def test_sigkill_leaves_readable_capture(interp, script, memray_run, reader, wor
         """,
     )
     out = workdir / "killed.bin"
-    proc = subprocess.Popen(
-        memray_run.cmd("--no-compress", "-q", "-o", out, s.path),
-        cwd=workdir,
-        env=memray_run.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        line = proc.stdout.readline().decode().strip()
-        assert line.isdigit(), f"script did not start: {line!r} {proc.stderr.read(4000) if proc.poll() is not None else ''}"
-        time.sleep(1.0)
-        os.kill(int(line), signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode != 0
+    pid = sigkill_once_started(memray_run.cmd("--no-compress", "-q", "-o", out, s.path), cwd=workdir, env=memray_run.env)
     cap = reader.read(out, "all")
     recs = cap.find(size=654323, allocator=MALLOC)
     assert len(recs) == 5, recs
@@ -1045,7 +1024,7 @@ def test_sigkill_leaves_readable_capture(interp, script, memray_run, reader, wor
             ("before_kill", s.path.name, s.line("alloc")),
             ("<module>", s.path.name, s.line("call")),
         ]
-    assert cap.metadata["pid"] == int(line)
+    assert cap.metadata["pid"] == pid
 
 
 # --------------------------------------------------------------------------- fork

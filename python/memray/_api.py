@@ -42,6 +42,10 @@ class Tracker:
 
     >>> with Tracker("output.bin"):
     ...     do_something()
+
+    With ``sampling_interval=N`` (bytes; this project's extension) only a sample is
+    recorded, about one allocation per N bytes allocated, and readers show estimates
+    (docs/sampling.md); 0, the default, records every allocation.
     """
 
     def __init__(self, file_name=None, *, destination=None, native_traces=False, memory_interval_ms=10,
