@@ -358,20 +358,24 @@ mod tests {
         (out, analysis.peak_memory)
     }
 
-    fn header(file_format: memray_capture::FileFormat) -> Header {
-        Header { python_version: 0x030c_00f0, file_format, ..Header::default() }
+    fn header(file_format: memray_capture::FileFormat, sampling_interval: u64) -> Header {
+        Header { python_version: 0x030c_00f0, file_format, sampling_interval, ..Header::default() }
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         /// The aggregated capture's rows are what the reporter computes from the full
-        /// capture of the same records: the same high-water mark, location by location.
+        /// capture of the same records: the same high-water mark, location by location;
+        /// in sampled captures, the same estimated counts.
         #[test]
-        fn aggregated_rows_equal_the_full_captures_analysis(events in proptest::collection::vec(event(), 1..120)) {
-            let mut agg = Aggregator::new(0);
+        fn aggregated_rows_equal_the_full_captures_analysis(
+            events in proptest::collection::vec(event(), 1..120),
+            interval in proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::strategy::Just(4096u64)],
+        ) {
+            let mut agg = Aggregator::new(interval);
             let mut enc = memray_capture::StreamEncoder::new();
             let mut full = Vec::new();
-            header(memray_capture::FileFormat::AllAllocations).encode(&mut full);
+            header(memray_capture::FileFormat::AllAllocations, interval).encode(&mut full);
             let mut depth: HashMap<u64, usize> = HashMap::new();
             for e in events {
                 let tid = match e {
@@ -407,7 +411,7 @@ mod tests {
             }
             enc.trailer(&mut full);
             let mut aggregated = Vec::new();
-            agg.into_capture(header(memray_capture::FileFormat::AggregatedAllocations)).encode(&mut aggregated);
+            agg.into_capture(header(memray_capture::FileFormat::AggregatedAllocations, interval)).encode(&mut aggregated);
             let (expected, _) = usages(full);
             let (got, _) = usages(aggregated);
             proptest::prop_assert_eq!(got, expected);

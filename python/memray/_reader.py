@@ -44,6 +44,9 @@ class Metadata:
     has_native_traces: bool
     trace_python_allocators: bool
     file_format: FileFormat
+    # Not Memray's: bytes between recorded allocations on average in a sampled capture
+    # (its sizes and counts are estimates), 0 when every allocation was recorded.
+    sampling_interval: int = 0
 
 
 def size_fmt(num, suffix="B"):
@@ -431,6 +434,7 @@ class FileReader:
             has_native_traces=md["has_native_traces"],
             trace_python_allocators=md["trace_python_allocators"],
             file_format=FileFormat.AGGREGATED_ALLOCATIONS if md["file_format"] == 1 else FileFormat.ALL_ALLOCATIONS,
+            sampling_interval=md.get("sampling_interval", 0),
         )
 
     # -- plumbing

@@ -18,6 +18,11 @@
 //!   after every earlier record. "At the peak" figures describe that state; "leaked"
 //!   ones the state after the last record. A live `mmap` range split by a partial
 //!   `munmap` counts once per piece.
+//!
+//! In a sampled capture a record's size is already an estimate of bytes, and its count
+//! is the number of allocations it stands for ([`crate::engine::estimates`]); a free
+//! takes back the count its block added. The size histogram counts those allocations at
+//! the size they had. `n_allocation_records` stays the number of records.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -26,6 +31,7 @@ use std::path::Path;
 use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, MemorySnapshot, NativeFrame, Reader, Record};
 
 use crate::compat::stdorder::StdUnorderedOrder;
+use crate::engine::estimates::Estimates;
 use crate::engine::pipeline;
 use crate::error::ReportError;
 use crate::model::stacks::{FrameKey, LocationId, StackId, StackTable};
@@ -158,14 +164,14 @@ pub fn analyze<R: Read>(mut reader: Reader<R>, options: AnalyzeOptions) -> Resul
     let mut scanner = Scanner::new(reader.header().clone());
     let ledger = if scanner.aggregated {
         // A few rows and no heap events: nothing to share out.
-        let mut ledger = HeapLedger::new();
+        let mut ledger = HeapLedger::new(scanner.estimates);
         reader.for_each_record(options.allow_truncated, |record| scanner.feed(record, &mut ledger).map(|()| true))?;
         ledger
     } else {
         pipeline::run(
             &mut reader,
             options.allow_truncated,
-            HeapLedger::new(),
+            HeapLedger::new(scanner.estimates),
             #[inline(always)]
             |record, emit| scanner.feed(record, emit),
         )?
@@ -195,19 +201,19 @@ impl SizeCounts {
     const SMALL: u64 = 1 << 16;
 
     #[inline(always)]
-    fn add(&mut self, size: u64) {
+    fn add(&mut self, size: u64, count: u64) {
         match self.small.get_mut(size as usize) {
-            Some(n) => *n += 1,
-            None => self.add_new(size),
+            Some(n) => *n += count,
+            None => self.add_new(size, count),
         }
     }
 
     #[cold]
-    fn add_new(&mut self, size: u64) {
+    fn add_new(&mut self, size: u64, count: u64) {
         if size < Self::SMALL {
-            *slot_for_count(&mut self.small, size as usize) += 1;
+            *slot_for_count(&mut self.small, size as usize) += count;
         } else {
-            *self.large.entry(size).or_insert(0) += 1;
+            *self.large.entry(size).or_insert(0) += count;
         }
     }
 
@@ -258,6 +264,7 @@ pub(crate) trait HeapSide {
 pub(crate) struct Scanner {
     header: Header,
     aggregated: bool,
+    estimates: Estimates,
     stacks: StackTable,
     thread_names: BTreeMap<u64, String>,
     n_allocation_records: u64,
@@ -286,6 +293,7 @@ impl Scanner {
         let stacks = StackTable::new(header.python_version, header.main_tid, header.skipped_frames_on_main_tid);
         let aggregated = header.file_format == FileFormat::AggregatedAllocations;
         Scanner {
+            estimates: Estimates::new(header.sampling_interval),
             header,
             aggregated,
             stacks,
@@ -311,6 +319,10 @@ impl Scanner {
         &self.stacks
     }
 
+    pub fn estimates(&self) -> Estimates {
+        self.estimates
+    }
+
     /// Memory-map generation (MEMORY_MAP_START records seen).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -331,7 +343,12 @@ impl Scanner {
                 let location = if allocator.is_deallocator() {
                     NO_SLOT
                 } else {
-                    self.count_by_size.add(size);
+                    if self.estimates.is_sampled() {
+                        let (size, count) = self.estimates.size_and_count(size, address, allocator);
+                        self.count_by_size.add(size, count);
+                    } else {
+                        self.count_by_size.add(size, 1);
+                    }
                     self.location(tid, native_frame_id, allocator)
                 };
                 heap.apply(HeapEvent::Allocation { address, size, location, allocator })
@@ -516,6 +533,9 @@ struct Totals {
 struct LiveBlock {
     size: u64,
     location: u32,
+    /// The allocations it stands for (1 unless sampled; in what would be padding, and
+    /// saturated: no real record stands for 4 billion allocations).
+    count: u32,
 }
 
 /// One location's figures on the heap side: everything it allocated, and where it stood
@@ -534,6 +554,7 @@ struct LocationCounters {
 /// The heap side of the analysis: live blocks and mappings, the heap, its high-water
 /// mark, and each location's live memory at the peak.
 pub(crate) struct HeapLedger {
+    estimates: Estimates,
     heap: u64,
     peak: u64,
     peak_record_index: u64,
@@ -565,8 +586,9 @@ impl HeapSide for HeapLedger {
 }
 
 impl HeapLedger {
-    pub fn new() -> Self {
+    pub fn new(estimates: Estimates) -> Self {
         HeapLedger {
+            estimates,
             heap: 0,
             peak: 0,
             peak_record_index: 0,
@@ -587,27 +609,30 @@ impl HeapLedger {
     fn allocation(&mut self, address: u64, size: u64, location: u32, allocator: Allocator) {
         let index = self.n_allocation_records;
         self.n_allocation_records += 1;
+        let mut count = 1;
         if location != NO_SLOT {
             if location as usize >= self.counters.len() {
                 self.new_counters(location);
             }
+            count = self.estimates.count(size, address, allocator);
             let total = &mut self.counters[location as usize].total;
-            total.count += 1;
+            total.count += count;
             total.bytes = total.bytes.wrapping_add(size);
         }
         match (allocator.is_ranged(), allocator.is_deallocator()) {
             (false, false) => {
                 self.heap = self.heap.wrapping_add(size);
-                if let Some(old) = self.live.insert(address, LiveBlock { size, location }) {
+                let block = LiveBlock { size, location, count: count.min(u32::MAX as u64) as u32 };
+                if let Some(old) = self.live.insert(address, block) {
                     // The old block is replaced, never freed: it leaves the snapshot.
-                    self.delta(old.location, 1u64.wrapping_neg(), old.size.wrapping_neg());
+                    self.release(old);
                 }
-                self.delta(location, 1, size);
+                self.delta(location, block.count as u64, size);
             }
             (false, true) => {
                 if let Some(old) = self.live.remove(address) {
                     self.heap = self.heap.wrapping_sub(old.size);
-                    self.delta(old.location, 1u64.wrapping_neg(), old.size.wrapping_neg());
+                    self.release(old);
                 }
             }
             (true, false) => {
@@ -629,6 +654,12 @@ impl HeapLedger {
             self.peak_record_index = index;
             self.peak_epoch += 1;
         }
+    }
+
+    /// A live block leaves its location, taking back the count its allocation added.
+    #[inline]
+    fn release(&mut self, block: LiveBlock) {
+        self.delta(block.location, (block.count as u64).wrapping_neg(), block.size.wrapping_neg());
     }
 
     /// Counters for every location up to `location` (indices are handed out densely, in
@@ -665,7 +696,9 @@ pub struct Analyzer {
 
 impl Analyzer {
     pub fn new(header: Header) -> Self {
-        Analyzer { scanner: Scanner::new(header), ledger: HeapLedger::new() }
+        let scanner = Scanner::new(header);
+        let ledger = HeapLedger::new(scanner.estimates);
+        Analyzer { scanner, ledger }
     }
 
     /// The heap after the records fed so far (memory-over-time charts sample it).
@@ -689,5 +722,61 @@ impl Analyzer {
 
     pub fn finish(self, reached_trailer: bool) -> Analysis {
         self.scanner.finish(self.ledger, reached_trailer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::estimates::test_capture;
+    use memray_capture::sampling::{estimated_count, weight};
+
+    const T: u64 = 64 * 1024;
+
+    /// Count and bytes left at the end per (function of the innermost frame, allocator).
+    fn leaked(a: &mut Analysis) -> BTreeMap<(String, Allocator), Usage> {
+        let mut out = BTreeMap::new();
+        for l in &a.locations {
+            let function = a.stacks.top_location(l.key.stack).map(|id| a.stacks.location(id).function.to_string()).unwrap_or_default();
+            out.entry((function, l.key.allocator)).or_insert_with(Usage::default).add(l.leaked);
+        }
+        out
+    }
+
+    #[test]
+    fn sampled_records_count_the_allocations_they_stand_for() {
+        let bytes = test_capture(T);
+        let mut a = analyze(Reader::new(&bytes[..]).unwrap(), AnalyzeOptions::default()).unwrap();
+        let c = |size, address| estimated_count(weight(size, T), T, address, false);
+        let (ca, cb, cc, cd, ce) = (c(100, 0x10), c(1000, 0x20), c(100, 0x30), c(5000, 0x40), c(300, 0x10));
+        assert!(ca > 100 && cb > 10 && cd > 1, "small blocks stand for many: {ca} {cb} {cd}");
+        assert_eq!(a.n_allocation_records, 7, "Memray's total: records, frees included");
+        assert_eq!(a.total_allocations, ca + cb + cc + 1 + cd + ce);
+        assert_eq!(a.count_by_allocator, vec![(Allocator::Malloc, ca + cb + cc + cd + ce), (Allocator::Mmap, 1)]);
+        // At the sizes the allocations had (to a byte); the mapping is exact.
+        let sizes: Vec<u64> = a.count_by_size.iter().map(|&(size, _)| size).collect();
+        let counts: Vec<u64> = a.count_by_size.iter().map(|&(_, n)| n).collect();
+        assert!(sizes.iter().zip([100, 300, 1000, 5000, 0x4000]).all(|(&got, size)| got.abs_diff(size) <= 1), "{sizes:?}");
+        assert_eq!(counts, vec![ca + cc, ce, cb, cd, 1]);
+        // The free takes back the 100 bytes' count; the replaced block at 0x10 leaves too.
+        let w = |size| weight(size, T);
+        let expected = BTreeMap::from([
+            (("build".to_string(), Allocator::Malloc), Usage { count: cb, bytes: w(1000) }),
+            (("build".to_string(), Allocator::Mmap), Usage { count: 1, bytes: 0x4000 }),
+            (("main".to_string(), Allocator::Malloc), Usage { count: cd + ce, bytes: w(5000) + w(300) }),
+        ]);
+        assert_eq!(leaked(&mut a), expected);
+        // The heap keeps growing (the replaced block's bytes stay): the peak is the end.
+        assert!(a.locations.iter().all(|l| l.at_peak == l.leaked));
+    }
+
+    #[test]
+    fn full_captures_count_one_per_record() {
+        let bytes = test_capture(0);
+        let mut a = analyze(Reader::new(&bytes[..]).unwrap(), AnalyzeOptions::default()).unwrap();
+        assert_eq!((a.n_allocation_records, a.total_allocations), (7, 6));
+        assert_eq!(a.count_by_size, vec![(100, 2), (300, 1), (1000, 1), (5000, 1), (0x4000, 1)]);
+        let counts: Vec<u64> = leaked(&mut a).values().map(|u| u.count).collect();
+        assert_eq!(counts, vec![1, 1, 2]);
     }
 }

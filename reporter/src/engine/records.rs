@@ -21,6 +21,7 @@ use std::path::Path;
 use memray_capture::{AggregatedAllocation, Allocator, FileFormat, Header, MemorySnapshot, Reader, Record};
 
 use crate::compat::stdhash::StdHashMap;
+use crate::engine::estimates::Estimates;
 use crate::error::ReportError;
 use crate::model::native::{hybrid, NativeStacks};
 use crate::model::stacks::{FrameKey, Location, StackId, StackTable};
@@ -37,6 +38,8 @@ pub struct AllocationRecord {
     pub allocator: Allocator,
     /// The Python stack (Memray's `stack_id`; 0 for deallocations).
     pub stack: StackId,
+    /// 1, or in a sampled capture the allocations the record stands for
+    /// ([`crate::engine::estimates`]; deallocations: 1).
     pub n_allocations: u64,
     pub native_frame_id: u64,
     pub native_segment_generation: u64,
@@ -80,6 +83,7 @@ pub struct CaptureCursor<R: Read> {
     /// Native frame tree and memory maps (empty without `--native`).
     pub native: NativeStacks,
     generation: u64,
+    estimates: Estimates,
     allow_truncated: bool,
 }
 
@@ -96,6 +100,7 @@ struct Tables<'a> {
     thread_names: &'a mut BTreeMap<u64, String>,
     native: &'a mut NativeStacks,
     generation: &'a mut u64,
+    estimates: Estimates,
 }
 
 impl Tables<'_> {
@@ -108,14 +113,18 @@ impl Tables<'_> {
             }
             Record::FramePop { tid, count } => self.stacks.pop(tid, count),
             Record::Allocation { tid, address, size, allocator, native_frame_id } => {
-                let stack = if allocator.is_deallocator() { 0 } else { self.stacks.current(tid) };
+                let (stack, n_allocations) = if allocator.is_deallocator() {
+                    (0, 1)
+                } else {
+                    (self.stacks.current(tid), self.estimates.count(size, address, allocator))
+                };
                 return Ok(Some(Event::Allocation(AllocationRecord {
                     tid,
                     address,
                     size,
                     allocator,
                     stack,
-                    n_allocations: 1,
+                    n_allocations,
                     native_frame_id,
                     native_segment_generation: *self.generation,
                 })));
@@ -193,7 +202,16 @@ impl<R: Read> CaptureCursor<R> {
     pub fn new(reader: Reader<R>, allow_truncated: bool) -> Self {
         let h = reader.header();
         let stacks = StackTable::new(h.python_version, h.main_tid, h.skipped_frames_on_main_tid);
-        CaptureCursor { reader, stacks, thread_names: BTreeMap::new(), native: NativeStacks::new(), generation: 0, allow_truncated }
+        let estimates = Estimates::new(h.sampling_interval);
+        CaptureCursor {
+            reader,
+            stacks,
+            thread_names: BTreeMap::new(),
+            native: NativeStacks::new(),
+            generation: 0,
+            estimates,
+            allow_truncated,
+        }
     }
 
     pub fn header(&self) -> &Header {
@@ -209,8 +227,8 @@ impl<R: Read> CaptureCursor<R> {
     }
 
     fn split(&mut self) -> (&mut Reader<R>, Tables<'_>) {
-        let CaptureCursor { reader, stacks, thread_names, native, generation, .. } = self;
-        (reader, Tables { stacks, thread_names, native, generation })
+        let CaptureCursor { reader, stacks, thread_names, native, generation, estimates, .. } = self;
+        (reader, Tables { stacks, thread_names, native, generation, estimates: *estimates })
     }
 
     /// The next allocation, memory sample or aggregated row; `None` at the end.
@@ -412,11 +430,21 @@ pub fn contribution(row: &AggregatedAllocation, leaks: bool) -> AllocationRecord
 pub struct LocationMap {
     index: FastMap<(u64, u64, u64), usize>,
     entries: Vec<(AllocationRecord, u64)>,
+    /// Memray's count for merged aggregated rows: one per further row.
+    one_per_row: bool,
 }
 
 impl LocationMap {
+    /// For allocation records: counts are summed.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// For an aggregated capture's rows: as Memray, a location counts the first row's
+    /// count plus one per further row, unless the capture is sampled (Memray cannot
+    /// read those, and their counts are estimates worth adding up).
+    pub fn for_aggregated_rows(sampled: bool) -> Self {
+        LocationMap { one_per_row: !sampled, ..Self::default() }
     }
 
     pub fn add(&mut self, record: &AllocationRecord, seq: u64, merge_threads: bool) {
@@ -425,8 +453,8 @@ impl LocationMap {
             Some(&i) => {
                 let (r, first) = &mut self.entries[i];
                 r.size = r.size.wrapping_add(record.size);
-                // Memray counts one per merged record, whatever the record's own count.
-                r.n_allocations += 1;
+                // A full capture's records count 1 each, so both agree with Memray there.
+                r.n_allocations += if self.one_per_row { 1 } else { record.n_allocations };
                 *first = (*first).min(seq);
             }
             None => {
@@ -585,7 +613,7 @@ pub fn snapshot_records(
     let mut cursor = CaptureCursor::open(path, allow_truncated)?;
     let records = if cursor.is_aggregated() {
         // AggregatedCaptureReaggregator: each row's contribution, when it has any.
-        let mut map = LocationMap::new();
+        let mut map = LocationMap::for_aggregated_rows(cursor.header().sampling_interval != 0);
         let mut seq = 0;
         while let Some(event) = cursor.next_event()? {
             if let Event::Aggregated(row) = event {
@@ -705,9 +733,66 @@ pub fn format_thread_name(tid: i64, name: &str) -> String {
     }
 }
 
+/// The records live at the end of an in-memory capture, merged per location (tests of
+/// the renderers).
+#[cfg(test)]
+pub(crate) fn leaked_record_set(capture: &[u8]) -> RecordSet {
+    let mut cursor = CaptureCursor::new(Reader::new(capture).unwrap(), false);
+    let mut aggregator = SnapshotAggregator::new();
+    replay(&mut cursor, None, |r, _| aggregator.add(r)).unwrap();
+    let records = aggregator.records(true);
+    cursor.into_record_set(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::estimates::test_capture;
+    use memray_capture::sampling::{estimated_count, weight};
+
+    #[test]
+    fn sampled_records_carry_their_estimated_counts() {
+        let t = 64 * 1024;
+        let bytes = test_capture(t);
+        let mut cursor = CaptureCursor::new(Reader::new(&bytes[..]).unwrap(), false);
+        let mut counts = Vec::new();
+        while let Some(event) = cursor.next_event().unwrap() {
+            if let Event::Allocation(r) = event {
+                counts.push((r.address, r.n_allocations));
+            }
+        }
+        let c = |size, address| estimated_count(weight(size, t), t, address, false);
+        assert_eq!(
+            counts,
+            vec![
+                (0x10, c(100, 0x10)),
+                (0x20, c(1000, 0x20)),
+                (0x30, c(100, 0x30)),
+                (0x30, 1),
+                (0x10_0000, 1),
+                (0x40, c(5000, 0x40)),
+                (0x10, c(300, 0x10))
+            ]
+        );
+        // Live at the end, merged per stack: the counts of the live blocks, summed.
+        let set = leaked_record_set(&bytes);
+        let by_function: Vec<(String, u64)> =
+            set.records.iter().map(|r| (set.stack_trace(r, None)[0].function.to_string(), r.n_allocations)).collect();
+        let main = c(5000, 0x40) + c(300, 0x10);
+        let build = c(1000, 0x20) + 1;
+        assert_eq!(by_function, vec![("build".to_string(), build), ("main".to_string(), main)]);
+    }
+
+    #[test]
+    fn aggregated_rows_merge_as_memray_unless_sampled() {
+        let row = |stack, n| AllocationRecord { n_allocations: n, ..alloc(0, 10, Allocator::Malloc, stack) };
+        for (sampled, expected) in [(false, 5 + 1), (true, 5 + 7)] {
+            let mut m = LocationMap::for_aggregated_rows(sampled);
+            m.add(&row(1, 5), 0, true);
+            m.add(&row(1, 7), 1, true);
+            assert_eq!(m.into_records()[0].n_allocations, expected);
+        }
+    }
 
     fn alloc(address: u64, size: u64, allocator: Allocator, stack: StackId) -> AllocationRecord {
         AllocationRecord { tid: 1, address, size, allocator, stack, n_allocations: 1, native_frame_id: 0, native_segment_generation: 0 }

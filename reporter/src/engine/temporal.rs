@@ -29,6 +29,7 @@ use std::path::Path;
 use memray_capture::{Allocator, Header, Reader, Record};
 
 use crate::engine::analysis::{Analysis, AnalyzeOptions, HeapEvent, HeapLedger, HeapSide, Scanner, Usage};
+use crate::engine::estimates::Estimates;
 use crate::engine::pipeline;
 use crate::error::ReportError;
 use crate::model::stacks::StackId;
@@ -222,11 +223,13 @@ impl TimelineHeap {
 impl TimelineAnalyzer {
     pub fn new(header: Header, options: TimelineOptions) -> Self {
         let aggregated = header.file_format == memray_capture::FileFormat::AggregatedAllocations;
-        let tracker = if aggregated { None } else { options.temporal.map(Tracker::new) };
+        let scanner = Scanner::new(header.clone());
+        let estimates = scanner.estimates();
+        let tracker = if aggregated { None } else { options.temporal.map(|mode| Tracker::new(mode, estimates)) };
         TimelineAnalyzer {
-            header: header.clone(),
-            scanner: Scanner::new(header),
-            back: TimelineHeap { ledger: HeapLedger::new(), units: Units::new(options.max_records), tracker },
+            header,
+            scanner,
+            back: TimelineHeap { ledger: HeapLedger::new(estimates), units: Units::new(options.max_records), tracker },
             aggregated,
             snapshots_seen: 0,
             full_sites: options.full_sites,
@@ -358,6 +361,8 @@ struct Block {
 /// point: `f` is the open unit) or the unit's end (`f` is the next unit).
 struct Tracker {
     mode: TemporalMode,
+    /// What a block counts for (a sampled record stands for several allocations).
+    estimates: Estimates,
     site_ids: FastMap<Site, u32>,
     sites: Vec<Site>,
     live: FastMap<u64, Block>,
@@ -377,9 +382,10 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(mode: TemporalMode) -> Self {
+    fn new(mode: TemporalMode, estimates: Estimates) -> Self {
         Tracker {
             mode,
+            estimates,
             site_ids: FastMap::default(),
             sites: Vec::new(),
             live: FastMap::default(),
@@ -487,13 +493,15 @@ impl Tracker {
                 if let Some(old) = self.live.insert(address, Block { size, site, mark }) {
                     // A block replaced without a free: Memray's lifetimes forget it.
                     if self.mode == TemporalMode::HighWaterMark {
-                        self.release(old.site, old.mark, 1, old.size, mark);
+                        let count = self.estimates.count(old.size, address, Allocator::Malloc);
+                        self.release(old.site, old.mark, count, old.size, mark);
                     }
                 }
             }
             (false, true) => {
                 if let Some(old) = self.live.remove(&address) {
-                    self.release(old.site, old.mark, 1, old.size, mark);
+                    let count = self.estimates.count(old.size, address, Allocator::Malloc);
+                    self.release(old.site, old.mark, count, old.size, mark);
                 }
             }
             (true, false) => {
@@ -625,12 +633,13 @@ impl Tracker {
             let end = self.point_tokens.len() as u32;
             self.flush_pending(end);
         }
-        let live: Vec<Block> = self.live.values().copied().collect();
+        let estimates = self.estimates;
+        let live: Vec<(u64, Block)> = self.live.iter().map(|(&address, &b)| (address, b)).collect();
         let pieces: Vec<(u64, u64, (u32, u64, u64))> = self.mappings.iter().collect();
         // Leaks: a mapping split in pieces is still one allocation.
         let mut counted = std::collections::HashSet::new();
         let leaks = self.mode == TemporalMode::Leaks;
-        let blocks = live.into_iter().map(|b| (b.site, b.mark, 1, b.size)).chain(
+        let blocks = live.into_iter().map(|(a, b)| (b.site, b.mark, estimates.count(b.size, a, Allocator::Malloc), b.size)).chain(
             pieces.into_iter().map(|(begin, end, (site, mark, id))| (site, mark, u64::from(!leaks || counted.insert(id)), end - begin)),
         );
         let after_last_point = self.point_tokens.len() as u32;
@@ -805,6 +814,22 @@ mod tests {
         assert_eq!(t.timeline.samples.len(), 2);
         assert_eq!(t.timeline.samples[0].heap, 0);
         assert_eq!(t.timeline.samples[1].heap, 50);
+    }
+
+    #[test]
+    fn sampled_blocks_count_their_estimates_over_time() {
+        let bytes = crate::engine::estimates::test_capture(64 * 1024);
+        for mode in [TemporalMode::HighWaterMark, TemporalMode::Leaks] {
+            let options = TimelineOptions { temporal: Some(mode), ..TimelineOptions::default() };
+            let t = analyze_reader_over_time(Reader::new(&bytes[..]).unwrap(), options, AnalyzeOptions::default()).unwrap();
+            let d = t.temporal.as_ref().unwrap();
+            // The capture's heap only grows: its peak is its end, in the last unit.
+            let last = t.timeline.unit_peaks.len() as u32 - 1;
+            let live = |u: u32| d.intervals.iter().filter(|i| i.from <= u && u < i.to).fold(0u64, |n, i| n.wrapping_add(i.count));
+            let leaked: u64 = t.analysis.locations.iter().map(|l| l.leaked.count).sum();
+            assert!(leaked > 100);
+            assert_eq!(live(last), leaked, "{mode:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::compat::pyjson::{dumps, Ordered};
 use crate::engine::analysis::Analysis;
 use crate::error::ReportError;
 use crate::model::stacks::Location;
-use crate::render::format::{allocator_type_name, format_location, python_allocator_label, size_fmt};
+use crate::render::format::{allocator_type_name, format_location, python_allocator_label, sampling_notice, size_fmt};
 use serde::Serialize;
 
 /// Bins of the allocation size histogram.
@@ -43,6 +43,8 @@ pub struct Metadata {
     pub has_native_traces: bool,
     pub trace_python_allocators: bool,
     pub file_format: FileFormat,
+    /// 0: every allocation recorded (merged: the largest of the captures').
+    pub sampling_interval: u64,
 }
 
 /// Everything `memray stats` prints.
@@ -63,6 +65,8 @@ pub struct Stats {
     pub metadata: Metadata,
     /// The processes whose captures were merged ([`Stats::merge`]); empty for one capture.
     pub merged_pids: Vec<i32>,
+    /// Each capture's sampling interval (0: not sampled), for the estimates' notice.
+    pub sampling_intervals: Vec<u64>,
 }
 
 impl Stats {
@@ -135,8 +139,10 @@ impl Stats {
                 has_native_traces: h.native_traces,
                 trace_python_allocators: h.trace_python_allocators,
                 file_format: h.file_format,
+                sampling_interval: h.sampling_interval,
             },
             merged_pids: Vec::new(),
+            sampling_intervals: vec![h.sampling_interval],
         })
     }
 
@@ -206,6 +212,7 @@ impl Stats {
             total_allocations: sum(|p| p.metadata.total_allocations),
             total_frames: sum(|p| p.metadata.total_frames),
             peak_memory: sum(|p| p.metadata.peak_memory),
+            sampling_interval: parts.iter().map(|p| p.metadata.sampling_interval).max().unwrap_or(0),
             ..first.unwrap_or(Metadata {
                 start_time_ms: 0,
                 end_time_ms: 0,
@@ -219,6 +226,7 @@ impl Stats {
                 has_native_traces: false,
                 trace_python_allocators: false,
                 file_format: FileFormat::AllAllocations,
+                sampling_interval: 0,
             })
         };
         Stats {
@@ -233,6 +241,7 @@ impl Stats {
             top_modules_by_allocation_count: modules_by_count,
             metadata,
             merged_pids: parts.iter().map(|p| p.metadata.pid).collect(),
+            sampling_intervals: parts.iter().flat_map(|p| p.sampling_intervals.iter().copied()).collect(),
         }
     }
 
@@ -250,6 +259,10 @@ impl Stats {
             let pids: Vec<String> = self.merged_pids.iter().map(|p| p.to_string()).collect();
             line(format!("🗂  {}", heading(&format!("{} captures merged (processes {}):", pids.len(), pids.join(", ")))));
             line("\tfigures are summed over the processes; the peak is the sum of each process's own peak".to_string());
+            line(String::new());
+        }
+        if let Some(notice) = sampling_notice(&self.sampling_intervals) {
+            line(notice);
             line(String::new());
         }
         line(format!("📏 {}", heading("Total allocations:")));
@@ -343,6 +356,7 @@ impl Stats {
                 has_native_traces: md.has_native_traces,
                 trace_python_allocators: md.trace_python_allocators,
                 file_format: md.file_format as u8,
+                sampling_interval: md.sampling_interval,
             },
             // Merged captures say so (a key Memray's single-capture document never has).
             merged_pids: (!self.merged_pids.is_empty()).then_some(&self.merged_pids),
@@ -398,6 +412,13 @@ struct MetadataDocument<'a> {
     has_native_traces: bool,
     trace_python_allocators: bool,
     file_format: u8,
+    /// Not Memray's: only in sampled captures' documents.
+    #[serde(skip_serializing_if = "is_zero")]
+    sampling_interval: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Python's `float // float` (CPython `float_floor_div`), which the histogram uses.
@@ -483,6 +504,25 @@ pub fn draw_histogram(count_by_size: &[(u64, u64)], bins: usize, scale: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::analysis::{analyze, AnalyzeOptions};
+    use crate::engine::estimates::test_capture;
+
+    #[test]
+    fn sampled_captures_say_once_that_figures_are_estimates() {
+        for (interval, notices) in [(64 * 1024, 1), (0, 0)] {
+            let bytes = test_capture(interval);
+            let analysis = analyze(memray_capture::Reader::new(&bytes[..]).unwrap(), AnalyzeOptions::default()).unwrap();
+            let stats = Stats::compute(&analysis, 5).unwrap();
+            let text = stats.render_text(false);
+            assert_eq!(text.matches("Sampled capture: one allocation recorded per 64.0KiB").count(), notices, "{text}");
+            // JSON: a key of our own, only when sampled (Memray's document otherwise).
+            let json = stats.to_json();
+            assert_eq!(json.contains("\"sampling_interval\": 65536"), notices == 1, "{json}");
+            assert_eq!(json.contains("sampling_interval"), notices == 1);
+            let merged = Stats::merge(&[stats.clone(), stats], 5);
+            assert_eq!(merged.render_text(false).matches("Sampled capture").count(), notices);
+        }
+    }
 
     #[test]
     fn size_fmt_like_memray() {

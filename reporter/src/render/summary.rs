@@ -14,7 +14,7 @@
 use std::fmt::Write;
 
 use crate::engine::records::RecordSet;
-use crate::render::format::size_fmt;
+use crate::render::format::{sampling_notice, size_fmt};
 
 /// Memray stops adding records once they reach this share of the total.
 pub const MAX_MEMORY_RATIO: f64 = 0.95;
@@ -39,6 +39,8 @@ pub struct Summary {
     /// Bytes of all records (the percentages' base).
     pub current_memory_size: u64,
     pub total_allocations: u64,
+    /// Each capture's sampling interval (0: not sampled), for the estimates' notice.
+    pub sampling_intervals: Vec<u64>,
 }
 
 impl Summary {
@@ -87,7 +89,7 @@ impl Summary {
                 e.n_allocations += record.n_allocations;
             }
         }
-        Summary { entries, current_memory_size, total_allocations }
+        Summary { entries, current_memory_size, total_allocations, sampling_intervals: vec![set.header.sampling_interval] }
     }
 
     /// Several processes' summaries as one (`memray summary a.bin b.bin ...`): each built
@@ -95,11 +97,12 @@ impl Summary {
     /// (function, file) summed, rows in first-seen order across the parts.
     pub fn merge(parts: Vec<Summary>) -> Summary {
         use std::collections::hash_map::Entry;
-        let mut merged = Summary { entries: Vec::new(), current_memory_size: 0, total_allocations: 0 };
+        let mut merged = Summary { entries: Vec::new(), current_memory_size: 0, total_allocations: 0, sampling_intervals: Vec::new() };
         let mut index: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
         for part in parts {
             merged.current_memory_size = merged.current_memory_size.wrapping_add(part.current_memory_size);
             merged.total_allocations += part.total_allocations;
+            merged.sampling_intervals.extend(part.sampling_intervals);
             for e in part.entries {
                 match index.entry((e.function.clone(), e.file.clone())) {
                     Entry::Occupied(at) => {
@@ -163,7 +166,11 @@ impl Summary {
                 Cell::plain(e.n_allocations.to_string(), count_colour),
             ]);
         }
-        render_table(&headers, &body, width, styled)
+        let table = render_table(&headers, &body, width, styled);
+        match sampling_notice(&self.sampling_intervals) {
+            Some(notice) => format!("{notice}\n{table}"),
+            None => table,
+        }
     }
 }
 
@@ -498,6 +505,20 @@ fn style_line(cell: &Cell, start: usize, line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::estimates::test_capture;
+    use crate::engine::records::leaked_record_set;
+
+    #[test]
+    fn sampled_captures_say_once_that_figures_are_estimates() {
+        for (interval, notices) in [(64 * 1024, 1), (0, 0)] {
+            let summary = Summary::build(&leaked_record_set(&test_capture(interval)));
+            let text = summary.render(1, 10, 120, false);
+            assert_eq!(text.matches("Sampled capture: one allocation recorded per 64.0KiB").count(), notices, "{text}");
+            // Merging keeps one notice.
+            let merged = Summary::merge(vec![summary, Summary::build(&leaked_record_set(&test_capture(interval)))]);
+            assert_eq!(merged.render(1, 10, 120, false).matches("Sampled capture").count(), notices);
+        }
+    }
 
     #[test]
     fn odd_text_does_not_panic() {
@@ -509,7 +530,7 @@ mod tests {
             }
         }
         let e = Entry { function: "f\u{3000}".into(), file: "x".into(), ..Entry::default() };
-        let s = Summary { entries: vec![e], current_memory_size: 0, total_allocations: 0 };
+        let s = Summary { entries: vec![e], current_memory_size: 0, total_allocations: 0, sampling_intervals: vec![0] };
         for width in [0, 10, 30, 200] {
             assert!(!s.render(1, 10, width, true).is_empty());
         }
@@ -525,9 +546,18 @@ mod tests {
             total_memory: total,
             n_allocations: n,
         };
-        let a = Summary { entries: vec![e("f", 10, 30, 1), e("main", 0, 30, 1)], current_memory_size: 30, total_allocations: 1 };
-        let b =
-            Summary { entries: vec![e("g", 5, 5, 2), e("main", 0, 5, 2), e("f", 1, 1, 1)], current_memory_size: 6, total_allocations: 3 };
+        let a = Summary {
+            entries: vec![e("f", 10, 30, 1), e("main", 0, 30, 1)],
+            current_memory_size: 30,
+            total_allocations: 1,
+            sampling_intervals: vec![0],
+        };
+        let b = Summary {
+            entries: vec![e("g", 5, 5, 2), e("main", 0, 5, 2), e("f", 1, 1, 1)],
+            current_memory_size: 6,
+            total_allocations: 3,
+            sampling_intervals: vec![0],
+        };
         let m = Summary::merge(vec![a, b]);
         assert_eq!(m.entries, vec![e("f", 11, 31, 2), e("main", 0, 35, 3), e("g", 5, 5, 2)]);
         assert_eq!((m.current_memory_size, m.total_allocations), (36, 4));

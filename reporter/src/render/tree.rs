@@ -13,7 +13,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::engine::records::{format_thread_name, AllocationRecord, RecordSet};
-use crate::render::format::size_fmt;
+use crate::render::format::{sampling_notice, size_fmt};
 
 /// Memray's `MAX_STACKS` with the default recursion limit (`1000 // 2.5`).
 pub const MAX_STACKS: usize = 400;
@@ -72,6 +72,9 @@ pub struct Elided {
 pub struct Tree {
     pub root: Node,
     pub elided: Elided,
+    /// The capture's (0: not sampled): a sampled capture's tree says its figures are
+    /// estimates.
+    pub sampling_interval: u64,
 }
 
 /// Python's `seq[:n]` split point for a possibly negative `n`.
@@ -127,13 +130,17 @@ impl Tree {
             elided.n_bytes = elided.n_bytes.wrapping_add(record.size);
             elided.n_allocations += record.n_allocations;
         }
-        Tree { root, elided }
+        Tree { root, elided, sampling_interval: set.header.sampling_interval }
     }
 
     /// The tree as text, every node expanded. `modules` turns file names into module
     /// names; `styled` adds terminal colours.
     pub fn render(&self, modules: &ModuleNamer, styled: bool) -> String {
         let mut out = String::new();
+        if let Some(notice) = sampling_notice(&[self.sampling_interval]) {
+            out.push_str(&notice);
+            out.push('\n');
+        }
         let total = self.root.value;
         if total == 0 {
             out.push_str(NO_ALLOCATIONS);
@@ -376,6 +383,19 @@ pub fn is_frame_from_import_system(frame: &Frame) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::estimates::test_capture;
+    use crate::engine::records::leaked_record_set;
+
+    #[test]
+    fn sampled_captures_say_once_that_figures_are_estimates() {
+        for (interval, notices) in [(64 * 1024, 1), (0, 0)] {
+            let set = leaked_record_set(&test_capture(interval));
+            let text = Tree::build(&set, 10).render(&ModuleNamer::new::<&str>(&[]), false);
+            let notice = "Sampled capture: one allocation recorded per 64.0KiB on average; bytes and counts are estimates\n";
+            assert_eq!(text.matches(notice).count(), notices, "{text}");
+            assert!(text.contains("build"), "{text}");
+        }
+    }
 
     fn f(function: &str, file: &str) -> Frame {
         (function.into(), file.into(), 1)

@@ -17,13 +17,14 @@ use memray_capture::{Allocator, CaptureError, FileFormat, Reader, Record};
 use serde::Serialize;
 
 use crate::engine::analysis::{LocationKey, Usage};
+use crate::engine::estimates::Estimates;
 use crate::engine::records::{hybrid_stack_trace, snapshot_records, AllocationRecord, SnapshotKind};
 use crate::engine::temporal::{Interval, TemporalMode, TimelineAnalysis, TimelineAnalyzer, TimelineOptions};
 use crate::engine::temporary::TemporaryAggregator;
 use crate::error::ReportError;
 use crate::model::native::NativeStacks;
 use crate::model::stacks::StackId;
-use crate::render::format::python_allocator_label;
+use crate::render::format::{python_allocator_label, sampling_notice};
 use memray_capture::fasthash::FastMap;
 use tree::{Strings, Tree, TreeBuilder, NODE_BUDGET};
 
@@ -184,6 +185,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
     };
     let mut native = NativeStacks::new();
     let mut generation = 0u64;
+    let estimates = Estimates::new(reader.header().sampling_interval);
     // One pass; the closure is inlined so common records never go through memory.
     let ta = t.run(
         &mut reader,
@@ -194,14 +196,15 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
                 generation += 1;
             }
             if let (Some(agg), Record::Allocation { tid, address, size, allocator, native_frame_id }) = (&mut temporary, record) {
-                let stack = if allocator.is_deallocator() { 0 } else { stacks.current(*tid) };
+                let (stack, n_allocations) =
+                    if allocator.is_deallocator() { (0, 1) } else { (stacks.current(*tid), estimates.count(*size, *address, *allocator)) };
                 agg.add(&AllocationRecord {
                     tid: *tid,
                     address: *address,
                     size: *size,
                     allocator: *allocator,
                     stack,
-                    n_allocations: 1,
+                    n_allocations,
                     native_frame_id: *native_frame_id,
                     native_segment_generation: generation,
                 });
@@ -212,7 +215,8 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
         (ReportKind::Temporary(_), Some(agg)) => agg.records().into_iter().map(|r| Row::from(&r)).collect(),
         (kind, _) if aggregated => {
             // Memray re-aggregates the file's rows per location (the allocator is not
-            // part of it): the first row keeps its count, each further one adds 1.
+            // part of it): the first row keeps its count, each further one adds 1
+            // (`LocationMap::for_aggregated_rows`; sampled captures add their estimates).
             let mut seen: FastMap<(StackId, u64, u64), usize> = FastMap::default();
             let mut rows: Vec<Row> = Vec::new();
             for l in &ta.analysis.locations {
@@ -224,7 +228,7 @@ fn collect(path: &Path, options: &HtmlOptions) -> Result<Collected, HtmlError> {
                 match seen.get(&(l.key.stack, l.key.native_frame_id, tid)) {
                     Some(&i) => {
                         rows[i].bytes = rows[i].bytes.wrapping_add(u.bytes);
-                        rows[i].count += 1;
+                        rows[i].count += if estimates.is_sampled() { u.count } else { 1 };
                     }
                     None => {
                         seen.insert((l.key.stack, l.key.native_frame_id, tid), rows.len());
@@ -284,6 +288,9 @@ struct StatsJson {
     /// Several captures merged: their processes (`pid` is the first's).
     #[serde(skip_serializing_if = "Option::is_none")]
     processes: Option<Vec<i32>>,
+    /// Each capture's sampling interval (0: not sampled); the page says so in its markup.
+    #[serde(skip)]
+    sampling_intervals: Vec<u64>,
 }
 
 /// [node, from, to (-1: never), count, bytes]
@@ -388,6 +395,7 @@ fn stats_json(ta: &TimelineAnalysis) -> StatsJson {
         trace_python_allocators: h.trace_python_allocators,
         complete: a.reached_trailer,
         processes: None,
+        sampling_intervals: vec![h.sampling_interval],
     }
 }
 
@@ -523,6 +531,7 @@ struct FlameParts {
 
 fn flame_page(parts: FlameParts, options: &HtmlOptions, title: String) -> Result<String, HtmlError> {
     let FlameParts { mut strings, tree, no_imports_tree, threads, temporal, memory, stats } = parts;
+    let notice = sampling_notice(&stats.sampling_intervals);
     let pruned = tree.flags.iter().any(|f| f & tree::OTHER != 0);
     let thread_ids: Vec<u32> = threads.iter().map(|t| strings.intern(t)).collect();
     let (mode, threshold) = mode_name(options.kind);
@@ -544,7 +553,7 @@ fn flame_page(parts: FlameParts, options: &HtmlOptions, title: String) -> Result
         temporal,
     };
     let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
-    Ok(page::flamegraph_page(&title, &json))
+    Ok(page::flamegraph_page(&title, &json, notice.as_deref()))
 }
 
 /// `memray table`: the rows of Memray's table reporter. Peak and leak rows are the
@@ -659,6 +668,7 @@ impl TableRows {
 
 fn table_page(table: TableRows, options: &HtmlOptions, title: String, memory: MemoryJson, stats: StatsJson) -> Result<String, HtmlError> {
     let (mode, threshold) = mode_name(options.kind);
+    let notice = sampling_notice(&stats.sampling_intervals);
     let data = TableJson {
         kind: "table",
         title: title.clone(),
@@ -672,7 +682,7 @@ fn table_page(table: TableRows, options: &HtmlOptions, title: String, memory: Me
         stats,
     };
     let json = serde_json::to_string(&data).map_err(|e| HtmlError::Unsupported(format!("cannot encode the report: {e}")))?;
-    Ok(page::table_page(&title, &json))
+    Ok(page::table_page(&title, &json, notice.as_deref()))
 }
 
 // ---- several captures (the processes of a tree) --------------------------------------
@@ -804,6 +814,7 @@ fn merge_figures(each: Vec<(MemoryJson, StatsJson)>, max_samples: usize) -> (Mem
         trace_python_allocators: stats.iter().all(|s| s.trace_python_allocators),
         complete: stats.iter().all(|s| s.complete),
         processes: Some(stats.iter().map(|s| s.pid).collect()),
+        sampling_intervals: stats.iter().flat_map(|s| s.sampling_intervals.iter().copied()).collect(),
     };
     (sum_memory(&memories, max_samples), merged)
 }

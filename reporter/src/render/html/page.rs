@@ -65,6 +65,19 @@ const HEADER: &str = r#"<header class="topbar">
   <span id="subtitle" class="subtitle"></span>
 </header>"#;
 
+/// A sampled capture's notice under the header (styled inline: the shared style sheet,
+/// and so every other page, stays as it is).
+fn notice_html(notice: Option<&str>) -> String {
+    match notice {
+        Some(text) => format!(
+            "\n<p id=\"sampling-notice\" role=\"note\" style=\"margin: 8px 0 0; padding: 6px 10px; border: 1px solid #d4a72c; \
+             border-radius: 6px; background: #fff8c5;\">{}</p>",
+            escape_text(text)
+        ),
+        None => String::new(),
+    }
+}
+
 const SIDE: &str = r#"<section class="panels">
   <div class="panel chart-panel">
     <div class="panel-head"><h2>Memory over time</h2><span id="chart-help" class="hint"></span></div>
@@ -76,9 +89,10 @@ const SIDE: &str = r#"<section class="panels">
   </div>
 </section>"#;
 
-pub fn flamegraph_page(title: &str, json: &str) -> String {
+pub fn flamegraph_page(title: &str, json: &str, notice: Option<&str>) -> String {
+    let notice = notice_html(notice);
     let body = format!(
-        r#"{HEADER}
+        r#"{HEADER}{notice}
 {SIDE}
 <section class="toolbar" id="toolbar">
   <button type="button" id="reset-zoom" disabled>Reset zoom</button>
@@ -96,9 +110,10 @@ pub fn flamegraph_page(title: &str, json: &str) -> String {
     page(title, &body, json, FLAMEGRAPH_JS)
 }
 
-pub fn table_page(title: &str, json: &str) -> String {
+pub fn table_page(title: &str, json: &str, notice: Option<&str>) -> String {
+    let notice = notice_html(notice);
     let body = format!(
-        r#"{HEADER}
+        r#"{HEADER}{notice}
 {SIDE}
 <section class="toolbar">
   <input type="search" id="filter" placeholder="Filter rows" autocomplete="off" spellcheck="false">
@@ -137,5 +152,15 @@ mod tests {
         let back: Vec<String> = serde_json::from_str(&safe).unwrap();
         assert_eq!(back[0], "</script><script>alert(1)</script>");
         assert_eq!(back[2], "\u{2028}");
+    }
+
+    #[test]
+    fn a_notice_is_shown_once_and_only_when_given() {
+        let plain = table_page("t", "{}", None);
+        assert!(!plain.contains("sampling-notice"));
+        assert_eq!(plain, table_page("t", "{}", None));
+        let page = flamegraph_page("t", "{}", Some("Sampled capture: one allocation recorded per 512.0KiB on average"));
+        assert_eq!(page.matches("Sampled capture").count(), 1);
+        assert!(page.contains("<header class=\"topbar\">"));
     }
 }

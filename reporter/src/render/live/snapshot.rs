@@ -38,6 +38,8 @@ pub enum StreamStatus {
 pub struct Snapshot {
     pub pid: i32,
     pub command_line: String,
+    /// The stream's sampling interval (0: every allocation is recorded).
+    pub sampling_interval: u64,
     pub heap: u64,
     pub peak: u64,
     pub rss: u64,

@@ -18,11 +18,13 @@ use crate::render::live::snapshot::{Site, Snapshot, StreamStatus, ThreadSites};
 use memray_capture::fasthash::FastMap;
 use memray_capture::ranges::{Cut, RangeSet};
 
-/// A live block: its size and the (stack, thread) it was allocated from.
+/// A live block: its size, the (stack, thread) it was allocated from, and the
+/// allocations it stands for (1 unless the capture is sampled).
 #[derive(Clone, Copy)]
 struct Block {
     size: u64,
     origin: u32,
+    count: u64,
 }
 
 /// Live memory of one (stack, thread).
@@ -38,6 +40,7 @@ struct Origin {
 pub struct LiveState {
     pid: i32,
     command_line: String,
+    sampling_interval: u64,
     start_ms: u64,
     blocks: FastMap<u64, Block>,
     maps: RangeSet<u32>,
@@ -62,6 +65,7 @@ impl LiveState {
         LiveState {
             pid: header.pid,
             command_line: header.command_line.clone(),
+            sampling_interval: header.sampling_interval,
             start_ms,
             blocks: FastMap::default(),
             maps: RangeSet::new(),
@@ -133,15 +137,15 @@ impl LiveState {
         match (a.is_ranged(), a.is_deallocator()) {
             (false, false) => {
                 let origin = self.origin(r.stack, r.tid);
-                if let Some(old) = self.blocks.insert(r.address, Block { size: r.size, origin }) {
+                if let Some(old) = self.blocks.insert(r.address, Block { size: r.size, origin, count: r.n_allocations }) {
                     // A block we never saw freed (e.g. realloc in place): replace it.
-                    self.lose(old.origin, old.size, 1);
+                    self.lose(old.origin, old.size, old.count);
                 }
-                self.gain(origin, r.size, 1);
+                self.gain(origin, r.size, r.n_allocations);
             }
             (false, true) => {
                 if let Some(old) = self.blocks.remove(&r.address) {
-                    self.lose(old.origin, old.size, 1);
+                    self.lose(old.origin, old.size, old.count);
                 }
             }
             (true, false) => {
@@ -246,6 +250,7 @@ impl LiveState {
         Snapshot {
             pid: self.pid,
             command_line: self.command_line.clone(),
+            sampling_interval: self.sampling_interval,
             heap: self.heap,
             peak: self.peak,
             rss: self.rss,
@@ -341,6 +346,21 @@ mod tests {
         assert!(snap.threads[0].sites.iter().all(|s| s.function != "worker"));
         assert_eq!(snap.threads[1].sites.len(), 1);
         assert_eq!(snap.threads[1].sites[0].file, "work.py");
+    }
+
+    #[test]
+    fn sampled_blocks_count_their_estimates_until_freed() {
+        use memray_capture::sampling::{estimated_count, weight};
+        let t = 64 * 1024;
+        let bytes = crate::engine::estimates::test_capture(t);
+        let (mut state, mut cursor) = fold(&bytes);
+        let names = cursor.thread_names.clone();
+        let snap = state.snapshot(&mut cursor.stacks, &names, StreamStatus::Live);
+        assert_eq!(snap.sampling_interval, t);
+        let c = |size, address| estimated_count(weight(size, t), t, address, false);
+        // The freed block at 0x30 and the replaced one at 0x10 took back their counts.
+        assert_eq!(site(&snap.merged, "build").count, c(1000, 0x20) + 1);
+        assert_eq!(site(&snap.merged, "main").count, c(1000, 0x20) + 1 + c(5000, 0x40) + c(300, 0x10));
     }
 
     #[test]

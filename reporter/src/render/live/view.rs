@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
 
-use crate::render::format::size_fmt;
+use crate::render::format::{sampling_notice, size_fmt};
 use crate::render::live::snapshot::{Site, Snapshot, StreamStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,10 +113,13 @@ fn percent(part: u64, whole: u64) -> String {
 
 /// Draws the whole screen.
 pub fn render(frame: &mut Frame, snap: &Snapshot, view: &ViewState) {
+    let notice = sampling_notice(&[snap.sampling_interval]);
+    let header_height = if notice.is_some() { 6 } else { 5 };
     let [header, graph, table, footer] =
-        Layout::vertical([Constraint::Length(5), Constraint::Length(5), Constraint::Min(3), Constraint::Length(1)]).areas(frame.area());
+        Layout::vertical([Constraint::Length(header_height), Constraint::Length(5), Constraint::Min(3), Constraint::Length(1)])
+            .areas(frame.area());
     let (rows, label) = view.rows(snap);
-    render_header(frame, header, snap, view, &label);
+    render_header(frame, header, snap, view, &label, notice);
     render_graph(frame, graph, snap);
     render_table(frame, table, &rows, snap.heap, view);
     let keys =
@@ -124,7 +127,7 @@ pub fn render(frame: &mut Frame, snap: &Snapshot, view: &ViewState) {
     frame.render_widget(Paragraph::new(keys).style(Style::default().add_modifier(Modifier::DIM)), footer);
 }
 
-fn render_header(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &ViewState, label: &str) {
+fn render_header(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &ViewState, label: &str, notice: Option<String>) {
     let bold = Style::default().add_modifier(Modifier::BOLD);
     let status = match (&snap.status, view.paused) {
         (StreamStatus::Live, false) => Span::styled("streaming", Style::default().fg(Color::Green)),
@@ -134,7 +137,7 @@ fn render_header(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &ViewStat
         }
         (StreamStatus::Lost(why), _) => Span::styled(format!("connection lost: {why}"), Style::default().fg(Color::Red)),
     };
-    let lines = vec![
+    let mut lines = vec![
         Line::from(vec![
             Span::styled("PID: ", bold),
             Span::raw(snap.pid.to_string()),
@@ -164,6 +167,9 @@ fn render_header(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &ViewStat
         ]),
         Line::from(vec![Span::styled("Showing: ", bold), Span::raw(label.to_string()), Span::raw("   "), status]),
     ];
+    if let Some(notice) = notice {
+        lines.push(Line::from(Span::styled(notice, Style::default().fg(Color::Yellow))));
+    }
     let block = Block::default().borders(Borders::TOP).title(Line::from(" memray live ").style(bold));
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
@@ -270,6 +276,7 @@ mod tests {
         Snapshot {
             pid: 777,
             command_line: "python busy.py".into(),
+            sampling_interval: 0,
             heap: 1200,
             peak: 2000,
             rss: 1 << 20,
@@ -347,5 +354,14 @@ mod tests {
         assert_eq!(keep_end("/usr/lib/python3.12/threading.py", 14), "\u{2026}/threading.py");
         v.on_key(key(KeyCode::Char(' ')), 2);
         assert!(screen(&snap, &v).contains("PAUSED"));
+        assert!(!text.contains("Sampled"));
+    }
+
+    #[test]
+    fn sampled_streams_say_so_once_in_the_header() {
+        let snap = Snapshot { sampling_interval: 512 * 1024, ..snapshot() };
+        let text = screen(&snap, &ViewState::default());
+        assert_eq!(text.matches("Sampled capture: one allocation recorded per 512.0KiB on average").count(), 1, "{text}");
+        assert!(text.contains("Showing: ") && text.contains("big_total.py"), "{text}");
     }
 }
