@@ -466,6 +466,31 @@ class Page:
         self.page.close()
 
 
+SAMPLED = """
+def allocate_many():
+    kept = []
+    for _ in range(20000):
+        kept.append(bytearray(3000))
+    return kept
+kept = allocate_many()
+"""
+
+
+def test_sampled_capture_pages_say_once_that_they_show_estimates(browser, mrun, cli, workdir):
+    cap = capture(mrun, workdir, "sampled.py", SAMPLED, "--sampling-interval", "16KiB")
+    for cmd in ("flamegraph", "table"):
+        out = workdir / ("%s.html" % cmd)
+        assert_ok(cli(cmd, "-f", "-o", out, cap))
+        p = Page(browser, out)
+        try:
+            body = p.page.inner_text("body")
+            assert body.count("bytes and counts are estimates") == 1, body[:2000]
+            assert "one allocation recorded per 16.0KiB on average" in body
+            p.check_clean()
+        finally:
+            p.close()
+
+
 @pytest.fixture
 def demo_pages(mrun, cli, workdir):
     cap = capture(mrun, workdir, "demo.py", DEMO, extra_files={"heavymod.py": HEAVYMOD})

@@ -334,6 +334,20 @@ def test_run_live_without_a_terminal_prints_the_view_when_the_program_ends(inter
     assert "short program done" in Path(log).read_text()
 
 
+def test_run_live_sampled_says_the_figures_are_estimates(interp, build, tracked_env, workdir):
+    """`run --live --sampling-interval`: the view says once that it shows estimates."""
+    prog = workdir / "short.py"
+    prog.write_text(SHORT_PROGRAM)
+    env = dict(tracked_env, MEMRAY_PYTHON=interp.executable, COLUMNS="120", LINES="30")
+    res = run([build.binary, "run", "--live", "--sampling-interval", "64KiB", prog], cwd=workdir, env=env, timeout=60)
+    assert res.returncode == 3, res.describe()
+    text = "\n".join(view_text(res.stdout))
+    assert text.count("bytes and counts are estimates") == 1 and "per 64.0KiB" in text, res.stdout
+    # 30 blocks of 100 kB, each sampled with p = 78% and weighing 128 kB.
+    row = next(l for l in text.splitlines() if l.startswith("holder"))
+    assert re.search(r"\b[1-4]\.\d{3}MB\b", row), row
+
+
 def test_live_without_a_terminal_ends_on_a_signal(interp, build, tracked_env, workdir):
     """`memray live PORT` with stdout redirected, ended by SIGINT (as a script's timeout would):
     the view as text, and the program runs on untracked."""

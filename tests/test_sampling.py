@@ -223,3 +223,37 @@ def test_tracker_refuses_a_negative_interval(interp, script, run_py, workdir):
         """)
     res = assert_ok(run_py(s, workdir / "neg.bin", -1))
     assert "ValueError: sampling_interval must be a number of bytes" in res.stdout
+
+
+def test_reports_say_once_that_they_show_estimates(interp, script, run_py, memray_cli, workdir):
+    """Every terminal report of a sampled capture says so once; counts are estimates
+    (20,000 blocks from about 3,400 records), also in this project's FileReader."""
+    if interp.id != "py3.12":
+        pytest.skip("the reports do not depend on the interpreter: checked on py3.12")
+    s = script("reports.py", PRELUDE, """
+        def keep():
+            out = []
+            for _ in range(20000):
+                out.append(H.helper_malloc(3000))  # @keep
+            return out
+        with memray.Tracker(OUT, sampling_interval=INTERVAL):
+            kept = keep()
+        with memray.FileReader(OUT) as reader:
+            md = reader.metadata
+            rows = [r for r in reader.get_high_watermark_allocation_records()
+                    if r.stack_trace() and r.stack_trace()[0][0] == "keep"]
+            print(json.dumps({"interval": md.sampling_interval, "size": rows[0].size, "count": rows[0].n_allocations}))
+        """)
+    out = workdir / "reports.bin"
+    res = assert_ok(run_py(s, out, 16 * 1024))
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["interval"] == 16 * 1024
+    assert abs(info["size"] - 60_000_000) < 0.1 * 60_000_000, info
+    assert abs(info["count"] - 20000) < 0.1 * 20000, info
+    notice = "Sampled capture: one allocation recorded per 16.0KiB on average; bytes and counts are estimates"
+    for report in (["stats"], ["tree"], ["summary"]):
+        text = assert_ok(memray_cli(*report, out)).stdout
+        assert text.count(notice) == 1, f"memray {report[0]}:\n{text}"
+    stats = workdir / "stats.json"
+    assert_ok(memray_cli("stats", "--json", "-f", "-o", stats, out))
+    assert json.loads(stats.read_text())["metadata"]["sampling_interval"] == 16 * 1024
