@@ -44,9 +44,14 @@ class Metadata:
     has_native_traces: bool
     trace_python_allocators: bool
     file_format: FileFormat
-    # Not Memray's: bytes between recorded allocations on average in a sampled capture
-    # (its sizes and counts are estimates), 0 when every allocation was recorded.
-    sampling_interval: int = 0
+
+    @property
+    def sampling_interval(self) -> int:
+        """Not Memray's: bytes between recorded allocations on average in a sampled
+        capture (its sizes and counts are estimates), 0 when every allocation was
+        recorded. A property, not a field, so the fields stay Memray's: the interval
+        travels in the header field Memray reads as total_frames (docs/format.md)."""
+        return self.total_frames
 
 
 def size_fmt(num, suffix="B"):
@@ -434,7 +439,6 @@ class FileReader:
             has_native_traces=md["has_native_traces"],
             trace_python_allocators=md["trace_python_allocators"],
             file_format=FileFormat.AGGREGATED_ALLOCATIONS if md["file_format"] == 1 else FileFormat.ALL_ALLOCATIONS,
-            sampling_interval=md.get("sampling_interval", 0),
         )
 
     # -- plumbing

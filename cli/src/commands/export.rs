@@ -262,8 +262,7 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
                 "{{\"metadata\": {{\"start_time\": {}, \"end_time\": {}, \"total_allocations\": {}, \"total_frames\": {}, \
                  \"peak_memory\": {}, \"command_line\": {}, \"pid\": {}, \"main_thread_id\": {}, \"python_allocator\": {}, \
                  \"has_native_traces\": {}, \"trace_python_allocators\": {}, \"file_format\": {}, \
-                 \"skipped_frames_on_main_tid\": {}, \"peak_index\": {}, \"python_version\": {}, \"snapshot_stride\": {}, \
-                 \"sampling_interval\": {}}}}}",
+                 \"skipped_frames_on_main_tid\": {}, \"peak_index\": {}, \"python_version\": {}, \"snapshot_stride\": {}}}}}",
                 h.start_time_ms,
                 h.end_time_ms,
                 s.n_records,
@@ -279,8 +278,7 @@ fn export(args: &ExportArgs, out: &mut impl Write) -> Result<(), Failure> {
                 h.skipped_frames_on_main_tid,
                 s.peak_index,
                 h.python_version,
-                s.snapshot_stride,
-                h.sampling_interval
+                s.snapshot_stride
             )?;
             for snap in &s.snapshots {
                 writeln!(out, "[\"S\",{},{},{}]", snap.ms_since_epoch, snap.rss, snap.heap)?;
