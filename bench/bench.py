@@ -13,7 +13,11 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKLOADS = ["small_objects", "large_buffers", "threads", "deep_recursion", "numpy_arrays"]
+WORKLOADS = [
+    "small_objects", "large_buffers", "threads", "deep_recursion", "numpy_arrays",
+    # About 80 frames deep, as real services run (issue #17).
+    "handler_depth", "asyncio_handler",
+]
 MODES = {
     "default": [],
     "trace-python-allocators": ["--trace-python-allocators"],
