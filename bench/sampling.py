@@ -30,11 +30,12 @@ from bench import WORKLOADS, best_of, timed  # noqa: E402
 DEFAULT_INTERVAL = "64KiB"
 
 STEADY = r"""
-import runpy, sys, time, os
-script, rounds, stamp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import runpy, sys, time
+script, rounds = sys.argv[1], int(sys.argv[2])
 print("ready", flush=True)
 for i in range(rounds):
     start = time.perf_counter()
+    sys.argv = [script]  # the workload's own arguments: none, its defaults
     runpy.run_path(script, run_name="__main__")
     print("%f %f" % (time.time(), time.perf_counter() - start), flush=True)
 """
@@ -71,7 +72,7 @@ def steady_rounds(args, tmp, workload, interval, attach):
         f.write(STEADY)
     script = os.path.join(HERE, "workloads", workload + ".py")
     rounds = args.rounds
-    proc = subprocess.Popen([args.python, driver, script, str(rounds), "x"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([args.python, driver, script, str(rounds)], stdout=subprocess.PIPE, text=True)
     lines = []
     attached_at = None
     try:
@@ -117,26 +118,32 @@ def run_attached(args, tmp, interval):
 def run_accuracy(args, tmp, interval):
     print("3. accuracy at %s: relative error of the estimate, per site with at least 1%% of" % interval)
     print("   the bytes at the peak or of the leaked bytes, over %d sampler seeds\n" % args.seeds)
-    header = "%-16s %-7s %6s %8s %8s %8s %8s %10s" % (
-        "workload", "bytes", "sites", "median", "p90", "p99", "max", "within 10%")
+    header = "%-16s %-7s %6s %13s %8s %8s %8s %8s %10s" % (
+        "workload", "bytes", "sites", "smallest site", "median", "p90", "p99", "max", "within 10%")
     print(header)
     print("-" * len(header))
     for w in ["sampling_sites"] + list(args.workloads):
         script = os.path.join(HERE, "workloads", w + ".py")
         full = os.path.join(tmp, "acc-%s-full.bin" % w)
+        # The same run each time: string hashing fixed too (dict layouts change what
+        # pymalloc maps).
+        fixed = dict(os.environ, PYTHONHASHSEED="0")
         subprocess.run([args.memray_rs, "run", "-q", "-f", "--python", args.python, "-o", full, script],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, env=fixed)
         errs = {"peak": [], "leaked": []}
         sites = {"peak": 0, "leaked": 0}
+        # The error of a site of B bytes of small blocks is about sqrt(interval / B).
+        smallest = {"peak": 0, "leaked": 0}
         for seed in range(1, args.seeds + 1):
             sampled = os.path.join(tmp, "acc-%s-%d.bin" % (w, seed))
-            env = dict(os.environ, MEMRAY_SAMPLING_SEED=str(seed), PYTHONHASHSEED="0")
+            env = dict(fixed, MEMRAY_SAMPLING_SEED=str(seed))
             subprocess.run([args.memray_rs, "run", "-q", "-f", "--python", args.python, "--sampling-interval",
                             interval, "-o", sampled, script], check=True, stdout=subprocess.DEVNULL, env=env)
             result = sampling_accuracy.errors(full, sampled)
             for name in errs:
                 rows = result[name]["sites"]
                 sites[name] = len(rows)
+                smallest[name] = min((r["full"] for r in rows), default=0)
                 errs[name].extend(abs(r["error"]) for r in rows)
             os.unlink(sampled)
         for name, e in errs.items():
@@ -145,9 +152,9 @@ def run_accuracy(args, tmp, interval):
                 continue
             e.sort()
             q = lambda p: e[min(len(e) - 1, int(p * len(e)))]
-            print("%-16s %-7s %6d %7.1f%% %7.1f%% %7.1f%% %7.1f%% %9.1f%%" % (
-                w, name, sites[name], 100 * statistics.median(e), 100 * q(0.9), 100 * q(0.99), 100 * e[-1],
-                100 * sum(x <= 0.10 for x in e) / len(e)))
+            print("%-16s %-7s %6d %13d %7.1f%% %7.1f%% %7.1f%% %7.1f%% %9.1f%%" % (
+                w, name, sites[name], smallest[name], 100 * statistics.median(e), 100 * q(0.9), 100 * q(0.99),
+                100 * e[-1], 100 * sum(x <= 0.10 for x in e) / len(e)))
         sys.stdout.flush()
     print()
 

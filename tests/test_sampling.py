@@ -110,6 +110,7 @@ def test_estimates_match_the_full_trace(interp, memray_run, workdir, oracle):
         pytest.skip("accuracy does not depend on the interpreter: checked on py3.12")
     workload = REPO / "bench" / "workloads" / "sampling_sites.py"
     full, sampled = workdir / "full.bin", workdir / "sampled.bin"
+    memray_run.env["PYTHONHASHSEED"] = "0"
     assert_ok(memray_run("-q", "-o", full, workload))
     memray_run.env["MEMRAY_SAMPLING_SEED"] = "20261204"
     assert_ok(memray_run("-q", "--sampling-interval", "64KiB", "-o", sampled, workload))

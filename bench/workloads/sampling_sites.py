@@ -27,7 +27,7 @@ def medium_blocks(total):
 
 
 def large_blocks(total):
-    # Mapped by glibc: mmap is recorded in full even when sampling.
+    # Far above any sampling interval: nearly always sampled, weighing their size.
     out, n = [], 0
     while n < total:
         out.append(bytearray(rng.randint(1 << 20, 8 << 20)))
