@@ -93,19 +93,35 @@ def test_a_sampled_capture_estimates_what_it_did_not_record(interp, script, run_
     assert abs(leaked - 10_000_000) < 0.2 * 10_000_000, leaked
 
 
-def test_mmap_is_recorded_in_full_when_sampling(interp, script, run_py, reader, workdir):
-    s = script("mapped.py", PRELUDE, """
+def test_mappings_when_sampling(interp, script, run_py, reader, workdir):
+    """Mappings as large as the interval are recorded in full at their addresses; smaller
+    ones are sampled and recorded, with their weight, at synthetic addresses in the
+    kernel's half of the address space (a weight at the real address would cover the
+    neighbours), and unmapping the real mapping ends the synthetic range."""
+    s = script("mapped.py", PRELUDE, SEEDED, """
         with memray.Tracker(OUT, sampling_interval=INTERVAL):
-            maps = [H.helper_mmap(4096) for _ in range(50)]  # @map
-            for p in maps:
+            big = [H.helper_mmap(65536) for _ in range(20)]
+            small = [H.helper_mmap(4096) for _ in range(2000)]
+            for p in big:
+                H.helper_munmap(p, 65536)
+            for p in small:
                 H.helper_munmap(p, 4096)
         """)
     out = workdir / "mapped.bin"
-    assert_ok(run_py(s, out, 1 << 30))
-    cap = reader.read(out, "all")
-    maps = cap.find(allocator=MMAP, size=4096)
-    assert len(maps) == 50, "every mmap is recorded, at its size, whatever the interval"
-    assert len(cap.find(allocator=MUNMAP)) == 50
+    interval = 16384
+    assert_ok(run_py(s, out, interval))
+    cap = reader.read(out, "all", "leaks")
+    synthetic = 0xFFFF_8000_0000_0000
+    big = cap.find(allocator=MMAP, size=65536)
+    assert len(big) == 20 and all(r["address"] < synthetic for r in big), big
+    weight = round(4096 / -math.expm1(-4096 / interval))
+    small = cap.find(allocator=MMAP, size=weight)
+    # p = 1 - exp(-1/4) = 22%: about 442 of 2000; they stand for 8.2 MB (sd 4.5%).
+    assert 300 < len(small) < 600 and all(r["address"] >= synthetic for r in small), len(small)
+    assert abs(len(small) * weight - 2000 * 4096) < 0.2 * 2000 * 4096
+    ended = {r["address"] for r in cap.find(allocator=MUNMAP) if r["address"] >= synthetic}
+    assert ended == {r["address"] for r in small}, "every sampled small mapping's range ends with its munmap"
+    assert not [r for r in cap.leaks if r["allocator"] == MMAP and r["size"] in (65536, weight)], cap.leaks
 
 
 def test_estimates_match_the_full_trace(interp, memray_run, workdir, oracle):

@@ -58,7 +58,7 @@ pub fn record_allocation(address: *mut c_void, size: usize, allocator: Allocator
         return;
     }
     let interval = sampling::interval();
-    if interval != 0 && allocator != Allocator::Mmap {
+    if interval != 0 && (allocator != Allocator::Mmap || (size as u64) < interval) {
         return record_sampled_allocation(address as usize, size, allocator, interval);
     }
     with_guard(|| record_with_stack(|writer, tid, native_id| writer.write_allocation(tid, address as usize, size, allocator, native_id)));
@@ -71,6 +71,11 @@ fn record_sampled_allocation(address: usize, size: usize, allocator: Allocator, 
     let Some(weight) = sampling::sample(size, interval) else { return };
     with_guard(|| {
         record_with_stack(|writer, tid, native_id| {
+            if allocator == Allocator::Mmap {
+                // A range of its weight would cover its neighbours (sampled_mappings.rs).
+                let synthetic = writer.sampled_mappings.add(address as u64, size as u64, weight);
+                return writer.write_allocation(tid, synthetic as usize, weight as usize, allocator, native_id);
+            }
             SAMPLED.insert(writer, address);
             writer.write_allocation(tid, address, weight as usize, allocator, native_id)
         })
@@ -148,6 +153,12 @@ pub fn record_deallocation(address: *mut c_void, size: usize, allocator: Allocat
         let tid = thread_state::current_tid();
         let mut guard = WRITER.lock();
         if let Some(writer) = guard.as_mut() {
+            if allocator == Allocator::Munmap {
+                // Sampled small mappings this touches end their synthetic ranges.
+                while let Some((synthetic, weight)) = writer.sampled_mappings.take_overlapping(address as u64, size as u64) {
+                    writer.write_allocation(tid, synthetic as usize, weight as usize, Allocator::Munmap, 0);
+                }
+            }
             if !sampled || SAMPLED.remove(writer, address as usize) {
                 writer.write_allocation(tid, address as usize, size, allocator, 0);
             }

@@ -24,6 +24,7 @@ mod pymem;
 pub mod python;
 mod rss;
 mod sampled_blocks;
+mod sampled_mappings;
 mod sampling;
 mod sink;
 mod stack;

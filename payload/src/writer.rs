@@ -51,6 +51,8 @@ pub struct Writer {
     /// "segment generation" a reader is in when it meets an allocation).
     native: NativeTrie,
     map_generation: u64,
+    /// Sampled mappings smaller than the sampling interval, recorded at synthetic addresses.
+    pub sampled_mappings: crate::sampled_mappings::SampledMappings,
 }
 
 impl Writer {
@@ -77,6 +79,7 @@ impl Writer {
             interp,
             native: NativeTrie::default(),
             map_generation: 0,
+            sampled_mappings: Default::default(),
         };
         if matches!(w.out, Output::Stream(_)) {
             let mut bytes = Vec::new();
