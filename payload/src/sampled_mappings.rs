@@ -44,9 +44,9 @@ impl SampledMappings {
         synthetic
     }
 
-    /// The synthetic range `(address, weight)` of one sampled mapping that `[start, start
-    /// + len)` touches, now forgotten (unmapping any part of a mapping ends its range);
-    /// call until None.
+    /// The synthetic range `(address, weight)` of one sampled mapping that the range
+    /// from `start` of `len` bytes touches, now forgotten (unmapping any part of a
+    /// mapping ends its range); call until None.
     pub fn take_overlapping(&mut self, start: u64, len: u64) -> Option<(u64, u64)> {
         let end = start.saturating_add(len);
         let i = self.live.iter().position(|m| m.start < end && start < m.start.saturating_add(m.len))?;
