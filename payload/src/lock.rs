@@ -51,7 +51,7 @@ impl<T> FutexMutex<T> {
             }
         }
         while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
-            futex_wait(&self.state, CONTENDED);
+            futex_wait(&self.state, CONTENDED, None);
         }
     }
 
@@ -60,7 +60,7 @@ impl<T> FutexMutex<T> {
     #[inline]
     pub fn raw_unlock(&self) {
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            futex_wake(&self.state);
+            futex_wake(&self.state, 1);
         }
     }
 
@@ -91,23 +91,23 @@ impl<T> Drop for FutexGuard<'_, T> {
     }
 }
 
-fn futex_wait(state: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives as long as the mutex.
+/// Sleeps while `word` holds `expected`, for at most `timeout` (None: until woken). May
+/// return early (a wake, a signal, a spurious wakeup): callers check their condition.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) {
+    let ts = timeout.map(|d| libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that outlives the call; the timeout, if
+    // any, is a relative timespec on our stack, read during the call only.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, ts_ptr);
     }
 }
 
-fn futex_wake(state: &AtomicU32) {
+/// Wakes up to `n` threads sleeping in `futex_wait` on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: FUTEX_WAKE on a valid, aligned u32.
     unsafe {
-        libc::syscall(libc::SYS_futex, state.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, n);
     }
 }
 

@@ -5,12 +5,15 @@
 //! the very first thing the thread sets: std's thread start-up calls into glibc, whose own
 //! allocations would otherwise be recorded as the program's.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::hooks::WRITER;
+use crate::lock::{futex_wait, futex_wake};
 use crate::log::{self, log};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Non-zero once stop() was called; the sampler sleeps on it, so stop() wakes it at once.
+static STOP: AtomicU32 = AtomicU32::new(0);
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(10);
 
 pub struct Sampler {
@@ -19,26 +22,29 @@ pub struct Sampler {
 
 extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
     crate::thread_state::set_guard_permanently();
-    while !STOP.load(Ordering::Acquire) {
+    while STOP.load(Ordering::Acquire) == 0 {
         sample();
         sleep_interruptibly(INTERVAL_MS.load(Ordering::Relaxed));
     }
     std::ptr::null_mut()
 }
 
-/// Sleeps in slices of at most 5 ms so stop() never waits long.
+/// Sleeps `ms`, or until stop(): every tracker stop (each `memray run`'s end, each
+/// detach) waits for this thread, which used to sleep on in slices of 5 ms.
 fn sleep_interruptibly(ms: u64) {
-    let mut left = ms;
-    while left > 0 && !STOP.load(Ordering::Acquire) {
-        let step = left.min(5);
-        std::thread::sleep(std::time::Duration::from_millis(step));
-        left -= step;
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while STOP.load(Ordering::Acquire) == 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        futex_wait(&STOP, 0, Some(deadline - now));
     }
 }
 
 impl Sampler {
     pub fn start(interval_ms: u64) -> std::io::Result<Sampler> {
-        STOP.store(false, Ordering::Release);
+        STOP.store(0, Ordering::Release);
         INTERVAL_MS.store(interval_ms.max(1), Ordering::Relaxed);
         let mut thread: libc::pthread_t = 0;
         // SAFETY: sampler_main has the signature pthread expects and takes no argument.
@@ -50,7 +56,8 @@ impl Sampler {
     }
 
     pub fn stop(&mut self) {
-        STOP.store(true, Ordering::Release);
+        STOP.store(1, Ordering::Release);
+        futex_wake(&STOP, i32::MAX);
         if let Some(t) = self.thread.take() {
             // SAFETY: joins the thread we created, exactly once.
             unsafe { libc::pthread_join(t, std::ptr::null_mut()) };
@@ -79,7 +86,7 @@ fn sample() {
         // the stop, PyMem wrappers included, happens when the session is stopped). The
         // capture stays readable up to the last successful flush.
         crate::hooks::ACTIVE.store(false, Ordering::Release);
-        STOP.store(true, Ordering::Release);
+        STOP.store(1, Ordering::Release);
         crate::got::restore_all(&crate::hooks::redirects());
         let err = std::io::Error::from_raw_os_error(errno);
         if socket {
