@@ -83,26 +83,6 @@ def test_output_option(interp, script, memray_run, reader, workdir):
     assert_work_recorded(reader.read(out, "all"), s)
 
 
-def test_compiled_bootstrap_is_cached_and_a_bad_cache_is_ignored(interp, script, memray_run, reader, workdir):
-    """`memray run` keeps the compiled tracking module in the user's cache directory (it
-    saves compiling it each run); a damaged or foreign cache file is not trusted."""
-    cache = workdir / "cache"
-    memray_run.env["XDG_CACHE_HOME"] = str(cache)
-    s = script("prog.py", PROG)
-    assert_ok(memray_run("-q", "-o", workdir / "one.bin", s.path))
-    cached = list((cache / "memray").glob("bootstrap-*.marshal"))
-    assert len(cached) == 1 and cached[0].stat().st_mode & 0o777 == 0o600, cached
-    cached[0].write_bytes(b"not marshal data")
-    assert_ok(memray_run("-q", "-o", workdir / "two.bin", s.path))
-    assert_work_recorded(reader.read(workdir / "two.bin", "all"), s)
-    assert cached[0].read_bytes() != b"not marshal data", "the damaged cache file was rewritten"
-    # In a directory others may write, the cache is neither read nor trusted.
-    (cache / "memray").chmod(0o777)
-    cached[0].write_bytes(b"not marshal data")
-    assert_ok(memray_run("-q", "-o", workdir / "three.bin", s.path))
-    assert_work_recorded(reader.read(workdir / "three.bin", "all"), s)
-
-
 def test_existing_output_refused_without_force(interp, script, memray_run, workdir):
     s = script("prog.py", PROG)
     out = workdir / "exists.bin"

@@ -50,17 +50,6 @@ fn cache_dirs(uid: u32) -> Vec<PathBuf> {
     dirs
 }
 
-/// The first cache directory that exists or can be made, owned by this user and writable
-/// by nobody else (for files this user's processes will trust), if any.
-pub fn private_cache_dir() -> Option<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let uid = rustix::process::geteuid().as_raw();
-    cache_dirs(uid).into_iter().find(|dir| {
-        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
-        std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
-    })
-}
-
 fn write_embedded(bytes: &[u8], hash: &str) -> Result<PathBuf> {
     let uid = rustix::process::geteuid().as_raw();
     let mut errors = Vec::new();

@@ -13,46 +13,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 const TRACKING_SOURCE: &str = include_str!("../../../python/memray/_tracking.py");
-/// Runs the tracking module's source, compiled once per interpreter version and kept in
-/// the user's private cache directory (MEMRAY_BOOTSTRAP_CACHE, a path prefix): compiling
-/// it costs every run ~4 ms. A cache file is used only in a directory owned by this user
-/// and writable by nobody else, as Python trusts its own __pycache__.
-const BOOTSTRAP: &str = r#"import os,sys,types
-def _memray_bootstrap():
-    import marshal
-    m = types.ModuleType('_memray_run')
-    sys.modules['_memray_run'] = m
-    source = os.environ.pop('MEMRAY_BOOTSTRAP_SRC')
-    cache = os.environ.pop('MEMRAY_BOOTSTRAP_CACHE', '')
-    code = None
-    if cache:
-        cache = '%s-%s-%x.marshal' % (cache, sys.implementation.cache_tag, sys.hexversion)
-        try:
-            d = os.stat(os.path.dirname(cache))
-            if d.st_uid == os.geteuid() and not d.st_mode & 0o022:
-                with open(cache, 'rb') as f:
-                    code = marshal.loads(f.read())
-        except Exception:
-            code = None
-    if code is None:
-        code = compile(source, '<memray>', 'exec')
-        if cache:
-            tmp = '%s.%d.tmp' % (cache, os.getpid())
-            try:
-                with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'wb') as f:
-                    f.write(marshal.dumps(code))
-                os.replace(tmp, cache)
-            except Exception:
-                try:
-                    os.unlink(tmp)
-                except Exception:
-                    pass
-    exec(code, m.__dict__)
-    return m
-m = _memray_bootstrap()
-del _memray_bootstrap
-m.run_from_cli()
-"#;
+const BOOTSTRAP: &str = "import os,sys,types\n\
+m=types.ModuleType('_memray_run');sys.modules['_memray_run']=m\n\
+exec(compile(os.environ.pop('MEMRAY_BOOTSTRAP_SRC'),'<memray>','exec'),m.__dict__)\n\
+m.run_from_cli()\n";
 
 /// A day: an interval longer than any run is pointless, and the payload's sampler
 /// sleeps in a `Duration` that must not overflow.
@@ -201,10 +165,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Target::Code(c) => ("code", c.clone()),
     };
     let flag = |b: bool| if b { "1" } else { "0" };
-    if let Some(dir) = crate::payload_file::private_cache_dir() {
-        let hash = memray_injector::session::content_hash::content_hash(TRACKING_SOURCE.as_bytes());
-        cmd.env("MEMRAY_BOOTSTRAP_CACHE", dir.join(format!("bootstrap-{hash:016x}")));
-    }
     cmd.env("MEMRAY_BOOTSTRAP_SRC", TRACKING_SOURCE)
         .env("MEMRAY_PAYLOAD", &payload)
         .env("MEMRAY_RUN_MODE", mode)

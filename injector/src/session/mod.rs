@@ -13,7 +13,7 @@
 //! allocators, finishing the capture) and acknowledges. No ptrace stop is needed.
 
 mod capture_file;
-pub mod content_hash;
+pub(crate) mod content_hash;
 mod control;
 mod staging;
 
