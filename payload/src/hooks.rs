@@ -138,14 +138,14 @@ fn record_with_stack(write: impl FnOnce(&mut crate::writer::Writer, u64, u64)) {
     write(writer, tid, native_id);
 }
 
-/// Records a deallocation (no stack: Memray's format carries none for frees). In a
-/// sampled capture, only the frees of sampled blocks are recorded (munmap always is).
+/// Records a free (no stack: Memray's format carries none for frees). In a sampled
+/// capture, only the frees of sampled blocks are recorded.
 #[inline(always)]
-pub fn record_deallocation(address: *mut c_void, size: usize, allocator: Allocator) {
+pub fn record_deallocation(address: *mut c_void, allocator: Allocator) {
     if address.is_null() || !ACTIVE.load(Ordering::Relaxed) {
         return;
     }
-    let sampled = sampling::interval() != 0 && allocator != Allocator::Munmap;
+    let sampled = sampling::interval() != 0;
     if sampled && !SAMPLED.may_contain(address as usize) {
         return;
     }
@@ -153,15 +153,27 @@ pub fn record_deallocation(address: *mut c_void, size: usize, allocator: Allocat
         let tid = thread_state::current_tid();
         let mut guard = WRITER.lock();
         if let Some(writer) = guard.as_mut() {
-            if allocator == Allocator::Munmap {
-                // Sampled small mappings this touches end their synthetic ranges.
-                while let Some((synthetic, weight)) = writer.sampled_mappings.take_overlapping(address as u64, size as u64) {
-                    writer.write_allocation(tid, synthetic as usize, weight as usize, Allocator::Munmap, 0);
-                }
-            }
             if !sampled || SAMPLED.remove(writer, address as usize) {
-                writer.write_allocation(tid, address as usize, size, allocator, 0);
+                writer.write_allocation(tid, address as usize, 0, allocator, 0);
             }
+        }
+    });
+}
+
+/// Records a munmap, always (it may release part of a recorded mapping). In a sampled
+/// capture, the sampled small mappings it touches first end their synthetic ranges.
+fn record_unmap(address: *mut c_void, len: usize) {
+    if address.is_null() || !ACTIVE.load(Ordering::Relaxed) {
+        return;
+    }
+    with_guard(|| {
+        let tid = thread_state::current_tid();
+        let mut guard = WRITER.lock();
+        if let Some(writer) = guard.as_mut() {
+            while let Some((synthetic, weight)) = writer.sampled_mappings.take_overlapping(address as u64, len as u64) {
+                writer.write_allocation(tid, synthetic as usize, weight as usize, Allocator::Munmap, 0);
+            }
+            writer.write_allocation(tid, address as usize, len, Allocator::Munmap, 0);
         }
     });
 }
@@ -286,11 +298,11 @@ unsafe extern "C" fn realloc_hook(ptr: *mut c_void, size: size_t) -> *mut c_void
     unsafe {
         let p = (real().realloc)(ptr, size);
         if !p.is_null() {
-            record_deallocation(ptr, 0, Allocator::Free);
+            record_deallocation(ptr, Allocator::Free);
             record_allocation(p, size, Allocator::Realloc);
         } else if size == 0 {
             // glibc frees the block and returns NULL for realloc(p, 0).
-            record_deallocation(ptr, 0, Allocator::Free);
+            record_deallocation(ptr, Allocator::Free);
         }
         p
     }
@@ -302,7 +314,7 @@ unsafe extern "C" fn free_hook(ptr: *mut c_void) {
     // recording reads only the values it returns.
     unsafe {
         // Recorded before the real free, so the address cannot be handed out again in between.
-        record_deallocation(ptr, 0, Allocator::Free);
+        record_deallocation(ptr, Allocator::Free);
         (real().free)(ptr);
     }
 }
@@ -395,7 +407,7 @@ unsafe extern "C" fn mmap64_hook(addr: *mut c_void, len: size_t, prot: c_int, fl
 unsafe extern "C" fn free_sized_hook(ptr: *mut c_void, size: size_t) {
     // SAFETY: as free_hook: the program's arguments go unchanged to the real function.
     unsafe {
-        record_deallocation(ptr, 0, Allocator::Free);
+        record_deallocation(ptr, Allocator::Free);
         let _g = thread_state::GuardScope::enter();
         (real().free_sized)(ptr, size);
     }
@@ -404,7 +416,7 @@ unsafe extern "C" fn free_sized_hook(ptr: *mut c_void, size: size_t) {
 unsafe extern "C" fn free_aligned_sized_hook(ptr: *mut c_void, align: size_t, size: size_t) {
     // SAFETY: as free_hook: the program's arguments go unchanged to the real function.
     unsafe {
-        record_deallocation(ptr, 0, Allocator::Free);
+        record_deallocation(ptr, Allocator::Free);
         let _g = thread_state::GuardScope::enter();
         (real().free_aligned_sized)(ptr, align, size);
     }
@@ -425,7 +437,7 @@ unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
     // arguments go unchanged to the real function (resolved before any slot points here), and the
     // recording reads only the values it returns.
     unsafe {
-        record_deallocation(addr, len, Allocator::Munmap);
+        record_unmap(addr, len);
         (real().munmap)(addr, len)
     }
 }

@@ -129,7 +129,7 @@ unsafe extern "C" fn py_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize)
             orig.realloc.map_or(std::ptr::null_mut(), |f| f(orig.ctx, ptr, size))
         };
         if !p.is_null() {
-            record_deallocation(ptr, 0, Allocator::PymallocFree);
+            record_deallocation(ptr, Allocator::PymallocFree);
             record_allocation(p, size, Allocator::PymallocRealloc);
         }
         p
@@ -141,7 +141,7 @@ unsafe extern "C" fn py_free(ctx: *mut c_void, ptr: *mut c_void) {
     // own arguments, which go unchanged to the original allocator of this domain.
     unsafe {
         let orig = original(ctx);
-        record_deallocation(ptr, 0, Allocator::PymallocFree);
+        record_deallocation(ptr, Allocator::PymallocFree);
         let _g = GuardScope::enter();
         if let Some(f) = orig.free {
             f(orig.ctx, ptr);

@@ -124,7 +124,8 @@ pub struct SampledBlocks {
     table: AtomicPtr<Table>,
     /// Odd while a removal or clear moves entries.
     seq: AtomicU64,
-    /// Blocks that could not be remembered (no memory for a larger table).
+    /// Blocks that could not be remembered (no memory for a larger table): their frees
+    /// go unrecorded, which the tracker's stop reports.
     pub dropped: AtomicUsize,
 }
 

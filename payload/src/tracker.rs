@@ -219,6 +219,10 @@ pub fn stop() -> bool {
     let writer = WRITER.lock().take();
     if let Some(mut w) = writer {
         w.finish(now_ms(), running.config.seekable);
+        let lost = crate::sampled_blocks::SAMPLED.dropped.load(Ordering::Relaxed);
+        if lost > 0 {
+            log!(log::WARNING, "memray: {lost} sampled blocks could not be remembered (no memory for a larger table): their frees are missing from the capture");
+        }
         if let Some(errno) = w.sink.error {
             // Not reported by the sampler yet (the failure came after its last round).
             let err = std::io::Error::from_raw_os_error(errno);
