@@ -67,6 +67,10 @@ pub struct Layout {
 
     // PyThreadState
     pub tstate_frame: FrameRoot,
+    /// `int tracing`: non-zero while a trace or profile function (or a sys.monitoring
+    /// callback) runs on the thread, when the interpreter delivers no events. None for a
+    /// version newer than the table (its debug offsets do not describe the field).
+    pub tstate_tracing: Option<usize>,
 
     // Frame: PyFrameObject (3.8-3.10) or _PyInterpreterFrame (3.11+).
     /// `f_back` / `previous`.
@@ -130,7 +134,7 @@ const KIND_SHIFT: u32 = 2;
 const COMPACT_BIT: u32 = 5;
 const ASCII_BIT: u32 = 6;
 
-/// 3.8.18: `_ts.frame` 24; `_frame.f_back` 24, `f_code` 32, `f_lasti` 104 (bytes);
+/// 3.8.18: `_ts.frame` 24, `tracing` 44 (44 up to 3.12, 60 on 3.13/3.14, 64 on 3.15); `_frame.f_back` 24, `f_code` 32, `f_lasti` 104 (bytes);
 /// `PyCodeObject.co_firstlineno` 40, `co_filename` 104, `co_name` 112, `co_lnotab` 120;
 /// `PyASCIIObject` 48 bytes (has `wstr`), `PyCompactUnicodeObject` 72 bytes with
 /// `utf8_length` 48 and `utf8` 56.
@@ -139,6 +143,7 @@ pub static PY38: Layout = Layout {
     minor: 8,
     ob_type: OB_TYPE,
     tstate_frame: FrameRoot::Direct(24),
+    tstate_tracing: Some(44),
     frame_back: 24,
     frame_code: 32,
     frame_code_tag: 0,
@@ -230,8 +235,14 @@ pub static PY312: Layout = Layout {
 /// `previous` 8, `instr_ptr` 56 (the current instruction), `owner` 70;
 /// `PyCodeObject._co_firsttraceable` 184, `co_code_adaptive` 200, other code and str
 /// offsets as in 3.12.
-pub static PY313: Layout =
-    Layout { minor: 13, tstate_frame: FrameRoot::Direct(72), code_adaptive: Some(200), code_firsttraceable: Some(184), ..PY312 };
+pub static PY313: Layout = Layout {
+    minor: 13,
+    tstate_frame: FrameRoot::Direct(72),
+    tstate_tracing: Some(60),
+    code_adaptive: Some(200),
+    code_firsttraceable: Some(184),
+    ..PY312
+};
 
 /// 3.14.10: `_ts.current_frame` 72; `_PyInterpreterFrame.f_executable` 0 (a tagged
 /// `_PyStackRef`, `Py_TAG_BITS` 1), `previous` 8, `instr_ptr` 56, `owner` 74
@@ -243,7 +254,7 @@ pub static PY314: Layout =
 
 /// 3.15.2: the 3.14 offsets, with `Py_TAG_BITS` 3 (tagged ints) and no
 /// `FRAME_OWNED_BY_CSTACK` (entry frames are `FRAME_OWNED_BY_INTERPRETER` 3).
-pub static PY315: Layout = Layout { minor: 15, frame_code_tag: 3, ..PY314 };
+pub static PY315: Layout = Layout { minor: 15, frame_code_tag: 3, tstate_tracing: Some(64), ..PY314 };
 
 impl Layout {
     /// Every offset and constant by the name of the C field it stands for, as
@@ -254,6 +265,9 @@ impl Layout {
         match self.tstate_frame {
             FrameRoot::Direct(o) => out.push(("tstate_frame", o)),
             FrameRoot::ViaCFrame { cframe, current } => out.extend([("tstate_cframe", cframe), ("cframe_current_frame", current)]),
+        }
+        if let Some(o) = self.tstate_tracing {
+            out.push(("tstate_tracing", o));
         }
         out.extend([("frame_back", self.frame_back), ("frame_code", self.frame_code)]);
         match self.frame_instr {

@@ -18,10 +18,12 @@ struct memray_tls {
     int64_t bytes_left;
     uint64_t rng;
     uint64_t sampling_generation;
+    /* The frame the thread's stack walks may stop at (see stack.rs); 0: none. */
+    uintptr_t anchor;
 };
 
 static __thread struct memray_tls tls __attribute__((tls_model("initial-exec"))) = {
-    0, 0, UINT64_MAX, 0, 0, 0, 0, UINT64_MAX,
+    0, 0, UINT64_MAX, 0, 0, 0, 0, UINT64_MAX, 0,
 };
 
 struct memray_tls *memray_tls_get(void) { return &tls; }

@@ -16,7 +16,6 @@ use crate::lock::FutexMutex;
 use crate::python::Interpreter;
 use crate::sampled_blocks::SAMPLED;
 use crate::sampling;
-use crate::stack::{diff_and_update, StackSource};
 use crate::thread_state::{self, with_guard};
 use crate::writer::Writer;
 
@@ -110,12 +109,7 @@ fn record_with_stack(write: impl FnOnce(&mut crate::writer::Writer, u64, u64)) {
     // lock that every thread shares.
     let native = NATIVE_TRACES.load(Ordering::Relaxed);
     let state = thread_state::current().map(|state| {
-        let n = interp.capture(&mut state.scratch);
-        if !native {
-            // Memray marks every frame as an entry frame unless native traces are on.
-            state.scratch[..n].iter_mut().for_each(|f| f.is_entry = true);
-        }
-        let delta = diff_and_update(state, n);
+        let delta = crate::stack::update(interp, state, native);
         if native {
             // The unwind, like the Python walk, needs no lock.
             state.native.get_or_insert_with(crate::native::ThreadNative::new).capture();

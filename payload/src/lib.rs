@@ -126,6 +126,21 @@ pub extern "C" fn memray_greenlet_switch(origin: u64, target: u64, origin_dead: 
     thread_state::switch_greenlet(origin, target, origin_dead != 0);
 }
 
+/// A new reference to the builtin that sys.monitoring should call on PY_RETURN, PY_YIELD
+/// and PY_UNWIND, or null before CPython 3.12. The GIL is held.
+#[no_mangle]
+pub extern "C" fn memray_frame_exit_callback() -> *mut std::ffi::c_void {
+    let _g = thread_state::GuardScope::enter();
+    python::monitoring::exit_callback()
+}
+
+/// 1: sys.monitoring now reports every frame exit to the callback above (stack walks may
+/// stop at an anchor); 0: it is about to stop doing so.
+#[no_mangle]
+pub extern "C" fn memray_watch_frame_exits(on: i32) {
+    stack::set_exits_watched(on != 0);
+}
+
 /// `memray.set_log_level`: the lowest severity (Python `logging` level) the payload's
 /// messages on stderr may have to be printed.
 #[no_mangle]

@@ -1,31 +1,54 @@
-//! Where Python stacks come from: the stack source interface and the diff against what
-//! was last written for the thread.
+//! Where Python stacks come from, and what changes in the capture's view of them.
 //!
-//! The source today reads the interpreter's own frame chain at allocation time (no
-//! profile hook, so threads that existed before tracking, threads started from C and
-//! frames entered before an attach all come for free). Another source (sys.monitoring,
-//! PEP 768 for 3.14) can replace it behind `StackSource`.
+//! The stack is read from the interpreter's own frame chain at allocation time (no profile
+//! hook, so threads that existed before tracking, threads started from C and frames
+//! entered before an attach all come for free).
+//!
+//! Reading the whole chain costs O(depth) per allocation. Where the interpreter reports
+//! every frame exit (sys.monitoring on 3.12+, registered by `_tracking.py`; see
+//! `exits_watched`), each thread keeps an *anchor*: a frame of its chain, a few below the
+//! innermost, that has not returned, yielded or unwound since the walk that chose it.
+//! While it has not, nothing below it can have changed: each frame below is suspended in
+//! the call that leads up to the anchor, and a frame's instruction moves only while it is
+//! the innermost. So the walk stops at the anchor (re-reading the anchor itself, whose
+//! line moves when its callees return) and the frames below are the ones already written.
+//! CPython delivers no event while a trace or profile function runs on the thread, so no
+//! anchor is chosen then; one chosen before stays sound, since no frame below a running
+//! trace function can exit until it returns.
 
-use crate::python::frames::RawFrame;
-use crate::python::Interpreter;
-use crate::thread_state::ThreadState;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-pub trait StackSource {
-    /// Fills `out` with the calling thread's frames, innermost first; returns how many.
-    fn capture(&self, out: &mut [RawFrame]) -> usize;
+use crate::log::{self, log};
+use crate::python::frames::{self, RawFrame, WalkEnd};
+use crate::python::{read_at, Interpreter};
+use crate::thread_state::{self, ThreadState, MAX_FRAMES};
+
+/// How many frames above the anchor a walk reads before the anchor moves up: bounds the
+/// walk per allocation, while an anchor further down outlives more returns.
+const ANCHOR_DEPTH: usize = 8;
+
+/// Whether the interpreter reports frame exits to `frame_exiting` (on from the moment the
+/// events are set until just before they are removed).
+static EXITS_WATCHED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_exits_watched(on: bool) {
+    EXITS_WATCHED.store(on, Ordering::Release);
 }
 
-impl StackSource for Interpreter {
-    #[inline]
-    fn capture(&self, out: &mut [RawFrame]) -> usize {
-        let tstate = self.current_tstate();
-        if tstate.is_null() {
-            return 0;
-        }
-        // SAFETY: tstate is the calling thread's own PyThreadState (a TLS read), and only
-        // this thread mutates its frame chain, so the chain is stable while we walk it.
-        let (n, _truncated) = unsafe { crate::python::frames::walk(&self.layout, tstate, self.code_type, out) };
-        n
+/// The frame-exit callback's work: the calling thread's innermost frame is returning,
+/// yielding or unwinding. If it is the anchor, the thread has none any more.
+#[inline]
+pub fn frame_exiting() {
+    let anchor = thread_state::anchor();
+    if anchor == 0 {
+        return;
+    }
+    let Some(interp) = crate::hooks::interpreter() else { return };
+    // SAFETY: current_tstate is the calling thread's own thread state (or null), described
+    // by the interpreter's layout.
+    let frame = unsafe { frames::innermost(&interp.layout, interp.current_tstate()) };
+    if frame == anchor {
+        thread_state::set_anchor(0);
     }
 }
 
@@ -36,13 +59,101 @@ pub struct StackDelta {
     pub push_from: usize,
 }
 
-/// Compares the fresh stack (`scratch[..n]`, innermost first) with the written one
-/// (outermost first), returns the delta, and makes `written` the fresh stack.
-pub fn diff_and_update(state: &mut ThreadState, n: usize) -> StackDelta {
-    let fresh = &state.scratch[..n.min(state.scratch.len())];
-    let common = state.written.iter().zip(fresh.iter().rev()).take_while(|(a, b)| a == b).count();
+/// Reads the calling thread's stack and makes `state.written` (outermost first) equal to
+/// it; returns the change. `native` keeps the frames' entry flags (they mean something
+/// only beside native stacks; Memray writes every frame as an entry otherwise).
+pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> StackDelta {
+    let tstate = interp.current_tstate();
+    let watched = EXITS_WATCHED.load(Ordering::Acquire);
+    let mut anchor = if watched { thread_state::anchor() } else { 0 };
+    let (n, end) = loop {
+        // SAFETY: tstate is the calling thread's own PyThreadState (or null), so only this
+        // thread mutates its chain, and it is here; layout and code type describe it.
+        let (n, end) =
+            unsafe { frames::walk_to(&interp.layout, tstate, interp.code_type, &mut state.scratch, &mut state.frame_ptrs, anchor) };
+        // The anchor's frames must still be what was written, and no deeper than a full
+        // walk keeps; otherwise read everything.
+        if end == WalkEnd::Anchor && (state.anchor_below >= state.written.len() || state.anchor_below + n > MAX_FRAMES) {
+            anchor = 0;
+            continue;
+        }
+        break (n, end);
+    };
+    if !native {
+        state.scratch[..n].iter_mut().for_each(|f| f.is_entry = true);
+    }
+    let base = if end == WalkEnd::Anchor { state.anchor_below } else { 0 };
+    let fresh = &state.scratch[..n];
+    let same = state.written[base..].iter().zip(fresh.iter().rev()).take_while(|(a, b)| a == b).count();
+    let common = base + same;
     let pops = state.written.len() - common;
     state.written.truncate(common);
-    state.written.extend(fresh[..fresh.len() - common].iter().rev().copied());
+    state.written.extend(fresh[..n - same].iter().rev().copied());
+
+    // A found anchor stays while the walk above it is short, and whenever no new one may
+    // be chosen (a trace function is running; its frames exit unreported).
+    let found = end == WalkEnd::Anchor;
+    if !(found && n <= ANCHOR_DEPTH + 1) {
+        if watched && end != WalkEnd::Truncated && n > ANCHOR_DEPTH && !tracing(interp, tstate) {
+            thread_state::set_anchor(state.frame_ptrs[ANCHOR_DEPTH]);
+            state.anchor_below = state.written.len() - 1 - ANCHOR_DEPTH;
+        } else if !found {
+            thread_state::set_anchor(0);
+        }
+    }
+    if CHECK.load(Ordering::Relaxed) {
+        check(interp, tstate, state, native, end == WalkEnd::Anchor);
+    }
     StackDelta { pops, push_from: common }
+}
+
+/// Whether a trace or profile function (or another tool's sys.monitoring callback) is
+/// running on the thread; true when the layout cannot tell.
+fn tracing(interp: &Interpreter, tstate: *const u8) -> bool {
+    match interp.layout.tstate_tracing {
+        // SAFETY: `tracing` is an int field of the calling thread's live thread state.
+        Some(offset) if !tstate.is_null() => unsafe { read_at::<i32>(tstate as usize, offset) != 0 },
+        _ => true,
+    }
+}
+
+// `MEMRAY_CHECK_STACKS` (tests): every update is compared with a full walk.
+static CHECK: AtomicBool = AtomicBool::new(false);
+static CHECKED: AtomicU64 = AtomicU64::new(0);
+static ANCHORED: AtomicU64 = AtomicU64::new(0);
+static DIFFERED: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_check(on: bool) {
+    CHECKED.store(0, Ordering::Relaxed);
+    ANCHORED.store(0, Ordering::Relaxed);
+    DIFFERED.store(0, Ordering::Relaxed);
+    CHECK.store(on, Ordering::Relaxed);
+}
+
+#[cold]
+fn check(interp: &Interpreter, tstate: *const u8, state: &mut ThreadState, native: bool, anchored: bool) {
+    if state.check_scratch.is_empty() {
+        // The payload's own allocations go straight to libc (and the guard is set).
+        state.check_scratch = vec![RawFrame::default(); MAX_FRAMES];
+    }
+    // SAFETY: as in `update`.
+    let (n, _) = unsafe { frames::walk(&interp.layout, tstate, interp.code_type, &mut state.check_scratch) };
+    let full = &mut state.check_scratch[..n];
+    if !native {
+        full.iter_mut().for_each(|f| f.is_entry = true);
+    }
+    CHECKED.fetch_add(1, Ordering::Relaxed);
+    ANCHORED.fetch_add(anchored as u64, Ordering::Relaxed);
+    if !state.written.iter().eq(full.iter().rev()) {
+        DIFFERED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// At tracker stop, with `MEMRAY_CHECK_STACKS`: one line the tests read.
+pub fn report_check() {
+    if CHECK.swap(false, Ordering::Relaxed) {
+        let (checked, anchored, differed) =
+            (CHECKED.load(Ordering::Relaxed), ANCHORED.load(Ordering::Relaxed), DIFFERED.load(Ordering::Relaxed));
+        log!(log::WARNING, "memray: stack check: {checked} stacks, {anchored} read from an anchor, {differed} differed from a full walk");
+    }
 }

@@ -26,6 +26,9 @@ struct Tls {
     /// A `*mut ThreadState` (opaque to C).
     state: *mut libc::c_void,
     countdown: Countdown,
+    /// The frame this thread's stack walks may stop at (`stack.rs`); 0: none. In TLS so
+    /// the frame-exit callback can clear it without the thread's heap state.
+    anchor: usize,
 }
 
 /// The thread's place in the sampler's Poisson process (`sampling.rs`): in TLS, because
@@ -77,6 +80,14 @@ pub struct ThreadState {
     pub written: Vec<RawFrame>,
     /// Scratch for the walker (always MAX_FRAMES long), innermost first.
     pub scratch: Vec<RawFrame>,
+    /// The frame pointer of each `scratch` entry (same length).
+    pub frame_ptrs: Vec<usize>,
+    /// While the thread has an anchor (`anchor()`), `written[anchor_below]` is the anchor
+    /// frame and `written[..anchor_below]` the frames below it.
+    pub anchor_below: usize,
+    /// `MEMRAY_CHECK_STACKS` only: a second scratch for the full walk every update is
+    /// compared with.
+    pub check_scratch: Vec<RawFrame>,
     /// Native unwinding state, made on the first allocation of a `--native` capture.
     pub native: Option<Box<crate::native::ThreadNative>>,
     /// Greenlets this thread switched away from, by greenlet (its `id()`): each is a thread
@@ -108,6 +119,8 @@ pub fn switch_greenlet(origin: u64, target: u64, origin_dead: bool) {
         None => (NEXT_TID.fetch_add(1, Ordering::Relaxed), false, Vec::with_capacity(64)),
     };
     tls().tid = tid;
+    // The anchor belongs to the greenlet switched away from.
+    tls().anchor = 0;
     state.name_written = name_written;
     state.written = written;
     if let Some(native) = state.native.as_mut() {
@@ -136,6 +149,17 @@ pub fn with_guard<R>(f: impl FnOnce() -> R) -> Option<R> {
 pub fn countdown_unless_guarded() -> Option<&'static mut Countdown> {
     let t = tls();
     (t.guard == 0).then_some(&mut t.countdown)
+}
+
+/// The calling thread's stack anchor (`stack.rs`), 0 for none.
+#[inline(always)]
+pub fn anchor() -> usize {
+    tls().anchor
+}
+
+#[inline(always)]
+pub fn set_anchor(frame: usize) {
+    tls().anchor = frame;
 }
 
 /// Sets the guard for the rest of the thread's life (the RSS sampler thread uses this).
@@ -223,6 +247,9 @@ pub fn current() -> Option<&'static mut ThreadState> {
             name_written: false,
             written: Vec::with_capacity(64),
             scratch: vec![RawFrame::default(); MAX_FRAMES],
+            frame_ptrs: vec![0; MAX_FRAMES],
+            anchor_below: 0,
+            check_scratch: Vec::new(),
             native: None,
             greenlets: None,
         });
@@ -239,6 +266,7 @@ pub fn current() -> Option<&'static mut ThreadState> {
         state.generation = generation;
         state.name_written = false;
         state.written.clear();
+        tls().anchor = 0;
         state.greenlets = None;
         if let Some(native) = state.native.as_mut() {
             // Node ids belong to the previous capture's frame tree.

@@ -44,6 +44,8 @@ pub struct Config {
     pub sampling_interval: u64,
     /// Non-zero: a fixed seed for the sampler's random streams (reproducible tests).
     pub sampling_seed: u64,
+    /// Compare every stack update with a full walk (`MEMRAY_CHECK_STACKS`, tests).
+    pub check_stacks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,7 @@ impl Config {
                 "sampling_seed" => {
                     c.sampling_seed = v.parse::<u64>().map_err(|_| StartError::BadConfig(format!("{k}: not a number: {v:?}")))?
                 }
+                "check_stacks" => c.check_stacks = flag(v),
                 _ => return Err(StartError::BadConfig(format!("unknown key {k:?}"))),
             }
         }
@@ -154,6 +157,7 @@ pub fn start(config: Config) -> Result<(), StartError> {
     let main_tid = thread_state::current_tid();
     *WRITER.lock() = Some(Writer::new(config.fd, config.buffered_file_io, config.header(main_tid), interp));
     start_sampling(&config);
+    crate::stack::set_check(config.check_stacks);
     hooks::NATIVE_TRACES.store(config.native_traces, Ordering::Release);
     if config.native_traces {
         // The first memory map follows the header, and the unwind table must exist
@@ -217,6 +221,7 @@ pub fn stop() -> bool {
         pymem::uninstall();
     }
     let writer = WRITER.lock().take();
+    crate::stack::report_check();
     if let Some(mut w) = writer {
         w.finish(now_ms(), running.config.seekable);
         let lost = crate::sampled_blocks::SAMPLED.dropped.load(Ordering::Relaxed);

@@ -63,6 +63,10 @@ def _load():
         lib.memray_release_surviving_objects.restype = None
         lib.memray_greenlet_switch.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int]
         lib.memray_greenlet_switch.restype = None
+        lib.memray_frame_exit_callback.argtypes = []
+        lib.memray_frame_exit_callback.restype = ctypes.py_object
+        lib.memray_watch_frame_exits.argtypes = [ctypes.c_int]
+        lib.memray_watch_frame_exits.restype = None
         _lib = lib
         _apply_log_level(lib)
     return _lib
@@ -278,6 +282,7 @@ class Session:
         self._saved_profile = None
         self._saved_name_property = None
         self._greenlets = None
+        self._frame_exits = None
         self._start_args = None
 
     def _config(self):
@@ -300,6 +305,9 @@ class Session:
             ("skipped_frames_on_main_tid", self.skipped_frames),
             ("sampling_interval", self.sampling_interval),
         ]
+        if os.environ.get("MEMRAY_CHECK_STACKS"):
+            # Tests: every stack the payload writes is compared with a full walk.
+            pairs.append(("check_stacks", 1))
         seed = os.environ.get("MEMRAY_SAMPLING_SEED")
         if seed and self.sampling_interval:
             # Reproducible sampling (tests): the sampler's random streams start from it.
@@ -323,6 +331,9 @@ class Session:
         # lifetime tracking would otherwise count as the program's survivors.
         self._name_threads(lib)
         self._greenlets = GreenletFollower(lib)
+        if self.trace_python_allocators:
+            # Worth its cost per return only where nearly every line allocates.
+            self._frame_exits = FrameExits(lib)
         rc = lib.memray_tracker_start(config, err, len(err))
         if rc != 0:
             self._unpatch_threading()
@@ -394,6 +405,9 @@ class Session:
             name_thread(lib, thread)
 
     def _unpatch_threading(self):
+        if self._frame_exits is not None:
+            self._frame_exits.stop()
+            self._frame_exits = None
         if self._greenlets is not None:
             self._greenlets.stop()
             self._greenlets = None
@@ -406,6 +420,57 @@ class Session:
             if thread_class.__dict__.get("name") is ours:
                 thread_class.name = original
             self._saved_name_property = None
+
+
+class FrameExits:
+    """CPython 3.12+: has sys.monitoring report every frame exit (return, yield, unwind) to
+    the payload, so that a deep stack is read only down to a frame known not to have
+    exited since the last read (payload/src/stack.rs). Without it (older interpreters, no
+    free tool id) every allocation reads the whole stack: slower on deep stacks, the same
+    records. Used with `trace_python_allocators` only: each return then costs a call (about
+    80 ns), which pays off when nearly every line allocates, and not when only mallocs are
+    recorded (docs/performance.md)."""
+
+    # sys.monitoring tool ids 0-5 are for tools; 0-2 and 5 have well-known owners
+    # (debugger, coverage, profiler, optimizer), so the unnamed ones are tried.
+    TOOL_IDS = (4, 3)
+
+    def __init__(self, lib):
+        self._lib = lib
+        self._tool = None
+        monitoring = getattr(sys, "monitoring", None)
+        if monitoring is None:
+            return
+        try:
+            callback = lib.memray_frame_exit_callback()
+        except ValueError:  # NULL: the payload cannot make it here
+            return
+        for tool in self.TOOL_IDS:
+            try:
+                monitoring.use_tool_id(tool, "memray")
+            except ValueError:
+                continue
+            self._tool = tool
+            break
+        else:
+            return
+        events = monitoring.events
+        self._events = (events.PY_RETURN, events.PY_YIELD, events.PY_UNWIND)
+        for event in self._events:
+            monitoring.register_callback(self._tool, event, callback)
+        monitoring.set_events(self._tool, events.PY_RETURN | events.PY_YIELD | events.PY_UNWIND)
+        lib.memray_watch_frame_exits(1)
+
+    def stop(self):
+        if self._tool is None:
+            return
+        self._lib.memray_watch_frame_exits(0)
+        monitoring = sys.monitoring
+        monitoring.set_events(self._tool, 0)
+        for event in self._events:
+            monitoring.register_callback(self._tool, event, None)
+        monitoring.free_tool_id(self._tool)
+        self._tool = None
 
 
 class GreenletFollower:

@@ -21,9 +21,21 @@ pub struct RawFrame {
 /// on top of `out.len()`, before it gives up on a chain that looks endless.
 const MAX_SKIPPED: usize = 64;
 
+/// How a walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// The whole chain was read.
+    Complete,
+    /// Frames were left out: the buffer was full, or the chain was longer than any sane one.
+    Truncated,
+    /// The walk stopped at the anchor frame, written last.
+    Anchor,
+}
+
 /// Walks the frames of the thread that owns `tstate`, innermost first, writing up to
-/// `out.len()` of them. Returns how many were written and whether frames were left out
-/// (the buffer was full, or the chain was longer than any sane one).
+/// `out.len()` of them, and each one's frame pointer to `ptrs` (as long as `out`, or
+/// empty). Stops after writing the frame at address `anchor` (0: walk to the end).
+/// Returns how many frames were written and how the walk ended.
 ///
 /// Frames are kept or skipped exactly as `PyEval_GetFrame`/`PyFrame_GetBack` would expose
 /// them: 3.11+ incomplete frames and frames owned by the C stack are skipped, and so is
@@ -34,9 +46,16 @@ const MAX_SKIPPED: usize = 64;
 ///   mutates the chain, and it is busy calling us, so every linked frame stays valid and
 ///   keeps its code object alive for the duration of the call);
 /// - `layout` describes the running interpreter and `code_type` is `&PyCode_Type`.
-pub unsafe fn walk(layout: &Layout, tstate: *const u8, code_type: usize, out: &mut [RawFrame]) -> (usize, bool) {
+pub unsafe fn walk_to(
+    layout: &Layout,
+    tstate: *const u8,
+    code_type: usize,
+    out: &mut [RawFrame],
+    ptrs: &mut [usize],
+    anchor: usize,
+) -> (usize, WalkEnd) {
     if tstate.is_null() || code_type == 0 {
-        return (0, false);
+        return (0, WalkEnd::Complete);
     }
     // SAFETY: tstate is a live PyThreadState (caller contract) described by `layout`.
     let mut frame = unsafe { first_frame(layout, tstate as usize) };
@@ -44,7 +63,7 @@ pub unsafe fn walk(layout: &Layout, tstate: *const u8, code_type: usize, out: &m
     let mut budget = out.len().saturating_mul(2).saturating_add(MAX_SKIPPED);
     while frame != 0 {
         if budget == 0 {
-            return (written, true);
+            return (written, WalkEnd::Truncated);
         }
         budget -= 1;
         // SAFETY: `frame` is a non-null frame linked into this thread's chain (see above).
@@ -53,13 +72,43 @@ pub unsafe fn walk(layout: &Layout, tstate: *const u8, code_type: usize, out: &m
         if let Some(f) = unsafe { describe(layout, frame, previous, code_type) } {
             match out.get_mut(written) {
                 Some(slot) => *slot = f,
-                None => return (written, true),
+                None => return (written, WalkEnd::Truncated),
+            }
+            if let Some(slot) = ptrs.get_mut(written) {
+                *slot = frame;
             }
             written += 1;
+            if frame == anchor {
+                return (written, WalkEnd::Anchor);
+            }
         }
         frame = previous;
     }
-    (written, false)
+    (written, WalkEnd::Complete)
+}
+
+/// The whole walk: `walk_to` without anchor or frame pointers. Returns how many frames
+/// were written and whether frames were left out.
+///
+/// # Safety
+/// As `walk_to`.
+pub unsafe fn walk(layout: &Layout, tstate: *const u8, code_type: usize, out: &mut [RawFrame]) -> (usize, bool) {
+    // SAFETY: the caller's contract is walk_to's.
+    let (n, end) = unsafe { walk_to(layout, tstate, code_type, out, &mut [], 0) };
+    (n, end == WalkEnd::Truncated)
+}
+
+/// The calling thread's innermost frame pointer, whether or not CPython would show it.
+///
+/// # Safety
+/// `tstate` is null or a live PyThreadState described by `layout`.
+#[inline]
+pub unsafe fn innermost(layout: &Layout, tstate: *const u8) -> usize {
+    if tstate.is_null() {
+        return 0;
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { first_frame(layout, tstate as usize) }
 }
 
 /// The innermost frame pointer (PyFrameObject* before 3.11, _PyInterpreterFrame* after).
@@ -227,6 +276,17 @@ mod tests {
         // SAFETY: `t` and every frame and code object it leads to are the buffers above.
         let (n, truncated) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut out) };
         assert!(!truncated);
+        // Stopping at the anchor (the innermost frame): just that frame, and its address.
+        let mut upper = [RawFrame::default(); 8];
+        let mut ptrs = [0usize; 8];
+        // SAFETY: as above.
+        let (k, end) = unsafe { walk_to(layout, t as *const u8, CODE_TYPE, &mut upper, &mut ptrs, addrs[0]) };
+        assert_eq!((k, end, ptrs[0], upper[0]), (1, WalkEnd::Anchor, addrs[0], out[0]));
+        // An anchor that is not in the chain: the whole walk.
+        // SAFETY: as above.
+        let (k, end) = unsafe { walk_to(layout, t as *const u8, CODE_TYPE, &mut upper, &mut ptrs, 8) };
+        assert_eq!((k, end), (n, WalkEnd::Complete));
+        assert_eq!(ptrs[n - 1], addrs[3]);
         let mut small = [RawFrame::default(); 1];
         // SAFETY: as above.
         let (n1, truncated1) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut small) };

@@ -1,7 +1,8 @@
 //! Everything the payload knows about CPython's in-memory structures.
 //!
 //! - `frames`: the allocation-free walker of the calling thread's frame chain;
-//! - `code`: readers for a code object's names, first line and line table.
+//! - `code`: readers for a code object's names, first line and line table;
+//! - `monitoring`: the frame-exit callback registered with sys.monitoring (3.12+).
 //!
 //! The per-version layouts themselves live in the `cpython` crate. Nothing here links
 //! against libpython: `Interpreter::resolve` finds what it needs with
@@ -9,6 +10,7 @@
 
 pub mod code;
 pub mod frames;
+pub mod monitoring;
 
 use std::ffi::{c_char, c_void, CStr};
 
