@@ -242,6 +242,7 @@ impl DebugOffsets {
             FrameRoot::Direct(o) => take("thread_state.current_frame", o, current_frame),
             FrameRoot::ViaCFrame { .. } => unreachable!("3.13+ rows keep the frame in the thread state"),
         }
+        take("thread_state.interp", &mut layout.tstate_interp, self.offset("thread_state", "interp")?);
         take("interpreter_frame.previous", &mut layout.frame_back, self.offset("interpreter_frame", "previous")?);
         take("interpreter_frame.executable", &mut layout.frame_code, self.offset("interpreter_frame", "executable")?);
         if let InstrPos::Pointer(o) = &mut layout.frame_instr {
@@ -306,6 +307,7 @@ pub(crate) mod tests {
                         FrameRoot::Direct(o) => o,
                         _ => unreachable!(),
                     },
+                    ("thread_state", "interp") => row.tstate_interp,
                     ("interpreter_frame", "previous") => row.frame_back,
                     ("interpreter_frame", "executable") => row.frame_code,
                     ("interpreter_frame", "instr_ptr") => match row.frame_instr {

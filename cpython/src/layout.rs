@@ -67,6 +67,8 @@ pub struct Layout {
 
     // PyThreadState
     pub tstate_frame: FrameRoot,
+    /// `interp`: the thread's `PyInterpreterState*`.
+    pub tstate_interp: usize,
     /// `int tracing`: non-zero while a trace or profile function (or a sys.monitoring
     /// callback) runs on the thread, when the interpreter delivers no events. None for a
     /// version newer than the table (its debug offsets do not describe the field).
@@ -134,7 +136,7 @@ const KIND_SHIFT: u32 = 2;
 const COMPACT_BIT: u32 = 5;
 const ASCII_BIT: u32 = 6;
 
-/// 3.8.18: `_ts.frame` 24, `tracing` 44 (44 up to 3.12, 60 on 3.13/3.14, 64 on 3.15); `_frame.f_back` 24, `f_code` 32, `f_lasti` 104 (bytes);
+/// 3.8.18: `_ts.interp` 16 (in every version), `frame` 24, `tracing` 44 (44 up to 3.12, 60 on 3.13/3.14, 64 on 3.15); `_frame.f_back` 24, `f_code` 32, `f_lasti` 104 (bytes);
 /// `PyCodeObject.co_firstlineno` 40, `co_filename` 104, `co_name` 112, `co_lnotab` 120;
 /// `PyASCIIObject` 48 bytes (has `wstr`), `PyCompactUnicodeObject` 72 bytes with
 /// `utf8_length` 48 and `utf8` 56.
@@ -143,6 +145,7 @@ pub static PY38: Layout = Layout {
     minor: 8,
     ob_type: OB_TYPE,
     tstate_frame: FrameRoot::Direct(24),
+    tstate_interp: 16,
     tstate_tracing: Some(44),
     frame_back: 24,
     frame_code: 32,
@@ -266,6 +269,7 @@ impl Layout {
             FrameRoot::Direct(o) => out.push(("tstate_frame", o)),
             FrameRoot::ViaCFrame { cframe, current } => out.extend([("tstate_cframe", cframe), ("cframe_current_frame", current)]),
         }
+        out.push(("tstate_interp", self.tstate_interp));
         if let Some(o) = self.tstate_tracing {
             out.push(("tstate_tracing", o));
         }

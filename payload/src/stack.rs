@@ -16,7 +16,7 @@
 //! anchor is chosen then; one chosen before stays sound, since no frame below a running
 //! trace function can exit until it returns.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::log::{self, log};
 use crate::python::frames::{self, RawFrame, WalkEnd};
@@ -27,12 +27,32 @@ use crate::thread_state::{self, ThreadState, MAX_FRAMES};
 /// walk per allocation, while an anchor further down outlives more returns.
 const ANCHOR_DEPTH: usize = 8;
 
-/// Whether the interpreter reports frame exits to `frame_exiting` (on from the moment the
-/// events are set until just before they are removed).
-static EXITS_WATCHED: AtomicBool = AtomicBool::new(false);
+/// The `PyInterpreterState*` whose frame exits are reported to `frame_exiting` (0: none).
+/// sys.monitoring is per interpreter: a subinterpreter's threads never get an anchor.
+static WATCHED_INTERP: AtomicUsize = AtomicUsize::new(0);
 
+/// Called with the GIL by the interpreter that just set (`on`) or is about to remove the
+/// frame-exit events.
 pub fn set_exits_watched(on: bool) {
-    EXITS_WATCHED.store(on, Ordering::Release);
+    let interp =
+        match (on, crate::hooks::interpreter().or_else(|| crate::python::Interpreter::resolve().ok().map(crate::hooks::set_interpreter))) {
+            // SAFETY: the calling thread's own thread state, described by the layout.
+            (true, Some(i)) => unsafe { interpreter_of(i, i.current_tstate()) },
+            _ => 0,
+        };
+    WATCHED_INTERP.store(interp, Ordering::Release);
+}
+
+/// `tstate->interp`, or 0 for a null thread state.
+///
+/// # Safety
+/// `tstate` is null or a live PyThreadState described by `interp.layout`.
+unsafe fn interpreter_of(interp: &Interpreter, tstate: *const u8) -> usize {
+    if tstate.is_null() {
+        return 0;
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { read_at(tstate as usize, interp.layout.tstate_interp) }
 }
 
 /// The frame-exit callback's work: the calling thread's innermost frame is returning,
@@ -64,7 +84,9 @@ pub struct StackDelta {
 /// only beside native stacks; Memray writes every frame as an entry otherwise).
 pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> StackDelta {
     let tstate = interp.current_tstate();
-    let watched = EXITS_WATCHED.load(Ordering::Acquire);
+    let watching = WATCHED_INTERP.load(Ordering::Acquire);
+    // SAFETY: the calling thread's own thread state (or null).
+    let watched = watching != 0 && unsafe { interpreter_of(interp, tstate) } == watching;
     let mut anchor = if watched { thread_state::anchor() } else { 0 };
     let (n, end) = loop {
         // SAFETY: tstate is the calling thread's own PyThreadState (or null), so only this
