@@ -5,8 +5,8 @@
 //! entered before an attach all come for free).
 //!
 //! Reading the whole chain costs O(depth) per allocation. Where the interpreter reports
-//! every frame exit (sys.monitoring on 3.12+, registered by `_tracking.py`; see
-//! `exits_watched`), each thread keeps an *anchor*: a frame of its chain, a few below the
+//! every frame exit (sys.monitoring on 3.12+, registered by `_tracking.py`, which then
+//! calls `set_exits_watched`), each thread keeps an *anchor*: a frame of its chain, a few below the
 //! innermost, that has not returned, yielded or unwound since the walk that chose it.
 //! While it has not, nothing below it can have changed: each frame below is suspended in
 //! the call that leads up to the anchor, and a frame's instruction moves only while it is
@@ -34,13 +34,14 @@ static WATCHED_INTERP: AtomicUsize = AtomicUsize::new(0);
 /// Called with the GIL by the interpreter that just set (`on`) or is about to remove the
 /// frame-exit events.
 pub fn set_exits_watched(on: bool) {
-    let interp =
-        match (on, crate::hooks::interpreter().or_else(|| crate::python::Interpreter::resolve().ok().map(crate::hooks::set_interpreter))) {
-            // SAFETY: the calling thread's own thread state, described by the layout.
-            (true, Some(i)) => unsafe { interpreter_of(i, i.current_tstate()) },
-            _ => 0,
-        };
-    WATCHED_INTERP.store(interp, Ordering::Release);
+    // Before the first tracker starts, the interpreter is not known yet.
+    let interp = crate::hooks::interpreter().or_else(|| crate::python::Interpreter::resolve().ok().map(crate::hooks::set_interpreter));
+    let watched = match (on, interp) {
+        // SAFETY: the calling thread's own thread state, described by the layout.
+        (true, Some(i)) => unsafe { interpreter_of(i, i.current_tstate()) },
+        _ => 0,
+    };
+    WATCHED_INTERP.store(watched, Ordering::Release);
 }
 
 /// `tstate->interp`, or 0 for a null thread state.
