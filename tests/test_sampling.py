@@ -89,7 +89,9 @@ def test_a_sampled_capture_estimates_what_it_did_not_record(interp, script, run_
     frees = [r for r in cap.records if r["allocator"] == FREE]
     # Half the recorded small blocks and the big one were freed.
     assert abs(len(frees) - (len(small) / 2 + 1)) < 0.15 * len(small), (len(frees), len(small))
-    leaked = sum(r["size"] for r in cap.leaks)
+    # Only this site's: the interpreter's own leaks (pymalloc arenas among them) vary with
+    # the run's hash seed.
+    leaked = sum(r["size"] for r in cap.leaks if top(r) == [("small", s.path.name, s.line("small"))])
     assert abs(leaked - 10_000_000) < 0.2 * 10_000_000, leaked
 
 

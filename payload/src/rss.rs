@@ -84,16 +84,17 @@ fn sample() {
         // A full disk or a live viewer that went away: stop recording, keep the program
         // running, and take the GOT hooks out now (no GIL needed for that; the rest of
         // the stop, PyMem wrappers included, happens when the session is stopped). The
-        // capture stays readable up to the last successful flush.
-        crate::hooks::ACTIVE.store(false, Ordering::Release);
-        STOP.store(1, Ordering::Release);
-        crate::got::restore_all(&crate::hooks::redirects());
+        // capture stays readable up to the last successful flush. The line goes out first:
+        // whoever sees tracking inactive (memray.Tracker, a test) finds it on stderr.
         let err = std::io::Error::from_raw_os_error(errno);
         if socket {
             log!(log::WARNING, "memray: the live viewer disconnected ({err}); tracking stopped and this process no longer streams (the program continues untracked)");
         } else {
             log!(log::ERROR, "memray: cannot write the capture ({err}); tracking stopped");
         }
+        crate::hooks::ACTIVE.store(false, Ordering::Release);
+        STOP.store(1, Ordering::Release);
+        crate::got::restore_all(&crate::hooks::redirects());
     }
 }
 
