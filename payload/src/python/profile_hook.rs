@@ -45,14 +45,22 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+type PendingFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type AddPendingCall = unsafe extern "C" fn(PendingFn, *mut c_void) -> c_int;
+type SetProfile = unsafe extern "C" fn(*const u8, Option<ProfileFn>, *mut c_void) -> c_int;
+type InterpreterGet = unsafe extern "C" fn() -> *const c_void;
+type ThreadHead = unsafe extern "C" fn(*const c_void) -> *const u8;
+type ThreadNext = unsafe extern "C" fn(*const u8) -> *const u8;
+type ErrClear = unsafe extern "C" fn();
+
 /// The C API functions used here, found once.
 struct Api {
-    add_pending_call: unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void) -> c_int, *mut c_void) -> c_int,
-    set_profile: unsafe extern "C" fn(*const u8, Option<ProfileFn>, *mut c_void) -> c_int,
-    interpreter_get: unsafe extern "C" fn() -> *const c_void,
-    thread_head: unsafe extern "C" fn(*const c_void) -> *const u8,
-    thread_next: unsafe extern "C" fn(*const u8) -> *const u8,
-    err_clear: unsafe extern "C" fn(),
+    add_pending_call: AddPendingCall,
+    set_profile: SetProfile,
+    interpreter_get: InterpreterGet,
+    thread_head: ThreadHead,
+    thread_next: ThreadNext,
+    err_clear: ErrClear,
 }
 
 static API: AtomicUsize = AtomicUsize::new(0);
@@ -90,12 +98,12 @@ fn resolve() -> bool {
     // in Api (CPython 3.9-3.11 headers).
     let api = unsafe {
         Api {
-            add_pending_call: std::mem::transmute::<usize, _>(found[0]),
-            set_profile: std::mem::transmute::<usize, _>(found[1]),
-            interpreter_get: std::mem::transmute::<usize, _>(found[2]),
-            thread_head: std::mem::transmute::<usize, _>(found[3]),
-            thread_next: std::mem::transmute::<usize, _>(found[4]),
-            err_clear: std::mem::transmute::<usize, _>(found[5]),
+            add_pending_call: std::mem::transmute::<usize, AddPendingCall>(found[0]),
+            set_profile: std::mem::transmute::<usize, SetProfile>(found[1]),
+            interpreter_get: std::mem::transmute::<usize, InterpreterGet>(found[2]),
+            thread_head: std::mem::transmute::<usize, ThreadHead>(found[3]),
+            thread_next: std::mem::transmute::<usize, ThreadNext>(found[4]),
+            err_clear: std::mem::transmute::<usize, ErrClear>(found[5]),
         }
     };
     API.store(Box::into_raw(Box::new(api)) as usize, Ordering::Release);
