@@ -9,9 +9,10 @@ tracker follows the first. With MEMRAY_CHECK_STACKS=1 the payload walks the whol
 again at every allocation it records, compares it with what it wrote, and prints the counts
 when each tracker stops.
 
-On 3.12+ with --trace-python-allocators most stacks are read only down to an anchor frame
-(payload/src/stack.rs), so the test also requires that this path was taken; before 3.12 every
-stack is a full walk.
+With --trace-python-allocators on 3.9+ most stacks are read only down to an anchor frame
+(payload/src/stack.rs: sys.monitoring reports frame exits on 3.12+, a profile function given
+to deep threads before), so the test also requires that this path was taken; on 3.8 and in
+default mode every stack is a full walk.
 """
 import re
 
@@ -45,7 +46,8 @@ def test_written_stacks_equal_a_full_walk(interp, tracked_env, workdir, seed, tr
     for checked, anchored, differed in counts:
         assert differed == 0, f"{differed} of {checked} written stacks differ from a full walk\n" + res.describe()
         assert checked >= 1000, res.describe()
-        if trace_python_allocators and interp.minor >= 12:
+        if trace_python_allocators and interp.minor >= 9:
+            # 3.9-3.11: once a thread's profile function is installed (after 64 deep walks).
             assert anchored >= checked // 2, f"only {anchored} of {checked} stacks were read from an anchor"
         else:
-            assert anchored == 0, "anchors are only used with sys.monitoring and --trace-python-allocators"
+            assert anchored == 0, "anchors need --trace-python-allocators and CPython 3.9+"

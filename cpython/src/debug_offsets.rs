@@ -230,6 +230,7 @@ impl DebugOffsets {
         if row.is_none() {
             // Not among the debug offsets: unknown for a version newer than the table.
             layout.tstate_tracing = None;
+            layout.tstate_profilefunc = None;
         }
 
         let mut checks: Vec<(&'static str, usize, usize)> = Vec::new();

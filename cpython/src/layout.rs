@@ -73,6 +73,9 @@ pub struct Layout {
     /// callback) runs on the thread, when the interpreter delivers no events. None for a
     /// version newer than the table (its debug offsets do not describe the field).
     pub tstate_tracing: Option<usize>,
+    /// `Py_tracefunc c_profilefunc`: the thread's C-level profile function, if any (None
+    /// for a version newer than the table).
+    pub tstate_profilefunc: Option<usize>,
 
     // Frame: PyFrameObject (3.8-3.10) or _PyInterpreterFrame (3.11+).
     /// `f_back` / `previous`.
@@ -136,7 +139,8 @@ const KIND_SHIFT: u32 = 2;
 const COMPACT_BIT: u32 = 5;
 const ASCII_BIT: u32 = 6;
 
-/// 3.8.18: `_ts.interp` 16 (in every version), `frame` 24, `tracing` 44 (44 up to 3.12, 60 on 3.13/3.14, 64 on 3.15); `_frame.f_back` 24, `f_code` 32, `f_lasti` 104 (bytes);
+/// 3.8.18: `_ts.interp` 16 (in every version), `frame` 24, `tracing` 44 (44 up to 3.12, 60 on 3.13/3.14, 64 on 3.15),
+/// `c_profilefunc` 56 (64 on 3.11/3.12, 80 on 3.13/3.14, 104 on 3.15); `_frame.f_back` 24, `f_code` 32, `f_lasti` 104 (bytes);
 /// `PyCodeObject.co_firstlineno` 40, `co_filename` 104, `co_name` 112, `co_lnotab` 120;
 /// `PyASCIIObject` 48 bytes (has `wstr`), `PyCompactUnicodeObject` 72 bytes with
 /// `utf8_length` 48 and `utf8` 56.
@@ -147,6 +151,7 @@ pub static PY38: Layout = Layout {
     tstate_frame: FrameRoot::Direct(24),
     tstate_interp: 16,
     tstate_tracing: Some(44),
+    tstate_profilefunc: Some(56),
     frame_back: 24,
     frame_code: 32,
     frame_code_tag: 0,
@@ -190,6 +195,7 @@ pub static PY310: Layout = Layout { minor: 10, frame_instr: InstrPos::Lasti(96),
 pub static PY311: Layout = Layout {
     minor: 11,
     tstate_frame: FrameRoot::ViaCFrame { cframe: 56, current: 8 },
+    tstate_profilefunc: Some(64),
     frame_back: 48,
     frame_code: 32,
     frame_instr: InstrPos::Pointer(56),
@@ -214,6 +220,7 @@ pub static PY311: Layout = Layout {
 pub static PY312: Layout = Layout {
     minor: 12,
     tstate_frame: FrameRoot::ViaCFrame { cframe: 56, current: 0 },
+    tstate_profilefunc: Some(64),
     frame_back: 8,
     frame_code: 0,
     frame_instr: InstrPos::Pointer(56),
@@ -242,6 +249,7 @@ pub static PY313: Layout = Layout {
     minor: 13,
     tstate_frame: FrameRoot::Direct(72),
     tstate_tracing: Some(60),
+    tstate_profilefunc: Some(80),
     code_adaptive: Some(200),
     code_firsttraceable: Some(184),
     ..PY312
@@ -257,7 +265,7 @@ pub static PY314: Layout =
 
 /// 3.15.2: the 3.14 offsets, with `Py_TAG_BITS` 3 (tagged ints) and no
 /// `FRAME_OWNED_BY_CSTACK` (entry frames are `FRAME_OWNED_BY_INTERPRETER` 3).
-pub static PY315: Layout = Layout { minor: 15, frame_code_tag: 3, tstate_tracing: Some(64), ..PY314 };
+pub static PY315: Layout = Layout { minor: 15, frame_code_tag: 3, tstate_tracing: Some(64), tstate_profilefunc: Some(104), ..PY314 };
 
 impl Layout {
     /// Every offset and constant by the name of the C field it stands for, as
@@ -272,6 +280,9 @@ impl Layout {
         out.push(("tstate_interp", self.tstate_interp));
         if let Some(o) = self.tstate_tracing {
             out.push(("tstate_tracing", o));
+        }
+        if let Some(o) = self.tstate_profilefunc {
+            out.push(("tstate_profilefunc", o));
         }
         out.extend([("frame_back", self.frame_back), ("frame_code", self.frame_code)]);
         match self.frame_instr {

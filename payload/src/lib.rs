@@ -141,6 +141,23 @@ pub extern "C" fn memray_watch_frame_exits(on: i32) {
     stack::set_exits_watched(on != 0);
 }
 
+/// Before 3.12 (1): threads whose stacks are deep get a profile function that reports
+/// their frame exits; (0): every thread that has it loses it. Returns 1 when this
+/// interpreter supports it (3.9-3.11). The GIL is held.
+#[no_mangle]
+pub extern "C" fn memray_profile_deep_threads(on: i32) -> i32 {
+    let _g = thread_state::GuardScope::enter();
+    if on != 0 && hooks::interpreter().is_none() {
+        match python::Interpreter::resolve() {
+            Ok(i) => {
+                hooks::set_interpreter(i);
+            }
+            Err(_) => return 0,
+        }
+    }
+    python::profile_hook::set_enabled(on != 0) as i32
+}
+
 /// `memray.set_log_level`: the lowest severity (Python `logging` level) the payload's
 /// messages on stderr may have to be printed.
 #[no_mangle]

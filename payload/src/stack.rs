@@ -6,7 +6,8 @@
 //!
 //! Reading the whole chain costs O(depth) per allocation. Where the interpreter reports
 //! every frame exit (sys.monitoring on 3.12+, registered by `_tracking.py`, which then
-//! calls `set_exits_watched`), each thread keeps an *anchor*: a frame of its chain, a few below the
+//! calls `set_exits_watched`; before 3.12 a profile function given to deep threads, see
+//! `python/profile_hook.rs`), each thread keeps an *anchor*: a frame of its chain, a few below the
 //! innermost, that has not returned, yielded or unwound since the walk that chose it.
 //! While it has not, nothing below it can have changed: each frame below is suspended in
 //! the call that leads up to the anchor, and a frame's instruction moves only while it is
@@ -20,12 +21,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::log::{self, log};
 use crate::python::frames::{self, RawFrame, WalkEnd};
+use crate::python::profile_hook;
 use crate::python::{read_at, Interpreter};
 use crate::thread_state::{self, ThreadState, MAX_FRAMES};
 
 /// How many frames above the anchor a walk reads before the anchor moves up: bounds the
 /// walk per allocation, while an anchor further down outlives more returns.
 const ANCHOR_DEPTH: usize = 8;
+
+/// Before 3.12, a thread asks for the profile function that reports its frame exits
+/// (`python/profile_hook.rs`) after this many walks of at least `DEEP_WALK` frames: the
+/// function costs every call of the thread, so only threads with deep stacks get it.
+const DEEP_WALK: usize = 32;
+const DEEP_WALKS_BEFORE_REQUEST: u32 = 64;
 
 /// The `PyInterpreterState*` whose frame exits are reported to `frame_exiting` (0: none).
 /// sys.monitoring is per interpreter: a subinterpreter's threads never get an anchor.
@@ -86,8 +94,16 @@ pub struct StackDelta {
 pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> StackDelta {
     let tstate = interp.current_tstate();
     let watching = WATCHED_INTERP.load(Ordering::Acquire);
-    // SAFETY: the calling thread's own thread state (or null).
-    let watched = watching != 0 && unsafe { interpreter_of(interp, tstate) } == watching;
+    let profiling = profile_hook::enabled();
+    let watched = if watching != 0 {
+        // SAFETY: the calling thread's own thread state (or null).
+        let thread_interp = unsafe { interpreter_of(interp, tstate) };
+        thread_interp == watching
+    } else {
+        // Before 3.12: only while this thread has our profile function, which it is given
+        // once per capture (a gap would leave an anchor that exited unreported).
+        profiling && profile_hook::profile_function_of(tstate) == profile_hook::address()
+    };
     let mut anchor = if watched { thread_state::anchor() } else { 0 };
     let (n, end) = loop {
         // SAFETY: tstate is the calling thread's own PyThreadState (or null), so only this
@@ -122,6 +138,13 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
             state.anchor_below = state.written.len() - 1 - ANCHOR_DEPTH;
         } else if !found {
             thread_state::set_anchor(0);
+        }
+    }
+    if profiling && !watched && n >= DEEP_WALK && !state.exits_requested {
+        state.deep_walks += 1;
+        if state.deep_walks >= DEEP_WALKS_BEFORE_REQUEST {
+            state.exits_requested = true;
+            profile_hook::request(tstate);
         }
     }
     if CHECK.load(Ordering::Relaxed) {

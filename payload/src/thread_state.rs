@@ -88,6 +88,10 @@ pub struct ThreadState {
     /// `MEMRAY_CHECK_STACKS` only: a second scratch for the full walk every update is
     /// compared with.
     pub check_scratch: Vec<RawFrame>,
+    /// Before 3.12: walks of deep stacks so far, and whether the thread asked for the
+    /// profile function that reports its frame exits (`stack.rs`), in this capture.
+    pub deep_walks: u32,
+    pub exits_requested: bool,
     /// Native unwinding state, made on the first allocation of a `--native` capture.
     pub native: Option<Box<crate::native::ThreadNative>>,
     /// Greenlets this thread switched away from, by greenlet (its `id()`): each is a thread
@@ -250,6 +254,8 @@ pub fn current() -> Option<&'static mut ThreadState> {
             frame_ptrs: vec![0; MAX_FRAMES],
             anchor_below: 0,
             check_scratch: Vec::new(),
+            deep_walks: 0,
+            exits_requested: false,
             native: None,
             greenlets: None,
         });
@@ -267,6 +273,8 @@ pub fn current() -> Option<&'static mut ThreadState> {
         state.name_written = false;
         state.written.clear();
         tls().anchor = 0;
+        state.deep_walks = 0;
+        state.exits_requested = false;
         state.greenlets = None;
         if let Some(native) = state.native.as_mut() {
             // Node ids belong to the previous capture's frame tree.

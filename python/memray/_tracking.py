@@ -67,6 +67,8 @@ def _load():
         lib.memray_frame_exit_callback.restype = ctypes.py_object
         lib.memray_watch_frame_exits.argtypes = [ctypes.c_int]
         lib.memray_watch_frame_exits.restype = None
+        lib.memray_profile_deep_threads.argtypes = [ctypes.c_int]
+        lib.memray_profile_deep_threads.restype = ctypes.c_int
         _lib = lib
         _apply_log_level(lib)
     return _lib
@@ -423,11 +425,12 @@ class Session:
 
 
 class FrameExits:
-    """CPython 3.12+: has sys.monitoring report every frame exit (return, yield, unwind) to
-    the payload, so that a deep stack is read only down to a frame known not to have
-    exited since the last read (payload/src/stack.rs). Without it (older interpreters, no
-    free tool id) every allocation reads the whole stack: slower on deep stacks, the same
-    records. Used with `trace_python_allocators` only: each return then costs a call (about
+    """Has the interpreter report every frame exit (return, yield, unwind) to the payload,
+    so that a deep stack is read only down to a frame known not to have exited since the
+    last read (payload/src/stack.rs): sys.monitoring on CPython 3.12+; on 3.9-3.11 a C
+    profile function, which the payload gives only to threads whose stacks are deep
+    (payload/src/python/profile_hook.rs). Without it (3.8, no free tool id) every
+    allocation reads the whole stack: slower on deep stacks, the same records. Used with `trace_python_allocators` only: each return then costs a call (about
     80 ns), which pays off when nearly every line allocates, and not when only mallocs are
     recorded (docs/performance.md)."""
 
@@ -438,8 +441,11 @@ class FrameExits:
     def __init__(self, lib):
         self._lib = lib
         self._tool = None
+        self._profiling = False
         monitoring = getattr(sys, "monitoring", None)
         if monitoring is None:
+            # 3.9-3.11: a profile function, given only to threads whose stacks are deep.
+            self._profiling = lib.memray_profile_deep_threads(1) == 1
             return
         try:
             callback = lib.memray_frame_exit_callback()
@@ -462,6 +468,9 @@ class FrameExits:
         lib.memray_watch_frame_exits(1)
 
     def stop(self):
+        if self._profiling:
+            self._lib.memray_profile_deep_threads(0)
+            self._profiling = False
         if self._tool is None:
             return
         self._lib.memray_watch_frame_exits(0)

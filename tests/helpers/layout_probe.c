@@ -22,6 +22,7 @@ int main(void) {
     P("ob_type", offsetof(PyObject, ob_type));
     P("tstate_interp", offsetof(PyThreadState, interp));
     P("tstate_tracing", offsetof(PyThreadState, tracing));
+    P("tstate_profilefunc", offsetof(PyThreadState, c_profilefunc));
 #if PY_VERSION_HEX < 0x030B0000
     P("tstate_frame", offsetof(PyThreadState, frame));
     P("frame_back", offsetof(PyFrameObject, f_back));

@@ -2,7 +2,8 @@
 //!
 //! - `frames`: the allocation-free walker of the calling thread's frame chain;
 //! - `code`: readers for a code object's names, first line and line table;
-//! - `monitoring`: the frame-exit callback registered with sys.monitoring (3.12+).
+//! - `monitoring`: the frame-exit callback registered with sys.monitoring (3.12+);
+//! - `profile_hook`: the profile function that reports frame exits before 3.12.
 //!
 //! The per-version layouts themselves live in the `cpython` crate. Nothing here links
 //! against libpython: `Interpreter::resolve` finds what it needs with
@@ -11,6 +12,7 @@
 pub mod code;
 pub mod frames;
 pub mod monitoring;
+pub mod profile_hook;
 
 use std::ffi::{c_char, c_void, CStr};
 
