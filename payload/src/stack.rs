@@ -106,10 +106,10 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
     };
     let mut anchor = if watched { thread_state::anchor() } else { 0 };
     let (n, end) = loop {
-        // SAFETY: tstate is the calling thread's own PyThreadState (or null), so only this
-        // thread mutates its chain, and it is here; layout and code type describe it.
         // Frame pointers are only needed to choose an anchor.
         let ptrs: &mut [usize] = if watched { &mut state.frame_ptrs } else { &mut [] };
+        // SAFETY: tstate is the calling thread's own PyThreadState (or null), so only this
+        // thread mutates its chain, and it is here; layout and code type describe it.
         let (n, end) = unsafe { frames::walk_to(&interp.layout, tstate, interp.code_type, &mut state.scratch, ptrs, anchor) };
         // The anchor's frames must still be what was written, and no deeper than a full
         // walk keeps; otherwise read everything.
