@@ -430,9 +430,11 @@ class FrameExits:
     last read (payload/src/stack.rs): sys.monitoring on CPython 3.12+; on 3.9-3.11 a C
     profile function, which the payload gives only to threads whose stacks are deep
     (payload/src/python/profile_hook.rs). Without it (3.8, no free tool id) every
-    allocation reads the whole stack: slower on deep stacks, the same records. Used with `trace_python_allocators` only: each return then costs a call (about
-    80 ns), which pays off when nearly every line allocates, and not when only mallocs are
-    recorded (docs/performance.md)."""
+    allocation reads the whole stack: slower on deep stacks, the same records.
+
+    Used with `trace_python_allocators` only: each return then costs a call (about 80 ns
+    on 3.12), which pays off when nearly every line allocates, and not when only mallocs
+    are recorded (docs/performance.md)."""
 
     # sys.monitoring tool ids 0-5 are for tools; 0-2 and 5 have well-known owners
     # (debugger, coverage, profiler, optimizer), so the unnamed ones are tried.
