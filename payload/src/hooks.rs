@@ -26,17 +26,16 @@ pub static WRITER: FutexMutex<Option<Writer>> = FutexMutex::new(None);
 pub static NATIVE_TRACES: AtomicBool = AtomicBool::new(false);
 static INTERP: AtomicPtr<Interpreter> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Installs the interpreter description used by the hooks; the first one is kept forever
-/// (hooks on other threads may still be reading it).
-pub fn set_interpreter(interp: Interpreter) -> &'static Interpreter {
-    let current = INTERP.load(Ordering::Acquire);
-    if !current.is_null() {
-        // SAFETY: pointers stored in INTERP come from Box::leak and are never freed.
-        return unsafe { &*current };
+/// The interpreter description the hooks use, found on first use and kept forever (hooks
+/// on other threads may still be reading it). Call with the GIL, outside the hooks (the
+/// GIL also keeps two first uses from racing).
+pub fn resolve_interpreter() -> Result<&'static Interpreter, String> {
+    if let Some(interp) = interpreter() {
+        return Ok(interp);
     }
-    let leaked: &'static mut Interpreter = Box::leak(Box::new(interp));
+    let leaked: &'static mut Interpreter = Box::leak(Box::new(Interpreter::resolve()?));
     INTERP.store(leaked, Ordering::Release);
-    leaked
+    Ok(leaked)
 }
 
 #[inline(always)]
@@ -45,7 +44,7 @@ pub fn interpreter() -> Option<&'static Interpreter> {
     if p.is_null() {
         None
     } else {
-        // SAFETY: see set_interpreter.
+        // SAFETY: pointers stored in INTERP come from Box::leak and are never freed.
         Some(unsafe { &*p })
     }
 }

@@ -147,13 +147,8 @@ pub extern "C" fn memray_watch_frame_exits(on: i32) {
 #[no_mangle]
 pub extern "C" fn memray_profile_deep_threads(on: i32) -> i32 {
     let _g = thread_state::GuardScope::enter();
-    if on != 0 && hooks::interpreter().is_none() {
-        match python::Interpreter::resolve() {
-            Ok(i) => {
-                hooks::set_interpreter(i);
-            }
-            Err(_) => return 0,
-        }
+    if on != 0 && hooks::resolve_interpreter().is_err() {
+        return 0;
     }
     python::profile_hook::set_enabled(on != 0) as i32
 }

@@ -42,11 +42,9 @@ static WATCHED_INTERP: AtomicUsize = AtomicUsize::new(0);
 /// Called with the GIL by the interpreter that just set (`on`) or is about to remove the
 /// frame-exit events.
 pub fn set_exits_watched(on: bool) {
-    // Before the first tracker starts, the interpreter is not known yet.
-    let interp = crate::hooks::interpreter().or_else(|| crate::python::Interpreter::resolve().ok().map(crate::hooks::set_interpreter));
-    let watched = match (on, interp) {
+    let watched = match crate::hooks::resolve_interpreter() {
         // SAFETY: the calling thread's own thread state, described by the layout.
-        (true, Some(i)) => unsafe { interpreter_of(i, i.current_tstate()) },
+        Ok(i) if on => unsafe { interpreter_of(i, i.current_tstate()) },
         _ => 0,
     };
     WATCHED_INTERP.store(watched, Ordering::Release);
@@ -102,7 +100,7 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
     } else {
         // Before 3.12: only while this thread has our profile function, which it is given
         // once per capture (a gap would leave an anchor that exited unreported).
-        profiling && profile_hook::profile_function_of(tstate) == profile_hook::address()
+        profiling && profile_hook::profile_function_of(interp, tstate) == profile_hook::address()
     };
     let mut anchor = if watched { thread_state::anchor() } else { 0 };
     let (n, end) = loop {

@@ -13,7 +13,7 @@ use crate::log::{self, log};
 use crate::rss::{now_ms, Sampler};
 use crate::thread_state::{self, GuardScope, GENERATION};
 use crate::writer::Writer;
-use crate::{got, pymem, python};
+use crate::{got, pymem};
 
 /// What a tracker is asked to do; parsed from the text the Python side passes.
 #[derive(Debug, Default, Clone)]
@@ -146,8 +146,7 @@ pub fn start(config: Config) -> Result<(), StartError> {
     if running.is_some() || ACTIVE.load(Ordering::Acquire) {
         return Err(StartError::AlreadyActive);
     }
-    let interp = python::Interpreter::resolve().map_err(StartError::Unsupported)?;
-    let interp = hooks::set_interpreter(interp);
+    let interp = hooks::resolve_interpreter().map_err(StartError::Unsupported)?;
     thread_state::init();
     hooks::resolve_real_functions();
     install_fork_handlers();

@@ -40,7 +40,7 @@ pub struct Interpreter {
 }
 
 /// Looks a symbol up in everything already loaded (libpython or a static python binary).
-fn symbol(name: &CStr) -> *mut c_void {
+pub(crate) fn symbol(name: &CStr) -> *mut c_void {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other precondition.
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
 }

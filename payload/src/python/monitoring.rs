@@ -2,8 +2,10 @@
 //! `stack.rs` for what the exits are for), made through the C API at run time, since the
 //! payload does not link against libpython.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicPtr, Ordering};
+
+use super::symbol;
 
 type FastCall = unsafe extern "C" fn(*mut c_void, *const *mut c_void, isize) -> *mut c_void;
 
@@ -34,11 +36,6 @@ unsafe extern "C" fn on_exit(_module: *mut c_void, _args: *const *mut c_void, _n
     NONE.load(Ordering::Relaxed)
 }
 
-fn symbol(name: &CStr) -> *mut c_void {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other precondition.
-    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
-}
-
 /// The callback, made once and kept (one reference held here forever).
 static CALLBACK: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -57,14 +54,13 @@ pub fn exit_callback() -> *mut c_void {
         unsafe { incref(made) };
         return made;
     }
-    let version = symbol(c"Py_Version");
-    let none = symbol(c"_Py_NoneStruct");
-    let new = symbol(c"PyCFunction_NewEx");
-    if version.is_null() || none.is_null() || new.is_null() {
+    // None must be immortal (3.12+) to be returned without a new reference.
+    if !crate::hooks::resolve_interpreter().is_ok_and(|i| i.version.minor >= 12) {
         return std::ptr::null_mut();
     }
-    // SAFETY: 3.11+ exports `const unsigned long Py_Version`.
-    if unsafe { *(version as *const u64) } < 0x030C_0000 {
+    let none = symbol(c"_Py_NoneStruct");
+    let new = symbol(c"PyCFunction_NewEx");
+    if none.is_null() || new.is_null() {
         return std::ptr::null_mut();
     }
     NONE.store(none, Ordering::Relaxed);

@@ -9,9 +9,11 @@
 //! the program replaces it, exits go unreported from then on, and `stack.rs` stops using
 //! anchors there because `c_profilefunc` is no longer ours.
 
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use super::{symbol, Interpreter};
 
 const PY_TRACE_RETURN: c_int = 3;
 
@@ -65,11 +67,6 @@ struct Api {
 
 static API: AtomicUsize = AtomicUsize::new(0);
 
-fn symbol(name: &CStr) -> usize {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other precondition.
-    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
-}
-
 fn api() -> Option<&'static Api> {
     let p = API.load(Ordering::Acquire);
     // SAFETY: a non-zero value is a leaked Box<Api>, never freed.
@@ -90,7 +87,7 @@ fn resolve() -> bool {
         c"PyThreadState_Next",
         c"PyErr_Clear",
     ];
-    let found: Vec<usize> = names.iter().map(|n| symbol(n)).collect();
+    let found: Vec<usize> = names.iter().map(|n| symbol(n) as usize).collect();
     if found.contains(&0) {
         return false;
     }
@@ -113,34 +110,21 @@ fn resolve() -> bool {
 /// Turns the scheme on (true if this interpreter supports it) or off, removing the function
 /// from every thread that still has it. Called with the GIL.
 pub fn set_enabled(on: bool) -> bool {
-    if on {
-        let ok = resolve();
-        QUEUE.iter().for_each(|slot| slot.store(0, Ordering::Relaxed));
-        GIVEN.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        ENABLED.store(ok, Ordering::Release);
-        return ok;
-    }
-    ENABLED.store(false, Ordering::Release);
+    let ok = on && resolve();
+    ENABLED.store(ok, Ordering::Release);
     QUEUE.iter().for_each(|slot| slot.store(0, Ordering::Relaxed));
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(api) = api() {
-        for_each_thread(api, |tstate| {
-            if profile_function_of(tstate) == address() {
-                // SAFETY: a live thread state of this interpreter; the GIL is held.
-                if unsafe { (api.set_profile)(tstate, None, std::ptr::null_mut()) } != 0 {
-                    // SAFETY: with the GIL; an audit hook refused: leave no exception behind.
-                    unsafe { (api.err_clear)() };
-                }
-            }
-        });
+    GIVEN.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    if !on {
+        if let (Some(api), Some(interp)) = (api(), crate::hooks::interpreter()) {
+            for_each_live_thread(api, |t| profile_function_of(interp, t) == address(), |t| set_profile(api, t, None));
+        }
     }
-    given.clear();
-    true
+    ok
 }
 
 /// The `c_profilefunc` of a live thread state (0 when the layout does not say).
-pub fn profile_function_of(tstate: *const u8) -> usize {
-    let Some(offset) = crate::hooks::interpreter().and_then(|i| i.layout.tstate_profilefunc) else { return 0 };
+pub fn profile_function_of(interp: &Interpreter, tstate: *const u8) -> usize {
+    let Some(offset) = interp.layout.tstate_profilefunc else { return 0 };
     if tstate.is_null() {
         return 0;
     }
@@ -149,15 +133,38 @@ pub fn profile_function_of(tstate: *const u8) -> usize {
     unsafe { crate::python::read_at(tstate as usize, offset) }
 }
 
-/// Calls `f` with every thread state of the current interpreter. With the GIL.
-fn for_each_thread(api: &Api, mut f: impl FnMut(*const u8)) {
+/// The thread states of the current interpreter. With the GIL; no Python runs meanwhile.
+fn threads(api: &Api) -> Vec<*const u8> {
+    let mut out = Vec::new();
     // SAFETY: with the GIL held, the interpreter's thread list is stable while we walk it.
     unsafe {
         let mut t = (api.thread_head)((api.interpreter_get)());
         while !t.is_null() {
-            f(t);
+            out.push(t);
             t = (api.thread_next)(t);
         }
+    }
+    out
+}
+
+/// Calls `f` on each thread state of the current interpreter that `pick` chooses, each
+/// found still in the list right before: `f` may run Python (an audit hook), during which
+/// threads may come and go. With the GIL.
+fn for_each_live_thread(api: &Api, pick: impl Fn(*const u8) -> bool, mut f: impl FnMut(*const u8)) {
+    for t in threads(api).into_iter().filter(|&t| pick(t)) {
+        if threads(api).contains(&t) && pick(t) {
+            f(t);
+        }
+    }
+}
+
+/// `_PyEval_SetProfile(tstate, f, NULL)`. An audit hook may refuse it: its exception is
+/// cleared (the thread then goes on without). With the GIL, on a live thread state.
+fn set_profile(api: &Api, tstate: *const u8, f: Option<ProfileFn>) {
+    // SAFETY: a live thread state of this interpreter (caller contract); the GIL is held.
+    if unsafe { (api.set_profile)(tstate, f, std::ptr::null_mut()) } != 0 {
+        // SAFETY: with the GIL; leave no exception behind.
+        unsafe { (api.err_clear)() };
     }
 }
 
@@ -181,25 +188,21 @@ pub fn request(tstate: *const u8) {
 unsafe extern "C" fn install_pending(_arg: *mut c_void) -> c_int {
     let _guard = crate::thread_state::GuardScope::enter();
     PENDING.store(false, Ordering::Release);
-    let Some(api) = api() else { return 0 };
+    let (Some(api), Some(interp)) = (api(), crate::hooks::interpreter()) else { return 0 };
     if !ENABLED.load(Ordering::Acquire) {
         return 0;
     }
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let wanted: Vec<usize> = QUEUE.iter().map(|slot| slot.swap(0, Ordering::AcqRel)).filter(|&t| t != 0).collect();
-    for_each_thread(api, |tstate| {
-        let t = tstate as usize;
-        // A thread that exited since it asked is not in the list; one that has a profile
-        // function of its own keeps it; one given ours before does not get it twice.
-        if wanted.contains(&t) && profile_function_of(tstate) == 0 && !given.contains(&t) {
-            // SAFETY: a live thread state of this interpreter; the GIL is held.
-            if unsafe { (api.set_profile)(tstate, Some(on_event), std::ptr::null_mut()) } == 0 {
-                given.push(t);
-            } else {
-                // SAFETY: with the GIL; an audit hook refused: leave no exception behind.
-                unsafe { (api.err_clear)() };
-            }
-        }
+    // A thread that exited since it asked is not in the list; one that has a profile
+    // function of its own keeps it; one given ours before does not get it twice (the lock
+    // is not held while CPython runs an audit hook).
+    let fresh = |t: *const u8| {
+        let given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        wanted.contains(&(t as usize)) && profile_function_of(interp, t) == 0 && !given.contains(&(t as usize))
+    };
+    for_each_live_thread(api, fresh, |t| {
+        GIVEN.lock().unwrap_or_else(|e| e.into_inner()).push(t as usize);
+        set_profile(api, t, Some(on_event));
     });
     0
 }
