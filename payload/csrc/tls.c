@@ -20,10 +20,12 @@ struct memray_tls {
     uint64_t sampling_generation;
     /* The frame the thread's stack walks may stop at (see stack.rs); 0: none. */
     uintptr_t anchor;
+    /* The anchor's index in the written stack (see thread_state.rs). */
+    uintptr_t anchor_below;
 };
 
 static __thread struct memray_tls tls __attribute__((tls_model("initial-exec"))) = {
-    0, 0, UINT64_MAX, 0, 0, 0, 0, UINT64_MAX, 0,
+    0, 0, UINT64_MAX, 0, 0, 0, 0, UINT64_MAX, 0, 0,
 };
 
 struct memray_tls *memray_tls_get(void) { return &tls; }

@@ -27,7 +27,7 @@ use crate::thread_state::{self, ThreadState, MAX_FRAMES};
 
 /// How many frames above the anchor a walk reads before the anchor moves up: bounds the
 /// walk per allocation, while an anchor further down outlives more returns.
-const ANCHOR_DEPTH: usize = 8;
+const ANCHOR_DEPTH: usize = 1;
 
 /// Before 3.12, a thread asks for the profile function that reports its frame exits
 /// (`python/profile_hook.rs`) after this many walks of at least `DEEP_WALK` frames: the
@@ -63,10 +63,12 @@ unsafe fn interpreter_of(interp: &Interpreter, tstate: *const u8) -> usize {
 }
 
 /// The frame-exit callback's work: the calling thread's innermost frame is returning,
-/// yielding or unwinding. If it is the anchor, the thread has none any more.
+/// yielding or unwinding. If it is the anchor, the anchor moves to the frame below it,
+/// which becomes the innermost and so has not exited (nor has anything below it): a
+/// program that allocates on its way back up keeps short walks.
 #[inline]
 pub fn frame_exiting() {
-    let anchor = thread_state::anchor();
+    let (anchor, below) = thread_state::anchor();
     if anchor == 0 {
         return;
     }
@@ -74,8 +76,13 @@ pub fn frame_exiting() {
     // SAFETY: current_tstate is the calling thread's own thread state (or null), described
     // by the interpreter's layout.
     let frame = unsafe { frames::innermost(&interp.layout, interp.current_tstate()) };
-    if frame == anchor {
-        thread_state::set_anchor(0);
+    if frame != anchor {
+        return;
+    }
+    match below.checked_sub(1) {
+        // SAFETY: the anchor is the innermost frame of the calling thread's chain.
+        Some(next_below) => thread_state::set_anchor(unsafe { frames::next_visible(&interp.layout, anchor, interp.code_type) }, next_below),
+        None => thread_state::set_anchor(0, 0),
     }
 }
 
@@ -102,7 +109,7 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
         // once per capture (a gap would leave an anchor that exited unreported).
         profiling && profile_hook::profile_function_of(interp, tstate) == profile_hook::address()
     };
-    let mut anchor = if watched { thread_state::anchor() } else { 0 };
+    let (mut anchor, anchor_below) = if watched { thread_state::anchor() } else { (0, 0) };
     let (n, end) = loop {
         // Frame pointers are only needed to choose an anchor.
         let ptrs: &mut [usize] = if watched { &mut state.frame_ptrs } else { &mut [] };
@@ -111,7 +118,7 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
         let (n, end) = unsafe { frames::walk_to(&interp.layout, tstate, interp.code_type, &mut state.scratch, ptrs, anchor) };
         // The anchor's frames must still be what was written, and no deeper than a full
         // walk keeps; otherwise read everything.
-        if end == WalkEnd::Anchor && (state.anchor_below >= state.written.len() || state.anchor_below + n > MAX_FRAMES) {
+        if end == WalkEnd::Anchor && (anchor_below >= state.written.len() || anchor_below + n > MAX_FRAMES) {
             anchor = 0;
             continue;
         }
@@ -120,7 +127,7 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
     if !native {
         state.scratch[..n].iter_mut().for_each(|f| f.is_entry = true);
     }
-    let base = if end == WalkEnd::Anchor { state.anchor_below } else { 0 };
+    let base = if end == WalkEnd::Anchor { anchor_below } else { 0 };
     let fresh = &state.scratch[..n];
     let same = state.written[base..].iter().zip(fresh.iter().rev()).take_while(|(a, b)| a == b).count();
     let common = base + same;
@@ -133,10 +140,9 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
     let found = end == WalkEnd::Anchor;
     if !(found && n <= ANCHOR_DEPTH + 1) {
         if watched && end != WalkEnd::Truncated && n > ANCHOR_DEPTH && !tracing(interp, tstate) {
-            thread_state::set_anchor(state.frame_ptrs[ANCHOR_DEPTH]);
-            state.anchor_below = state.written.len() - 1 - ANCHOR_DEPTH;
+            thread_state::set_anchor(state.frame_ptrs[ANCHOR_DEPTH], state.written.len() - 1 - ANCHOR_DEPTH);
         } else if !found {
-            thread_state::set_anchor(0);
+            thread_state::set_anchor(0, 0);
         }
     }
     if profiling && !watched && n >= DEEP_WALK && !state.exits_requested {

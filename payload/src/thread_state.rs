@@ -27,8 +27,11 @@ struct Tls {
     state: *mut libc::c_void,
     countdown: Countdown,
     /// The frame this thread's stack walks may stop at (`stack.rs`); 0: none. In TLS so
-    /// the frame-exit callback can clear it without the thread's heap state.
+    /// the frame-exit callback can move it without the thread's heap state.
     anchor: usize,
+    /// While `anchor` is set, `written[anchor_below]` of the heap state is the anchor frame
+    /// and `written[..anchor_below]` the frames below it.
+    anchor_below: usize,
 }
 
 /// The thread's place in the sampler's Poisson process (`sampling.rs`): in TLS, because
@@ -82,9 +85,6 @@ pub struct ThreadState {
     pub scratch: Vec<RawFrame>,
     /// The frame pointer of each `scratch` entry (same length).
     pub frame_ptrs: Vec<usize>,
-    /// While the thread has an anchor (`anchor()`), `written[anchor_below]` is the anchor
-    /// frame and `written[..anchor_below]` the frames below it.
-    pub anchor_below: usize,
     /// `MEMRAY_CHECK_STACKS` only: a second scratch for the full walk every update is
     /// compared with.
     pub check_scratch: Vec<RawFrame>,
@@ -155,15 +155,19 @@ pub fn countdown_unless_guarded() -> Option<&'static mut Countdown> {
     (t.guard == 0).then_some(&mut t.countdown)
 }
 
-/// The calling thread's stack anchor (`stack.rs`), 0 for none.
+/// The calling thread's stack anchor (`stack.rs`), 0 for none, and its index in the
+/// written stack.
 #[inline(always)]
-pub fn anchor() -> usize {
-    tls().anchor
+pub fn anchor() -> (usize, usize) {
+    let t = tls();
+    (t.anchor, t.anchor_below)
 }
 
 #[inline(always)]
-pub fn set_anchor(frame: usize) {
-    tls().anchor = frame;
+pub fn set_anchor(frame: usize, below: usize) {
+    let t = tls();
+    t.anchor = frame;
+    t.anchor_below = below;
 }
 
 /// Sets the guard for the rest of the thread's life (the RSS sampler thread uses this).
@@ -252,7 +256,6 @@ pub fn current() -> Option<&'static mut ThreadState> {
             written: Vec::with_capacity(64),
             scratch: vec![RawFrame::default(); MAX_FRAMES],
             frame_ptrs: vec![0; MAX_FRAMES],
-            anchor_below: 0,
             check_scratch: Vec::new(),
             deep_walks: 0,
             exits_requested: false,

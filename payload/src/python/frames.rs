@@ -98,6 +98,30 @@ pub unsafe fn walk(layout: &Layout, tstate: *const u8, code_type: usize, out: &m
     (n, end == WalkEnd::Truncated)
 }
 
+/// The frame below `frame` that a walk would write next (0: none): its `previous`, past
+/// the frames CPython does not show.
+///
+/// # Safety
+/// `frame` is a non-null live frame of the calling thread's chain; `layout` and
+/// `code_type` describe the running interpreter.
+pub unsafe fn next_visible(layout: &Layout, frame: usize, code_type: usize) -> usize {
+    // SAFETY: `frame` is live (caller contract), so its `previous` link is.
+    let mut frame: usize = unsafe { read_at(frame, layout.frame_back) };
+    for _ in 0..MAX_SKIPPED {
+        if frame == 0 {
+            break;
+        }
+        // SAFETY: `frame` is a live frame of the same chain, and `previous` its successor.
+        let previous: usize = unsafe { read_at(frame, layout.frame_back) };
+        // SAFETY: as above.
+        if unsafe { describe(layout, frame, previous, code_type) }.is_some() {
+            return frame;
+        }
+        frame = previous;
+    }
+    0
+}
+
 /// The calling thread's innermost frame pointer, whether or not CPython would show it.
 ///
 /// # Safety
@@ -287,6 +311,12 @@ mod tests {
         let (k, end) = unsafe { walk_to(layout, t as *const u8, CODE_TYPE, &mut upper, &mut ptrs, 8) };
         assert_eq!((k, end), (n, WalkEnd::Complete));
         assert_eq!(ptrs[n - 1], addrs[3]);
+        // The frame below each written one is the next written one.
+        for i in 0..n {
+            let below = if i + 1 < n { ptrs[i + 1] } else { 0 };
+            // SAFETY: as above.
+            assert_eq!(unsafe { next_visible(layout, ptrs[i], CODE_TYPE) }, below, "below frame {i}");
+        }
         let mut small = [RawFrame::default(); 1];
         // SAFETY: as above.
         let (n1, truncated1) = unsafe { walk(layout, t as *const u8, CODE_TYPE, &mut small) };
