@@ -17,6 +17,13 @@ pub trait ByteSink {
     fn put_u8(&mut self, b: u8) {
         self.put(&[b])
     }
+    /// Puts `buf[..len]`, where `buf[len..]` is all zeros: a sink with room may copy the
+    /// whole array (one copy of a known size, no call) when zeros past its data change
+    /// nothing. The hot-path records come this way.
+    #[inline]
+    fn put_zero_padded<const N: usize>(&mut self, buf: &[u8; N], len: usize) {
+        self.put(&buf[..len])
+    }
 }
 
 impl ByteSink for Vec<u8> {
@@ -38,6 +45,10 @@ impl<T: ByteSink + ?Sized> ByteSink for &mut T {
     #[inline]
     fn put_u8(&mut self, b: u8) {
         (**self).put_u8(b)
+    }
+    #[inline]
+    fn put_zero_padded<const N: usize>(&mut self, buf: &[u8; N], len: usize) {
+        (**self).put_zero_padded(buf, len)
     }
 }
 
@@ -156,7 +167,7 @@ impl StreamEncoder {
         let mut r = Scratch::<9>::new();
         r.byte(tag::CONTEXT_SWITCH);
         r.raw(&tid.to_ne_bytes());
-        s.put(r.as_slice());
+        r.put_to(s);
         self.current_tid = tid;
     }
 
@@ -166,7 +177,7 @@ impl StreamEncoder {
         r.byte(tag::FRAME_PUSH | is_entry as u8);
         r.varint(code_object_id);
         r.svarint(instruction_offset as i64);
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// Pops `count` frames; one FRAME_POP record per 16 frames. `count == 0` writes nothing.
@@ -208,7 +219,7 @@ impl StreamEncoder {
             }
             r.varint(size);
         }
-        s.put(r.as_slice());
+        r.put_to(s);
         self.n_allocations += 1;
     }
 
@@ -223,7 +234,7 @@ impl StreamEncoder {
         if native_traces && is_created {
             r.svarint(delta_u64(&mut self.last_native_frame_id, native_frame_id));
         }
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// MEMORY_RECORD: an RSS sample. Memray flushes its sink after each one.
@@ -232,7 +243,7 @@ impl StreamEncoder {
         r.byte(tag::MEMORY_RECORD);
         r.varint(rss);
         r.varint(ms_since_start);
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// THREAD_RECORD: names the current thread.
@@ -246,13 +257,13 @@ impl StreamEncoder {
         let mut r = Scratch::<11>::new();
         r.byte(tag::CODE_OBJECT);
         r.varint(id);
-        s.put(r.as_slice());
+        r.put_to(s);
         put_cstr(s, function);
         put_cstr(s, filename);
         let mut r = Scratch::<20>::new();
         r.svarint(delta_i32(&mut self.last_firstlineno, firstlineno));
         r.varint(linetable.len() as u64);
-        s.put(r.as_slice());
+        r.put_to(s);
         s.put(linetable);
     }
 
@@ -263,7 +274,7 @@ impl StreamEncoder {
         r.byte(tag::NATIVE_TRACE_INDEX);
         r.svarint(delta_u64(&mut self.last_ip, ip));
         r.svarint(delta_u64(&mut self.last_native_frame_id, parent));
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// MEMORY_MAP_START: the segment list that follows replaces the previous one.
@@ -278,7 +289,7 @@ impl StreamEncoder {
         let mut r = Scratch::<18>::new();
         r.varint(num_segments);
         r.raw(&load_addr.to_ne_bytes());
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     pub fn segment(&mut self, s: &mut impl ByteSink, vaddr: u64, memsz: u64) {
@@ -286,7 +297,7 @@ impl StreamEncoder {
         r.byte(tag::SEGMENT);
         r.raw(&vaddr.to_ne_bytes());
         r.varint(memsz);
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// TRAILER: marks the end of valid data (what follows may be zero padding).
@@ -316,7 +327,7 @@ impl AggregatedEncoder {
         r.raw(&snap.ms_since_epoch.to_ne_bytes());
         r.raw(&snap.rss.to_ne_bytes());
         r.raw(&snap.heap.to_ne_bytes());
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// CONTEXT_SWITCH + THREAD_RECORD: a thread's name.
@@ -325,7 +336,7 @@ impl AggregatedEncoder {
         r.byte(agg_tag::CONTEXT_SWITCH);
         r.raw(&tid.to_ne_bytes());
         r.byte(agg_tag::THREAD_RECORD);
-        s.put(r.as_slice());
+        r.put_to(s);
         put_cstr(s, name);
     }
 
@@ -345,13 +356,13 @@ impl AggregatedEncoder {
         let mut r = Scratch::<11>::new();
         r.byte(agg_tag::CODE_OBJECT);
         r.varint(code.id);
-        s.put(r.as_slice());
+        r.put_to(s);
         put_cstr(s, code.function.as_bytes());
         put_cstr(s, code.filename.as_bytes());
         let mut r = Scratch::<20>::new();
         r.svarint(delta_i32(&mut self.last_firstlineno, code.firstlineno));
         r.varint(code.linetable.len() as u64);
-        s.put(r.as_slice());
+        r.put_to(s);
         s.put(&code.linetable);
     }
 
@@ -361,7 +372,7 @@ impl AggregatedEncoder {
         r.byte(agg_tag::NATIVE_TRACE_INDEX);
         r.svarint(delta_u64(&mut self.last_ip, frame.ip));
         r.svarint(delta_u64(&mut self.last_parent, frame.parent));
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// PYTHON_FRAME_INDEX: frame ids must be written densely from 0 upwards.
@@ -372,7 +383,7 @@ impl AggregatedEncoder {
         r.varint(frame.code_object_id);
         r.svarint(frame.instruction_offset as i64);
         r.byte(frame.is_entry as u8);
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// PYTHON_TRACE_INDEX: node ids are implicit (1, 2, ... in write order).
@@ -381,7 +392,7 @@ impl AggregatedEncoder {
         r.byte(agg_tag::PYTHON_TRACE_INDEX);
         r.varint(node.frame_id);
         r.varint(node.parent_index);
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// SURVIVING_OBJECT: plain varints (address >> 3, then the native id if native traces).
@@ -392,7 +403,7 @@ impl AggregatedEncoder {
         if native_traces {
             r.varint(obj.native_frame_id);
         }
-        s.put(r.as_slice());
+        r.put_to(s);
     }
 
     /// AGGREGATED_ALLOCATION: the raw 72-byte struct.

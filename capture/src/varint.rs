@@ -51,9 +51,15 @@ impl<const N: usize> Scratch<N> {
         self.varint(zigzag(v));
     }
 
-    #[inline]
+    #[cfg(test)]
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    /// Puts the record into `s`. The bytes past it are still the zeros `new` wrote.
+    #[inline]
+    pub fn put_to(&self, s: &mut impl crate::ByteSink) {
+        s.put_zero_padded(&self.buf, self.len);
     }
 }
 

@@ -221,6 +221,31 @@ impl ByteSink for FdSink {
         }
         self.buf.extend_from_slice(bytes);
     }
+
+    #[inline(always)]
+    fn put_u8(&mut self, b: u8) {
+        self.put_zero_padded(&[b], 1);
+    }
+
+    /// While the reserved part of the window has room for all `N` bytes, one copy of a
+    /// known size: the zeros past `len` land where the file holds zeros already (nothing
+    /// is ever written past the data but such zeros), and the next record overwrites them.
+    #[inline(always)]
+    fn put_zero_padded<const N: usize>(&mut self, buf: &[u8; N], len: usize) {
+        debug_assert!(len <= N && buf[len..].iter().all(|&b| b == 0));
+        if let Some(w) = self.window.as_mut().filter(|_| !self.failed) {
+            if w.file_offset + (w.pos + N) as u64 <= w.reserved_end {
+                // SAFETY: `base + pos .. base + pos + N` is inside our live writable mapping
+                // (reserved_end never passes the window's end) and below the reserved end
+                // of the file, so no page past the end of the file is touched.
+                unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), w.base.add(w.pos), N) };
+                w.pos += len;
+                self.bytes_written += len as u64;
+                return;
+            }
+        }
+        self.put(&buf[..len]);
+    }
 }
 
 impl Drop for FdSink {
