@@ -7,12 +7,15 @@
 //! Reading the whole chain costs O(depth) per allocation. Where the interpreter reports
 //! every frame exit (sys.monitoring on 3.12+, registered by `_tracking.py`, which then
 //! calls `set_exits_watched`; before 3.12 a profile function given to deep threads, see
-//! `python/profile_hook.rs`), each thread keeps an *anchor*: a frame of its chain, a few below the
-//! innermost, that has not returned, yielded or unwound since the walk that chose it.
-//! While it has not, nothing below it can have changed: each frame below is suspended in
-//! the call that leads up to the anchor, and a frame's instruction moves only while it is
-//! the innermost. So the walk stops at the anchor (re-reading the anchor itself, whose
-//! line moves when its callees return) and the frames below are the ones already written.
+//! `python/profile_hook.rs`), each thread keeps an *anchor*: a frame of its chain that has
+//! not returned, yielded or unwound since the walk that wrote it. While it has not,
+//! nothing below it can have changed: each frame below is suspended in the call that leads
+//! up to the anchor, and a frame's instruction moves only while it is the innermost. So
+//! the walk stops at the anchor (re-reading the anchor itself, whose line moves while it
+//! runs) and the frames below are the ones already written. A walk makes the innermost
+//! frame the anchor; when the anchor exits, the frame below it, which becomes the
+//! innermost, is the anchor instead. So the walk reads only the frames entered since the
+//! last one, however deep the stack.
 //! CPython delivers no event while a trace or profile function runs on the thread, so no
 //! anchor is chosen then; one chosen before stays sound, since no frame below a running
 //! trace function can exit until it returns.
@@ -25,9 +28,10 @@ use crate::python::profile_hook;
 use crate::python::{read_at, Interpreter};
 use crate::thread_state::{self, ThreadState, MAX_FRAMES};
 
-/// How many frames above the anchor a walk reads before the anchor moves up: bounds the
-/// walk per allocation, while an anchor further down outlives more returns.
-const ANCHOR_DEPTH: usize = 1;
+/// How far below the innermost frame a walk puts the anchor. An anchor further down is
+/// met by fewer exits, at the cost of reading more frames at every walk: with anchors
+/// that move down on exit, 0 measured best (docs/performance.md).
+const ANCHOR_DEPTH: usize = 0;
 
 /// Before 3.12, a thread asks for the profile function that reports its frame exits
 /// (`python/profile_hook.rs`) after this many walks of at least `DEEP_WALK` frames: the
