@@ -116,9 +116,10 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
         profiling && profile_hook::profile_function_of(interp, tstate) == profile_hook::address()
     };
     let (mut anchor, anchor_below) = if watched { thread_state::anchor() } else { (0, 0) };
+    // Frame pointers are only needed to choose an anchor: the one at ANCHOR_DEPTH.
+    let mut frame_ptrs = [0usize; ANCHOR_DEPTH + 1];
     let (n, end) = loop {
-        // Frame pointers are only needed to choose an anchor.
-        let ptrs: &mut [usize] = if watched { &mut state.frame_ptrs } else { &mut [] };
+        let ptrs: &mut [usize] = if watched { &mut frame_ptrs } else { &mut [] };
         // SAFETY: tstate is the calling thread's own PyThreadState (or null), so only this
         // thread mutates its chain, and it is here; layout and code type describe it.
         let (n, end) = unsafe { frames::walk_to(&interp.layout, tstate, interp.code_type, &mut state.scratch, ptrs, anchor) };
@@ -146,7 +147,7 @@ pub fn update(interp: &Interpreter, state: &mut ThreadState, native: bool) -> St
     let found = end == WalkEnd::Anchor;
     if !(found && n <= ANCHOR_DEPTH + 1) {
         if watched && end != WalkEnd::Truncated && n > ANCHOR_DEPTH && !tracing(interp, tstate) {
-            thread_state::set_anchor(state.frame_ptrs[ANCHOR_DEPTH], state.written.len() - 1 - ANCHOR_DEPTH);
+            thread_state::set_anchor(frame_ptrs[ANCHOR_DEPTH], state.written.len() - 1 - ANCHOR_DEPTH);
         } else if !found {
             thread_state::set_anchor(0, 0);
         }

@@ -83,8 +83,6 @@ pub struct ThreadState {
     pub written: Vec<RawFrame>,
     /// Scratch for the walker (always MAX_FRAMES long), innermost first.
     pub scratch: Vec<RawFrame>,
-    /// The frame pointer of each `scratch` entry (same length).
-    pub frame_ptrs: Vec<usize>,
     /// `MEMRAY_CHECK_STACKS` only: a second scratch for the full walk every update is
     /// compared with.
     pub check_scratch: Vec<RawFrame>,
@@ -255,7 +253,6 @@ pub fn current() -> Option<&'static mut ThreadState> {
             name_written: false,
             written: Vec::with_capacity(64),
             scratch: vec![RawFrame::default(); MAX_FRAMES],
-            frame_ptrs: vec![0; MAX_FRAMES],
             check_scratch: Vec::new(),
             deep_walks: 0,
             exits_requested: false,

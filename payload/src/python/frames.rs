@@ -33,8 +33,8 @@ pub enum WalkEnd {
 }
 
 /// Walks the frames of the thread that owns `tstate`, innermost first, writing up to
-/// `out.len()` of them, and each one's frame pointer to `ptrs` (as long as `out`, or
-/// empty). Stops after writing the frame at address `anchor` (0: walk to the end).
+/// `out.len()` of them, and the frame pointers of the first `ptrs.len()` written to `ptrs`.
+/// Stops after writing the frame at address `anchor` (0: walk to the end).
 /// Returns how many frames were written and how the walk ended.
 ///
 /// Frames are kept or skipped exactly as `PyEval_GetFrame`/`PyFrame_GetBack` would expose
