@@ -81,34 +81,104 @@ fn delta_i32(prev: &mut i32, new: i32) -> i64 {
 pub const ADDRESS_CACHE_LEN: usize = 15;
 
 /// Recently written addresses, newest first. A hit does not reorder the cache: only a
-/// miss inserts at the front (so it is insertion-ordered, not a true LRU).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct AddressCache([u64; ADDRESS_CACHE_LEN]);
+/// miss inserts at the front (so it is insertion-ordered, not a true LRU). Kept as a ring
+/// so an insert moves no entries; `get(0)` is the newest.
+#[derive(Clone, Debug)]
+pub(crate) struct AddressCache {
+    ring: [u64; ADDRESS_CACHE_LEN],
+    /// The slot the next insert overwrites (the oldest entry).
+    next: usize,
+}
+
+impl Default for AddressCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl AddressCache {
     pub const fn new() -> Self {
-        AddressCache([0; ADDRESS_CACHE_LEN])
+        AddressCache { ring: [0; ADDRESS_CACHE_LEN], next: 0 }
+    }
+
+    /// Inserts `addr` as the newest entry; returns the oldest, which it replaces.
+    #[inline]
+    pub fn insert(&mut self, addr: u64) -> u64 {
+        let evicted = std::mem::replace(&mut self.ring[self.next], addr);
+        self.next = if self.next + 1 == ADDRESS_CACHE_LEN { 0 } else { self.next + 1 };
+        evicted
+    }
+
+    /// The entry `i` inserts ago (0: the newest).
+    #[inline]
+    pub fn get(&self, i: usize) -> u64 {
+        self.ring[self.slot_of(i)]
+    }
+
+    /// Ring slot of logical index `i`, and back (the map is its own inverse).
+    #[inline]
+    fn slot_of(&self, i: usize) -> usize {
+        let s = self.next + ADDRESS_CACHE_LEN - 1 - i;
+        if s >= ADDRESS_CACHE_LEN {
+            s - ADDRESS_CACHE_LEN
+        } else {
+            s
+        }
+    }
+
+    /// Logical index of `addr`, the newest if it occurs more than once.
+    #[inline]
+    fn position(&self, addr: u64) -> Option<usize> {
+        (0..ADDRESS_CACHE_LEN).find(|&i| self.get(i) == addr)
+    }
+
+    /// Logical index of `addr` when it occurs at most once (any slot order will do).
+    #[inline]
+    fn position_unique(&self, addr: u64) -> Option<usize> {
+        self.ring.iter().position(|&a| a == addr).map(|slot| self.slot_of(slot))
+    }
+}
+
+/// The encoder's side of the cache: the ring plus a counting filter, so most misses (new
+/// addresses) cost one table read instead of a scan of every entry. Only the encoder
+/// looks addresses up; the reader is given the index.
+#[derive(Clone, Debug)]
+pub(crate) struct RecentAddresses {
+    cache: AddressCache,
+    /// Per bucket, how many ring entries hash to it.
+    counts: [u8; FILTER_BUCKETS],
+}
+
+const FILTER_BUCKETS: usize = 256;
+
+#[inline]
+fn bucket(addr: u64) -> usize {
+    (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
+}
+
+impl RecentAddresses {
+    pub const fn new() -> Self {
+        let mut counts = [0u8; FILTER_BUCKETS];
+        // The ring starts as 15 zeros.
+        counts[0] = ADDRESS_CACHE_LEN as u8;
+        RecentAddresses { cache: AddressCache::new(), counts }
     }
 
     /// Index of `addr`, or `None` after inserting it at the front.
     #[inline]
     pub fn lookup_or_insert(&mut self, addr: u64) -> Option<usize> {
-        if let Some(i) = self.0.iter().position(|&a| a == addr) {
-            return Some(i);
+        let b = bucket(addr);
+        if self.counts[b] != 0 {
+            // Only zero, the ring's initial fill, can occur twice; inserts are misses.
+            let found = if addr == 0 { self.cache.position(0) } else { self.cache.position_unique(addr) };
+            if found.is_some() {
+                return found;
+            }
         }
-        self.insert(addr);
+        let evicted = self.cache.insert(addr);
+        self.counts[b] += 1;
+        self.counts[bucket(evicted)] -= 1;
         None
-    }
-
-    #[inline]
-    pub fn insert(&mut self, addr: u64) {
-        self.0.copy_within(0..ADDRESS_CACHE_LEN - 1, 1);
-        self.0[0] = addr;
-    }
-
-    #[inline]
-    pub fn get(&self, i: usize) -> u64 {
-        self.0[i]
     }
 }
 
@@ -123,7 +193,7 @@ impl AddressCache {
 /// records would be rejected by readers: use tids from 1.
 #[derive(Clone, Debug)]
 pub struct StreamEncoder {
-    recent: AddressCache,
+    recent: RecentAddresses,
     last_data_pointer: u64,
     last_ip: u64,
     last_native_frame_id: u64,
@@ -141,7 +211,7 @@ impl Default for StreamEncoder {
 impl StreamEncoder {
     pub const fn new() -> Self {
         StreamEncoder {
-            recent: AddressCache::new(),
+            recent: RecentAddresses::new(),
             last_data_pointer: 0,
             last_ip: 0,
             last_native_frame_id: 0,
@@ -164,7 +234,7 @@ impl StreamEncoder {
 
     /// CONTEXT_SWITCH: the following thread-specific records belong to `tid`.
     pub fn context_switch(&mut self, s: &mut impl ByteSink, tid: u64) {
-        let mut r = Scratch::<9>::new();
+        let mut r = Scratch::<16>::new();
         r.byte(tag::CONTEXT_SWITCH);
         r.raw(&tid.to_ne_bytes());
         r.put_to(s);
@@ -173,7 +243,7 @@ impl StreamEncoder {
 
     /// FRAME_PUSH onto the current thread's Python stack.
     pub fn frame_push(&mut self, s: &mut impl ByteSink, code_object_id: u64, instruction_offset: i32, is_entry: bool) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(tag::FRAME_PUSH | is_entry as u8);
         r.varint(code_object_id);
         r.svarint(instruction_offset as i64);
@@ -225,7 +295,7 @@ impl StreamEncoder {
 
     /// OBJECT_RECORD (object lifetime tracking): a PyObject created or destroyed.
     pub fn object_record(&mut self, s: &mut impl ByteSink, address: u64, is_created: bool, native_frame_id: u64, native_traces: bool) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         let cached = self.recent.lookup_or_insert(address);
         r.byte(tag::OBJECT_RECORD | ((cached.unwrap_or(15) as u8) << 1) | is_created as u8);
         if cached.is_none() {
@@ -239,7 +309,7 @@ impl StreamEncoder {
 
     /// MEMORY_RECORD: an RSS sample. Memray flushes its sink after each one.
     pub fn memory_record(&mut self, s: &mut impl ByteSink, rss: u64, ms_since_start: u64) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(tag::MEMORY_RECORD);
         r.varint(rss);
         r.varint(ms_since_start);
@@ -254,13 +324,13 @@ impl StreamEncoder {
 
     /// CODE_OBJECT, written once per id before the first FRAME_PUSH that uses it.
     pub fn code_object(&mut self, s: &mut impl ByteSink, id: u64, function: &[u8], filename: &[u8], firstlineno: i32, linetable: &[u8]) {
-        let mut r = Scratch::<11>::new();
+        let mut r = Scratch::<16>::new();
         r.byte(tag::CODE_OBJECT);
         r.varint(id);
         r.put_to(s);
         put_cstr(s, function);
         put_cstr(s, filename);
-        let mut r = Scratch::<20>::new();
+        let mut r = Scratch::<32>::new();
         r.svarint(delta_i32(&mut self.last_firstlineno, firstlineno));
         r.varint(linetable.len() as u64);
         r.put_to(s);
@@ -270,7 +340,7 @@ impl StreamEncoder {
     /// NATIVE_TRACE_INDEX: a new node (ip, parent node id) of the native frame tree.
     /// The parent shares its delta base with ALLOCATION's native_frame_id.
     pub fn native_trace_index(&mut self, s: &mut impl ByteSink, ip: u64, parent: u64) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(tag::NATIVE_TRACE_INDEX);
         r.svarint(delta_u64(&mut self.last_ip, ip));
         r.svarint(delta_u64(&mut self.last_native_frame_id, parent));
@@ -286,14 +356,14 @@ impl StreamEncoder {
     pub fn segment_header(&mut self, s: &mut impl ByteSink, filename: &[u8], num_segments: u64, load_addr: u64) {
         s.put_u8(tag::SEGMENT_HEADER);
         put_cstr(s, filename);
-        let mut r = Scratch::<18>::new();
+        let mut r = Scratch::<32>::new();
         r.varint(num_segments);
         r.raw(&load_addr.to_ne_bytes());
         r.put_to(s);
     }
 
     pub fn segment(&mut self, s: &mut impl ByteSink, vaddr: u64, memsz: u64) {
-        let mut r = Scratch::<19>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(tag::SEGMENT);
         r.raw(&vaddr.to_ne_bytes());
         r.varint(memsz);
@@ -322,7 +392,7 @@ impl AggregatedEncoder {
 
     /// MEMORY_SNAPSHOT: raw `{u64 ms, u64 rss, u64 heap}`.
     pub fn memory_snapshot(&mut self, s: &mut impl ByteSink, snap: &MemorySnapshot) {
-        let mut r = Scratch::<25>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(agg_tag::MEMORY_SNAPSHOT);
         r.raw(&snap.ms_since_epoch.to_ne_bytes());
         r.raw(&snap.rss.to_ne_bytes());
@@ -332,7 +402,7 @@ impl AggregatedEncoder {
 
     /// CONTEXT_SWITCH + THREAD_RECORD: a thread's name.
     pub fn thread(&mut self, s: &mut impl ByteSink, tid: u64, name: &[u8]) {
-        let mut r = Scratch::<10>::new();
+        let mut r = Scratch::<16>::new();
         r.byte(agg_tag::CONTEXT_SWITCH);
         r.raw(&tid.to_ne_bytes());
         r.byte(agg_tag::THREAD_RECORD);
@@ -353,13 +423,13 @@ impl AggregatedEncoder {
     }
 
     pub fn code_object(&mut self, s: &mut impl ByteSink, code: &CodeObject) {
-        let mut r = Scratch::<11>::new();
+        let mut r = Scratch::<16>::new();
         r.byte(agg_tag::CODE_OBJECT);
         r.varint(code.id);
         r.put_to(s);
         put_cstr(s, code.function.as_bytes());
         put_cstr(s, code.filename.as_bytes());
-        let mut r = Scratch::<20>::new();
+        let mut r = Scratch::<32>::new();
         r.svarint(delta_i32(&mut self.last_firstlineno, code.firstlineno));
         r.varint(code.linetable.len() as u64);
         r.put_to(s);
@@ -368,7 +438,7 @@ impl AggregatedEncoder {
 
     /// NATIVE_TRACE_INDEX, delta-encoded as in the stream.
     pub fn native_frame(&mut self, s: &mut impl ByteSink, frame: &NativeFrame) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(agg_tag::NATIVE_TRACE_INDEX);
         r.svarint(delta_u64(&mut self.last_ip, frame.ip));
         r.svarint(delta_u64(&mut self.last_parent, frame.parent));
@@ -388,7 +458,7 @@ impl AggregatedEncoder {
 
     /// PYTHON_TRACE_INDEX: node ids are implicit (1, 2, ... in write order).
     pub fn python_trace_node(&mut self, s: &mut impl ByteSink, node: &TraceNode) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(agg_tag::PYTHON_TRACE_INDEX);
         r.varint(node.frame_id);
         r.varint(node.parent_index);
@@ -397,7 +467,7 @@ impl AggregatedEncoder {
 
     /// SURVIVING_OBJECT: plain varints (address >> 3, then the native id if native traces).
     pub fn surviving_object(&mut self, s: &mut impl ByteSink, obj: &SurvivingObject, native_traces: bool) {
-        let mut r = Scratch::<21>::new();
+        let mut r = Scratch::<32>::new();
         r.byte(agg_tag::SURVIVING_OBJECT);
         r.varint(obj.address >> 3);
         if native_traces {
@@ -518,7 +588,7 @@ mod tests {
 
     #[test]
     fn cache_hits_do_not_reorder() {
-        let mut c = AddressCache::new();
+        let mut c = RecentAddresses::new();
         assert_eq!(c.lookup_or_insert(8), None);
         assert_eq!(c.lookup_or_insert(16), None);
         assert_eq!(c.lookup_or_insert(8), Some(1));
@@ -528,6 +598,31 @@ mod tests {
         }
         // 8 was inserted first, so it is the one dropped: insertion order, not LRU.
         assert_eq!(c.lookup_or_insert(8), None);
+    }
+
+    /// The ring and its filter give the indices of the plain front-inserting list
+    /// Memray's format is defined by, zeros (the initial fill) included.
+    #[test]
+    fn ring_matches_a_shifting_list() {
+        let mut model = [0u64; ADDRESS_CACHE_LEN];
+        let mut c = RecentAddresses::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Few distinct addresses, so hits, misses and evictions all happen often.
+            let addr = if step % 97 == 0 { 0 } else { (x % 40) * 16 };
+            let expected = model.iter().position(|&a| a == addr);
+            if expected.is_none() {
+                model.copy_within(0..ADDRESS_CACHE_LEN - 1, 1);
+                model[0] = addr;
+            }
+            assert_eq!(c.lookup_or_insert(addr), expected, "step {step}");
+            for (i, &a) in model.iter().enumerate() {
+                assert_eq!(c.cache.get(i), a);
+            }
+        }
     }
 
     #[test]

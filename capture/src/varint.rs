@@ -13,7 +13,9 @@ pub const fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
-/// A record assembled on the stack so the sink sees one `put` per record.
+/// A record assembled on the stack so the sink sees one `put` per record. `N`, a power of
+/// two at least the record's longest encoding, lets each byte's index be masked rather
+/// than bounds-checked (records are written inside allocator hooks).
 pub(crate) struct Scratch<const N: usize> {
     buf: [u8; N],
     len: usize,
@@ -22,12 +24,14 @@ pub(crate) struct Scratch<const N: usize> {
 impl<const N: usize> Scratch<N> {
     #[inline]
     pub const fn new() -> Self {
+        assert!(N.is_power_of_two());
         Scratch { buf: [0; N], len: 0 }
     }
 
     #[inline]
     pub fn byte(&mut self, b: u8) {
-        self.buf[self.len] = b;
+        // `len` stays below N for every record that fits, which N is chosen for.
+        self.buf[self.len & (N - 1)] = b;
         self.len += 1;
     }
 
