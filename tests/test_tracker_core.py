@@ -553,6 +553,37 @@ def test_trace_python_allocators(interp, script, run_py, reader, workdir):
     assert cap.find(size=size, allocator=MALLOC) == []
 
 
+def test_a_frame_not_yet_started_is_its_call_in_the_caller(interp, script, run_py, reader, workdir):
+    """A profile function is given a frame object for each call (3.11+ make it lazily,
+    while the new frame is at its first RESUME): that allocation is the call's, in the
+    caller, as Memray shows it, not a line of a function that has not started."""
+    s = script(
+        "unstarted.py",
+        PRELUDE,
+        """
+        def leaf():  # @def
+            return 1
+
+        def seen(frame, event, arg):
+            pass
+
+        with memray.Tracker(OUT, trace_python_allocators=True):
+            sys.setprofile(seen)
+            for _ in range(200):
+                leaf()  # @call
+            sys.setprofile(None)
+        """,
+    )
+    out = workdir / "unstarted.bin"
+    assert_ok(run_py(s, out))
+    records = [r for r in reader.read(out, "all").records if r["stack"]]
+    in_leaf = [r for r in records if top(r)[0][0] == "leaf"]
+    assert in_leaf == [], f"{len(in_leaf)} allocations in leaf, which allocates nothing: {in_leaf[:3]}"
+    at_call = [r for r in records if top(r) == [("<module>", s.path.name, s.line("call"))]]
+    if interp.minor >= 11:
+        assert len(at_call) >= 200, f"expected the 200 frame objects at the call, got {len(at_call)}"
+
+
 def test_two_trackers_one_after_another(interp, script, run_py, reader, workdir):
     s = script(
         "twice.py",

@@ -184,18 +184,28 @@ unsafe fn describe(layout: &Layout, frame: usize, previous: usize, code_type: us
     }
 
     let instr_offset = match layout.frame_instr {
-        // SAFETY: `f_lasti` is an int field of the live PyFrameObject.
-        InstrPos::Lasti(offset) => unsafe { read_at::<i32>(frame, offset) },
+        InstrPos::Lasti(offset) => {
+            // SAFETY: `f_lasti` is an int field of the live PyFrameObject.
+            let lasti = unsafe { read_at::<i32>(frame, offset) };
+            // -1: not started (the frame objects a profile function's own calls make).
+            if lasti < 0 {
+                return None;
+            }
+            lasti
+        }
         InstrPos::Pointer(offset) => {
             // SAFETY: the instruction pointer is a plain field of the live frame.
             let ip: usize = unsafe { read_at(frame, offset) };
             let first = code.wrapping_add(layout.code_adaptive?);
             if let (Some(owner), Some(traceable)) = (owner, layout.code_firsttraceable) {
-                // _PyFrame_IsIncomplete: a frame that has not yet run its prologue.
+                // _PyFrame_IsIncomplete: a frame that has not yet run its prologue. Nor is
+                // one shown that is still at its first RESUME, not yet started: what
+                // happens there (the frame object a profile function is given, the eval
+                // breaker's work) belongs to the call in the caller, as Memray shows it.
                 // SAFETY: `_co_firsttraceable` is an int field of the live code object.
                 let firsttraceable: i32 = unsafe { read_at(code, traceable) };
                 let start = first.wrapping_add((firsttraceable.max(0) as usize).wrapping_mul(2));
-                if owner != layout.owned_by_generator && ip < start {
+                if ip == start || (owner != layout.owned_by_generator && ip < start) {
                     return None;
                 }
             }
@@ -246,7 +256,9 @@ mod tests {
 
     /// Builds a fake interpreter in plain memory and walks it: catches offset mix-ups in
     /// the walker itself (the offsets are checked against real interpreters separately).
-    fn fake_walk(layout: &Layout) -> Vec<RawFrame> {
+    /// Frame 2 is `unstarted` (at its first RESUME; 3.10-: f_lasti -1), else incomplete
+    /// (3.11+: before _co_firsttraceable) or, on 3.10-, an ordinary frame.
+    fn fake_walk(layout: &Layout, unstarted: bool) -> Vec<RawFrame> {
         const CODE_TYPE: usize = 0xC0DE;
         let mut code = vec![0u64; 64];
         let mut other = vec![0u64; 64];
@@ -264,17 +276,22 @@ mod tests {
         }
         let mut frames = vec![vec![0u64; 64]; 4];
         let addrs: Vec<usize> = frames.iter_mut().map(|f| f.as_mut_ptr() as usize).collect();
-        // 0: innermost, running; 1: a C-stack shim or non-code frame; 2: incomplete
-        // (3.11+); 3: outermost.
+        // 0: innermost, running; 1: a C-stack shim or non-code frame; 2: see above;
+        // 3: outermost.
         for (i, &a) in addrs.iter().enumerate() {
             let back = addrs.get(i + 1).copied().unwrap_or(0);
             set(a, layout.frame_back, &back.to_ne_bytes());
             // 3.14+ tag the code reference's low bits.
             set(a, layout.frame_code, &(code_addr | (layout.frame_code_tag & i)).to_ne_bytes());
             match layout.frame_instr {
-                InstrPos::Lasti(o) => set(a, o, &(10 * i as i32).to_ne_bytes()),
+                InstrPos::Lasti(o) => set(a, o, &(if i == 2 && unstarted { -1 } else { 10 * i as i32 }).to_ne_bytes()),
                 InstrPos::Pointer(o) => {
-                    let ip = if i == 2 { first + 2 } else { first + 20 * i + 4 };
+                    // _co_firsttraceable is 2: the first RESUME is at byte 4.
+                    let ip = match i {
+                        2 if unstarted => first + 4,
+                        2 => first + 2,
+                        _ => first + 20 * i + 6,
+                    };
                     set(a, o, &ip.to_ne_bytes())
                 }
             }
@@ -326,21 +343,25 @@ mod tests {
 
     #[test]
     fn walks_frame_objects() {
-        let got = fake_walk(&PY310);
+        let got = fake_walk(&PY310, false);
         // Frame 1 holds a non-code object and is skipped; 3.10 has no incomplete frames.
         let offs: Vec<i32> = got.iter().map(|f| f.instr_offset).collect();
         assert_eq!(offs, vec![0, 20, 30]);
         assert!(got.iter().all(|f| f.is_entry));
+        let offs: Vec<i32> = fake_walk(&PY310, true).iter().map(|f| f.instr_offset).collect();
+        assert_eq!(offs, vec![0, 30], "a frame that has not started is not shown");
     }
 
     #[test]
     fn walks_interpreter_frames() {
         for layout in [&PY311, &PY312, &PY313, &PY314, &PY315] {
-            let got = fake_walk(layout);
-            let offs: Vec<i32> = got.iter().map(|f| f.instr_offset).collect();
             // Frame 1 is skipped (3.11: non-code object; 3.12+: C-stack owner), frame 2 is
-            // incomplete (before _co_firsttraceable).
-            assert_eq!(offs, vec![4, 64], "3.{}", layout.minor);
+            // incomplete (before _co_firsttraceable) or at its first RESUME.
+            for unstarted in [false, true] {
+                let offs: Vec<i32> = fake_walk(layout, unstarted).iter().map(|f| f.instr_offset).collect();
+                assert_eq!(offs, vec![6, 66], "3.{} unstarted={unstarted}", layout.minor);
+            }
+            let got = fake_walk(layout, false);
             let entries: Vec<bool> = got.iter().map(|f| f.is_entry).collect();
             let expected = if layout.minor == 11 { vec![false, true] } else { vec![true, false] };
             assert_eq!(entries, expected, "3.{}", layout.minor);
