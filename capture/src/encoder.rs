@@ -82,12 +82,13 @@ pub const ADDRESS_CACHE_LEN: usize = 15;
 
 /// Recently written addresses, newest first. A hit does not reorder the cache: only a
 /// miss inserts at the front (so it is insertion-ordered, not a true LRU). Kept as a ring
-/// so an insert moves no entries; `get(0)` is the newest.
+/// stored twice over, whose head moves down on each insert: the entries, newest first, are
+/// always the one slice `buf[head..head + 15]`, and an insert moves no entries.
 #[derive(Clone, Debug)]
 pub(crate) struct AddressCache {
-    ring: [u64; ADDRESS_CACHE_LEN],
-    /// The slot the next insert overwrites (the oldest entry).
-    next: usize,
+    /// `buf[i] == buf[i + ADDRESS_CACHE_LEN]` for every `i` below it.
+    buf: [u64; 2 * ADDRESS_CACHE_LEN],
+    head: usize,
 }
 
 impl Default for AddressCache {
@@ -98,87 +99,32 @@ impl Default for AddressCache {
 
 impl AddressCache {
     pub const fn new() -> Self {
-        AddressCache { ring: [0; ADDRESS_CACHE_LEN], next: 0 }
+        AddressCache { buf: [0; 2 * ADDRESS_CACHE_LEN], head: 0 }
     }
 
-    /// Inserts `addr` as the newest entry; returns the oldest, which it replaces.
+    /// Inserts `addr` as the newest entry, in place of the oldest.
     #[inline]
-    pub fn insert(&mut self, addr: u64) -> u64 {
-        let evicted = std::mem::replace(&mut self.ring[self.next], addr);
-        self.next = if self.next + 1 == ADDRESS_CACHE_LEN { 0 } else { self.next + 1 };
-        evicted
+    pub fn insert(&mut self, addr: u64) {
+        self.head = if self.head == 0 { ADDRESS_CACHE_LEN - 1 } else { self.head - 1 };
+        self.buf[self.head] = addr;
+        self.buf[self.head + ADDRESS_CACHE_LEN] = addr;
     }
 
     /// The entry `i` inserts ago (0: the newest).
     #[inline]
     pub fn get(&self, i: usize) -> u64 {
-        self.ring[self.slot_of(i)]
+        self.buf[self.head + i]
     }
 
-    /// Ring slot of logical index `i`, and back (the map is its own inverse).
-    #[inline]
-    fn slot_of(&self, i: usize) -> usize {
-        let s = self.next + ADDRESS_CACHE_LEN - 1 - i;
-        if s >= ADDRESS_CACHE_LEN {
-            s - ADDRESS_CACHE_LEN
-        } else {
-            s
-        }
-    }
-
-    /// Logical index of `addr`, the newest if it occurs more than once.
-    #[inline]
-    fn position(&self, addr: u64) -> Option<usize> {
-        (0..ADDRESS_CACHE_LEN).find(|&i| self.get(i) == addr)
-    }
-
-    /// Logical index of `addr` when it occurs at most once (any slot order will do).
-    #[inline]
-    fn position_unique(&self, addr: u64) -> Option<usize> {
-        self.ring.iter().position(|&a| a == addr).map(|slot| self.slot_of(slot))
-    }
-}
-
-/// The encoder's side of the cache: the ring plus a counting filter, so most misses (new
-/// addresses) cost one table read instead of a scan of every entry. Only the encoder
-/// looks addresses up; the reader is given the index.
-#[derive(Clone, Debug)]
-pub(crate) struct RecentAddresses {
-    cache: AddressCache,
-    /// Per bucket, how many ring entries hash to it.
-    counts: [u8; FILTER_BUCKETS],
-}
-
-const FILTER_BUCKETS: usize = 256;
-
-#[inline]
-fn bucket(addr: u64) -> usize {
-    (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
-}
-
-impl RecentAddresses {
-    pub const fn new() -> Self {
-        let mut counts = [0u8; FILTER_BUCKETS];
-        // The ring starts as 15 zeros.
-        counts[0] = ADDRESS_CACHE_LEN as u8;
-        RecentAddresses { cache: AddressCache::new(), counts }
-    }
-
-    /// Index of `addr`, or `None` after inserting it at the front.
-    #[inline]
+    /// Index of `addr` (the newest if it occurs twice, as Memray's list is searched), or
+    /// `None` after inserting it at the front.
+    #[inline(always)]
     pub fn lookup_or_insert(&mut self, addr: u64) -> Option<usize> {
-        let b = bucket(addr);
-        if self.counts[b] != 0 {
-            // Only zero, the ring's initial fill, can occur twice; inserts are misses.
-            let found = if addr == 0 { self.cache.position(0) } else { self.cache.position_unique(addr) };
-            if found.is_some() {
-                return found;
-            }
+        let found = self.buf[self.head..self.head + ADDRESS_CACHE_LEN].iter().position(|&a| a == addr);
+        if found.is_none() {
+            self.insert(addr);
         }
-        let evicted = self.cache.insert(addr);
-        self.counts[b] += 1;
-        self.counts[bucket(evicted)] -= 1;
-        None
+        found
     }
 }
 
@@ -193,7 +139,7 @@ impl RecentAddresses {
 /// records would be rejected by readers: use tids from 1.
 #[derive(Clone, Debug)]
 pub struct StreamEncoder {
-    recent: RecentAddresses,
+    recent: AddressCache,
     last_data_pointer: u64,
     last_ip: u64,
     last_native_frame_id: u64,
@@ -211,7 +157,7 @@ impl Default for StreamEncoder {
 impl StreamEncoder {
     pub const fn new() -> Self {
         StreamEncoder {
-            recent: RecentAddresses::new(),
+            recent: AddressCache::new(),
             last_data_pointer: 0,
             last_ip: 0,
             last_native_frame_id: 0,
@@ -588,7 +534,7 @@ mod tests {
 
     #[test]
     fn cache_hits_do_not_reorder() {
-        let mut c = RecentAddresses::new();
+        let mut c = AddressCache::new();
         assert_eq!(c.lookup_or_insert(8), None);
         assert_eq!(c.lookup_or_insert(16), None);
         assert_eq!(c.lookup_or_insert(8), Some(1));
@@ -600,12 +546,12 @@ mod tests {
         assert_eq!(c.lookup_or_insert(8), None);
     }
 
-    /// The ring and its filter give the indices of the plain front-inserting list
+    /// The ring gives the indices of the plain front-inserting list
     /// Memray's format is defined by, zeros (the initial fill) included.
     #[test]
     fn ring_matches_a_shifting_list() {
         let mut model = [0u64; ADDRESS_CACHE_LEN];
-        let mut c = RecentAddresses::new();
+        let mut c = AddressCache::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for step in 0..200_000 {
             x ^= x << 13;
@@ -620,7 +566,7 @@ mod tests {
             }
             assert_eq!(c.lookup_or_insert(addr), expected, "step {step}");
             for (i, &a) in model.iter().enumerate() {
-                assert_eq!(c.cache.get(i), a);
+                assert_eq!(c.get(i), a);
             }
         }
     }

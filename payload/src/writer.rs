@@ -22,7 +22,7 @@ struct CodeEntry {
 
 /// ALL_ALLOCATIONS streams every record as it happens; AGGREGATED_ALLOCATIONS keeps
 /// totals in memory and writes the file at the end.
-// One Writer exists per capture; the stream encoder (with its address filter) stays inline
+// One Writer exists per capture; the stream encoder (with its address cache) stays inline
 // so the record path in every hook does not chase a pointer to it.
 #[allow(clippy::large_enum_variant)]
 enum Output {
