@@ -84,17 +84,11 @@ pub const ADDRESS_CACHE_LEN: usize = 15;
 /// miss inserts at the front (so it is insertion-ordered, not a true LRU). Kept as a ring
 /// stored twice over, whose head moves down on each insert: the entries, newest first, are
 /// always the one slice `buf[head..head + 15]`, and an insert moves no entries.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct AddressCache {
     /// `buf[i] == buf[i + ADDRESS_CACHE_LEN]` for every `i` below it.
     buf: [u64; 2 * ADDRESS_CACHE_LEN],
     head: usize,
-}
-
-impl Default for AddressCache {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl AddressCache {

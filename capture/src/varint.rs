@@ -24,13 +24,14 @@ pub(crate) struct Scratch<const N: usize> {
 impl<const N: usize> Scratch<N> {
     #[inline]
     pub const fn new() -> Self {
-        assert!(N.is_power_of_two());
+        const { assert!(N.is_power_of_two()) };
         Scratch { buf: [0; N], len: 0 }
     }
 
     #[inline]
     pub fn byte(&mut self, b: u8) {
         // `len` stays below N for every record that fits, which N is chosen for.
+        debug_assert!(self.len < N);
         self.buf[self.len & (N - 1)] = b;
         self.len += 1;
     }

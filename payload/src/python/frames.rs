@@ -37,9 +37,10 @@ pub enum WalkEnd {
 /// Stops after writing the frame at address `anchor` (0: walk to the end).
 /// Returns how many frames were written and how the walk ended.
 ///
-/// Frames are kept or skipped exactly as `PyEval_GetFrame`/`PyFrame_GetBack` would expose
-/// them: 3.11+ incomplete frames and frames owned by the C stack are skipped, and so is
-/// any frame whose code slot does not hold a code object (3.13 `f_executable`).
+/// Frames are kept or skipped as `PyEval_GetFrame`/`PyFrame_GetBack` would expose them
+/// (3.11+ incomplete frames and frames owned by the C stack are skipped, and so is any
+/// frame whose code slot does not hold a code object, 3.13 `f_executable`), except that a
+/// frame that has not started (see `describe`) is skipped too.
 ///
 /// # Safety
 /// - `tstate` is null or the calling thread's own `PyThreadState*` (then only this thread
@@ -156,7 +157,8 @@ unsafe fn first_frame(layout: &Layout, tstate: usize) -> usize {
     }
 }
 
-/// The RawFrame for `frame`, or None when CPython itself would not show it.
+/// The RawFrame for `frame`, or None when CPython itself would not show it or it has not
+/// started yet (3.11+: at its first RESUME; 3.10-: `f_lasti` -1).
 ///
 /// # Safety
 /// `frame` is a non-null live frame of the calling thread's chain and `previous` its
@@ -187,7 +189,7 @@ unsafe fn describe(layout: &Layout, frame: usize, previous: usize, code_type: us
         InstrPos::Lasti(offset) => {
             // SAFETY: `f_lasti` is an int field of the live PyFrameObject.
             let lasti = unsafe { read_at::<i32>(frame, offset) };
-            // -1: not started (the frame objects a profile function's own calls make).
+            // -1: not started; what happens there is the call's, in the caller (as below).
             if lasti < 0 {
                 return None;
             }
